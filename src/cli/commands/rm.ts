@@ -1,0 +1,17 @@
+import { requireName, type Command } from '../command.js';
+
+const usage = 'haven rm NAME [--force]';
+
+/** `haven rm`: remove a container and its checkpoints (volumes stay). */
+export const rmCommand: Command = {
+  name: 'rm',
+  summary: 'remove a container and its checkpoints (volumes are kept)',
+  usage,
+  options: { force: { type: 'boolean', short: 'f' } },
+  async run(inv) {
+    const name = requireName(inv, usage);
+    await inv.host().remove(name, { force: inv.values.force === true });
+    process.stdout.write(`${name} removed\n`);
+    return 0;
+  },
+};

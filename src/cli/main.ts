@@ -1,0 +1,69 @@
+/**
+ * The `haven` command line. Each subcommand is a module in `commands/`;
+ * this file only dispatches and maps errors to exit codes and messages.
+ */
+import { exitCodeFor, HavenError } from '../core/errors.js';
+import { parseInvocation, type Command } from './command.js';
+import { checkpointCommand } from './commands/checkpoint.js';
+import { doctorCommand } from './commands/doctor.js';
+import { inspectCommand } from './commands/inspect.js';
+import { logsCommand } from './commands/logs.js';
+import { psCommand } from './commands/ps.js';
+import { restoreCommand } from './commands/restore.js';
+import { rmCommand } from './commands/rm.js';
+import { runCommand } from './commands/run.js';
+import { stopCommand } from './commands/stop.js';
+
+const COMMANDS: readonly Command[] = [
+  runCommand, psCommand, inspectCommand, logsCommand, checkpointCommand, restoreCommand,
+  stopCommand, rmCommand, doctorCommand,
+];
+
+function helpText(): string {
+  const lines = [
+    'haven: high availability for stateful Linux containers (runc + CRIU)',
+    '',
+    'usage: haven COMMAND [options]',
+    '',
+    'commands:',
+    ...COMMANDS.map((c) => `  ${c.name.padEnd(12)} ${c.summary}`),
+    '',
+    'global options:',
+    '  --state-dir DIR   host state directory (HAVEN_STATE_DIR, default /var/lib/haven)',
+    '  --runc-root DIR   runc state root (HAVEN_RUNC_ROOT, default /run/haven/runc)',
+    '  --host-name NAME  this host\'s name (HAVEN_HOST, default the hostname)',
+    '',
+    "Run 'haven COMMAND --help' for a command's options.",
+  ];
+  return `${lines.join('\n')}\n`;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...args] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(helpText());
+    return name ? 0 : 64;
+  }
+  const command = COMMANDS.find((c) => c.name === name);
+  if (!command) {
+    process.stderr.write(`haven: unknown command "${name}"\n\n${helpText()}`);
+    return 64;
+  }
+  const invocation = parseInvocation(command, args);
+  if (invocation.values.help) {
+    process.stdout.write(`usage: ${command.usage}\n\n${command.summary}\n`);
+    return 0;
+  }
+  return command.run(invocation);
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    const message = error instanceof HavenError ? error.message : error instanceof Error ? (error.stack ?? error.message) : String(error);
+    process.stderr.write(`haven: ${message}\n`);
+    process.exitCode = exitCodeFor(error);
+  },
+);

@@ -1,0 +1,100 @@
+/**
+ * Haven's closed family of errors. Every failure a user can see is one of
+ * these, with a stable `code` for scripts and HTTP mapping at the boundary
+ * (as containerd's errdefs do), and a `retryable` flag for callers that loop.
+ *
+ * @example
+ * ```ts
+ * throw new NotFoundError(`container "${name}" does not exist`);
+ * ```
+ */
+export type ErrorCode =
+  | 'invalid_argument'
+  | 'not_found'
+  | 'already_exists'
+  | 'failed_precondition'
+  | 'corrupt_checkpoint'
+  | 'runtime_failed'
+  | 'unavailable'
+  | 'internal';
+
+/** Base class: a message for people, a code for programs. */
+export class HavenError extends Error {
+  constructor(
+    message: string,
+    readonly code: ErrorCode,
+    readonly retryable = false,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** Thrown when user input (a name, a flag, a spec field) is malformed. */
+export class InvalidArgumentError extends HavenError {
+  constructor(message: string) {
+    super(message, 'invalid_argument');
+  }
+}
+
+/** Thrown when a named container, image, volume or checkpoint does not exist. */
+export class NotFoundError extends HavenError {
+  constructor(message: string) {
+    super(message, 'not_found');
+  }
+}
+
+/** Thrown when creating something whose name is taken. */
+export class AlreadyExistsError extends HavenError {
+  constructor(message: string) {
+    super(message, 'already_exists');
+  }
+}
+
+/** Thrown when the object is in the wrong state for the operation (e.g. restoring a running container). */
+export class FailedPreconditionError extends HavenError {
+  constructor(message: string) {
+    super(message, 'failed_precondition');
+  }
+}
+
+/** Thrown when a checkpoint fails verification: a missing, truncated or altered file. */
+export class CorruptCheckpointError extends HavenError {
+  constructor(message: string) {
+    super(message, 'corrupt_checkpoint');
+  }
+}
+
+/**
+ * Thrown when runc or CRIU fail. Carries the tool's own error lines so the
+ * user sees CRIU's words, not only ours.
+ */
+export class RuntimeFailedError extends HavenError {
+  constructor(
+    message: string,
+    readonly tool: 'runc' | 'criu' | 'ip' | 'iptables' | 'mount' | string,
+    readonly details: readonly string[],
+  ) {
+    super(details.length > 0 ? `${message}\n  ${details.join('\n  ')}` : message, 'runtime_failed');
+  }
+}
+
+/** Exit status the CLI uses for each error code. */
+export function exitCodeFor(error: unknown): number {
+  if (!(error instanceof HavenError)) return 70;
+  switch (error.code) {
+    case 'invalid_argument':
+      return 64;
+    case 'not_found':
+    case 'already_exists':
+    case 'failed_precondition':
+      return 65;
+    case 'corrupt_checkpoint':
+      return 66;
+    case 'unavailable':
+      return 69;
+    default:
+      return 70;
+  }
+}

@@ -1,0 +1,76 @@
+/**
+ * Running host tools (runc, criu, ip, iptables, mount) and turning their
+ * failures into {@link RuntimeFailedError}s that carry the tool's own words.
+ */
+import { spawn } from 'node:child_process';
+import { RuntimeFailedError } from './errors.js';
+
+/** What a finished command produced. */
+export interface ExecResult {
+  stdout: string;
+  stderr: string;
+  code: number;
+}
+
+/** Options for {@link run}. */
+export interface ExecOptions {
+  /** Text written to the command's stdin. */
+  input?: string;
+  /** Do not throw on a non-zero exit; return the result instead. */
+  allowFailure?: boolean;
+  /** Kill the command after this many milliseconds. */
+  timeoutMs?: number;
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+}
+
+/** Runs `argv[0]` with the rest as arguments (no shell) and collects its output. */
+export function run(argv: readonly string[], options: ExecOptions = {}): Promise<ExecResult> {
+  const [cmd, ...args] = argv;
+  if (cmd === undefined) throw new Error('run: empty argv');
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: options.env ?? process.env,
+      cwd: options.cwd,
+      timeout: options.timeoutMs,
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.on('error', (e) =>
+      reject(new RuntimeFailedError(`cannot run ${cmd}: ${e.message}`, toolName(cmd, args), [])),
+    );
+    child.on('close', (code, signal) => {
+      const result = {
+        stdout: Buffer.concat(out).toString(),
+        stderr: Buffer.concat(err).toString(),
+        code: code ?? 128,
+      };
+      if (result.code === 0 || options.allowFailure) {
+        resolve(result);
+        return;
+      }
+      const why = signal ? `killed by ${signal}` : `exit ${result.code}`;
+      const lines = lastLines(result.stderr || result.stdout, 8);
+      reject(new RuntimeFailedError(`${argv.slice(0, 4).join(' ')} failed (${why})`, toolName(cmd, args), lines));
+    });
+    child.stdin.end(options.input ?? '');
+  });
+}
+
+/** The last `n` non-empty lines of a tool's output. */
+export function lastLines(text: string, n: number): string[] {
+  return text
+    .split('\n')
+    .map((l) => l.trimEnd())
+    .filter((l) => l.length > 0)
+    .slice(-n);
+}
+
+function toolName(cmd: string, args: readonly string[]): string {
+  // nsenter and timeout wrap the real tool; name the tool, not the wrapper.
+  if (cmd === 'nsenter') return args.find((a) => !a.startsWith('-')) ?? cmd;
+  return cmd.split('/').pop() ?? cmd;
+}

@@ -1,0 +1,111 @@
+/**
+ * The manifest of a checkpoint directory: what it holds, each file's size and
+ * SHA-256, and the metadata a restore needs. Written last, so a checkpoint
+ * without a manifest is by definition incomplete; verified before every
+ * restore, so a truncated or altered checkpoint is refused with the name of
+ * the file at fault, before anything running is touched.
+ *
+ * Layout of a checkpoint directory (format version 1):
+ *
+ *   manifest.json       this manifest
+ *   criu/               CRIU's images (memory, processes, sockets, ...)
+ *   rootfs-diff/        the container's writable layer at the freeze
+ *   volumes/<name>/     each volume's content at the freeze
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync } from 'node:fs';
+import { lstat, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join, relative } from 'node:path';
+import { CorruptCheckpointError } from '../core/errors.js';
+import type { DumpStats } from '../runtime/driver.js';
+import type { TcpConnection } from '../runtime/network.js';
+
+/** Current manifest format; readers refuse newer ones. */
+export const MANIFEST_VERSION = 1;
+
+/** One regular file in the checkpoint. */
+export interface ManifestFile {
+  path: string;
+  size: number;
+  sha256: string;
+}
+
+/** The manifest as stored in `manifest.json`. */
+export interface CheckpointManifest {
+  version: number;
+  id: string;
+  container: string;
+  createdAt: string;
+  /** The container kept running after this checkpoint. */
+  leaveRunning: boolean;
+  /** Established TCP connections at the freeze, locked again on restore. */
+  connections: TcpConnection[];
+  /** Where it was taken: restores elsewhere check compatibility against this. */
+  origin: { host: string; kernel: string; criuVersion: string };
+  stats?: DumpStats;
+  files: ManifestFile[];
+}
+
+/** Lists every regular file under `dir` with size and SHA-256. */
+export async function hashTree(dir: string): Promise<ManifestFile[]> {
+  const files: ManifestFile[] = [];
+  const walk = async (current: string): Promise<void> => {
+    for (const entry of (await readdir(current, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
+      const full = join(current, entry.name);
+      if (entry.isDirectory()) await walk(full);
+      else if (entry.isFile()) {
+        const path = relative(dir, full);
+        if (path === 'manifest.json') continue;
+        files.push({ path, size: (await lstat(full)).size, sha256: await sha256Of(full) });
+      }
+    }
+  };
+  await walk(dir);
+  return files;
+}
+
+async function sha256Of(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Writes the manifest: the last step of a checkpoint. */
+export async function writeManifest(dir: string, manifest: CheckpointManifest): Promise<void> {
+  await writeFile(join(dir, 'manifest.json'), JSON.stringify(manifest, null, 2));
+}
+
+/**
+ * Reads and verifies a checkpoint: the manifest parses, and every file it
+ * lists exists with its recorded size and hash.
+ * @throws CorruptCheckpointError naming the first problem found.
+ */
+export async function verifyCheckpoint(dir: string): Promise<CheckpointManifest> {
+  const manifestPath = join(dir, 'manifest.json');
+  if (!existsSync(manifestPath)) {
+    throw new CorruptCheckpointError(`checkpoint ${dir} has no manifest.json: it is incomplete or damaged`);
+  }
+  let manifest: CheckpointManifest;
+  try {
+    manifest = JSON.parse(await readFile(manifestPath, 'utf8')) as CheckpointManifest;
+  } catch (error) {
+    throw new CorruptCheckpointError(`checkpoint ${dir}: manifest.json is unreadable (${String(error)})`);
+  }
+  if (manifest.version !== MANIFEST_VERSION || !Array.isArray(manifest.files)) {
+    throw new CorruptCheckpointError(`checkpoint ${dir}: unsupported manifest version ${String(manifest.version)}`);
+  }
+  for (const file of manifest.files) {
+    const full = join(dir, file.path);
+    if (!existsSync(full)) throw new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is missing`);
+    const size = (await lstat(full)).size;
+    if (size !== file.size) {
+      throw new CorruptCheckpointError(
+        `checkpoint ${dir}: ${file.path} is truncated or altered (${size} bytes, expected ${file.size})`,
+      );
+    }
+    if ((await sha256Of(full)) !== file.sha256) {
+      throw new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is corrupted (checksum mismatch)`);
+    }
+  }
+  return manifest;
+}

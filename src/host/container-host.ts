@@ -1,0 +1,589 @@
+/**
+ * One host's containers: the local engine behind the CLI (and, later, the
+ * agent). It ties together the image store, volumes, the overlay root
+ * filesystem, Haven's container network and the runtime driver, and keeps a
+ * record per container on the host's disk (`<state>/containers/<name>/`).
+ *
+ * Container lifecycle (the record's `state`; "exited" is derived when runc
+ * reports the init gone):
+ *
+ *            run                 checkpoint               restore
+ *   (none) ──────▶ running ──────────────────▶ checkpointed ──────▶ running
+ *                   │  ▲  └─ checkpoint --leave-running ─┐            │
+ *                   │  └─────────────────────────────────┘            │
+ *                   │ stop / init exits                               │ stop
+ *                   ▼                                                 ▼
+ *                 stopped|exited ──────────── restore ──────────▶ running
+ *                   │
+ *                   └── rm ──▶ (none)
+ *
+ * Every operation either completes or undoes what it did: a failed run
+ * leaves no namespace, mount or directory; a failed checkpoint resumes the
+ * container; a failed restore leaves the checkpoint and the record as they
+ * were.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { release } from 'node:os';
+import { isAbsolute, join, normalize } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { run } from '../core/exec.js';
+import {
+  AlreadyExistsError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+} from '../core/errors.js';
+import { macForIp, parseIpv4Cidr, validateName } from '../core/names.js';
+import type { HostConfig } from '../core/config.js';
+import type { DumpStats, RestoreStats, RuntimeDriver } from '../runtime/driver.js';
+import { RuncDriver } from '../runtime/runc/runc-driver.js';
+import { ociConfig } from '../runtime/runc/bundle.js';
+import {
+  clearConnectionLocks,
+  containerNetnsName,
+  createContainerNetwork,
+  deleteContainerNetwork,
+  listEstablished,
+  netnsPath,
+  shortHash,
+  type TcpConnection,
+} from '../runtime/network.js';
+import { ImageStore } from './images.js';
+import { hashTree, MANIFEST_VERSION, verifyCheckpoint, writeManifest, type CheckpointManifest } from './checkpoint-manifest.js';
+
+/** A volume mounted into a container. */
+export interface VolumeMount {
+  volume: string;
+  path: string;
+}
+
+/** What a user asks for with `haven run`. */
+export interface RunSpec {
+  name: string;
+  /** A root filesystem directory, a tar archive, or an image ID. */
+  image: string;
+  args: string[];
+  env?: string[];
+  volumes?: VolumeMount[];
+  /** `ADDR/PREFIX`; allocated from the host's subnet when absent. */
+  ip?: string;
+  memoryBytes?: number;
+}
+
+/** Record states, as stored. */
+export type RecordState = 'running' | 'checkpointed' | 'stopped';
+
+/** Public container states (`exited`: the record says running, the process is gone). */
+export type ContainerState = RecordState | 'exited' | 'paused';
+
+/** A checkpoint as listed in the container's record. */
+export interface CheckpointSummary {
+  id: string;
+  createdAt: string;
+  leaveRunning: boolean;
+}
+
+/** The container's record on disk. Holds no absolute paths: a copy restores on another host. */
+export interface ContainerRecord {
+  name: string;
+  host: string;
+  image: string;
+  args: string[];
+  env: string[];
+  volumes: VolumeMount[];
+  ip: string;
+  prefix: number;
+  mac: string;
+  memoryBytes?: number;
+  state: RecordState;
+  createdAt: string;
+  checkpoints: CheckpointSummary[];
+}
+
+/** A container as `ps` and `inspect --json` show it (stable fields for scripts). */
+export interface ContainerView {
+  name: string;
+  state: ContainerState;
+  ip: string;
+  host: string;
+  mac: string;
+  image: string;
+  pid: number;
+  exitCode?: number;
+  exitSignal?: number;
+  createdAt: string;
+  volumes: VolumeMount[];
+  checkpoints: CheckpointSummary[];
+}
+
+/** Result of a checkpoint, for the CLI and benchmarks. */
+export interface CheckpointReport {
+  id: string;
+  dir: string;
+  stats?: DumpStats;
+  /** Time the container was paused or frozen, as Haven measured it. */
+  pausedMs: number;
+  wallMs: number;
+}
+
+/** Result of a restore. */
+export interface RestoreReport {
+  checkpoint: string;
+  stats?: RestoreStats;
+  wallMs: number;
+}
+
+/** The containers of one host. */
+export class ContainerHost {
+  readonly images: ImageStore;
+
+  constructor(
+    readonly config: HostConfig,
+    private readonly driver: RuntimeDriver = new RuncDriver(config),
+  ) {
+    this.images = new ImageStore(config.stateDir);
+  }
+
+  // --- paths: everything of a container lives under its directory -----------
+
+  private dir(name: string): string {
+    return join(this.config.stateDir, 'containers', name);
+  }
+  private volumeDir(volume: string): string {
+    return join(this.config.stateDir, 'volumes', volume, 'data');
+  }
+  private runtimeId(name: string): string {
+    // runc IDs are per runc root, which is per host; keep the user's name.
+    return name;
+  }
+  private netns(name: string): string {
+    return containerNetnsName(this.config, name);
+  }
+
+  // --- queries ----------------------------------------------------------------
+
+  /** Reads a container's record. @throws NotFoundError */
+  async record(name: string): Promise<ContainerRecord> {
+    validateName(name, 'container');
+    const path = join(this.dir(name), 'container.json');
+    if (!existsSync(path)) throw new NotFoundError(`no such container: "${name}"`);
+    return JSON.parse(await readFile(path, 'utf8')) as ContainerRecord;
+  }
+
+  private async save(record: ContainerRecord): Promise<void> {
+    const path = join(this.dir(record.name), 'container.json');
+    await writeFile(`${path}.tmp`, JSON.stringify(record, null, 2));
+    await rename(`${path}.tmp`, path);
+  }
+
+  /** The public view of one container, its state checked against runc. */
+  async inspect(name: string): Promise<ContainerView> {
+    const record = await this.record(name);
+    const view: ContainerView = {
+      name: record.name,
+      state: record.state,
+      ip: record.ip,
+      host: record.host,
+      mac: record.mac,
+      image: record.image,
+      pid: 0,
+      createdAt: record.createdAt,
+      volumes: record.volumes,
+      checkpoints: record.checkpoints,
+    };
+    if (record.state === 'running') {
+      const status = await this.driver.state(this.runtimeId(name));
+      if (status && status.state !== 'stopped') {
+        view.pid = status.pid;
+        if (status.state === 'paused') view.state = 'paused';
+      } else {
+        view.state = 'exited';
+        const exit = readExitFile(join(this.dir(name), 'exit.json'));
+        if (exit.exitCode !== undefined) view.exitCode = exit.exitCode;
+        if (exit.signal !== undefined) view.exitSignal = exit.signal;
+      }
+    }
+    return view;
+  }
+
+  /** Every container on this host. */
+  async list(): Promise<ContainerView[]> {
+    const root = join(this.config.stateDir, 'containers');
+    if (!existsSync(root)) return [];
+    const names = (await readdir(root)).filter((n) => existsSync(join(root, n, 'container.json'))).sort();
+    return Promise.all(names.map((n) => this.inspect(n)));
+  }
+
+  /** The container's captured stdout and stderr. */
+  async logs(name: string): Promise<string> {
+    await this.record(name);
+    const path = join(this.dir(name), 'container.log');
+    return existsSync(path) ? readFile(path, 'utf8') : '';
+  }
+
+  // --- run --------------------------------------------------------------------
+
+  /** Creates and starts a container. Nothing is left behind if any step fails. */
+  async run(spec: RunSpec): Promise<ContainerView> {
+    const name = validateName(spec.name, 'container');
+    if (spec.args.length === 0) throw new InvalidArgumentError('a command to run is required (after --)');
+    const volumes = (spec.volumes ?? []).map(validateVolumeMount);
+    if (existsSync(this.dir(name))) throw new AlreadyExistsError(`container "${name}" already exists`);
+    // Resolve the image before making anything: a missing image must leave nothing behind.
+    const image = await this.images.resolve(spec.image);
+    const { address, prefix } = spec.ip ? parseIpv4Cidr(spec.ip) : await this.allocateIp();
+    await this.assertIpFree(address);
+
+    await mkdir(join(this.config.stateDir, 'containers'), { recursive: true });
+    try {
+      await mkdir(this.dir(name)); // atomic: loses a race cleanly
+    } catch {
+      throw new AlreadyExistsError(`container "${name}" already exists`);
+    }
+    const record: ContainerRecord = {
+      name,
+      host: this.config.hostName,
+      image: image.id,
+      args: spec.args,
+      env: spec.env ?? [],
+      volumes,
+      ip: address,
+      prefix,
+      mac: macForIp(address),
+      ...(spec.memoryBytes ? { memoryBytes: spec.memoryBytes } : {}),
+      state: 'running',
+      createdAt: new Date().toISOString(),
+      checkpoints: [],
+    };
+    const undo: Array<() => Promise<unknown>> = [() => rm(this.dir(name), { recursive: true, force: true })];
+    try {
+      for (const v of volumes) await mkdir(this.volumeDir(v.volume), { recursive: true });
+      await mkdir(join(this.dir(name), 'upper'));
+      await this.mountRootfs(record);
+      undo.push(() => this.unmountRootfs(name));
+      await this.writeBundle(record, []);
+      await createContainerNetwork(this.config, {
+        netns: this.netns(name), address, prefix, mac: record.mac,
+      });
+      undo.push(() => deleteContainerNetwork(this.netns(name)));
+      undo.push(() => this.driver.delete(this.runtimeId(name)).catch(() => undefined));
+      await this.driver.create(this.createRequest(name));
+      await this.driver.start(this.runtimeId(name));
+      await this.save(record);
+    } catch (error) {
+      for (const step of undo.reverse()) await step().catch(() => undefined);
+      throw error;
+    }
+    return this.inspect(name);
+  }
+
+  private createRequest(name: string) {
+    const dir = this.dir(name);
+    return {
+      id: this.runtimeId(name),
+      bundle: join(dir, 'bundle'),
+      netnsPath: netnsPath(this.netns(name)),
+      logFile: join(dir, 'container.log'),
+      exitFile: join(dir, 'exit.json'),
+    };
+  }
+
+  private async allocateIp(): Promise<{ address: string; prefix: number }> {
+    const used = new Set((await this.list()).map((c) => c.ip));
+    const [a = 10, b = 88] = this.config.subnet.base.split('.').map(Number);
+    // .0.1 is kept free for a future gateway; x.255.* for lab clients and tools.
+    for (let host = 2; host < 255 * 255; host++) {
+      const address = `${a}.${b}.${Math.floor(host / 256)}.${host % 256}`;
+      if (host % 256 === 0 || host % 256 === 255 || used.has(address)) continue;
+      return { address, prefix: this.config.subnet.prefix };
+    }
+    throw new FailedPreconditionError('no free address left in the host subnet');
+  }
+
+  private async assertIpFree(address: string): Promise<void> {
+    const owner = (await this.list()).find((c) => c.ip === address && c.state !== 'stopped');
+    if (owner) throw new AlreadyExistsError(`address ${address} is already used by container "${owner.name}"`);
+  }
+
+  private async mountRootfs(record: ContainerRecord): Promise<void> {
+    const dir = this.dir(record.name);
+    const rootfs = join(dir, 'rootfs');
+    await mkdir(rootfs, { recursive: true });
+    await rm(join(dir, 'ovl-work'), { recursive: true, force: true });
+    await mkdir(join(dir, 'ovl-work'));
+    const lower = this.images.rootfsOf(record.image);
+    if (!existsSync(lower)) throw new NotFoundError(`image ${record.image} is not in this host's store`);
+    await run([
+      'mount', '-t', 'overlay', 'overlay', '-o',
+      `lowerdir=${lower},upperdir=${join(dir, 'upper')},workdir=${join(dir, 'ovl-work')}`, rootfs,
+    ]);
+  }
+
+  private async unmountRootfs(name: string): Promise<void> {
+    const rootfs = join(this.dir(name), 'rootfs');
+    if (await isMountPoint(rootfs)) await run(['umount', rootfs]);
+  }
+
+  private async writeBundle(record: ContainerRecord, criuOptions: readonly string[]): Promise<void> {
+    const dir = this.dir(record.name);
+    await mkdir(join(dir, 'bundle'), { recursive: true });
+    const criuConfigFile = join(dir, 'criu.conf');
+    await writeFile(criuConfigFile, criuOptions.map((o) => `${o}\n`).join(''));
+    const config = ociConfig({
+      rootfs: join(dir, 'rootfs'),
+      args: record.args,
+      env: record.env,
+      hostname: record.name,
+      netnsPath: netnsPath(this.netns(record.name)),
+      cgroupsPath: `/haven/${shortHash(this.config.hostName)}/${record.name}`,
+      ...(record.memoryBytes ? { memoryLimitBytes: record.memoryBytes } : {}),
+      mounts: record.volumes.map((v) => ({ source: this.volumeDir(v.volume), destination: v.path })),
+      criuConfigFile,
+    });
+    await writeFile(join(dir, 'bundle', 'config.json'), JSON.stringify(config, null, 2));
+  }
+
+  // --- checkpoint ---------------------------------------------------------------
+
+  /**
+   * Checkpoints a running container: memory and processes (CRIU), its
+   * writable layer and its volumes, all taken in one freeze so that they
+   * agree. Without `leaveRunning` the container stops, as with Podman.
+   */
+  async checkpoint(name: string, options: { leaveRunning?: boolean } = {}): Promise<CheckpointReport> {
+    const record = await this.record(name);
+    const view = await this.inspect(name);
+    if (view.state !== 'running') {
+      throw new FailedPreconditionError(`container "${name}" is ${view.state}, not running: nothing to checkpoint`);
+    }
+    const id = `ck-${new Date().toISOString().replace(/[-:.TZ]/g, '').slice(0, 17)}-${shortHash(String(Math.random())).slice(0, 4)}`;
+    const checkpoints = join(this.dir(name), 'checkpoints');
+    const staging = join(checkpoints, `.tmp-${id}`);
+    await mkdir(staging, { recursive: true });
+    const runtimeId = this.runtimeId(name);
+    const started = performance.now();
+    let pausedAt = 0;
+    let resumedAt = 0;
+    let paused = false;
+    let connections: TcpConnection[] = [];
+    let result;
+    try {
+      // Freeze first, then copy files and dump memory: all three describe one instant.
+      await this.driver.pause(runtimeId);
+      paused = true;
+      pausedAt = performance.now();
+      connections = await listEstablished(this.netns(name));
+      await copyTree(join(this.dir(name), 'upper'), join(staging, 'rootfs-diff'));
+      for (const v of record.volumes) {
+        await copyTree(this.volumeDir(v.volume), join(staging, 'volumes', v.volume));
+      }
+      await this.writeBundle(record, []);
+      result = await this.driver.checkpoint(runtimeId, {
+        imageDir: join(staging, 'criu'),
+        workDir: join(staging, 'work'),
+        leaveRunning: options.leaveRunning ?? false,
+        tcpEstablished: true,
+        netnsPath: netnsPath(this.netns(name)),
+      });
+      if (options.leaveRunning) {
+        await this.driver.resume(runtimeId);
+        paused = false;
+      }
+      resumedAt = performance.now();
+    } catch (error) {
+      if (paused) await this.driver.resume(runtimeId).catch(() => undefined);
+      await rm(staging, { recursive: true, force: true });
+      throw error;
+    }
+    // CRIU's logs stay beside the images for diagnosis, outside the verified set.
+    await rename(join(staging, 'work'), join(staging, 'logs'));
+    const manifest: CheckpointManifest = {
+      version: MANIFEST_VERSION,
+      id,
+      container: name,
+      createdAt: new Date().toISOString(),
+      leaveRunning: options.leaveRunning ?? false,
+      connections,
+      origin: { host: this.config.hostName, kernel: release(), criuVersion: await this.criuVersion() },
+      ...(result.stats ? { stats: result.stats } : {}),
+      files: (await hashTree(staging)).filter((f) => !f.path.startsWith('logs/')),
+    };
+    await writeManifest(staging, manifest);
+    await rename(staging, join(checkpoints, id));
+    if (!options.leaveRunning) {
+      // The processes are gone; release what only a running container needs.
+      await this.driver.delete(runtimeId).catch(() => undefined);
+      await deleteContainerNetwork(this.netns(name));
+      await this.unmountRootfs(name);
+      record.state = 'checkpointed';
+    }
+    record.checkpoints.push({ id, createdAt: manifest.createdAt, leaveRunning: manifest.leaveRunning });
+    await this.save(record);
+    return {
+      id,
+      dir: join(checkpoints, id),
+      ...(result.stats ? { stats: result.stats } : {}),
+      pausedMs: resumedAt - pausedAt,
+      wallMs: performance.now() - started,
+    };
+  }
+
+  private async criuVersion(): Promise<string> {
+    const { stdout } = await run([this.config.criuPath, '--version'], { allowFailure: true });
+    return /Version:\s*(\S+)/.exec(stdout)?.[1] ?? 'unknown';
+  }
+
+  // --- restore ----------------------------------------------------------------
+
+  /**
+   * Restores a container from its newest (or a named) checkpoint: files
+   * first, then a fresh network namespace with its connections locked, then
+   * CRIU. The checkpoint is verified before anything is changed.
+   */
+  async restore(name: string, options: { checkpoint?: string; tcpClose?: boolean } = {}): Promise<RestoreReport> {
+    const record = await this.record(name);
+    const view = await this.inspect(name);
+    if (view.state === 'running' || view.state === 'paused') {
+      throw new FailedPreconditionError(`container "${name}" is already running; stop it before restoring`);
+    }
+    const chosen = options.checkpoint ?? record.checkpoints.at(-1)?.id;
+    if (!chosen) throw new NotFoundError(`container "${name}" has no checkpoint to restore`);
+    if (!/^ck-[0-9a-z-]+$/.test(chosen)) throw new InvalidArgumentError(`invalid checkpoint id "${chosen}"`);
+    const dir = join(this.dir(name), 'checkpoints', chosen);
+    if (!existsSync(dir)) throw new NotFoundError(`container "${name}" has no checkpoint "${chosen}"`);
+    const manifest = await verifyCheckpoint(dir);
+
+    const started = performance.now();
+    const runtimeId = this.runtimeId(name);
+    // A stale runc entry (exited container) would block the restore's ID.
+    await this.driver.delete(runtimeId).catch(() => undefined);
+    await this.unmountRootfs(name);
+    await deleteContainerNetwork(this.netns(name));
+
+    // Files as they were at the freeze: CRIU refuses open files whose size changed.
+    await replaceTree(join(dir, 'rootfs-diff'), join(this.dir(name), 'upper'));
+    for (const v of record.volumes) {
+      await replaceTree(join(dir, 'volumes', v.volume), this.volumeDir(v.volume));
+    }
+    record.host = this.config.hostName;
+    const undo: Array<() => Promise<unknown>> = [];
+    try {
+      await this.mountRootfs(record);
+      undo.push(() => this.unmountRootfs(name));
+      await this.writeBundle(record, options.tcpClose ? ['tcp-close'] : []);
+      await createContainerNetwork(this.config, {
+        netns: this.netns(name), address: record.ip, prefix: record.prefix, mac: record.mac,
+        lockedConnections: options.tcpClose ? [] : manifest.connections,
+      });
+      undo.push(() => deleteContainerNetwork(this.netns(name)));
+      undo.push(() => this.driver.delete(runtimeId).catch(() => undefined));
+      const workDir = join(this.dir(name), 'restore-work');
+      await rm(workDir, { recursive: true, force: true });
+      await rm(join(this.dir(name), 'exit.json'), { force: true });
+      const result = await this.driver.restore(runtimeId, {
+        ...this.createRequest(name),
+        imageDir: join(dir, 'criu'),
+        workDir,
+        tcpEstablished: true,
+        tcpClose: options.tcpClose ?? false,
+      });
+      // CRIU unlocks what it restored; anything left would black-hole a connection.
+      await clearConnectionLocks(this.netns(name));
+      record.state = 'running';
+      await this.save(record);
+      return {
+        checkpoint: chosen,
+        ...(result.stats ? { stats: result.stats } : {}),
+        wallMs: performance.now() - started,
+      };
+    } catch (error) {
+      for (const step of undo.reverse()) await step().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  // --- stop and remove -------------------------------------------------------------
+
+  /** Stops a container: SIGTERM, then SIGKILL after `graceMs`. Its files and checkpoints stay. */
+  async stop(name: string, graceMs = 10_000): Promise<ContainerView> {
+    const record = await this.record(name);
+    const runtimeId = this.runtimeId(name);
+    const status = await this.driver.state(runtimeId);
+    if (status && status.state !== 'stopped') {
+      if (status.state === 'paused') await this.driver.resume(runtimeId);
+      await this.driver.kill(runtimeId, 'SIGTERM').catch(() => undefined);
+      const deadline = Date.now() + graceMs;
+      while (Date.now() < deadline && (await this.driver.state(runtimeId))?.state === 'running') await sleep(50);
+      if ((await this.driver.state(runtimeId))?.state === 'running') {
+        await this.driver.kill(runtimeId, 'SIGKILL').catch(() => undefined);
+      }
+    }
+    await this.release(name);
+    if (record.state === 'running') record.state = 'stopped';
+    await this.save(record);
+    return this.inspect(name);
+  }
+
+  /** Removes a container and everything of it (not its volumes). */
+  async remove(name: string, options: { force?: boolean } = {}): Promise<void> {
+    const view = await this.inspect(name);
+    if ((view.state === 'running' || view.state === 'paused') && !options.force) {
+      throw new FailedPreconditionError(`container "${name}" is running; stop it first or use --force`);
+    }
+    await this.release(name);
+    await rm(this.dir(name), { recursive: true, force: true });
+  }
+
+  /** Frees the runtime entry, network namespace and mount of a container. */
+  private async release(name: string): Promise<void> {
+    await this.driver.delete(this.runtimeId(name)).catch(() => undefined);
+    await deleteContainerNetwork(this.netns(name));
+    await this.unmountRootfs(name);
+  }
+}
+
+function validateVolumeMount(mount: VolumeMount): VolumeMount {
+  validateName(mount.volume, 'volume');
+  if (!isAbsolute(mount.path) || normalize(mount.path) !== mount.path || mount.path === '/') {
+    throw new InvalidArgumentError(`invalid volume path "${mount.path}": use an absolute, normalised path like /data`);
+  }
+  return mount;
+}
+
+/** Parses `--volume NAME:/path`. */
+export function parseVolumeFlag(text: string): VolumeMount {
+  const at = text.indexOf(':');
+  if (at <= 0) throw new InvalidArgumentError(`invalid volume "${text}": expected NAME:/path`);
+  return validateVolumeMount({ volume: text.slice(0, at), path: text.slice(at + 1) });
+}
+
+function readExitFile(path: string): { exitCode?: number; signal?: number } {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as { exitCode?: number; signal?: number };
+  } catch {
+    return {};
+  }
+}
+
+async function isMountPoint(path: string): Promise<boolean> {
+  if (!existsSync(path)) return false;
+  const { code } = await run(['mountpoint', '-q', path], { allowFailure: true });
+  return code === 0;
+}
+
+/** Copies a directory tree with owners, modes, times and sparse files kept. */
+async function copyTree(from: string, to: string): Promise<void> {
+  await mkdir(to, { recursive: true });
+  if (existsSync(from)) await run(['cp', '-a', '--reflink=auto', `${from}/.`, `${to}/`]);
+}
+
+/** Makes `to` an exact copy of `from` (files not in `from` are removed). */
+async function replaceTree(from: string, to: string): Promise<void> {
+  const fresh = `${to}.restore-${process.pid}`;
+  await rm(fresh, { recursive: true, force: true });
+  await copyTree(from, fresh);
+  await rm(to, { recursive: true, force: true });
+  await rename(fresh, to);
+}
+

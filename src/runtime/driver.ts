@@ -1,0 +1,121 @@
+/**
+ * The runtime driver interface: everything Haven asks of a container runtime.
+ * The runc + CRIU implementation (`runc/runc-driver.ts`) is the only module
+ * that spawns runc or criu; unit tests of pure logic may use a fake.
+ */
+
+/** State of a container as the runtime sees it. */
+export type RuntimeState = 'created' | 'running' | 'paused' | 'stopped';
+
+/** A container known to the runtime. */
+export interface RuntimeStatus {
+  id: string;
+  state: RuntimeState;
+  /** PID of the container's init in the host's PID namespace (0 when stopped). */
+  pid: number;
+  bundle: string;
+}
+
+/** How to create a container. */
+export interface CreateRequest {
+  id: string;
+  /** OCI bundle directory holding `config.json`. */
+  bundle: string;
+  /** Network namespace the container joins (and runc runs in, so CRIU's iptables calls land there). */
+  netnsPath: string;
+  /** File that receives the container's stdout and stderr. */
+  logFile: string;
+  /** File written with the container's exit status when its init ends. */
+  exitFile: string;
+}
+
+/** Options of one checkpoint. */
+export interface CheckpointOptions {
+  /** Directory for CRIU's images (created if missing). */
+  imageDir: string;
+  /** Directory for CRIU's logs and statistics. */
+  workDir: string;
+  /** Keep the container running after the dump (otherwise it is stopped, as with Podman). */
+  leaveRunning?: boolean;
+  /** Dump established TCP connections (CRIU's TCP repair mode). */
+  tcpEstablished?: boolean;
+  /** Images of a previous pre-dump to diff against (needs soft-dirty tracking). */
+  parentImageDir?: string;
+  /** Only dump memory, leave the container running (iterative migration). */
+  preDump?: boolean;
+  /** Leave memory for a lazy-pages server instead of writing it all (post-copy). */
+  lazyPages?: boolean;
+  /** Send pages to a CRIU page server at `host:port` instead of local files. */
+  pageServer?: string;
+  /** Network namespace in which to run CRIU (so connection locks land in it). */
+  netnsPath: string;
+}
+
+/** Options of one restore. */
+export interface RestoreOptions extends CreateRequest {
+  imageDir: string;
+  workDir: string;
+  tcpEstablished?: boolean;
+  /** Close restored established connections at once (failover to an older epoch). */
+  tcpClose?: boolean;
+  /** Restore with lazy pages served by a lazy-pages daemon sharing `workDir`. */
+  lazyPages?: boolean;
+}
+
+/** CRIU's own statistics of a dump, in milliseconds and pages. */
+export interface DumpStats {
+  /** Time to freeze the tasks. */
+  freezingMs: number;
+  /** Time the tasks were frozen (CRIU's view of the freeze). */
+  frozenMs: number;
+  memdumpMs: number;
+  memwriteMs: number;
+  pagesScanned: number;
+  pagesWritten: number;
+  pagesSkippedParent: number;
+  pagesLazy: number;
+}
+
+/** CRIU's statistics of a restore. */
+export interface RestoreStats {
+  forkingMs: number;
+  restoreMs: number;
+  pagesRestored: number;
+}
+
+/** Result of a checkpoint: CRIU's stats and the wall time we measured. */
+export interface CheckpointResult {
+  stats: DumpStats | undefined;
+  wallMs: number;
+}
+
+/** Result of a restore. */
+export interface RestoreResult {
+  status: RuntimeStatus;
+  stats: RestoreStats | undefined;
+  wallMs: number;
+}
+
+/** What Haven needs from a container runtime. */
+export interface RuntimeDriver {
+  /** Creates the container (processes exist, not yet started). */
+  create(request: CreateRequest): Promise<RuntimeStatus>;
+  /** Starts a created container's user process. */
+  start(id: string): Promise<void>;
+  /** The runtime's view of one container, or undefined if it does not know it. */
+  state(id: string): Promise<RuntimeStatus | undefined>;
+  /** Every container in this runtime root. */
+  list(): Promise<RuntimeStatus[]>;
+  kill(id: string, signal: string): Promise<void>;
+  /** Deletes the container from the runtime (force kills a running one). */
+  delete(id: string): Promise<void>;
+  pause(id: string): Promise<void>;
+  resume(id: string): Promise<void>;
+  checkpoint(id: string, options: CheckpointOptions): Promise<CheckpointResult>;
+  restore(id: string, options: RestoreOptions): Promise<RestoreResult>;
+  /**
+   * Finds a container that kept running while its manager was down (an agent
+   * restart is not a container crash), or undefined if it is gone.
+   */
+  adopt(id: string): Promise<RuntimeStatus | undefined>;
+}

@@ -1,0 +1,80 @@
+/**
+ * OCI runtime configuration (`config.json`) for a Haven container: a pure
+ * function of the container's spec and where its parts live on this host.
+ */
+
+/** A bind mount of a Haven volume into the container. */
+export interface BundleMount {
+  source: string;
+  destination: string;
+}
+
+/** Inputs of {@link ociConfig}. */
+export interface BundleSpec {
+  rootfs: string;
+  args: readonly string[];
+  env: readonly string[];
+  hostname: string;
+  netnsPath: string;
+  /** A cgroup path unique on the machine: lab hosts share one cgroup tree. */
+  cgroupsPath: string;
+  memoryLimitBytes?: number;
+  mounts: readonly BundleMount[];
+  /** CRIU configuration file runc hands to CRIU (`org.criu.config`). */
+  criuConfigFile: string;
+}
+
+/** Builds the OCI config for runc. */
+export function ociConfig(spec: BundleSpec): Record<string, unknown> {
+  const caps = [
+    'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW',
+    'CAP_SETGID', 'CAP_SETUID', 'CAP_SETFCAP', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE',
+    'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE',
+  ];
+  return {
+    ociVersion: '1.0.2',
+    process: {
+      terminal: false,
+      user: { uid: 0, gid: 0 },
+      args: spec.args,
+      env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...spec.env],
+      cwd: '/',
+      capabilities: { bounding: caps, effective: caps, permitted: caps, ambient: caps },
+      rlimits: [{ type: 'RLIMIT_NOFILE', hard: 1024, soft: 1024 }],
+      noNewPrivileges: true,
+    },
+    root: { path: spec.rootfs, readonly: false },
+    hostname: spec.hostname,
+    mounts: [
+      { destination: '/proc', type: 'proc', source: 'proc' },
+      { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+      { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
+      { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+      { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+      { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+      ...spec.mounts.map((m) => ({
+        destination: m.destination,
+        type: 'bind',
+        source: m.source,
+        options: ['rbind', 'rw'],
+      })),
+    ],
+    annotations: { 'org.criu.config': spec.criuConfigFile },
+    linux: {
+      cgroupsPath: spec.cgroupsPath,
+      resources: {
+        devices: [{ allow: false, access: 'rwm' }],
+        ...(spec.memoryLimitBytes ? { memory: { limit: spec.memoryLimitBytes } } : {}),
+      },
+      namespaces: [
+        { type: 'pid' },
+        { type: 'network', path: spec.netnsPath },
+        { type: 'ipc' },
+        { type: 'uts' },
+        { type: 'mount' },
+      ],
+      maskedPaths: ['/proc/kcore', '/proc/latency_stats', '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/sys/firmware'],
+      readonlyPaths: ['/proc/asound', '/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'],
+    },
+  };
+}
