@@ -56,6 +56,8 @@ export function run(argv: readonly string[], options: ExecOptions = {}): Promise
       const lines = lastLines(result.stderr || result.stdout, 8);
       reject(new RuntimeFailedError(`${argv.slice(0, 4).join(' ')} failed (${why})`, toolName(cmd, args), lines));
     });
+    // A command that exits without reading its input must not crash us with EPIPE.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(options.input ?? '');
   });
 }

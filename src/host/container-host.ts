@@ -23,7 +23,7 @@
  * were.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
 import { release } from 'node:os';
 import { isAbsolute, join, normalize } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -336,7 +336,7 @@ export class ContainerHost {
       env: record.env,
       hostname: record.name,
       netnsPath: netnsPath(this.netns(record.name)),
-      cgroupsPath: `/haven/${shortHash(this.config.hostName)}/${record.name}`,
+      cgroupsPath: `${this.cgroupParent()}/${record.name}`,
       ...(record.memoryBytes ? { memoryLimitBytes: record.memoryBytes } : {}),
       mounts: record.volumes.map((v) => ({ source: this.volumeDir(v.volume), destination: v.path })),
       criuConfigFile,
@@ -535,11 +535,17 @@ export class ContainerHost {
     await rm(this.dir(name), { recursive: true, force: true });
   }
 
-  /** Frees the runtime entry, network namespace and mount of a container. */
+  /** Frees the runtime entry, network namespace, mount and cgroup parents of a container. */
   private async release(name: string): Promise<void> {
     await this.driver.delete(this.runtimeId(name)).catch(() => undefined);
     await deleteContainerNetwork(this.netns(name));
     await this.unmountRootfs(name);
+    await pruneEmptyCgroups(this.cgroupParent());
+  }
+
+  /** The cgroup directory under which this host's containers live (unique per host). */
+  private cgroupParent(): string {
+    return `/haven/${shortHash(this.config.hostName)}`;
   }
 }
 
@@ -563,6 +569,21 @@ function readExitFile(path: string): { exitCode?: number; signal?: number } {
     return JSON.parse(readFileSync(path, 'utf8')) as { exitCode?: number; signal?: number };
   } catch {
     return {};
+  }
+}
+
+/**
+ * Removes the host's cgroup parent directories once empty (runc removes each
+ * container's own cgroup, not the parents it created). rmdir fails harmlessly
+ * while any container still lives there.
+ */
+async function pruneEmptyCgroups(parent: string): Promise<void> {
+  const controllers = existsSync('/sys/fs/cgroup') ? await readdir('/sys/fs/cgroup') : [];
+  for (const controller of ['', ...controllers]) {
+    const base = join('/sys/fs/cgroup', controller);
+    for (const dir of [join(base, parent), join(base, '/haven')]) {
+      if (existsSync(dir)) await rmdir(dir).catch(() => undefined);
+    }
   }
 }
 

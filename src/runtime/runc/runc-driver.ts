@@ -110,7 +110,10 @@ export class RuncDriver implements RuntimeDriver {
         await criuErrors(join(options.workDir, options.preDump ? 'pre-dump.log' : 'dump.log'), result.stderr),
       );
     }
-    return { stats: readDumpStats(join(options.imageDir, 'stats-dump')), wallMs };
+    // CRIU writes its statistics into the work directory when one is given.
+    const stats =
+      readDumpStats(join(options.workDir, 'stats-dump')) ?? readDumpStats(join(options.imageDir, 'stats-dump'));
+    return { stats, wallMs };
   }
 
   async restore(id: string, options: RestoreOptions): Promise<RestoreResult> {
@@ -137,8 +140,8 @@ export class RuncDriver implements RuntimeDriver {
     }
     const wallMs = performance.now() - started;
     const stats =
-      readRestoreStats(join(options.imageDir, 'stats-restore')) ??
-      readRestoreStats(join(options.workDir, 'stats-restore'));
+      readRestoreStats(join(options.workDir, 'stats-restore')) ??
+      readRestoreStats(join(options.imageDir, 'stats-restore'));
     return { status: await this.mustState(id), stats, wallMs };
   }
 
