@@ -38,7 +38,14 @@ for (const [i, file] of files.entries()) {
   const started = Date.now();
   const result = spawnSync(
     process.execPath,
-    ['--test', '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=tap', `--test-reporter-destination=${tap}`, file],
+    [
+      '--test',
+      '--test-reporter=spec',
+      '--test-reporter-destination=stdout',
+      '--test-reporter=tap',
+      `--test-reporter-destination=${tap}`,
+      file,
+    ],
     { stdio: 'inherit' },
   );
   const seconds = (Date.now() - started) / 1000;
@@ -56,7 +63,13 @@ for (const [i, file] of files.entries()) {
 }
 
 console.log('\nper-file durations:');
-for (const d of durations) console.log(`  ${d.seconds.toFixed(1).padStart(7)} s  ${d.fail ? 'FAIL' : 'ok  '}  ${d.name}`);
-console.log(`  ${durations.reduce((s, d) => s + d.seconds, 0).toFixed(1).padStart(7)} s  total`);
+for (const d of durations)
+  console.log(`  ${d.seconds.toFixed(1).padStart(7)} s  ${d.fail ? 'FAIL' : 'ok  '}  ${d.name}`);
+console.log(
+  `  ${durations
+    .reduce((s, d) => s + d.seconds, 0)
+    .toFixed(1)
+    .padStart(7)} s  total`,
+);
 console.log(`\ntests: ${totals.pass} passed, ${totals.fail} failed, ${totals.skipped} skipped`);
 process.exit(totals.fail > 0 ? 1 : 0);

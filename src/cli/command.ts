@@ -43,7 +43,12 @@ export function parseInvocation(command: Command, argv: string[]): Invocation {
   const rest = dashDash >= 0 ? argv.slice(dashDash + 1) : [];
   let parsed;
   try {
-    parsed = parseArgs({ args: own, options: { ...GLOBAL_OPTIONS, ...command.options }, allowPositionals: true, strict: true });
+    parsed = parseArgs({
+      args: own,
+      options: { ...GLOBAL_OPTIONS, ...command.options },
+      allowPositionals: true,
+      strict: true,
+    });
   } catch (error) {
     throw new InvalidArgumentError(`${(error as Error).message}\nusage: ${command.usage}`);
   }
@@ -68,7 +73,8 @@ export function parseInvocation(command: Command, argv: string[]): Invocation {
 export function requireName(invocation: Invocation, usage: string): string {
   const [name, ...extra] = invocation.positionals;
   if (!name) throw new InvalidArgumentError(`a container name is required\nusage: ${usage}`);
-  if (extra.length > 0) throw new InvalidArgumentError(`unexpected arguments: ${extra.join(' ')}\nusage: ${usage}`);
+  if (extra.length > 0)
+    throw new InvalidArgumentError(`unexpected arguments: ${extra.join(' ')}\nusage: ${usage}`);
   return name;
 }
 

@@ -15,8 +15,15 @@ import { runCommand } from './commands/run.js';
 import { stopCommand } from './commands/stop.js';
 
 const COMMANDS: readonly Command[] = [
-  runCommand, psCommand, inspectCommand, logsCommand, checkpointCommand, restoreCommand,
-  stopCommand, rmCommand, doctorCommand,
+  runCommand,
+  psCommand,
+  inspectCommand,
+  logsCommand,
+  checkpointCommand,
+  restoreCommand,
+  stopCommand,
+  rmCommand,
+  doctorCommand,
 ];
 
 function helpText(): string {
@@ -31,7 +38,7 @@ function helpText(): string {
     'global options:',
     '  --state-dir DIR   host state directory (HAVEN_STATE_DIR, default /var/lib/haven)',
     '  --runc-root DIR   runc state root (HAVEN_RUNC_ROOT, default /run/haven/runc)',
-    '  --host-name NAME  this host\'s name (HAVEN_HOST, default the hostname)',
+    "  --host-name NAME  this host's name (HAVEN_HOST, default the hostname)",
     '',
     "Run 'haven COMMAND --help' for a command's options.",
   ];
@@ -62,7 +69,12 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (error: unknown) => {
-    const message = error instanceof HavenError ? error.message : error instanceof Error ? (error.stack ?? error.message) : String(error);
+    const message =
+      error instanceof HavenError
+        ? error.message
+        : error instanceof Error
+          ? (error.stack ?? error.message)
+          : String(error);
     process.stderr.write(`haven: ${message}\n`);
     process.exitCode = exitCodeFor(error);
   },

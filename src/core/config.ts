@@ -41,7 +41,10 @@ export interface HostConfig {
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 /** Resolves options against the environment (`HAVEN_*`) and defaults. */
-export function compileHostConfig(options: HostOptions = {}, env: NodeJS.ProcessEnv = process.env): HostConfig {
+export function compileHostConfig(
+  options: HostOptions = {},
+  env: NodeJS.ProcessEnv = process.env,
+): HostConfig {
   const hostName = options.hostName ?? env.HAVEN_HOST ?? hostname();
   const subnetText = options.subnet ?? env.HAVEN_SUBNET ?? '10.88.0.0/16';
   const [base = '10.88.0.0', prefixText = '16'] = subnetText.split('/');

@@ -73,7 +73,8 @@ export class CorruptCheckpointError extends HavenError {
 export class RuntimeFailedError extends HavenError {
   constructor(
     message: string,
-    readonly tool: 'runc' | 'criu' | 'ip' | 'iptables' | 'mount' | string,
+    /** The tool that failed (runc, criu, ip, iptables, mount, ...). */
+    readonly tool: string,
     readonly details: readonly string[],
   ) {
     super(details.length > 0 ? `${message}\n  ${details.join('\n  ')}` : message, 'runtime_failed');

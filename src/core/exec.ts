@@ -54,7 +54,9 @@ export function run(argv: readonly string[], options: ExecOptions = {}): Promise
       }
       const why = signal ? `killed by ${signal}` : `exit ${result.code}`;
       const lines = lastLines(result.stderr || result.stdout, 8);
-      reject(new RuntimeFailedError(`${argv.slice(0, 4).join(' ')} failed (${why})`, toolName(cmd, args), lines));
+      reject(
+        new RuntimeFailedError(`${argv.slice(0, 4).join(' ')} failed (${why})`, toolName(cmd, args), lines),
+      );
     });
     // A command that exits without reading its input must not crash us with EPIPE.
     child.stdin.on('error', () => undefined);

@@ -47,11 +47,19 @@ export async function runDoctor(config: HostConfig): Promise<DoctorCheck[]> {
     name: 'criu version',
     ok: criu.ok && (maj > 4 || (maj === 4 && min >= 2)),
     required: true,
-    detail: version ? `criu ${version} at ${config.criuPath} (need >= 4.2: 3.17 fails on this kernel's vDSO, 4.1 cannot dump TCP on >= 6.16)` : `no criu at ${config.criuPath}`,
+    detail: version
+      ? `criu ${version} at ${config.criuPath} (need >= 4.2: 3.17 fails on this kernel's vDSO, 4.1 cannot dump TCP on >= 6.16)`
+      : `no criu at ${config.criuPath}`,
     fix: SETUP,
   });
   const check = await tool([config.criuPath, 'check']);
-  add({ name: 'criu check', ok: check.ok, required: true, detail: check.out.split('\n').pop() ?? '', fix: SETUP });
+  add({
+    name: 'criu check',
+    ok: check.ok,
+    required: true,
+    detail: check.out.split('\n').pop() ?? '',
+    fix: SETUP,
+  });
 
   const dirty = await tool([config.criuPath, 'check', '--feature', 'mem_dirty_track']);
   add({
@@ -68,7 +76,9 @@ export async function runDoctor(config: HostConfig): Promise<DoctorCheck[]> {
     name: 'userfaultfd',
     ok: uffd.ok,
     required: false,
-    detail: uffd.ok ? 'lazy pages (post-copy migration) available' : 'no userfaultfd: post-copy migration unavailable',
+    detail: uffd.ok
+      ? 'lazy pages (post-copy migration) available'
+      : 'no userfaultfd: post-copy migration unavailable',
     fix: 'sysctl -w vm.unprivileged_userfaultfd=1 or a kernel with CONFIG_USERFAULTFD',
   });
   const pipeMax = Number(readFileSync('/proc/sys/fs/pipe-max-size', 'utf8'));
@@ -81,25 +91,59 @@ export async function runDoctor(config: HostConfig): Promise<DoctorCheck[]> {
   });
 
   const runc = await tool([config.runcPath, '--version']);
-  add({ name: 'runc', ok: runc.ok, required: true, detail: runc.out.split('\n')[0] ?? '', fix: 'apt-get install runc' });
+  add({
+    name: 'runc',
+    ok: runc.ok,
+    required: true,
+    detail: runc.out.split('\n')[0] ?? '',
+    fix: 'apt-get install runc',
+  });
 
   const cgroups = existsSync('/sys/fs/cgroup/freezer') || existsSync('/sys/fs/cgroup/cgroup.controllers');
   add({
     name: 'cgroups',
     ok: cgroups,
     required: true,
-    detail: existsSync('/sys/fs/cgroup/cgroup.controllers') ? 'cgroup v2' : cgroups ? 'cgroup v1 with freezer' : 'no freezer cgroup found',
+    detail: existsSync('/sys/fs/cgroup/cgroup.controllers')
+      ? 'cgroup v2'
+      : cgroups
+        ? 'cgroup v1 with freezer'
+        : 'no freezer cgroup found',
     fix: 'mount the cgroup v1 freezer hierarchy or cgroup v2 at /sys/fs/cgroup',
   });
 
   const iptables = await tool(['iptables', '-w', '-L', '-n']);
-  add({ name: 'iptables', ok: iptables.ok, required: true, detail: iptables.ok ? 'works (CRIU locks TCP connections with it)' : iptables.out, fix: 'apt-get install iptables' });
+  add({
+    name: 'iptables',
+    ok: iptables.ok,
+    required: true,
+    detail: iptables.ok ? 'works (CRIU locks TCP connections with it)' : iptables.out,
+    fix: 'apt-get install iptables',
+  });
   const tc = await tool(['tc', 'qdisc', 'show']);
-  add({ name: 'tc', ok: tc.ok, required: false, detail: tc.ok ? 'traffic control available (lab link shaping)' : tc.out, fix: 'apt-get install iproute2' });
+  add({
+    name: 'tc',
+    ok: tc.ok,
+    required: false,
+    detail: tc.ok ? 'traffic control available (lab link shaping)' : tc.out,
+    fix: 'apt-get install iproute2',
+  });
   const ip = await tool(['ip', 'netns', 'list']);
-  add({ name: 'ip netns', ok: ip.ok, required: true, detail: ip.ok ? 'network namespaces available' : ip.out, fix: 'apt-get install iproute2' });
+  add({
+    name: 'ip netns',
+    ok: ip.ok,
+    required: true,
+    detail: ip.ok ? 'network namespaces available' : ip.out,
+    fix: 'apt-get install iproute2',
+  });
   const overlay = readFileSync('/proc/filesystems', 'utf8').includes('overlay');
-  add({ name: 'overlayfs', ok: overlay, required: true, detail: overlay ? 'available' : 'missing', fix: 'modprobe overlay' });
+  add({
+    name: 'overlayfs',
+    ok: overlay,
+    required: true,
+    detail: overlay ? 'available' : 'missing',
+    fix: 'modprobe overlay',
+  });
   add({
     name: 'haven-shim',
     ok: existsSync(config.shimPath),

@@ -50,7 +50,9 @@ export interface CheckpointManifest {
 export async function hashTree(dir: string): Promise<ManifestFile[]> {
   const files: ManifestFile[] = [];
   const walk = async (current: string): Promise<void> => {
-    for (const entry of (await readdir(current, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
+    for (const entry of (await readdir(current, { withFileTypes: true })).sort((a, b) =>
+      a.name.localeCompare(b.name),
+    )) {
       const full = join(current, entry.name);
       if (entry.isDirectory()) await walk(full);
       else if (entry.isFile()) {
@@ -92,7 +94,9 @@ export async function verifyCheckpoint(dir: string): Promise<CheckpointManifest>
     throw new CorruptCheckpointError(`checkpoint ${dir}: manifest.json is unreadable (${String(error)})`);
   }
   if (manifest.version !== MANIFEST_VERSION || !Array.isArray(manifest.files)) {
-    throw new CorruptCheckpointError(`checkpoint ${dir}: unsupported manifest version ${String(manifest.version)}`);
+    throw new CorruptCheckpointError(
+      `checkpoint ${dir}: unsupported manifest version ${String(manifest.version)}`,
+    );
   }
   for (const file of manifest.files) {
     const full = join(dir, file.path);

@@ -50,7 +50,13 @@ import {
   type TcpConnection,
 } from '../runtime/network.js';
 import { ImageStore } from './images.js';
-import { hashTree, MANIFEST_VERSION, verifyCheckpoint, writeManifest, type CheckpointManifest } from './checkpoint-manifest.js';
+import {
+  hashTree,
+  MANIFEST_VERSION,
+  verifyCheckpoint,
+  writeManifest,
+  type CheckpointManifest,
+} from './checkpoint-manifest.js';
 
 /** A volume mounted into a container. */
 export interface VolumeMount {
@@ -264,7 +270,10 @@ export class ContainerHost {
       undo.push(() => this.unmountRootfs(name));
       await this.writeBundle(record, []);
       await createContainerNetwork(this.config, {
-        netns: this.netns(name), address, prefix, mac: record.mac,
+        netns: this.netns(name),
+        address,
+        prefix,
+        mac: record.mac,
       });
       undo.push(() => deleteContainerNetwork(this.netns(name)));
       undo.push(() => this.driver.delete(this.runtimeId(name)).catch(() => undefined));
@@ -303,7 +312,8 @@ export class ContainerHost {
 
   private async assertIpFree(address: string): Promise<void> {
     const owner = (await this.list()).find((c) => c.ip === address && c.state !== 'stopped');
-    if (owner) throw new AlreadyExistsError(`address ${address} is already used by container "${owner.name}"`);
+    if (owner)
+      throw new AlreadyExistsError(`address ${address} is already used by container "${owner.name}"`);
   }
 
   private async mountRootfs(record: ContainerRecord): Promise<void> {
@@ -315,8 +325,13 @@ export class ContainerHost {
     const lower = this.images.rootfsOf(record.image);
     if (!existsSync(lower)) throw new NotFoundError(`image ${record.image} is not in this host's store`);
     await run([
-      'mount', '-t', 'overlay', 'overlay', '-o',
-      `lowerdir=${lower},upperdir=${join(dir, 'upper')},workdir=${join(dir, 'ovl-work')}`, rootfs,
+      'mount',
+      '-t',
+      'overlay',
+      'overlay',
+      '-o',
+      `lowerdir=${lower},upperdir=${join(dir, 'upper')},workdir=${join(dir, 'ovl-work')}`,
+      rootfs,
     ]);
   }
 
@@ -355,9 +370,14 @@ export class ContainerHost {
     const record = await this.record(name);
     const view = await this.inspect(name);
     if (view.state !== 'running') {
-      throw new FailedPreconditionError(`container "${name}" is ${view.state}, not running: nothing to checkpoint`);
+      throw new FailedPreconditionError(
+        `container "${name}" is ${view.state}, not running: nothing to checkpoint`,
+      );
     }
-    const id = `ck-${new Date().toISOString().replace(/[-:.TZ]/g, '').slice(0, 17)}-${shortHash(String(Math.random())).slice(0, 4)}`;
+    const id = `ck-${new Date()
+      .toISOString()
+      .replace(/[-:.TZ]/g, '')
+      .slice(0, 17)}-${shortHash(String(Math.random())).slice(0, 4)}`;
     const checkpoints = join(this.dir(name), 'checkpoints');
     const staging = join(checkpoints, `.tmp-${id}`);
     await mkdir(staging, { recursive: true });
@@ -441,7 +461,10 @@ export class ContainerHost {
    * first, then a fresh network namespace with its connections locked, then
    * CRIU. The checkpoint is verified before anything is changed.
    */
-  async restore(name: string, options: { checkpoint?: string; tcpClose?: boolean } = {}): Promise<RestoreReport> {
+  async restore(
+    name: string,
+    options: { checkpoint?: string; tcpClose?: boolean } = {},
+  ): Promise<RestoreReport> {
     const record = await this.record(name);
     const view = await this.inspect(name);
     if (view.state === 'running' || view.state === 'paused') {
@@ -473,7 +496,10 @@ export class ContainerHost {
       undo.push(() => this.unmountRootfs(name));
       await this.writeBundle(record, options.tcpClose ? ['tcp-close'] : []);
       await createContainerNetwork(this.config, {
-        netns: this.netns(name), address: record.ip, prefix: record.prefix, mac: record.mac,
+        netns: this.netns(name),
+        address: record.ip,
+        prefix: record.prefix,
+        mac: record.mac,
         lockedConnections: options.tcpClose ? [] : manifest.connections,
       });
       undo.push(() => deleteContainerNetwork(this.netns(name)));
@@ -514,7 +540,8 @@ export class ContainerHost {
       if (status.state === 'paused') await this.driver.resume(runtimeId);
       await this.driver.kill(runtimeId, 'SIGTERM').catch(() => undefined);
       const deadline = Date.now() + graceMs;
-      while (Date.now() < deadline && (await this.driver.state(runtimeId))?.state === 'running') await sleep(50);
+      while (Date.now() < deadline && (await this.driver.state(runtimeId))?.state === 'running')
+        await sleep(50);
       if ((await this.driver.state(runtimeId))?.state === 'running') {
         await this.driver.kill(runtimeId, 'SIGKILL').catch(() => undefined);
       }
@@ -552,7 +579,9 @@ export class ContainerHost {
 function validateVolumeMount(mount: VolumeMount): VolumeMount {
   validateName(mount.volume, 'volume');
   if (!isAbsolute(mount.path) || normalize(mount.path) !== mount.path || mount.path === '/') {
-    throw new InvalidArgumentError(`invalid volume path "${mount.path}": use an absolute, normalised path like /data`);
+    throw new InvalidArgumentError(
+      `invalid volume path "${mount.path}": use an absolute, normalised path like /data`,
+    );
   }
   return mount;
 }
@@ -607,4 +636,3 @@ async function replaceTree(from: string, to: string): Promise<void> {
   await rm(to, { recursive: true, force: true });
   await rename(fresh, to);
 }
-

@@ -72,8 +72,17 @@ export class ImageStore {
       if (info.isDirectory()) {
         tarPath = join(staging, 'image.tar');
         await run([
-          'tar', '--sort=name', '--mtime=@0', '--owner=0', '--group=0', '--numeric-owner',
-          '-C', source, '-cf', tarPath, '.',
+          'tar',
+          '--sort=name',
+          '--mtime=@0',
+          '--owner=0',
+          '--group=0',
+          '--numeric-owner',
+          '-C',
+          source,
+          '-cf',
+          tarPath,
+          '.',
         ]);
       } else if (!info.isFile()) {
         throw new InvalidArgumentError(`image "${source}" is neither a directory nor a tar file`);
@@ -83,9 +92,13 @@ export class ImageStore {
       if (!existsSync(join(finalDir, 'image.json'))) {
         const rootfs = join(staging, 'rootfs');
         await mkdir(rootfs);
-        const untar = await run(['tar', '--numeric-owner', '-xpf', tarPath, '-C', rootfs], { allowFailure: true });
+        const untar = await run(['tar', '--numeric-owner', '-xpf', tarPath, '-C', rootfs], {
+          allowFailure: true,
+        });
         if (untar.code !== 0) {
-          throw new InvalidArgumentError(`image "${source}" is not a readable tar archive: ${untar.stderr.trim()}`);
+          throw new InvalidArgumentError(
+            `image "${source}" is not a readable tar archive: ${untar.stderr.trim()}`,
+          );
         }
         const record: ImageRecord = { id, source, importedAt: new Date().toISOString() };
         await writeFile(join(staging, 'image.json'), JSON.stringify(record, null, 2));

@@ -82,8 +82,19 @@ export async function createContainerNetwork(config: HostConfig, spec: Container
   await run(['ip', 'netns', 'add', spec.netns]);
   try {
     await run([
-      'ip', '-n', config.networkNamespace, 'link', 'add', hostVeth, 'type', 'veth',
-      'peer', 'name', 'eth0', 'netns', spec.netns,
+      'ip',
+      '-n',
+      config.networkNamespace,
+      'link',
+      'add',
+      hostVeth,
+      'type',
+      'veth',
+      'peer',
+      'name',
+      'eth0',
+      'netns',
+      spec.netns,
     ]);
     await run(['ip', '-n', config.networkNamespace, 'link', 'set', hostVeth, 'master', config.bridge, 'up']);
     await run(['ip', '-n', spec.netns, '-batch', '-'], {
@@ -115,10 +126,20 @@ export async function deleteContainerNetwork(netns: string): Promise<void> {
 
 /** Established TCP connections inside a namespace, as `ss` reports them. */
 export async function listEstablished(netns: string): Promise<TcpConnection[]> {
-  const { stdout } = await run(['nsenter', `--net=${netnsPath(netns)}`, 'ss', '-tnH', 'state', 'established']);
+  const { stdout } = await run([
+    'nsenter',
+    `--net=${netnsPath(netns)}`,
+    'ss',
+    '-tnH',
+    'state',
+    'established',
+  ]);
   const connections: TcpConnection[] = [];
   for (const line of stdout.split('\n')) {
-    const endpoints = line.trim().split(/\s+/).filter((f) => /^[\d.]+:\d+$/.test(f));
+    const endpoints = line
+      .trim()
+      .split(/\s+/)
+      .filter((f) => /^[\d.]+:\d+$/.test(f));
     const [local, remote] = endpoints;
     if (!local || !remote) continue;
     const [la = '', lp = '0'] = local.split(':');
@@ -147,9 +168,19 @@ export async function clearConnectionLocks(netns: string): Promise<void> {
   const { stdout } = await run(['nsenter', `--net=${netnsPath(netns)}`, 'iptables-save', '-t', 'filter']);
   const stale = stdout.split('\n').filter((l) => l.includes('0xc114') && l.startsWith('-A '));
   for (const rule of stale) {
-    await run(['nsenter', `--net=${netnsPath(netns)}`, 'iptables', '-t', 'filter', ...splitRule(rule.replace(/^-A /, '-D '))], {
-      allowFailure: true,
-    });
+    await run(
+      [
+        'nsenter',
+        `--net=${netnsPath(netns)}`,
+        'iptables',
+        '-t',
+        'filter',
+        ...splitRule(rule.replace(/^-A /, '-D ')),
+      ],
+      {
+        allowFailure: true,
+      },
+    );
   }
 }
 

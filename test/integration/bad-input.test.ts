@@ -33,7 +33,14 @@ async function containerDirs(): Promise<string[]> {
 }
 
 test('unknown container: every command names it', async () => {
-  for (const args of [['inspect', 'ghost'], ['logs', 'ghost'], ['checkpoint', 'ghost'], ['restore', 'ghost'], ['stop', 'ghost'], ['rm', 'ghost']]) {
+  for (const args of [
+    ['inspect', 'ghost'],
+    ['logs', 'ghost'],
+    ['checkpoint', 'ghost'],
+    ['restore', 'ghost'],
+    ['stop', 'ghost'],
+    ['rm', 'ghost'],
+  ]) {
     const r = await t.cli(args);
     assert.notEqual(r.code, 0, `${args.join(' ')} must fail`);
     assert.match(r.stderr, /no such container: "ghost"/, args.join(' '));
@@ -93,7 +100,9 @@ async function checkpointed(name: string): Promise<string> {
 
 async function biggestImage(dir: string): Promise<string> {
   const files = await readdir(join(dir, 'criu'));
-  const sizes = await Promise.all(files.map(async (f) => ({ f, size: (await stat(join(dir, 'criu', f))).size })));
+  const sizes = await Promise.all(
+    files.map(async (f) => ({ f, size: (await stat(join(dir, 'criu', f))).size })),
+  );
   sizes.sort((x, y) => y.size - x.size);
   return join(dir, 'criu', sizes[0]?.f ?? '');
 }

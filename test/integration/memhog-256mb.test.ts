@@ -35,8 +35,22 @@ async function signal(sig: 'USR1' | 'USR2'): Promise<void> {
 test('256 MB of random memory survives checkpoint/restore page for page', { timeout: 300_000 }, async () => {
   const image = await memhogImage();
   const ran = await t.cli([
-    'run', 'memhog', '--image', image, '--memory', '512m', '--',
-    '/bin/memhog', '--mb', '256', '--mode', 'random', '--dirty', '1000', '--seed', '42',
+    'run',
+    'memhog',
+    '--image',
+    image,
+    '--memory',
+    '512m',
+    '--',
+    '/bin/memhog',
+    '--mb',
+    '256',
+    '--mode',
+    'random',
+    '--dirty',
+    '1000',
+    '--seed',
+    '42',
   ]);
   assert.equal(ran.code, 0, ran.stderr);
   await waitForLog(/ready mb=256/, 0);

@@ -16,45 +16,52 @@ before(async () => {
 });
 after(async () => t?.dispose());
 
-test('redis keeps 100,000 keys and an open connection across checkpoint and restore', { timeout: 180_000 }, async () => {
-  const image = await redisImage();
-  const ip = '10.88.1.2';
-  const ran = await t.cli(['run', 'redis', '--image', image, '--ip', `${ip}/16`, '--', ...REDIS_ARGS]);
-  assert.equal(ran.code, 0, ran.stderr);
-  await waitForRedis(t, ip);
+test(
+  'redis keeps 100,000 keys and an open connection across checkpoint and restore',
+  { timeout: 180_000 },
+  async () => {
+    const image = await redisImage();
+    const ip = '10.88.1.2';
+    const ran = await t.cli(['run', 'redis', '--image', image, '--ip', `${ip}/16`, '--', ...REDIS_ARGS]);
+    assert.equal(ran.code, 0, ran.stderr);
+    await waitForRedis(t, ip);
 
-  // 100,000 keys through redis-cli's mass-insertion mode, from the client namespace.
-  const commands = Array.from({ length: 100_000 }, (_, i) => `SET key:${i} value-${i}`).join('\n');
-  const piped = await t.inClient(['redis-cli', '-h', ip, '--pipe'], `${commands}\n`);
-  assert.match(piped.stdout, /errors: 0, replies: 100000/);
+    // 100,000 keys through redis-cli's mass-insertion mode, from the client namespace.
+    const commands = Array.from({ length: 100_000 }, (_, i) => `SET key:${i} value-${i}`).join('\n');
+    const piped = await t.inClient(['redis-cli', '-h', ip, '--pipe'], `${commands}\n`);
+    assert.match(piped.stdout, /errors: 0, replies: 100000/);
 
-  const session = t.redisSession(ip);
-  try {
-    const hello = await session.next();
-    assert.equal(hello.event, 'connected');
-    assert.deepEqual(await session.command('INCR counter'), { reply: 1 });
+    const session = t.redisSession(ip);
+    try {
+      const hello = await session.next();
+      assert.equal(hello.event, 'connected');
+      assert.deepEqual(await session.command('INCR counter'), { reply: 1 });
 
-    const ck = await t.cli(['checkpoint', 'redis']);
-    assert.equal(ck.code, 0, ck.stderr);
-    const stopped = JSON.parse((await t.cli(['inspect', 'redis', '--json'])).stdout) as { state: string };
-    assert.equal(stopped.state, 'checkpointed');
+      const ck = await t.cli(['checkpoint', 'redis']);
+      assert.equal(ck.code, 0, ck.stderr);
+      const stopped = JSON.parse((await t.cli(['inspect', 'redis', '--json'])).stdout) as { state: string };
+      assert.equal(stopped.state, 'checkpointed');
 
-    const restored = await t.cli(['restore', 'redis']);
-    assert.equal(restored.code, 0, restored.stderr);
+      const restored = await t.cli(['restore', 'redis']);
+      assert.equal(restored.code, 0, restored.stderr);
 
-    // The same connection (no reconnect: the client would print "closed" and exit).
-    assert.deepEqual(await session.command('INCR counter', 20_000), { reply: 2 });
-    assert.deepEqual(await session.command('DBSIZE'), { reply: 100_001 });
-    assert.deepEqual(await session.command('GET key:99999'), { reply: 'value-99999' });
+      // The same connection (no reconnect: the client would print "closed" and exit).
+      assert.deepEqual(await session.command('INCR counter', 20_000), { reply: 2 });
+      assert.deepEqual(await session.command('DBSIZE'), { reply: 100_001 });
+      assert.deepEqual(await session.command('GET key:99999'), { reply: 'value-99999' });
 
-    const view = JSON.parse((await t.cli(['inspect', 'redis', '--json'])).stdout) as Record<string, unknown>;
-    assert.equal(view.state, 'running');
-    assert.equal(view.ip, ip);
-    assert.equal(view.host, t.config.hostName);
-  } finally {
-    session.close();
-  }
-});
+      const view = JSON.parse((await t.cli(['inspect', 'redis', '--json'])).stdout) as Record<
+        string,
+        unknown
+      >;
+      assert.equal(view.state, 'running');
+      assert.equal(view.ip, ip);
+      assert.equal(view.host, t.config.hostName);
+    } finally {
+      session.close();
+    }
+  },
+);
 
 async function waitForRedis(host: TestHost, ip: string): Promise<void> {
   for (let i = 0; i < 100; i++) {

@@ -23,28 +23,46 @@ after(async () => {
   await a?.dispose();
 });
 
-test('a checkpoint copied to another state directory and runc root restores there', { timeout: 120_000 }, async () => {
-  const ip = '10.88.2.2';
-  const ran = await a.cli(['run', 'kv', '--image', await redisImage(), '--ip', `${ip}/16`, '--volume', 'kvdata:/data', '--', ...REDIS_ARGS]);
-  assert.equal(ran.code, 0, ran.stderr);
-  for (let i = 0; i < 50; i++) {
-    if ((await a.inClient(['redis-cli', '-h', ip, 'PING']).catch(() => undefined))?.stdout.trim() === 'PONG') break;
-    await sleep(100);
-  }
-  await a.inClient(['redis-cli', '-h', ip, 'SET', 'moved', 'yes']);
-  const ck = await a.cli(['checkpoint', 'kv']);
-  assert.equal(ck.code, 0, ck.stderr);
+test(
+  'a checkpoint copied to another state directory and runc root restores there',
+  { timeout: 120_000 },
+  async () => {
+    const ip = '10.88.2.2';
+    const ran = await a.cli([
+      'run',
+      'kv',
+      '--image',
+      await redisImage(),
+      '--ip',
+      `${ip}/16`,
+      '--volume',
+      'kvdata:/data',
+      '--',
+      ...REDIS_ARGS,
+    ]);
+    assert.equal(ran.code, 0, ran.stderr);
+    for (let i = 0; i < 50; i++) {
+      if (
+        (await a.inClient(['redis-cli', '-h', ip, 'PING']).catch(() => undefined))?.stdout.trim() === 'PONG'
+      )
+        break;
+      await sleep(100);
+    }
+    await a.inClient(['redis-cli', '-h', ip, 'SET', 'moved', 'yes']);
+    const ck = await a.cli(['checkpoint', 'kv']);
+    assert.equal(ck.code, 0, ck.stderr);
 
-  // Only files travel: the container's directory (record + checkpoints), its image, its volume.
-  for (const part of ['containers/kv', 'images', 'volumes/kvdata']) {
-    await cp(join(a.config.stateDir, part), join(b.config.stateDir, part), { recursive: true });
-  }
-  // The copied upper layer and volume are replaced by the checkpoint's own on restore.
-  const restored = await b.cli(['restore', 'kv']);
-  assert.equal(restored.code, 0, restored.stderr);
-  const view = JSON.parse((await b.cli(['inspect', 'kv', '--json'])).stdout) as Record<string, unknown>;
-  assert.equal(view.host, b.config.hostName);
-  assert.equal(view.state, 'running');
-  assert.equal((await a.inClient(['redis-cli', '-h', ip, 'GET', 'moved'])).stdout.trim(), 'yes');
-  assert.notEqual(a.config.runcRoot, b.config.runcRoot);
-});
+    // Only files travel: the container's directory (record + checkpoints), its image, its volume.
+    for (const part of ['containers/kv', 'images', 'volumes/kvdata']) {
+      await cp(join(a.config.stateDir, part), join(b.config.stateDir, part), { recursive: true });
+    }
+    // The copied upper layer and volume are replaced by the checkpoint's own on restore.
+    const restored = await b.cli(['restore', 'kv']);
+    assert.equal(restored.code, 0, restored.stderr);
+    const view = JSON.parse((await b.cli(['inspect', 'kv', '--json'])).stdout) as Record<string, unknown>;
+    assert.equal(view.host, b.config.hostName);
+    assert.equal(view.state, 'running');
+    assert.equal((await a.inClient(['redis-cli', '-h', ip, 'GET', 'moved'])).stdout.trim(), 'yes');
+    assert.notEqual(a.config.runcRoot, b.config.runcRoot);
+  },
+);

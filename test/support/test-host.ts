@@ -53,7 +53,10 @@ export class TestHost {
   async startClient(): Promise<void> {
     if (existsSync(`/run/netns/${this.clientNetns}`)) return;
     await createContainerNetwork(this.config, {
-      netns: this.clientNetns, address: this.clientIp, prefix: 16, mac: '02:48:0a:58:ff:0a',
+      netns: this.clientNetns,
+      address: this.clientIp,
+      prefix: 16,
+      mac: '02:48:0a:58:ff:0a',
     });
   }
 
@@ -84,8 +87,11 @@ export class TestHost {
   redisSession(ip: string): RedisSession {
     return new RedisSession(
       spawn('nsenter', [
-        `--net=/run/netns/${this.clientNetns}`, process.execPath,
-        join(REPO_ROOT, 'fixtures', 'clients', 'resp-session.mjs'), ip, '6379',
+        `--net=/run/netns/${this.clientNetns}`,
+        process.execPath,
+        join(REPO_ROOT, 'fixtures', 'clients', 'resp-session.mjs'),
+        ip,
+        '6379',
       ]),
     );
   }
@@ -98,7 +104,9 @@ export class TestHost {
     await deleteContainerNetwork(this.clientNetns);
     await deleteContainerNetwork(this.config.networkNamespace);
     // Safety net for a test that failed half-way: nothing of ours stays mounted.
-    const mounts = (await readFile('/proc/self/mounts', 'utf8')).split('\n').map((l) => l.split(' ')[1] ?? '');
+    const mounts = (await readFile('/proc/self/mounts', 'utf8'))
+      .split('\n')
+      .map((l) => l.split(' ')[1] ?? '');
     for (const mount of mounts.filter((m) => m.startsWith(`${this.root}/`)).reverse()) {
       await run(['umount', '-l', mount], { allowFailure: true });
     }

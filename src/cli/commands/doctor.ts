@@ -18,7 +18,11 @@ export const doctorCommand: Command = {
         process.stdout.write(`${mark} ${c.name.padEnd(20)} ${c.detail}\n`);
         if (!c.ok && c.fix) process.stdout.write(`     ${''.padEnd(20)} fix: ${c.fix}\n`);
       }
-      process.stdout.write(usable ? 'Haven can run on this machine.\n' : 'Haven cannot run here until the FAIL lines are fixed.\n');
+      process.stdout.write(
+        usable
+          ? 'Haven can run on this machine.\n'
+          : 'Haven cannot run here until the FAIL lines are fixed.\n',
+      );
     }
     return usable ? 0 : 1;
   },

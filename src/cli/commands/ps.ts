@@ -13,9 +13,16 @@ export const psCommand: Command = {
       return 0;
     }
     const rows = [['NAME', 'STATE', 'HOST', 'IP', 'PID', 'CHECKPOINTS']];
-    for (const v of views) rows.push([v.name, v.state, v.host, v.ip, String(v.pid || '-'), String(v.checkpoints.length)]);
+    for (const v of views)
+      rows.push([v.name, v.state, v.host, v.ip, String(v.pid || '-'), String(v.checkpoints.length)]);
     const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-    for (const r of rows) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()}\n`);
+    for (const r of rows)
+      process.stdout.write(
+        `${r
+          .map((c, i) => c.padEnd(widths[i] ?? 0))
+          .join('  ')
+          .trimEnd()}\n`,
+      );
     return 0;
   },
 };

@@ -11,7 +11,8 @@ export const stopCommand: Command = {
   options: { time: { type: 'string' } },
   async run(inv) {
     const seconds = typeof inv.values.time === 'string' ? Number(inv.values.time) : 10;
-    if (!Number.isFinite(seconds) || seconds < 0) throw new InvalidArgumentError(`invalid --time "${String(inv.values.time)}"`);
+    if (!Number.isFinite(seconds) || seconds < 0)
+      throw new InvalidArgumentError(`invalid --time "${String(inv.values.time)}"`);
     const view = await inv.host().stop(requireName(inv, usage), seconds * 1000);
     process.stdout.write(`${view.name} ${view.state}\n`);
     return 0;

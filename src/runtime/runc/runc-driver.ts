@@ -49,7 +49,12 @@ export class RuncDriver implements RuntimeDriver {
 
   async create(request: CreateRequest): Promise<RuntimeStatus> {
     await this.underShim(request, [
-      'create', '--bundle', request.bundle, '--pid-file', join(request.bundle, 'init.pid'), request.id,
+      'create',
+      '--bundle',
+      request.bundle,
+      '--pid-file',
+      join(request.bundle, 'init.pid'),
+      request.id,
     ]);
     return this.mustState(request.id);
   }
@@ -112,15 +117,24 @@ export class RuncDriver implements RuntimeDriver {
     }
     // CRIU writes its statistics into the work directory when one is given.
     const stats =
-      readDumpStats(join(options.workDir, 'stats-dump')) ?? readDumpStats(join(options.imageDir, 'stats-dump'));
+      readDumpStats(join(options.workDir, 'stats-dump')) ??
+      readDumpStats(join(options.imageDir, 'stats-dump'));
     return { stats, wallMs };
   }
 
   async restore(id: string, options: RestoreOptions): Promise<RestoreResult> {
     await mkdir(options.workDir, { recursive: true });
     const args = [
-      'restore', '--detach', '--image-path', options.imageDir, '--work-path', options.workDir,
-      '--bundle', options.bundle, '--pid-file', join(options.bundle, 'init.pid'),
+      'restore',
+      '--detach',
+      '--image-path',
+      options.imageDir,
+      '--work-path',
+      options.workDir,
+      '--bundle',
+      options.bundle,
+      '--pid-file',
+      join(options.bundle, 'init.pid'),
     ];
     if (options.tcpEstablished) args.push('--tcp-established');
     if (options.lazyPages) args.push('--lazy-pages');
@@ -152,7 +166,8 @@ export class RuncDriver implements RuntimeDriver {
 
   private async mustState(id: string): Promise<RuntimeStatus> {
     const status = await this.state(id);
-    if (!status) throw new RuntimeFailedError(`runc does not know container "${id}" after creating it`, 'runc', []);
+    if (!status)
+      throw new RuntimeFailedError(`runc does not know container "${id}" after creating it`, 'runc', []);
     return status;
   }
 
@@ -169,9 +184,17 @@ export class RuncDriver implements RuntimeDriver {
     await writeFile(runcLog, ''); // only this call's errors are reported
     const shimErr = openSync(join(request.bundle, 'shim.err'), 'a');
     const argv = [
-      request.logFile, request.exitFile, '--',
-      'nsenter', `--net=${request.netnsPath}`,
-      ...this.base(), '--log', runcLog, '--log-format', 'json', ...runcArgs,
+      request.logFile,
+      request.exitFile,
+      '--',
+      'nsenter',
+      `--net=${request.netnsPath}`,
+      ...this.base(),
+      '--log',
+      runcLog,
+      '--log-format',
+      'json',
+      ...runcArgs,
     ];
     const shim = spawn(this.config.shimPath, argv, { detached: true, stdio: ['ignore', 'pipe', shimErr] });
     closeSync(shimErr);
@@ -198,7 +221,9 @@ export class RuncDriver implements RuntimeDriver {
 
 function toStatus(json: RuncStateJson): RuntimeStatus {
   const state: RuntimeState =
-    json.status === 'running' || json.status === 'paused' || json.status === 'created' ? json.status : 'stopped';
+    json.status === 'running' || json.status === 'paused' || json.status === 'created'
+      ? json.status
+      : 'stopped';
   return { id: json.id, state, pid: state === 'stopped' ? 0 : json.pid, bundle: json.bundle };
 }
 
