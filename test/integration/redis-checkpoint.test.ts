@@ -63,6 +63,47 @@ test(
   },
 );
 
+test(
+  'restore --tcp-close resets open connections at once and keeps the data',
+  { timeout: 120_000 },
+  async () => {
+    // What a failover to an older epoch needs: clients see a reset now, not a hang.
+    const ip = '10.88.1.3';
+    const ran = await t.cli([
+      'run',
+      'redis2',
+      '--image',
+      await redisImage(),
+      '--ip',
+      `${ip}/16`,
+      '--',
+      ...REDIS_ARGS,
+    ]);
+    assert.equal(ran.code, 0, ran.stderr);
+    await waitForRedis(t, ip);
+    const session = t.redisSession(ip);
+    try {
+      assert.equal((await session.next()).event, 'connected');
+      assert.deepEqual(await session.command('SET kept yes'), { reply: 'OK' });
+      assert.equal((await t.cli(['checkpoint', 'redis2'])).code, 0);
+      const restored = await t.cli(['restore', 'redis2', '--tcp-close']);
+      assert.equal(restored.code, 0, restored.stderr);
+      const started = Date.now();
+      const outcome = await session.command('GET kept', 5_000);
+      assert.equal(
+        outcome.event,
+        'error',
+        `the old connection must be reset, got ${JSON.stringify(outcome)}`,
+      );
+      assert.ok(Date.now() - started < 5_000);
+      const fresh = await t.inClient(['redis-cli', '-h', ip, 'GET', 'kept']);
+      assert.equal(fresh.stdout.trim(), 'yes');
+    } finally {
+      session.close();
+    }
+  },
+);
+
 async function waitForRedis(host: TestHost, ip: string): Promise<void> {
   for (let i = 0; i < 100; i++) {
     const r = await host.inClient(['redis-cli', '-h', ip, 'PING']).catch(() => undefined);

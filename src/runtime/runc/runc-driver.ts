@@ -18,7 +18,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { lastLines, run } from '../../core/exec.js';
-import { RuntimeFailedError } from '../../core/errors.js';
+import { FailedPreconditionError, RuntimeFailedError } from '../../core/errors.js';
 import type { HostConfig } from '../../core/config.js';
 import type {
   CheckpointOptions,
@@ -93,6 +93,12 @@ export class RuncDriver implements RuntimeDriver {
   }
 
   async checkpoint(id: string, options: CheckpointOptions): Promise<CheckpointResult> {
+    if ((options.preDump || options.parentImageDir) && !(await this.hasDirtyTracking())) {
+      throw new FailedPreconditionError(
+        'this kernel does not track dirty memory (CONFIG_MEM_SOFT_DIRTY is off): pre-dump and parent images ' +
+          'are unavailable; every dump here is a full dump',
+      );
+    }
     await mkdir(options.imageDir, { recursive: true });
     await mkdir(options.workDir, { recursive: true });
     const args = ['checkpoint', '--image-path', options.imageDir, '--work-path', options.workDir];
@@ -157,6 +163,19 @@ export class RuncDriver implements RuntimeDriver {
       readRestoreStats(join(options.workDir, 'stats-restore')) ??
       readRestoreStats(join(options.imageDir, 'stats-restore'));
     return { status: await this.mustState(id), stats, wallMs };
+  }
+
+  private dirtyTracking: boolean | undefined;
+
+  /** Whether CRIU can track dirty pages here (soft-dirty); asked once per driver. */
+  async hasDirtyTracking(): Promise<boolean> {
+    if (this.dirtyTracking === undefined) {
+      const probe = await run([this.config.criuPath, 'check', '--feature', 'mem_dirty_track'], {
+        allowFailure: true,
+      });
+      this.dirtyTracking = probe.code === 0;
+    }
+    return this.dirtyTracking;
   }
 
   async adopt(id: string): Promise<RuntimeStatus | undefined> {
