@@ -11,6 +11,11 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${HAVEN_CACHE:-/var/cache/haven}
 criu_min=4.2
 criu_bin=/usr/local/sbin/criu
+# CRIU caches what it learns of the kernel (~40 ms a run) in RUNDIR, but only on
+# a tmpfs; /run is not one on every machine, so Haven builds CRIU with a RUNDIR
+# of its own and mounts a small tmpfs there (see docs/CHECKPOINT-FAST-PATH.md).
+criu_rundir=/run/haven/criu
+criu_flavor=rundir-haven1
 log() { printf '[setup] %s\n' "$*"; }
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -50,17 +55,10 @@ fi
 # Debian 12's criu 3.17 fails on this kernel (vDSO) and 4.1 cannot dump TCP
 # sockets on kernels >= 6.16, so Haven builds the newest Debian source >= 4.2.
 
-installed_criu_ok() {
-  [ -x "$criu_bin" ] || return 1
-  local v
-  v=$("$criu_bin" --version 2>/dev/null | awk '/^Version:/{print $2}')
-  [ -n "$v" ] && dpkg --compare-versions "$v" ge "$criu_min"
-}
-
 newest_cached_criu() {
   local best=""
   for d in "$cache"/criu/*/; do
-    [ -x "$d/criu" ] || continue
+    [ -x "$d/criu-$criu_flavor" ] || continue
     local v
     v=$(basename "$d")
     if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$best"; then best=$v; fi
@@ -126,13 +124,13 @@ SRC
     log "criu $upstream: checksum ok ($got), building"
     rm -rf "$work/build" && mkdir -p "$work/build"
     tar -xf "$tarball" -C "$work/build" --strip-components=1
-    make -C "$work/build" -j"$(nproc)" criu >"$work/build.log" 2>&1 || {
+    make -C "$work/build" -j"$(nproc)" RUNDIR="$criu_rundir" criu >"$work/build.log" 2>&1 || {
       tail -20 "$work/build.log" >&2
       echo "setup-host: criu $upstream failed to build (log: $work/build.log)" >&2
       exit 1
     }
     mkdir -p "$cache/criu/$upstream"
-    install -m 0755 "$work/build/criu/criu" "$cache/criu/$upstream/criu"
+    install -m 0755 "$work/build/criu/criu" "$cache/criu/$upstream/criu-$criu_flavor"
     rm -rf "$work/build" "$work/dl"
     return 0
   done
@@ -140,16 +138,20 @@ SRC
   exit 1
 }
 
-if installed_criu_ok; then
-  log "criu $("$criu_bin" --version | awk '/^Version:/{print $2}') already installed at $criu_bin"
+cached=$(newest_cached_criu || true)
+if [ -z "$cached" ] || ! dpkg --compare-versions "$cached" ge "$criu_min"; then
+  build_criu
+  cached=$(newest_cached_criu)
+fi
+if cmp -s "$cache/criu/$cached/criu-$criu_flavor" "$criu_bin"; then
+  log "criu $cached ($criu_flavor) already installed at $criu_bin"
 else
-  cached=$(newest_cached_criu || true)
-  if [ -z "$cached" ] || ! dpkg --compare-versions "$cached" ge "$criu_min"; then
-    build_criu
-    cached=$(newest_cached_criu)
-  fi
-  install -m 0755 "$cache/criu/$cached/criu" "$criu_bin"
-  log "installed criu $cached at $criu_bin"
+  install -m 0755 "$cache/criu/$cached/criu-$criu_flavor" "$criu_bin"
+  log "installed criu $cached ($criu_flavor) at $criu_bin"
+fi
+mkdir -p "$criu_rundir"
+if [ "$(stat -f -c %T "$criu_rundir")" != tmpfs ]; then
+  mount -t tmpfs -o size=1m,mode=0700 haven-criu "$criu_rundir"
 fi
 # A real check, not only a version string: this kernel must accept this CRIU.
 "$criu_bin" check >/dev/null 2>&1 || {

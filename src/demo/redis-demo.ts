@@ -82,7 +82,7 @@ async function main(): Promise<void> {
 
     const ck = await host.checkpoint('redis');
     say(
-      `checkpoint ${ck.id}: paused ${ck.pausedMs.toFixed(0)} ms, CRIU wrote ${ck.stats?.pagesWritten ?? '?'} pages; the container is now ${(await host.inspect('redis')).state}`,
+      `checkpoint ${ck.id}: frozen ${ck.frozenMs.toFixed(0)} ms, CRIU wrote ${ck.stats?.pagesWritten ?? '?'} pages; the container is now ${(await host.inspect('redis')).state}`,
     );
     const ping = await inClient(['redis-cli', '-h', ip, '-t', '1', 'PING']).catch(() => undefined);
     say(

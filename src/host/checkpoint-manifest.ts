@@ -10,6 +10,7 @@
  *   manifest.json       this manifest
  *   criu/               CRIU's images (memory, processes, sockets, ...)
  *   rootfs-diff/        the container's writable layer at the freeze
+ *   shm/                its /dev/shm at the freeze
  *   volumes/<name>/     each volume's content at the freeze
  */
 import { createHash } from 'node:crypto';

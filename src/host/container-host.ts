@@ -23,7 +23,18 @@
  * were.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  mkdir,
+  readdir,
+  symlink,
+  readFile,
+  rename,
+  rm,
+  rmdir,
+  statfs,
+  writeFile,
+} from 'node:fs/promises';
 import { release } from 'node:os';
 import { isAbsolute, join, normalize } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -36,7 +47,7 @@ import {
 } from '../core/errors.js';
 import { macForIp, parseIpv4Cidr, validateName } from '../core/names.js';
 import type { HostConfig } from '../core/config.js';
-import type { DumpStats, RestoreStats, RuntimeDriver } from '../runtime/driver.js';
+import type { CheckpointResult, DumpStats, RestoreStats, RuntimeDriver } from '../runtime/driver.js';
 import { RuncDriver } from '../runtime/runc/runc-driver.js';
 import { ociConfig } from '../runtime/runc/bundle.js';
 import {
@@ -44,8 +55,8 @@ import {
   containerNetnsName,
   createContainerNetwork,
   deleteContainerNetwork,
-  listEstablished,
   netnsPath,
+  readEstablished,
   shortHash,
   type TcpConnection,
 } from '../runtime/network.js';
@@ -128,8 +139,13 @@ export interface CheckpointReport {
   id: string;
   dir: string;
   stats?: DumpStats;
-  /** Time the container was paused or frozen, as Haven measured it. */
-  pausedMs: number;
+  /**
+   * How long the container's processes were frozen, as Haven measured it
+   * (from the cgroup freeze to the thaw; for a stopping checkpoint, to the end of the dump).
+   */
+  frozenMs: number;
+  /** Where the time went: freezing the cgroup, copying files (in parallel with CRIU), CRIU's dump, thawing. */
+  phases: { freezeMs: number; filesMs: number; criuMs: number; thawMs: number };
   wallMs: number;
 }
 
@@ -343,8 +359,12 @@ export class ContainerHost {
   private async writeBundle(record: ContainerRecord, criuOptions: readonly string[]): Promise<void> {
     const dir = this.dir(record.name);
     await mkdir(join(dir, 'bundle'), { recursive: true });
+    await prepareDevDir(dir);
     const criuConfigFile = join(dir, 'criu.conf');
-    await writeFile(criuConfigFile, criuOptions.map((o) => `${o}\n`).join(''));
+    // runc (re)creates the cgroups from config.json; CRIU must neither dump them
+    // (slow, inside the freeze) nor move tasks into the old host's cgroup paths.
+    const lines = ['manage-cgroups=ignore', ...criuOptions];
+    await writeFile(criuConfigFile, lines.map((o) => `${o}\n`).join(''));
     const config = ociConfig({
       rootfs: join(dir, 'rootfs'),
       args: record.args,
@@ -355,6 +375,7 @@ export class ContainerHost {
       ...(record.memoryBytes ? { memoryLimitBytes: record.memoryBytes } : {}),
       mounts: record.volumes.map((v) => ({ source: this.volumeDir(v.volume), destination: v.path })),
       criuConfigFile,
+      dev: { devDir: join(dir, 'dev'), shmDir: join(dir, 'shm'), emptyDir: join(dir, 'empty') },
     });
     await writeFile(join(dir, 'bundle', 'config.json'), JSON.stringify(config, null, 2));
   }
@@ -366,7 +387,10 @@ export class ContainerHost {
    * writable layer and its volumes, all taken in one freeze so that they
    * agree. Without `leaveRunning` the container stops, as with Podman.
    */
-  async checkpoint(name: string, options: { leaveRunning?: boolean } = {}): Promise<CheckpointReport> {
+  async checkpoint(
+    name: string,
+    options: { leaveRunning?: boolean; viaRunc?: boolean } = {},
+  ): Promise<CheckpointReport> {
     const record = await this.record(name);
     const view = await this.inspect(name);
     if (view.state !== 'running') {
@@ -379,40 +403,61 @@ export class ContainerHost {
       .replace(/[-:.TZ]/g, '')
       .slice(0, 17)}-${shortHash(String(Math.random())).slice(0, 4)}`;
     const checkpoints = join(this.dir(name), 'checkpoints');
-    const staging = join(checkpoints, `.tmp-${id}`);
+    // Stage in memory when it fits: CRIU writes pages inside the freeze, and tmpfs
+    // takes them at memory speed; the move to disk happens after the thaw.
+    const inMemory = await this.memoryStagingFits(name);
+    const staging = inMemory ? join(await this.stagingRoot(), id) : join(checkpoints, `.tmp-${id}`);
     await mkdir(staging, { recursive: true });
+    await mkdir(checkpoints, { recursive: true });
     const runtimeId = this.runtimeId(name);
     const started = performance.now();
-    let pausedAt = 0;
-    let resumedAt = 0;
-    let paused = false;
+    const phases = { freezeMs: 0, filesMs: 0, criuMs: 0, thawMs: 0 };
+    let frozenAt = 0;
+    let thawedAt = 0;
+    let frozen = false;
     let connections: TcpConnection[] = [];
-    let result;
+    let result: CheckpointResult;
     try {
       // Freeze first, then copy files and dump memory: all three describe one instant.
       await this.driver.pause(runtimeId);
-      paused = true;
-      pausedAt = performance.now();
-      connections = await listEstablished(this.netns(name));
-      await copyTree(join(this.dir(name), 'upper'), join(staging, 'rootfs-diff'));
-      for (const v of record.volumes) {
-        await copyTree(this.volumeDir(v.volume), join(staging, 'volumes', v.volume));
-      }
-      await this.writeBundle(record, []);
-      result = await this.driver.checkpoint(runtimeId, {
-        imageDir: join(staging, 'criu'),
-        workDir: join(staging, 'work'),
-        leaveRunning: options.leaveRunning ?? false,
-        tcpEstablished: true,
-        netnsPath: netnsPath(this.netns(name)),
-      });
+      frozen = true;
+      frozenAt = performance.now();
+      phases.freezeMs = frozenAt - started;
+      connections = readEstablished(view.pid);
+      // Files and memory are read from the same frozen instant, so they are
+      // copied side by side: the file copy hides inside CRIU's dump.
+      const copyFiles = async (): Promise<void> => {
+        await copyTree(join(this.dir(name), 'upper'), join(staging, 'rootfs-diff'));
+        await copyTree(join(this.dir(name), 'shm'), join(staging, 'shm'));
+        for (const v of record.volumes) {
+          await copyTree(this.volumeDir(v.volume), join(staging, 'volumes', v.volume));
+        }
+        phases.filesMs = performance.now() - frozenAt;
+      };
+      const dumpMemory = async (): Promise<CheckpointResult> => {
+        const criuStarted = performance.now();
+        const dumped = await this.driver.checkpoint(runtimeId, {
+          imageDir: join(staging, 'criu'),
+          workDir: join(staging, 'work'),
+          leaveRunning: options.leaveRunning ?? false,
+          tcpEstablished: true,
+          netnsPath: netnsPath(this.netns(name)),
+          ...(options.viaRunc ? { viaRunc: true } : {}),
+        });
+        phases.criuMs = performance.now() - criuStarted;
+        return dumped;
+      };
+      const [, dumped] = await Promise.all([copyFiles(), dumpMemory()]);
+      result = dumped;
+      const thawStarted = performance.now();
       if (options.leaveRunning) {
         await this.driver.resume(runtimeId);
-        paused = false;
+        frozen = false;
       }
-      resumedAt = performance.now();
+      thawedAt = performance.now();
+      phases.thawMs = thawedAt - thawStarted;
     } catch (error) {
-      if (paused) await this.driver.resume(runtimeId).catch(() => undefined);
+      if (frozen) await this.driver.resume(runtimeId).catch(() => undefined);
       await rm(staging, { recursive: true, force: true });
       throw error;
     }
@@ -430,7 +475,17 @@ export class ContainerHost {
       files: (await hashTree(staging)).filter((f) => !f.path.startsWith('logs/')),
     };
     await writeManifest(staging, manifest);
-    await rename(staging, join(checkpoints, id));
+    if (inMemory) {
+      const onDisk = join(checkpoints, `.tmp-${id}`);
+      try {
+        await run(['cp', '-a', staging, onDisk]);
+      } finally {
+        await rm(staging, { recursive: true, force: true });
+      }
+      await rename(onDisk, join(checkpoints, id));
+    } else {
+      await rename(staging, join(checkpoints, id));
+    }
     if (!options.leaveRunning) {
       // The processes are gone; release what only a running container needs.
       await this.driver.delete(runtimeId).catch(() => undefined);
@@ -444,9 +499,28 @@ export class ContainerHost {
       id,
       dir: join(checkpoints, id),
       ...(result.stats ? { stats: result.stats } : {}),
-      pausedMs: resumedAt - pausedAt,
+      frozenMs: thawedAt - frozenAt,
+      phases,
       wallMs: performance.now() - started,
     };
+  }
+
+  /** A tmpfs of this host's own for staging checkpoints (mounted on first use). */
+  private async stagingRoot(): Promise<string> {
+    const root = join(this.config.stateDir, 'staging');
+    await mkdir(root, { recursive: true });
+    if (!(await isMountPoint(root))) {
+      await run(['mount', '-t', 'tmpfs', '-o', 'mode=0700', 'haven-staging', root]);
+    }
+    return root;
+  }
+
+  /** Whether the container's memory, twice over for safety, fits in the staging tmpfs now. */
+  private async memoryStagingFits(name: string): Promise<boolean> {
+    const usage = await this.driver.memoryUsage(this.runtimeId(name));
+    if (usage === undefined) return false;
+    const { bavail, bsize } = await statfs(await this.stagingRoot());
+    return usage * 2 < bavail * bsize;
   }
 
   private async criuVersion(): Promise<string> {
@@ -486,6 +560,7 @@ export class ContainerHost {
 
     // Files as they were at the freeze: CRIU refuses open files whose size changed.
     await replaceTree(join(dir, 'rootfs-diff'), join(this.dir(name), 'upper'));
+    await replaceTree(join(dir, 'shm'), join(this.dir(name), 'shm'));
     for (const v of record.volumes) {
       await replaceTree(join(dir, 'volumes', v.volume), this.volumeDir(v.volume));
     }
@@ -568,6 +643,7 @@ export class ContainerHost {
     await deleteContainerNetwork(this.netns(name));
     await this.unmountRootfs(name);
     await pruneEmptyCgroups(this.cgroupParent());
+    await rm(join(this.config.stateDir, 'staging', name), { recursive: true, force: true });
   }
 
   /** The cgroup directory under which this host's containers live (unique per host). */
@@ -584,6 +660,52 @@ function validateVolumeMount(mount: VolumeMount): VolumeMount {
     );
   }
   return mount;
+}
+
+/** The device nodes runc would make in a tmpfs /dev: (name, major, minor). */
+const DEVICE_NODES: ReadonlyArray<readonly [string, number, number]> = [
+  ['null', 1, 3],
+  ['zero', 1, 5],
+  ['full', 1, 7],
+  ['random', 1, 8],
+  ['urandom', 1, 9],
+  ['tty', 5, 0],
+];
+
+/**
+ * Builds the host directories behind the container's /dev, /dev/shm and the
+ * /sys/firmware mask (see `BundleSpec.dev`). runc makes device nodes only in
+ * a tmpfs /dev, so the standard ones are made here. Idempotent.
+ */
+async function prepareDevDir(containerDir: string): Promise<void> {
+  const dev = join(containerDir, 'dev');
+  for (const d of [
+    dev,
+    join(dev, 'pts'),
+    join(dev, 'shm'),
+    join(dev, 'mqueue'),
+    join(containerDir, 'shm'),
+    join(containerDir, 'empty'),
+  ]) {
+    await mkdir(d, { recursive: true });
+  }
+  await chmod(join(containerDir, 'shm'), 0o1777);
+  for (const [node, major, minor] of DEVICE_NODES) {
+    if (!existsSync(join(dev, node))) {
+      await run(['mknod', '-m', '0666', join(dev, node), 'c', String(major), String(minor)]);
+    }
+  }
+  const links: Array<[string, string]> = [
+    ['fd', '/proc/self/fd'],
+    ['stdin', '/proc/self/fd/0'],
+    ['stdout', '/proc/self/fd/1'],
+    ['stderr', '/proc/self/fd/2'],
+    ['ptmx', 'pts/ptmx'],
+    ['core', '/proc/kcore'],
+  ];
+  for (const [name, target] of links) {
+    if (!existsSync(join(dev, name))) await symlink(target, join(dev, name)).catch(() => undefined);
+  }
 }
 
 /** Parses `--volume NAME:/path`. */
@@ -625,7 +747,10 @@ async function isMountPoint(path: string): Promise<boolean> {
 /** Copies a directory tree with owners, modes, times and sparse files kept. */
 async function copyTree(from: string, to: string): Promise<void> {
   await mkdir(to, { recursive: true });
-  if (existsSync(from)) await run(['cp', '-a', '--reflink=auto', `${from}/.`, `${to}/`]);
+  // An empty tree (the common case for a writable layer) costs no process spawn.
+  if (existsSync(from) && (await readdir(from)).length > 0) {
+    await run(['cp', '-a', '--reflink=auto', `${from}/.`, `${to}/`]);
+  }
 }
 
 /** Makes `to` an exact copy of `from` (files not in `from` are removed). */

@@ -49,6 +49,8 @@ export interface CheckpointOptions {
   pageServer?: string;
   /** Network namespace in which to run CRIU (so connection locks land in it). */
   netnsPath: string;
+  /** Dump through `runc checkpoint` instead of Haven's direct CRIU call (for comparison). */
+  viaRunc?: boolean;
 }
 
 /** Options of one restore. */
@@ -112,6 +114,8 @@ export interface RuntimeDriver {
   pause(id: string): Promise<void>;
   resume(id: string): Promise<void>;
   checkpoint(id: string, options: CheckpointOptions): Promise<CheckpointResult>;
+  /** Bytes of memory the container uses now (its cgroup's count), or undefined if unknown. */
+  memoryUsage(id: string): Promise<number | undefined>;
   restore(id: string, options: RestoreOptions): Promise<RestoreResult>;
   /**
    * Finds a container that kept running while its manager was down (an agent

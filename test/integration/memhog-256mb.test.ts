@@ -4,6 +4,7 @@
  * dirtying pages afterwards.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { memhogImage } from '../../src/fixtures/images.js';
@@ -67,4 +68,15 @@ test('256 MB of random memory survives checkpoint/restore page for page', { time
   await signal('USR1');
   const verdict = await waitForLog(/check (ok|FAILED)[^\n]*/, logLength);
   assert.match(verdict, /check ok pages=65536/);
+
+  // CRIU leaves cgroups to runc (manage-cgroups=ignore): the memory limit must still hold.
+  const pid = (await t.host.inspect('memhog')).pid;
+  const memoryCgroup = /^\d+:memory:(.*)$/m.exec(await readFile(`/proc/${pid}/cgroup`, 'utf8'))?.[1];
+  if (memoryCgroup !== undefined) {
+    const limit = await readFile(`/sys/fs/cgroup/memory${memoryCgroup}/memory.limit_in_bytes`, 'utf8');
+    assert.equal(Number(limit), 512 * 1024 * 1024);
+  } else {
+    const v2 = /^0::(.*)$/m.exec(await readFile(`/proc/${pid}/cgroup`, 'utf8'))?.[1] ?? '';
+    assert.equal(Number(await readFile(`/sys/fs/cgroup${v2}/memory.max`, 'utf8')), 512 * 1024 * 1024);
+  }
 });

@@ -4,8 +4,9 @@
  * restore there — same data, same address.
  */
 import assert from 'node:assert/strict';
-import { cp } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { run } from '../../src/core/exec.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
@@ -54,7 +55,8 @@ test(
 
     // Only files travel: the container's directory (record + checkpoints), its image, its volume.
     for (const part of ['containers/kv', 'images', 'volumes/kvdata']) {
-      await cp(join(a.config.stateDir, part), join(b.config.stateDir, part), { recursive: true });
+      await mkdir(dirname(join(b.config.stateDir, part)), { recursive: true });
+    await run(['cp', '-a', join(a.config.stateDir, part), join(b.config.stateDir, part)]);
     }
     // The copied upper layer and volume are replaced by the checkpoint's own on restore.
     const restored = await b.cli(['restore', 'kv']);

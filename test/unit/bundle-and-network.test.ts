@@ -15,6 +15,7 @@ test('the OCI config joins the network namespace Haven made and names the CRIU c
     memoryLimitBytes: 1 << 29,
     mounts: [{ source: '/s/v/data', destination: '/data' }],
     criuConfigFile: '/s/c/criu.conf',
+    dev: { devDir: '/s/c/dev', shmDir: '/s/c/shm', emptyDir: '/s/c/empty' },
   }) as {
     linux: {
       namespaces: Array<{ type: string; path?: string }>;

@@ -14,9 +14,9 @@ export const checkpointCommand: Command = {
       .checkpoint(requireName(inv, usage), { leaveRunning: inv.values['leave-running'] === true });
     if (inv.values.json) printJson(report);
     else {
-      const frozen = report.stats ? `, CRIU frozen ${report.stats.frozenMs.toFixed(1)} ms` : '';
+      const frozen = report.stats ? `, by CRIU's count ${report.stats.frozenMs.toFixed(1)} ms` : '';
       process.stdout.write(
-        `checkpoint ${report.id}: paused ${report.pausedMs.toFixed(1)} ms${frozen}, total ${report.wallMs.toFixed(0)} ms\n`,
+        `checkpoint ${report.id}: frozen ${report.frozenMs.toFixed(1)} ms${frozen}, total ${report.wallMs.toFixed(0)} ms\n`,
       );
     }
     return 0;

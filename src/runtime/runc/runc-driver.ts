@@ -14,7 +14,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, openSync, closeSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { lastLines, run } from '../../core/exec.js';
@@ -31,6 +31,20 @@ import type {
   RuntimeStatus,
 } from '../driver.js';
 import { readDumpStats, readRestoreStats } from './criu-stats.js';
+import { freezerControl, type FreezerControl } from './freezer.js';
+
+/** The parts of runc's `state.json` (runc 1.1) the fast path reads. */
+interface RuncStateFile {
+  init_process_pid: number;
+  external_descriptors?: string[];
+  cgroup_paths?: Record<string, string>;
+  config: {
+    rootfs: string;
+    mounts?: Array<{ device: string; destination: string }>;
+    mask_paths?: string[];
+    labels?: string[];
+  };
+}
 
 interface RuncStateJson {
   id: string;
@@ -85,14 +99,34 @@ export class RuncDriver implements RuntimeDriver {
   }
 
   async pause(id: string): Promise<void> {
-    await this.runc(['pause', id]);
+    const control = await this.freezer(id);
+    if (control) control.freeze();
+    else await this.runc(['pause', id]);
   }
 
   async resume(id: string): Promise<void> {
-    await this.runc(['resume', id]);
+    const control = await this.freezer(id);
+    if (control) control.thaw();
+    else await this.runc(['resume', id]);
+  }
+
+  /**
+   * The container's freezer, found through runc's state file (its
+   * `cgroup_paths`), or undefined if runc's layout is not the one we know —
+   * then `runc pause`/`resume` do the job, more slowly.
+   */
+  private async freezer(id: string): Promise<FreezerControl | undefined> {
+    try {
+      const state = await this.runcState(id);
+      const dir = state.cgroup_paths?.freezer ?? state.cgroup_paths?.[''];
+      return dir && existsSync(dir) ? freezerControl(dir) : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   async checkpoint(id: string, options: CheckpointOptions): Promise<CheckpointResult> {
+    await ensureCriuRundir();
     if ((options.preDump || options.parentImageDir) && !(await this.hasDirtyTracking())) {
       throw new FailedPreconditionError(
         'this kernel does not track dirty memory (CONFIG_MEM_SOFT_DIRTY is off): pre-dump and parent images ' +
@@ -101,18 +135,11 @@ export class RuncDriver implements RuntimeDriver {
     }
     await mkdir(options.imageDir, { recursive: true });
     await mkdir(options.workDir, { recursive: true });
-    const args = ['checkpoint', '--image-path', options.imageDir, '--work-path', options.workDir];
-    if (options.leaveRunning) args.push('--leave-running');
-    if (options.tcpEstablished) args.push('--tcp-established');
-    if (options.parentImageDir) args.push('--parent-path', options.parentImageDir);
-    if (options.preDump) args.push('--pre-dump');
-    if (options.lazyPages) args.push('--lazy-pages');
-    if (options.pageServer) args.push('--page-server', options.pageServer);
-    args.push(id);
     const started = performance.now();
-    const result = await run(['nsenter', `--net=${options.netnsPath}`, ...this.base(), ...args], {
-      allowFailure: true,
-    });
+    const argv = options.viaRunc
+      ? this.runcCheckpointArgv(id, options)
+      : await this.criuDumpArgv(id, options);
+    const result = await run(['nsenter', `--net=${options.netnsPath}`, ...argv], { allowFailure: true });
     const wallMs = performance.now() - started;
     if (result.code !== 0) {
       throw new RuntimeFailedError(
@@ -128,7 +155,111 @@ export class RuncDriver implements RuntimeDriver {
     return { stats, wallMs };
   }
 
+  /** `runc checkpoint …`: runc's own path (the baseline the fast path is measured against). */
+  private runcCheckpointArgv(id: string, options: CheckpointOptions): string[] {
+    const args = [
+      ...this.base(),
+      'checkpoint',
+      '--image-path',
+      options.imageDir,
+      '--work-path',
+      options.workDir,
+    ];
+    if (options.leaveRunning) args.push('--leave-running');
+    if (options.tcpEstablished) args.push('--tcp-established');
+    if (options.parentImageDir) args.push('--parent-path', options.parentImageDir);
+    if (options.preDump) args.push('--pre-dump');
+    if (options.lazyPages) args.push('--lazy-pages');
+    if (options.pageServer) args.push('--page-server', options.pageServer);
+    return [...args, id];
+  }
+
+  /**
+   * `criu dump …` with exactly the options runc would give CRIU (so that
+   * `runc restore` takes the images as its own), minus runc itself: one
+   * process start instead of runc's Go start-up, swrk handshake and
+   * notification round trips. See docs/CHECKPOINT-FAST-PATH.md.
+   */
+  private async criuDumpArgv(id: string, options: CheckpointOptions): Promise<string[]> {
+    const state = await this.runcState(id);
+    const pid = state.init_process_pid;
+    const config = state.config;
+    // What runc writes before every dump: the container's stdio, so restore can re-attach them.
+    await writeFile(
+      join(options.imageDir, 'descriptors.json'),
+      JSON.stringify(state.external_descriptors ?? []),
+    );
+    const argv = [
+      this.config.criuPath,
+      options.preDump ? 'pre-dump' : 'dump',
+      '--tree',
+      String(pid),
+      '--images-dir',
+      options.imageDir,
+      '--work-dir',
+      options.workDir,
+      '--log-file',
+      options.preDump ? 'pre-dump.log' : 'dump.log',
+      '-v4',
+      '--root',
+      config.rootfs,
+      // runc (re)creates the container's cgroups and their limits from config.json on
+      // restore, so CRIU need not walk every controller inside the freeze.
+      '--manage-cgroups=ignore', // an optional argument: only the '=' form parses
+      '--external',
+      `net[${(await stat(options.netnsPath)).ino}]:extRootNetNS`,
+    ];
+    const freezer = state.cgroup_paths?.freezer ?? state.cgroup_paths?.[''];
+    if (freezer) argv.push('--freeze-cgroup', freezer);
+    for (const mount of config.mounts ?? []) {
+      // runc marks every bind mount external, keyed by its destination; runc restore maps them back.
+      if (mount.device === 'bind') argv.push('--external', `mnt[${mount.destination}]:${mount.destination}`);
+    }
+    for (const path of config.mask_paths ?? []) {
+      // Masked files are bind mounts of /dev/null; runc passes them the same way.
+      const inContainer = join(`/proc/${pid}/root`, path);
+      if (existsSync(inContainer) && !(await stat(inContainer)).isDirectory()) {
+        argv.push('--external', `mnt[${path}]:/dev/null`);
+      }
+    }
+    const criuConfig = config.labels
+      ?.find((l) => l.startsWith('org.criu.config='))
+      ?.slice('org.criu.config='.length);
+    if (criuConfig && existsSync(criuConfig)) argv.push('--config', criuConfig);
+    if (options.leaveRunning) argv.push('--leave-running');
+    if (options.tcpEstablished) argv.push('--tcp-established');
+    if (options.parentImageDir) argv.push('--prev-images-dir', options.parentImageDir, '--track-mem');
+    if (options.lazyPages) argv.push('--lazy-pages');
+    if (options.pageServer) {
+      const [address = '', port = ''] = options.pageServer.split(':');
+      argv.push('--page-server', '--address', address, '--port', port);
+    }
+    return argv;
+  }
+
+  async memoryUsage(id: string): Promise<number | undefined> {
+    const paths = (await this.runcState(id).catch(() => undefined))?.cgroup_paths;
+    for (const file of [
+      join(paths?.memory ?? '', 'memory.usage_in_bytes'),
+      join(paths?.[''] ?? '', 'memory.current'),
+    ]) {
+      if (existsSync(file)) return Number((await readFile(file, 'utf8')).trim());
+    }
+    return undefined;
+  }
+
+  private async runcState(id: string): Promise<RuncStateFile> {
+    try {
+      return JSON.parse(
+        await readFile(join(this.config.runcRoot, id, 'state.json'), 'utf8'),
+      ) as RuncStateFile;
+    } catch (error) {
+      throw new RuntimeFailedError(`cannot read runc's state of "${id}"`, 'runc', [String(error)]);
+    }
+  }
+
   async restore(id: string, options: RestoreOptions): Promise<RestoreResult> {
+    await ensureCriuRundir();
     await mkdir(options.workDir, { recursive: true });
     const args = [
       'restore',
@@ -236,6 +367,26 @@ export class RuncDriver implements RuntimeDriver {
       );
     }
   }
+}
+
+/** Where Haven's CRIU build keeps its kernel-feature cache (`make RUNDIR=…` in setup). */
+export const CRIU_RUNDIR = '/run/haven/criu';
+const TMPFS_MAGIC = 0x01021994;
+let criuRundirReady = false;
+
+/**
+ * Makes sure CRIU's kernel-feature cache can be kept: CRIU keeps it only on a
+ * tmpfs, and without it re-probes the kernel on every run (~40 ms here). After
+ * a reboot /run/haven/criu is gone; where /run is not a tmpfs, a 1 MB tmpfs
+ * is mounted there.
+ */
+export async function ensureCriuRundir(): Promise<void> {
+  if (criuRundirReady) return;
+  await mkdir(CRIU_RUNDIR, { recursive: true, mode: 0o700 });
+  if ((await statfs(CRIU_RUNDIR)).type !== TMPFS_MAGIC) {
+    await run(['mount', '-t', 'tmpfs', '-o', 'size=1m,mode=0700', 'haven-criu', CRIU_RUNDIR]);
+  }
+  criuRundirReady = true;
 }
 
 function toStatus(json: RuncStateJson): RuntimeStatus {
