@@ -20,6 +20,7 @@ import { join, relative } from 'node:path';
 import { CorruptCheckpointError } from '../core/errors.js';
 import type { DumpStats } from '../runtime/driver.js';
 import type { TcpConnection } from '../runtime/network.js';
+import type { MachineRequirements } from './archive.js';
 
 /** Current manifest format; readers refuse newer ones. */
 export const MANIFEST_VERSION = 1;
@@ -42,7 +43,7 @@ export interface CheckpointManifest {
   /** Established TCP connections at the freeze, locked again on restore. */
   connections: TcpConnection[];
   /** Where it was taken: restores elsewhere check compatibility against this. */
-  origin: { host: string; kernel: string; criuVersion: string };
+  origin: { host: string } & MachineRequirements;
   stats?: DumpStats;
   files: ManifestFile[];
 }

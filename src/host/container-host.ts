@@ -26,16 +26,17 @@ import { existsSync, readFileSync } from 'node:fs';
 import {
   chmod,
   mkdir,
+  mkdtemp,
   readdir,
   symlink,
   readFile,
   rename,
   rm,
   rmdir,
+  stat,
   statfs,
   writeFile,
 } from 'node:fs/promises';
-import { release } from 'node:os';
 import { isAbsolute, join, normalize } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { run } from '../core/exec.js';
@@ -61,6 +62,16 @@ import {
   type TcpConnection,
 } from '../runtime/network.js';
 import { ImageStore } from './images.js';
+import {
+  compressionFor,
+  extractArchive,
+  incompatibility,
+  thisMachine,
+  writeArchive,
+  writeHeader,
+  ARCHIVE_VERSION,
+  type ArchiveCompression,
+} from './archive.js';
 import {
   hashTree,
   MANIFEST_VERSION,
@@ -470,7 +481,7 @@ export class ContainerHost {
       createdAt: new Date().toISOString(),
       leaveRunning: options.leaveRunning ?? false,
       connections,
-      origin: { host: this.config.hostName, kernel: release(), criuVersion: await this.criuVersion() },
+      origin: { host: this.config.hostName, ...(await thisMachine(await this.criuVersion())) },
       ...(result.stats ? { stats: result.stats } : {}),
       files: (await hashTree(staging)).filter((f) => !f.path.startsWith('logs/')),
     };
@@ -604,6 +615,112 @@ export class ContainerHost {
     }
   }
 
+  // --- portable archives ----------------------------------------------------------
+
+  /**
+   * Writes a checkpoint (the newest, or `checkpoint`) with the container's
+   * record and image into one archive file (see `archive.ts`).
+   */
+  async exportCheckpoint(
+    name: string,
+    file: string,
+    options: { checkpoint?: string; compression?: string } = {},
+  ): Promise<{ file: string; checkpoint: string; bytes: number; wallMs: number }> {
+    const started = performance.now();
+    const record = await this.record(name);
+    const id = options.checkpoint ?? record.checkpoints.at(-1)?.id;
+    if (!id) throw new NotFoundError(`container "${name}" has no checkpoint to export`);
+    const dir = join(this.dir(name), 'checkpoints', id);
+    if (!existsSync(join(dir, 'manifest.json')))
+      throw new NotFoundError(`container "${name}" has no checkpoint "${id}"`);
+    const manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as CheckpointManifest;
+    const compression: ArchiveCompression = compressionFor(file, options.compression);
+    const staging = await mkdtemp(join(this.config.stateDir, '.export-'));
+    try {
+      // Hard links: staging costs no copy of the (possibly large) images.
+      await run(['cp', '-al', dir, join(staging, 'checkpoint')]);
+      await rm(join(staging, 'checkpoint', 'logs'), { recursive: true, force: true });
+      await mkdir(join(staging, 'image'));
+      await run(['cp', '-al', this.images.rootfsOf(record.image), join(staging, 'image', 'rootfs')]);
+      await writeHeader(staging, {
+        format: 'haven-checkpoint-archive',
+        version: ARCHIVE_VERSION,
+        createdAt: new Date().toISOString(),
+        checkpointId: id,
+        container: { ...record, checkpoints: record.checkpoints.filter((c) => c.id === id) },
+        machine: manifest.origin,
+      });
+      await writeArchive(file, staging, compression);
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+    }
+    const { size } = await stat(file);
+    return { file, checkpoint: id, bytes: size, wallMs: performance.now() - started };
+  }
+
+  /**
+   * Imports an archive as a new (checkpointed) container, `as` or its
+   * original name, and restores it. Everything in the archive is checked
+   * first — names, addresses, volumes, CPU compatibility, every file's hash —
+   * and nothing on this host is touched unless all of it passes.
+   */
+  async importArchive(
+    file: string,
+    options: { as?: string } = {},
+  ): Promise<RestoreReport & { name: string }> {
+    const started = performance.now();
+    await mkdir(this.config.stateDir, { recursive: true });
+    const staging = await mkdtemp(join(this.config.stateDir, '.import-'));
+    let name: string;
+    try {
+      const header = await extractArchive(file, staging);
+      const source = validateImportedRecord(header.container);
+      name = validateName(options.as ?? source.name, 'container');
+      if (existsSync(this.dir(name))) {
+        throw new AlreadyExistsError(
+          `container "${name}" already exists on this host; import it with --name NEW`,
+        );
+      }
+      const reason = incompatibility(header.machine, await thisMachine(await this.criuVersion()));
+      if (reason) throw new FailedPreconditionError(`cannot restore this checkpoint here: ${reason}`);
+      const checkpointDir = join(staging, 'checkpoint');
+      const manifest = await verifyCheckpoint(checkpointDir);
+      const running = (await this.list()).filter((c) => c.state === 'running' || c.state === 'paused');
+      const ipOwner = running.find((c) => c.ip === source.ip);
+      if (ipOwner) {
+        throw new AlreadyExistsError(
+          `address ${source.ip} is in use by running container "${ipOwner.name}" on this host`,
+        );
+      }
+      for (const v of source.volumes) {
+        const user = (await this.list()).find((c) => c.volumes.some((w) => w.volume === v.volume));
+        if (user)
+          throw new AlreadyExistsError(
+            `volume "${v.volume}" is already used by container "${user.name}" on this host`,
+          );
+      }
+      const image = await this.images.import(join(staging, 'image', 'rootfs'));
+      await mkdir(join(this.dir(name), 'checkpoints'), { recursive: true });
+      await rename(checkpointDir, join(this.dir(name), 'checkpoints', manifest.id));
+      await mkdir(join(this.dir(name), 'upper'));
+      await this.save({
+        ...source,
+        name,
+        host: this.config.hostName,
+        image: image.id,
+        state: 'checkpointed',
+        checkpoints: [
+          { id: manifest.id, createdAt: manifest.createdAt, leaveRunning: manifest.leaveRunning },
+        ],
+      });
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+    }
+    // Imported: from here a failed restore leaves a checkpointed container to retry, not nothing.
+    const report = await this.restore(name);
+    return { ...report, name, wallMs: performance.now() - started };
+  }
+
   // --- stop and remove -------------------------------------------------------------
 
   /** Stops a container: SIGTERM, then SIGKILL after `graceMs`. Its files and checkpoints stay. */
@@ -650,6 +767,44 @@ export class ContainerHost {
   private cgroupParent(): string {
     return `/haven/${shortHash(this.config.hostName)}`;
   }
+}
+
+/** Checks a container record read from an archive: every field a restore uses, typed and sane. */
+function validateImportedRecord(value: unknown): ContainerRecord {
+  const r = value as Partial<ContainerRecord> | null;
+  const strings = (x: unknown): x is string[] => Array.isArray(x) && x.every((s) => typeof s === 'string');
+  if (
+    !r ||
+    typeof r !== 'object' ||
+    typeof r.ip !== 'string' ||
+    typeof r.prefix !== 'number' ||
+    !strings(r.args) ||
+    !strings(r.env) ||
+    !Array.isArray(r.volumes)
+  ) {
+    throw new InvalidArgumentError("the archive's container record is malformed");
+  }
+  validateName(r.name, 'container');
+  parseIpv4Cidr(`${r.ip}/${r.prefix}`);
+  const volumes = r.volumes.map((v) => validateVolumeMount(v as VolumeMount));
+  if (r.memoryBytes !== undefined && (typeof r.memoryBytes !== 'number' || r.memoryBytes < 4 * 1024 * 1024)) {
+    throw new InvalidArgumentError("the archive's memory limit is malformed");
+  }
+  return {
+    name: r.name as string,
+    host: String(r.host ?? ''),
+    image: String(r.image ?? ''),
+    args: r.args,
+    env: r.env,
+    volumes,
+    ip: r.ip,
+    prefix: r.prefix,
+    mac: macForIp(r.ip),
+    ...(r.memoryBytes ? { memoryBytes: r.memoryBytes } : {}),
+    state: 'checkpointed',
+    createdAt: String(r.createdAt ?? new Date().toISOString()),
+    checkpoints: [],
+  };
 }
 
 function validateVolumeMount(mount: VolumeMount): VolumeMount {

@@ -56,7 +56,7 @@ test(
     // Only files travel: the container's directory (record + checkpoints), its image, its volume.
     for (const part of ['containers/kv', 'images', 'volumes/kvdata']) {
       await mkdir(dirname(join(b.config.stateDir, part)), { recursive: true });
-    await run(['cp', '-a', join(a.config.stateDir, part), join(b.config.stateDir, part)]);
+      await run(['cp', '-a', join(a.config.stateDir, part), join(b.config.stateDir, part)]);
     }
     // The copied upper layer and volume are replaced by the checkpoint's own on restore.
     const restored = await b.cli(['restore', 'kv']);

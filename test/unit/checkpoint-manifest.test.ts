@@ -23,7 +23,7 @@ async function sample(): Promise<string> {
     createdAt: '',
     leaveRunning: false,
     connections: [],
-    origin: { host: 'h', kernel: 'k', criuVersion: '4.2.1' },
+    origin: { host: 'h', kernel: 'k', criuVersion: '4.2.1', arch: 'x64', cpuFlags: [] },
     files: await hashTree(dir),
   });
   return dir;

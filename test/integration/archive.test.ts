@@ -1,0 +1,133 @@
+/**
+ * Portable archives: `checkpoint --export` writes one file that `restore
+ * --import` brings back (here on a second host with its own state directory
+ * and runc root), with memory, files, volumes and address. Damaged archives,
+ * foreign CPUs and name clashes are refused before anything is made.
+ */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, test } from 'node:test';
+import { run } from '../../src/core/exec.js';
+import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
+import { TestHost } from '../support/test-host.js';
+
+let a: TestHost;
+let b: TestHost;
+let work: string;
+const ip = '10.88.3.2';
+before(async () => {
+  a = await TestHost.create('arca');
+  b = await a.sibling('arcb');
+  await a.startClient();
+  work = await mkdtemp(join(tmpdir(), 'haven-archives-'));
+});
+after(async () => {
+  await b?.dispose();
+  await a?.dispose();
+  await rm(work, { recursive: true, force: true });
+});
+
+async function redisAnswers(): Promise<void> {
+  for (let i = 0; i < 50; i++) {
+    if ((await a.inClient(['redis-cli', '-h', ip, 'PING']).catch(() => undefined))?.stdout.trim() === 'PONG')
+      return;
+    await sleep(100);
+  }
+  throw new Error('redis did not answer');
+}
+
+test(
+  'export on one host, import on another: keys, volume and address come along',
+  { timeout: 120_000 },
+  async () => {
+    const ran = await a.cli([
+      'run',
+      'kv',
+      '--image',
+      await redisImage(),
+      '--ip',
+      `${ip}/16`,
+      '--volume',
+      'kvdata:/data',
+      '--',
+      ...REDIS_ARGS,
+    ]);
+    assert.equal(ran.code, 0, ran.stderr);
+    await redisAnswers();
+    await a.inClient(['redis-cli', '-h', ip, 'SET', 'travelled', 'yes']);
+    await a.inClient(['redis-cli', '-h', ip, 'SAVE']); // writes /data/dump.rdb on the volume
+    const archive = join(work, 'kv.tar.zst');
+    const ck = await a.cli(['checkpoint', 'kv', '--export', archive, '--json']);
+    assert.equal(ck.code, 0, ck.stderr);
+    const report = JSON.parse(ck.stdout) as { export: { bytes: number } };
+    assert.equal(report.export.bytes, (await stat(archive)).size);
+
+    // Only the archive travels: the second host has no image, no volume, no record.
+    const imported = await b.cli(['restore', '--import', archive, '--name', 'kv2']);
+    assert.equal(imported.code, 0, imported.stderr);
+    await redisAnswers();
+    assert.equal((await a.inClient(['redis-cli', '-h', ip, 'GET', 'travelled'])).stdout.trim(), 'yes');
+    const view = JSON.parse((await b.cli(['inspect', 'kv2', '--json'])).stdout) as Record<string, unknown>;
+    assert.equal(view.ip, ip);
+    assert.equal(view.host, b.config.hostName);
+    assert.ok(
+      existsSync(join(b.config.stateDir, 'volumes', 'kvdata', 'data', 'dump.rdb')),
+      'the volume came along',
+    );
+    assert.equal((await b.cli(['stop', 'kv2', '--time', '1'])).code, 0);
+  },
+);
+
+test('a second import under the same name, or onto a used volume, is refused', async () => {
+  const archive = join(work, 'kv.tar.zst');
+  const again = await b.cli(['restore', '--import', archive, '--name', 'kv2']);
+  assert.notEqual(again.code, 0);
+  assert.match(again.stderr, /container "kv2" already exists/);
+  const volume = await b.cli(['restore', '--import', archive, '--name', 'kv3']);
+  assert.match(volume.stderr, /volume "kvdata" is already used by container "kv2"/);
+  assert.ok(!existsSync(join(b.config.stateDir, 'containers', 'kv3')));
+});
+
+test('damaged archives are refused with a reason and leave nothing behind', async () => {
+  const archive = join(work, 'kv.tar.zst');
+  const truncated = join(work, 'truncated.tar.zst');
+  await run(['cp', archive, truncated]);
+  await truncate(truncated, Math.floor((await stat(truncated)).size / 2));
+  const r = await b.cli(['restore', '--import', truncated, '--name', 'kv4']);
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /damaged|not a readable archive/);
+
+  const missing = await b.cli(['restore', '--import', join(work, 'nope.tar'), '--name', 'kv4']);
+  assert.match(missing.stderr, /does not exist/);
+
+  const notOurs = join(work, 'other.tar');
+  await writeFile(join(work, 'hello.txt'), 'hi');
+  await run(['tar', '-C', work, '-cf', notOurs, 'hello.txt']);
+  assert.match(
+    (await b.cli(['restore', '--import', notOurs, '--name', 'kv4'])).stderr,
+    /unexpected path "hello.txt"/,
+  );
+
+  const leftovers = (await readdir(b.config.stateDir)).filter((e) => e.startsWith('.import-'));
+  assert.deepEqual(leftovers, []);
+  assert.ok(!existsSync(join(b.config.stateDir, 'containers', 'kv4')));
+});
+
+test('a checkpoint from a CPU with features this one lacks is refused before anything starts', async () => {
+  const dir = await mkdtemp(join(work, 'cpu-'));
+  await run(['tar', '-xf', join(work, 'kv.tar.zst'), '-C', dir]);
+  const headerPath = join(dir, 'haven-archive.json');
+  const header = JSON.parse(await readFile(headerPath, 'utf8')) as { machine: { cpuFlags: string[] } };
+  header.machine.cpuFlags.push('avx10_9_imaginary');
+  await writeFile(headerPath, JSON.stringify(header));
+  const foreign = join(work, 'foreign.tar');
+  await run(['tar', '-C', dir, '-cf', foreign, 'haven-archive.json', 'checkpoint', 'image']);
+  const r = await b.cli(['restore', '--import', foreign, '--name', 'kv5']);
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /this CPU lacks features .*avx10_9_imaginary/);
+  assert.ok(!existsSync(join(b.config.stateDir, 'containers', 'kv5')));
+});
