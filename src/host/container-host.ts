@@ -786,7 +786,7 @@ function validateImportedRecord(value: unknown): ContainerRecord {
   }
   validateName(r.name, 'container');
   parseIpv4Cidr(`${r.ip}/${r.prefix}`);
-  const volumes = r.volumes.map((v) => validateVolumeMount(v as VolumeMount));
+  const volumes = r.volumes.map((v) => validateVolumeMount(v));
   if (r.memoryBytes !== undefined && (typeof r.memoryBytes !== 'number' || r.memoryBytes < 4 * 1024 * 1024)) {
     throw new InvalidArgumentError("the archive's memory limit is malformed");
   }
