@@ -52,14 +52,15 @@ import type { CheckpointResult, DumpStats, RestoreStats, RuntimeDriver } from '.
 import { RuncDriver } from '../runtime/runc/runc-driver.js';
 import { ociConfig } from '../runtime/runc/bundle.js';
 import {
-  clearConnectionLocks,
   containerNetnsName,
   createContainerNetwork,
   deleteContainerNetwork,
   netnsPath,
   readEstablished,
+  LOCK_COMMAND,
+  resetNetworkLock,
+  UNLOCK_COMMAND,
   shortHash,
-  type TcpConnection,
 } from '../runtime/network.js';
 import { ImageStore } from './images.js';
 import {
@@ -155,8 +156,11 @@ export interface CheckpointReport {
    * (from the cgroup freeze to the thaw; for a stopping checkpoint, to the end of the dump).
    */
   frozenMs: number;
-  /** Where the time went: freezing the cgroup, copying files (in parallel with CRIU), CRIU's dump, thawing. */
-  phases: { freezeMs: number; filesMs: number; criuMs: number; thawMs: number };
+  /**
+   * Where the time went: freezing the cgroup; the dump chain (network lock,
+   * CRIU with the file copies beside it, unlock); thawing.
+   */
+  phases: { freezeMs: number; dumpMs: number; thawMs: number };
   wallMs: number;
 }
 
@@ -374,7 +378,9 @@ export class ContainerHost {
     const criuConfigFile = join(dir, 'criu.conf');
     // runc (re)creates the cgroups from config.json; CRIU must neither dump them
     // (slow, inside the freeze) nor move tasks into the old host's cgroup paths.
-    const lines = ['manage-cgroups=ignore', ...criuOptions];
+    // Haven locks the network itself (see lockTableRuleset in network.ts):
+    // CRIU's own locks cost 12-40 ms of freeze.
+    const lines = ['manage-cgroups=ignore', 'network-lock skip', ...criuOptions];
     await writeFile(criuConfigFile, lines.map((o) => `${o}\n`).join(''));
     const config = ociConfig({
       rootfs: join(dir, 'rootfs'),
@@ -422,56 +428,43 @@ export class ContainerHost {
     await mkdir(checkpoints, { recursive: true });
     const runtimeId = this.runtimeId(name);
     const started = performance.now();
-    const phases = { freezeMs: 0, filesMs: 0, criuMs: 0, thawMs: 0 };
-    let frozenAt = 0;
-    let thawedAt = 0;
-    let frozen = false;
-    let connections: TcpConnection[] = [];
+    // Informational (the network lock does not need it): connections as the checkpoint begins.
+    const connections = readEstablished(view.pid);
+    // Files are copied side by side with CRIU's dump, inside the freeze, in the
+    // same process chain as the freeze, the network lock and the unlock.
+    const trees: Array<[string, string]> = [
+      [join(this.dir(name), 'upper'), join(staging, 'rootfs-diff')],
+      [join(this.dir(name), 'shm'), join(staging, 'shm')],
+      ...record.volumes.map((v): [string, string] => [
+        this.volumeDir(v.volume),
+        join(staging, 'volumes', v.volume),
+      ]),
+    ];
+    for (const [, to] of trees) await mkdir(to, { recursive: true });
     let result: CheckpointResult;
     try {
-      // Freeze first, then copy files and dump memory: all three describe one instant.
-      await this.driver.pause(runtimeId);
-      frozen = true;
-      frozenAt = performance.now();
-      phases.freezeMs = frozenAt - started;
-      connections = readEstablished(view.pid);
-      // Files and memory are read from the same frozen instant, so they are
-      // copied side by side: the file copy hides inside CRIU's dump.
-      const copyFiles = async (): Promise<void> => {
-        await copyTree(join(this.dir(name), 'upper'), join(staging, 'rootfs-diff'));
-        await copyTree(join(this.dir(name), 'shm'), join(staging, 'shm'));
-        for (const v of record.volumes) {
-          await copyTree(this.volumeDir(v.volume), join(staging, 'volumes', v.volume));
-        }
-        phases.filesMs = performance.now() - frozenAt;
-      };
-      const dumpMemory = async (): Promise<CheckpointResult> => {
-        const criuStarted = performance.now();
-        const dumped = await this.driver.checkpoint(runtimeId, {
-          imageDir: join(staging, 'criu'),
-          workDir: join(staging, 'work'),
-          leaveRunning: options.leaveRunning ?? false,
-          tcpEstablished: true,
-          netnsPath: netnsPath(this.netns(name)),
-          ...(options.viaRunc ? { viaRunc: true } : {}),
-        });
-        phases.criuMs = performance.now() - criuStarted;
-        return dumped;
-      };
-      const [, dumped] = await Promise.all([copyFiles(), dumpMemory()]);
-      result = dumped;
-      const thawStarted = performance.now();
-      if (options.leaveRunning) {
-        await this.driver.resume(runtimeId);
-        frozen = false;
-      }
-      thawedAt = performance.now();
-      phases.thawMs = thawedAt - thawStarted;
+      result = await this.driver.checkpoint(runtimeId, {
+        imageDir: join(staging, 'criu'),
+        workDir: join(staging, 'work'),
+        leaveRunning: options.leaveRunning ?? false,
+        tcpEstablished: true,
+        netnsPath: netnsPath(this.netns(name)),
+        freeze: true,
+        hooks: {
+          before: [LOCK_COMMAND],
+          alongside: trees.map(([from, to]) => copyTreeCommand(from, to)),
+          after: [UNLOCK_COMMAND],
+        },
+        ...(options.viaRunc ? { viaRunc: true } : {}),
+      });
     } catch (error) {
-      if (frozen) await this.driver.resume(runtimeId).catch(() => undefined);
+      await resetNetworkLock(this.netns(name)).catch(() => undefined);
       await rm(staging, { recursive: true, force: true });
       throw error;
     }
+    const phases = result.freeze ?? { freezeMs: 0, dumpMs: result.wallMs, thawMs: 0 };
+    // The slow part of the lock (deleting set elements) waits until the container runs.
+    if (options.leaveRunning) await resetNetworkLock(this.netns(name));
     // CRIU's logs stay beside the images for diagnosis, outside the verified set.
     await rename(join(staging, 'work'), join(staging, 'logs'));
     const manifest: CheckpointManifest = {
@@ -510,7 +503,7 @@ export class ContainerHost {
       id,
       dir: join(checkpoints, id),
       ...(result.stats ? { stats: result.stats } : {}),
-      frozenMs: thawedAt - frozenAt,
+      frozenMs: phases.freezeMs + phases.dumpMs + phases.thawMs,
       phases,
       wallMs: performance.now() - started,
     };
@@ -560,7 +553,7 @@ export class ContainerHost {
     if (!/^ck-[0-9a-z-]+$/.test(chosen)) throw new InvalidArgumentError(`invalid checkpoint id "${chosen}"`);
     const dir = join(this.dir(name), 'checkpoints', chosen);
     if (!existsSync(dir)) throw new NotFoundError(`container "${name}" has no checkpoint "${chosen}"`);
-    const manifest = await verifyCheckpoint(dir);
+    await verifyCheckpoint(dir); // before anything is touched
 
     const started = performance.now();
     const runtimeId = this.runtimeId(name);
@@ -586,7 +579,7 @@ export class ContainerHost {
         address: record.ip,
         prefix: record.prefix,
         mac: record.mac,
-        lockedConnections: options.tcpClose ? [] : manifest.connections,
+        locked: true, // until CRIU has recreated the sockets
       });
       undo.push(() => deleteContainerNetwork(this.netns(name)));
       undo.push(() => this.driver.delete(runtimeId).catch(() => undefined));
@@ -600,8 +593,7 @@ export class ContainerHost {
         tcpEstablished: true,
         tcpClose: options.tcpClose ?? false,
       });
-      // CRIU unlocks what it restored; anything left would black-hole a connection.
-      await clearConnectionLocks(this.netns(name));
+      await resetNetworkLock(this.netns(name));
       record.state = 'running';
       await this.save(record);
       return {
@@ -899,13 +891,15 @@ async function isMountPoint(path: string): Promise<boolean> {
   return code === 0;
 }
 
-/** Copies a directory tree with owners, modes, times and sparse files kept. */
+/** The command that copies a tree with owners, modes, times, xattrs, whiteouts and sparse files kept. */
+function copyTreeCommand(from: string, to: string): string[] {
+  return ['cp', '-a', '--reflink=auto', `${from}/.`, `${to}/`];
+}
+
+/** Copies a directory tree (see {@link copyTreeCommand}); an empty tree costs no process start. */
 async function copyTree(from: string, to: string): Promise<void> {
   await mkdir(to, { recursive: true });
-  // An empty tree (the common case for a writable layer) costs no process spawn.
-  if (existsSync(from) && (await readdir(from)).length > 0) {
-    await run(['cp', '-a', '--reflink=auto', `${from}/.`, `${to}/`]);
-  }
+  if (existsSync(from) && (await readdir(from)).length > 0) await run(copyTreeCommand(from, to));
 }
 
 /** Makes `to` an exact copy of `from` (files not in `from` are removed). */

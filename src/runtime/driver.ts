@@ -51,6 +51,28 @@ export interface CheckpointOptions {
   netnsPath: string;
   /** Dump through `runc checkpoint` instead of Haven's direct CRIU call (for comparison). */
   viaRunc?: boolean;
+  /**
+   * Freeze the container's cgroup right before the dump (and thaw after a
+   * leave-running one) in the dump's own process chain, rather than leaving
+   * the freeze to CRIU, whose cgroup v1 freeze sleeps 100 ms on its first look.
+   */
+  freeze?: boolean;
+  /**
+   * Commands run in the container's network namespace in the same process
+   * chain as CRIU, like CRIU's action scripts: `before` in order (any failure
+   * aborts the dump), `alongside` in parallel with CRIU, `after` once CRIU has
+   * finished (always, also when it failed). Inside a freeze every process
+   * start counts, and one start from a large parent process costs more than
+   * several from a shell.
+   */
+  hooks?: CheckpointHooks;
+}
+
+/** See {@link CheckpointOptions.hooks}. */
+export interface CheckpointHooks {
+  before?: readonly (readonly string[])[];
+  alongside?: readonly (readonly string[])[];
+  after?: readonly (readonly string[])[];
 }
 
 /** Options of one restore. */
@@ -89,6 +111,8 @@ export interface RestoreStats {
 export interface CheckpointResult {
   stats: DumpStats | undefined;
   wallMs: number;
+  /** With `freeze`: the freeze's phases, stamped inside the dump's process chain. */
+  freeze?: { freezeMs: number; dumpMs: number; thawMs: number };
 }
 
 /** Result of a restore. */

@@ -37,11 +37,10 @@ export interface ContainerNetworkSpec {
   prefix: number;
   mac: string;
   /**
-   * Connections to keep locked (dropped by iptables) until CRIU has restored
-   * them: without this, a client's packet arriving before the socket exists
-   * would be answered with a reset and the connection lost.
+   * Start with the network locked (see {@link lockTableRuleset}): a restore
+   * unlocks once CRIU has recreated the sockets.
    */
-  lockedConnections?: readonly TcpConnection[];
+  locked?: boolean;
 }
 
 const NETNS_DIR = '/run/netns';
@@ -73,12 +72,12 @@ export async function ensureHostNetwork(config: HostConfig): Promise<void> {
 
 /**
  * Builds a container's namespace: veth onto the host bridge, address, MAC,
- * loopback, and (for a restore) the connection locks, which go in before the
- * link comes up. On failure nothing is left behind.
+ * loopback, and the lock table (locked from the start for a restore).
+ * On failure nothing is left behind.
  */
 export async function createContainerNetwork(config: HostConfig, spec: ContainerNetworkSpec): Promise<void> {
   await ensureHostNetwork(config);
-  const hostVeth = `hv${shortHash(`${config.hostName}/${spec.netns}`)}`;
+  const hostVeth = hostVethName(config, spec.netns);
   await run(['ip', 'netns', 'add', spec.netns]);
   try {
     await run([
@@ -105,11 +104,7 @@ export async function createContainerNetwork(config: HostConfig, spec: Container
         '',
       ].join('\n'),
     });
-    if (spec.lockedConnections && spec.lockedConnections.length > 0) {
-      await run(['nsenter', `--net=${netnsPath(spec.netns)}`, 'iptables-restore', '--noflush'], {
-        input: connectionLockRules(spec.lockedConnections),
-      });
-    }
+    await nft(spec.netns, lockTableRuleset(spec.locked ?? false));
     await run(['ip', '-n', spec.netns, 'link', 'set', 'eth0', 'up']);
   } catch (error) {
     await deleteContainerNetwork(spec.netns);
@@ -125,42 +120,52 @@ export async function deleteContainerNetwork(netns: string): Promise<void> {
 }
 
 /**
- * iptables rules that lock connections exactly as CRIU's own
- * `iptables_connection_switch_raw` does (criu/netfilter.c), so that CRIU's
- * unlock after the restore deletes them: packets not marked by CRIU's socket
- * repair (0xC114) are dropped in both directions.
+ * Haven's network lock. While a container is checkpointed, TCP state must not
+ * move under CRIU (dump), and nothing may answer for sockets not yet restored
+ * (restore): packets are dropped, and clients retransmit — with steady traffic
+ * they recover by fast retransmit within a round trip once the lock lifts.
+ *
+ * CRIU's own locks cost too much inside a freeze: its iptables lock runs two
+ * iptables processes per connection per direction (~40 ms for one
+ * connection here), its nftables lock deletes a table at unlock, which waits
+ * for an RCU grace period (~12 ms). Cutting the link is worse still: the
+ * kernel's link watcher rate-limits carrier changes, stalling traffic for up
+ * to a second. So every container namespace gets one small nftables table at
+ * birth, and locking and unlocking only ever *add* a set element (fast);
+ * the slow deletions happen after the thaw:
+ *
+ *   lock:    add "eth0" to @lock            → dropped (unless CRIU's repair mark)
+ *   unlock:  add "eth0" to @unlock          → passes again
+ *   reset:   flush both sets (after thaw)   → ready for the next lock
  */
-export function connectionLockRules(connections: readonly TcpConnection[]): string {
-  const rules = connections.flatMap((c) => [
-    `-I INPUT -p tcp -m mark ! --mark 0xc114 -s ${c.remoteAddress}/32 -d ${c.localAddress}/32 -m tcp --sport ${c.remotePort} --dport ${c.localPort} -j DROP`,
-    `-I OUTPUT -p tcp -m mark ! --mark 0xc114 -s ${c.localAddress}/32 -d ${c.remoteAddress}/32 -m tcp --sport ${c.localPort} --dport ${c.remotePort} -j DROP`,
-  ]);
-  return ['*filter', ...rules, 'COMMIT', ''].join('\n');
+export function lockTableRuleset(locked: boolean): string {
+  return [
+    'table inet haven {',
+    `  set lock { type ifname; ${locked ? 'elements = { "eth0" }; ' : ''}}`,
+    '  set unlock { type ifname; }',
+    '  chain input { type filter hook input priority -10; meta mark 0xc114 accept; iifname @lock iifname != @unlock drop; }',
+    '  chain output { type filter hook output priority -10; meta mark 0xc114 accept; oifname @lock oifname != @unlock drop; }',
+    '}',
+    '',
+  ].join('\n');
 }
 
-/** Deletes whatever connection locks are still present in a namespace. */
-export async function clearConnectionLocks(netns: string): Promise<void> {
-  const { stdout } = await run(['nsenter', `--net=${netnsPath(netns)}`, 'iptables-save', '-t', 'filter']);
-  const stale = stdout.split('\n').filter((l) => l.includes('0xc114') && l.startsWith('-A '));
-  for (const rule of stale) {
-    await run(
-      [
-        'nsenter',
-        `--net=${netnsPath(netns)}`,
-        'iptables',
-        '-t',
-        'filter',
-        ...splitRule(rule.replace(/^-A /, '-D ')),
-      ],
-      {
-        allowFailure: true,
-      },
-    );
-  }
+async function nft(netns: string, script: string): Promise<void> {
+  await run(['nsenter', `--net=${netnsPath(netns)}`, 'nft', '-f', '-'], { input: script });
 }
 
-function splitRule(rule: string): string[] {
-  return rule.split(/\s+/).filter((p) => p.length > 0);
+/** The command (run inside the container's namespace) that drops its traffic (see {@link lockTableRuleset}). */
+export const LOCK_COMMAND: readonly string[] = ['nft', 'add element inet haven lock { "eth0" }'];
+/** The command that lets the traffic through again: an addition only, so it is fast. */
+export const UNLOCK_COMMAND: readonly string[] = ['nft', 'add element inet haven unlock { "eth0" }'];
+
+/** Empties both sets once the container runs again, ready for the next lock. */
+export function resetNetworkLock(netns: string): Promise<void> {
+  return nft(netns, 'flush set inet haven lock\nflush set inet haven unlock\n');
+}
+
+function hostVethName(config: HostConfig, netns: string): string {
+  return `hv${shortHash(`${config.hostName}/${netns}`)}`;
 }
 
 /** A short, stable hash for interface and namespace names (veth names are ≤ 15 bytes). */

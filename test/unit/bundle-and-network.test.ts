@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ociConfig } from '../../src/runtime/runc/bundle.js';
-import { connectionLockRules, containerNetnsName } from '../../src/runtime/network.js';
+import { containerNetnsName } from '../../src/runtime/network.js';
 import { compileHostConfig } from '../../src/core/config.js';
 
 test('the OCI config joins the network namespace Haven made and names the CRIU config', () => {
@@ -35,22 +35,6 @@ test('the OCI config joins the network namespace Haven made and names the CRIU c
   assert.equal(config.process.terminal, false, 'CRIU needs pipes, not a terminal');
   assert.ok(config.mounts.some((m) => m.destination === '/data' && m.source === '/s/v/data'));
   assert.ok(config.process.env.includes('A=1'));
-});
-
-test("connection locks have CRIU's own shape, so CRIU's unlock removes them", () => {
-  const rules = connectionLockRules([
-    { localAddress: '10.88.0.2', localPort: 6379, remoteAddress: '10.88.255.10', remotePort: 40000 },
-  ]);
-  assert.match(rules, /^\*filter\n/);
-  assert.match(
-    rules,
-    /-I INPUT -p tcp -m mark ! --mark 0xc114 -s 10\.88\.255\.10\/32 -d 10\.88\.0\.2\/32 -m tcp --sport 40000 --dport 6379 -j DROP/,
-  );
-  assert.match(
-    rules,
-    /-I OUTPUT -p tcp -m mark ! --mark 0xc114 -s 10\.88\.0\.2\/32 -d 10\.88\.255\.10\/32 -m tcp --sport 6379 --dport 40000 -j DROP/,
-  );
-  assert.match(rules, /COMMIT\n$/);
 });
 
 test('namespace names differ per host, so two hosts on one machine never collide', () => {

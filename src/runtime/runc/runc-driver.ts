@@ -21,6 +21,7 @@ import { lastLines, run } from '../../core/exec.js';
 import { FailedPreconditionError, RuntimeFailedError } from '../../core/errors.js';
 import type { HostConfig } from '../../core/config.js';
 import type {
+  CheckpointHooks,
   CheckpointOptions,
   CheckpointResult,
   CreateRequest,
@@ -30,7 +31,7 @@ import type {
   RuntimeState,
   RuntimeStatus,
 } from '../driver.js';
-import { readDumpStats, readRestoreStats } from './criu-stats.js';
+import { readDumpStats, readRestoreStats } from './criu-images.js';
 import { freezerControl, type FreezerControl } from './freezer.js';
 
 /** The parts of runc's `state.json` (runc 1.1) the fast path reads. */
@@ -135,24 +136,57 @@ export class RuncDriver implements RuntimeDriver {
     }
     await mkdir(options.imageDir, { recursive: true });
     await mkdir(options.workDir, { recursive: true });
-    const started = performance.now();
     const argv = options.viaRunc
       ? this.runcCheckpointArgv(id, options)
       : await this.criuDumpArgv(id, options);
-    const result = await run(['nsenter', `--net=${options.netnsPath}`, ...argv], { allowFailure: true });
+    const freezer = options.freeze ? await this.freezerFile(id) : undefined;
+    const script = checkpointChainScript(argv, options.hooks, freezer);
+    const started = performance.now();
+    // The chain is started before the freeze and waits for a "go" on its
+    // stdin: starting a process from a large parent costs milliseconds per
+    // 100 MB of its memory (fork copies page tables), and none of that may
+    // fall inside the freeze.
+    const chain = spawn('nsenter', [`--net=${options.netnsPath}`, 'bash', '-c', script], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    chain.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    chain.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    const code = await new Promise<number>((resolve, reject) => {
+      chain.on('error', reject);
+      chain.on('spawn', () => chain.stdin.end('go\n'));
+      chain.on('close', (n) => resolve(n ?? 128));
+    });
     const wallMs = performance.now() - started;
-    if (result.code !== 0) {
+    if (code !== 0) {
       throw new RuntimeFailedError(
-        `checkpoint of "${id}" failed`,
+        `checkpoint of "${id}" failed${code === 125 ? ' (network lock)' : code === 124 ? ' (copying files)' : code === 123 ? ' (freeze)' : ''}`,
         'criu',
-        await criuErrors(join(options.workDir, options.preDump ? 'pre-dump.log' : 'dump.log'), result.stderr),
+        await criuErrors(join(options.workDir, options.preDump ? 'pre-dump.log' : 'dump.log'), stderr),
       );
     }
+    const times = /haven-times ([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+)/.exec(stdout)?.slice(1).map(Number);
+    const [t0 = 0, t1 = 0, t2 = 0, t3 = 0] = times ?? [];
+    const freeze =
+      times && freezer
+        ? { freezeMs: (t1 - t0) * 1000, dumpMs: (t2 - t1) * 1000, thawMs: (t3 - t2) * 1000 }
+        : undefined;
     // CRIU writes its statistics into the work directory when one is given.
     const stats =
       readDumpStats(join(options.workDir, 'stats-dump')) ??
       readDumpStats(join(options.imageDir, 'stats-dump'));
-    return { stats, wallMs };
+    return { stats, wallMs, ...(freeze ? { freeze } : {}) };
+  }
+
+  /** The file that freezes the container's cgroup: v1 `freezer.state` or v2 `cgroup.freeze`. */
+  private async freezerFile(id: string): Promise<FreezerFile> {
+    const state = await this.runcState(id);
+    const v1 = state.cgroup_paths?.freezer;
+    if (v1 && existsSync(join(v1, 'freezer.state'))) return { path: join(v1, 'freezer.state'), version: 1 };
+    const v2 = state.cgroup_paths?.[''];
+    if (v2 && existsSync(join(v2, 'cgroup.freeze'))) return { path: join(v2, 'cgroup.freeze'), version: 2 };
+    throw new RuntimeFailedError(`no freezer cgroup found for "${id}"`, 'runc', []);
   }
 
   /** `runc checkpoint …`: runc's own path (the baseline the fast path is measured against). */
@@ -367,6 +401,77 @@ export class RuncDriver implements RuntimeDriver {
       );
     }
   }
+}
+
+/** Quotes one word for sh. */
+function shellQuote(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+/** A cgroup freezer control file. */
+export interface FreezerFile {
+  path: string;
+  version: 1 | 2;
+}
+
+/**
+ * The bash script a checkpoint runs in the container's network namespace:
+ *
+ *   read "go" ─▶ freeze cgroup (busy poll, no process starts) ─▶ hooks.before
+ *   ─▶ hooks.alongside in the background ─▶ the dump command ─▶ hooks.after
+ *   ─▶ wait for alongside ─▶ thaw ─▶ print "haven-times t0 t1 t2 t3"
+ *
+ * Exit status: the dump's; 125 if a `before` hook failed, 124 if an
+ * `alongside` command failed, 123 if the cgroup would not freeze. The thaw
+ * always runs: after a stopping dump the cgroup is empty and thawing is
+ * harmless; after a failed one it lets the container run on.
+ * `$EPOCHREALTIME` (bash ≥ 5) stamps the phases without starting `date`.
+ */
+export function checkpointChainScript(
+  argv: readonly string[],
+  hooks: CheckpointHooks | undefined,
+  freezer: FreezerFile | undefined,
+): string {
+  const line = (cmd: readonly string[]): string => cmd.map(shellQuote).join(' ');
+  const f = freezer ? shellQuote(freezer.path) : '';
+  const freeze = !freezer
+    ? []
+    : freezer.version === 1
+      ? [
+          `echo FROZEN > ${f}`,
+          'n=0',
+          `while read -r s < ${f}; [ "$s" != FROZEN ]; do`,
+          '  n=$((n+1)); [ $n -gt 500000 ] && { echo THAWED > ' + f + '; exit 123; }',
+          `  echo FROZEN > ${f}`,
+          'done',
+        ]
+      : [
+          `echo 1 > ${f}`,
+          'n=0',
+          `until grep -q '^frozen 1' ${shellQuote(freezer.path.replace(/cgroup\.freeze$/, 'cgroup.events'))}; do`,
+          '  n=$((n+1)); [ $n -gt 100000 ] && { echo 0 > ' + f + '; exit 123; }',
+          'done',
+        ];
+  const thaw = !freezer ? [] : [freezer.version === 1 ? `echo THAWED > ${f}` : `echo 0 > ${f}`];
+  return [
+    'set -u',
+    'read -r go',
+    't0=$EPOCHREALTIME',
+    ...freeze,
+    't1=$EPOCHREALTIME',
+    ...(hooks?.before ?? []).map(
+      (cmd) => `${line(cmd)} || { ${thaw.join('; ')}${thaw.length ? '; ' : ''}exit 125; }`,
+    ),
+    ...(hooks?.alongside ?? []).map((cmd, i) => `${line(cmd)} & side${i}=$!`),
+    `${line(argv)}; status=$?`,
+    ...(hooks?.after ?? []).map((cmd) => `${line(cmd)} || true`),
+    ...(hooks?.alongside ?? []).map((_, i) => `wait $side${i} || { [ $status -eq 0 ] && status=124; }`),
+    't2=$EPOCHREALTIME',
+    ...thaw,
+    't3=$EPOCHREALTIME',
+    'echo "haven-times $t0 $t1 $t2 $t3"',
+    'exit $status',
+  ].join('\n');
 }
 
 /** Where Haven's CRIU build keeps its kernel-feature cache (`make RUNDIR=…` in setup). */

@@ -1,5 +1,5 @@
 /**
- * Reads CRIU's `stats-dump` and `stats-restore` images.
+ * Reads CRIU's `stats-dump` and `stats-restore` images (CRIU's own timings).
  *
  * Layout (CRIU's images/stats.proto, criu/image.c): a service-image magic
  * (u32), the stats magic (u32), then one length-prefixed (u32 LE) protobuf

@@ -3,7 +3,7 @@ import { mkdtemp, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { decodeFields, readDumpStats, readRestoreStats } from '../../src/runtime/runc/criu-stats.js';
+import { decodeFields, readDumpStats, readRestoreStats } from '../../src/runtime/runc/criu-images.js';
 
 // A real stats-dump written by CRIU 4.2.1 for a 32 MB memhog (magic, stats magic, length, StatsEntry).
 const REAL_STATS_DUMP = Buffer.from(
