@@ -12,6 +12,9 @@ export interface ExecResult {
   code: number;
 }
 
+/** `HAVEN_TRACE=1` prints every command Haven runs, with its duration, to stderr. */
+const TRACE = process.env.HAVEN_TRACE === '1';
+
 /** Options for {@link run}. */
 export interface ExecOptions {
   /** Text written to the command's stdin. */
@@ -28,6 +31,7 @@ export interface ExecOptions {
 export function run(argv: readonly string[], options: ExecOptions = {}): Promise<ExecResult> {
   const [cmd, ...args] = argv;
   if (cmd === undefined) throw new Error('run: empty argv');
+  const started = TRACE ? performance.now() : 0;
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, {
       stdio: ['pipe', 'pipe', 'pipe'],
@@ -43,6 +47,10 @@ export function run(argv: readonly string[], options: ExecOptions = {}): Promise
       reject(new RuntimeFailedError(`cannot run ${cmd}: ${e.message}`, toolName(cmd, args), [])),
     );
     child.on('close', (code, signal) => {
+      if (TRACE)
+        process.stderr.write(
+          `[trace] ${(performance.now() - started).toFixed(1).padStart(7)} ms  ${argv.join(' ').slice(0, 160)}\n`,
+        );
       const result = {
         stdout: Buffer.concat(out).toString(),
         stderr: Buffer.concat(err).toString(),

@@ -10,7 +10,8 @@
  *                        features, kernel and CRIU versions
  *   checkpoint/          the checkpoint directory as is (manifest.json with a
  *                        SHA-256 per file, criu/, rootfs-diff/, shm/, volumes/)
- *   image/rootfs/        the container's image, so the archive stands alone
+ *   image.tar            the container's image (as the image store keeps it),
+ *                        so the archive stands alone; its SHA-256 is in the header
  *
  * Nothing in it is trusted on import: the checkpoint is verified file by file
  * against its manifest, names are validated, and a machine that lacks a CPU
@@ -20,7 +21,7 @@
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { arch, release } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { run } from '../core/exec.js';
 import { FailedPreconditionError, InvalidArgumentError } from '../core/errors.js';
 
@@ -48,6 +49,8 @@ export interface ArchiveHeader {
   /** The container's record (spec, address, volumes), as on the source host. */
   container: unknown;
   machine: MachineRequirements;
+  /** SHA-256 of `image.tar`, checked on import. */
+  imageSha256: string;
 }
 
 /** CPU feature flags of this machine. */
@@ -87,25 +90,47 @@ function compressorFlag(compression: ArchiveCompression): string[] {
   return [];
 }
 
-/** Writes the archive. `stagingDir` must hold `haven-archive.json`, `checkpoint/`, `image/`. */
+/** Where the three parts of an archive are read from. */
+export interface ArchiveParts {
+  /** Directory holding `haven-archive.json`. */
+  headerDir: string;
+  /** The checkpoint directory (its `logs/` are left out). */
+  checkpointDir: string;
+  /** The image store's `image.tar`. */
+  imageTar: string;
+}
+
+/**
+ * Writes the archive straight from where the parts are — no staging copy,
+ * which for a checkpoint in the staging tmpfs would cross file systems —
+ * renaming the checkpoint directory to `checkpoint/` on the way.
+ */
 export async function writeArchive(
   file: string,
-  stagingDir: string,
+  parts: ArchiveParts,
   compression: ArchiveCompression,
 ): Promise<void> {
   const tmp = `${file}.partial-${process.pid}`;
+  const id = basename(parts.checkpointDir);
+  if (!/^[\w.-]+$/.test(id)) throw new InvalidArgumentError(`unexpected checkpoint directory name "${id}"`);
   try {
     await run([
       'tar',
       ...compressorFlag(compression),
-      '-C',
-      stagingDir,
       '-cf',
       tmp,
-      '--',
+      // r,h: rename member and hard-link names, never symlink targets inside the container's files.
+      `--transform=flags=rh;s,^${id.replace(/\./g, '\\.')}\\(/\\|$\\),checkpoint\\1,`,
+      `--exclude=${id}/logs`,
+      '-C',
+      parts.headerDir,
       'haven-archive.json',
-      'checkpoint',
-      'image',
+      '-C',
+      dirname(parts.checkpointDir),
+      id,
+      '-C',
+      dirname(parts.imageTar),
+      basename(parts.imageTar),
     ]);
     await run(['mv', '-f', tmp, file]);
   } catch (error) {
@@ -138,7 +163,7 @@ export async function extractArchive(file: string, dir: string): Promise<Archive
     if (
       clean.split('/').includes('..') ||
       clean.startsWith('/') ||
-      !['haven-archive.json', 'checkpoint', 'image'].includes(top ?? '')
+      !['haven-archive.json', 'checkpoint', 'image.tar'].includes(top ?? '')
     ) {
       throw new InvalidArgumentError(`archive "${file}" holds an unexpected path "${entry}": refusing it`);
     }

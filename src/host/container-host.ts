@@ -42,6 +42,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { run } from '../core/exec.js';
 import {
   AlreadyExistsError,
+  CorruptCheckpointError,
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
@@ -62,7 +63,7 @@ import {
   UNLOCK_COMMAND,
   shortHash,
 } from '../runtime/network.js';
-import { ImageStore } from './images.js';
+import { ImageStore, sha256File } from './images.js';
 import {
   compressionFor,
   extractArchive,
@@ -72,6 +73,7 @@ import {
   writeHeader,
   ARCHIVE_VERSION,
   type ArchiveCompression,
+  type MachineRequirements,
 } from './archive.js';
 import {
   hashTree,
@@ -80,6 +82,9 @@ import {
   writeManifest,
   type CheckpointManifest,
 } from './checkpoint-manifest.js';
+
+/** Checkpoints kept per container unless told otherwise; older ones are deleted after a new one is complete. */
+export const DEFAULT_KEEP_CHECKPOINTS = 3;
 
 /** A volume mounted into a container. */
 export interface VolumeMount {
@@ -150,6 +155,8 @@ export interface ContainerView {
 export interface CheckpointReport {
   id: string;
   dir: string;
+  /** With `exportTo`: the archive written. */
+  exported?: { file: string; bytes: number };
   stats?: DumpStats;
   /**
    * How long the container's processes were frozen, as Haven measured it
@@ -246,10 +253,18 @@ export class ContainerHost {
 
   /** Every container on this host. */
   async list(): Promise<ContainerView[]> {
+    return Promise.all((await this.names()).map((n) => this.inspect(n)));
+  }
+
+  /** Every container's record, without asking the runtime (no process starts). */
+  private async records(): Promise<ContainerRecord[]> {
+    return Promise.all((await this.names()).map((n) => this.record(n)));
+  }
+
+  private async names(): Promise<string[]> {
     const root = join(this.config.stateDir, 'containers');
     if (!existsSync(root)) return [];
-    const names = (await readdir(root)).filter((n) => existsSync(join(root, n, 'container.json'))).sort();
-    return Promise.all(names.map((n) => this.inspect(n)));
+    return (await readdir(root)).filter((n) => existsSync(join(root, n, 'container.json'))).sort();
   }
 
   /** The container's captured stdout and stderr. */
@@ -368,6 +383,7 @@ export class ContainerHost {
 
   private async unmountRootfs(name: string): Promise<void> {
     const rootfs = join(this.dir(name), 'rootfs');
+    // Not lazy: MNT_DETACH waits for an RCU grace period (~150 ms here); a plain umount takes ~3 ms.
     if (await isMountPoint(rootfs)) await run(['umount', rootfs]);
   }
 
@@ -406,7 +422,14 @@ export class ContainerHost {
    */
   async checkpoint(
     name: string,
-    options: { leaveRunning?: boolean; viaRunc?: boolean } = {},
+    options: {
+      leaveRunning?: boolean;
+      viaRunc?: boolean;
+      /** How many checkpoints to keep, this one included (default {@link DEFAULT_KEEP_CHECKPOINTS}). */
+      keep?: number;
+      /** Also write the checkpoint as a portable archive (see `archive.ts`), from the staging copy. */
+      exportTo?: { file: string; compression?: string };
+    } = {},
   ): Promise<CheckpointReport> {
     const record = await this.record(name);
     const view = await this.inspect(name);
@@ -474,22 +497,36 @@ export class ContainerHost {
       createdAt: new Date().toISOString(),
       leaveRunning: options.leaveRunning ?? false,
       connections,
-      origin: { host: this.config.hostName, ...(await thisMachine(await this.criuVersion())) },
+      origin: { host: this.config.hostName, ...(await this.thisMachine()) },
       ...(result.stats ? { stats: result.stats } : {}),
       files: (await hashTree(staging)).filter((f) => !f.path.startsWith('logs/')),
     };
     await writeManifest(staging, manifest);
-    if (inMemory) {
-      const onDisk = join(checkpoints, `.tmp-${id}`);
-      try {
+    // An export is written from the staging copy while that copy moves to disk.
+    const exporting = options.exportTo
+      ? this.writeExport(
+          {
+            ...record,
+            checkpoints: [{ id, createdAt: manifest.createdAt, leaveRunning: manifest.leaveRunning }],
+          },
+          staging,
+          options.exportTo.file,
+          compressionFor(options.exportTo.file, options.exportTo.compression),
+        )
+      : Promise.resolve();
+    try {
+      if (inMemory) {
+        const onDisk = join(checkpoints, `.tmp-${id}`);
         await run(['cp', '-a', staging, onDisk]);
-      } finally {
-        await rm(staging, { recursive: true, force: true });
+        await rename(onDisk, join(checkpoints, id));
+      } else {
+        await rename(staging, join(checkpoints, id)).then(() => undefined);
       }
-      await rename(onDisk, join(checkpoints, id));
-    } else {
-      await rename(staging, join(checkpoints, id));
+    } finally {
+      await exporting.catch(() => undefined);
+      if (inMemory) await rm(staging, { recursive: true, force: true });
     }
+    await exporting;
     if (!options.leaveRunning) {
       // The processes are gone; release what only a running container needs.
       await this.driver.delete(runtimeId).catch(() => undefined);
@@ -498,10 +535,17 @@ export class ContainerHost {
       record.state = 'checkpointed';
     }
     record.checkpoints.push({ id, createdAt: manifest.createdAt, leaveRunning: manifest.leaveRunning });
+    // Keep the newest few: every checkpoint is a full copy of the container's memory.
+    const keep = Math.max(1, options.keep ?? DEFAULT_KEEP_CHECKPOINTS);
+    const pruned = record.checkpoints.splice(0, Math.max(0, record.checkpoints.length - keep));
     await this.save(record);
+    for (const old of pruned) await rm(join(checkpoints, old.id), { recursive: true, force: true });
     return {
       id,
       dir: join(checkpoints, id),
+      ...(options.exportTo
+        ? { exported: { file: options.exportTo.file, bytes: (await stat(options.exportTo.file)).size } }
+        : {}),
       ...(result.stats ? { stats: result.stats } : {}),
       frozenMs: phases.freezeMs + phases.dumpMs + phases.thawMs,
       phases,
@@ -527,9 +571,14 @@ export class ContainerHost {
     return usage * 2 < bavail * bsize;
   }
 
-  private async criuVersion(): Promise<string> {
-    const { stdout } = await run([this.config.criuPath, '--version'], { allowFailure: true });
-    return /Version:\s*(\S+)/.exec(stdout)?.[1] ?? 'unknown';
+  private machine: Promise<MachineRequirements> | undefined;
+
+  /** This machine's CPU features, kernel and CRIU version, read once per process. */
+  private thisMachine(): Promise<MachineRequirements> {
+    return (this.machine ??= (async () => {
+      const { stdout } = await run([this.config.criuPath, '--version'], { allowFailure: true });
+      return thisMachine(/Version:\s*(\S+)/.exec(stdout)?.[1] ?? 'unknown');
+    })());
   }
 
   // --- restore ----------------------------------------------------------------
@@ -541,7 +590,11 @@ export class ContainerHost {
    */
   async restore(
     name: string,
-    options: { checkpoint?: string; tcpClose?: boolean } = {},
+    options: {
+      checkpoint?: string;
+      tcpClose?: boolean;
+      /** Skip verification: the caller just did it. */ alreadyVerified?: boolean;
+    } = {},
   ): Promise<RestoreReport> {
     const record = await this.record(name);
     const view = await this.inspect(name);
@@ -553,7 +606,7 @@ export class ContainerHost {
     if (!/^ck-[0-9a-z-]+$/.test(chosen)) throw new InvalidArgumentError(`invalid checkpoint id "${chosen}"`);
     const dir = join(this.dir(name), 'checkpoints', chosen);
     if (!existsSync(dir)) throw new NotFoundError(`container "${name}" has no checkpoint "${chosen}"`);
-    await verifyCheckpoint(dir); // before anything is touched
+    if (!options.alreadyVerified) await verifyCheckpoint(dir); // before anything is touched
 
     const started = performance.now();
     const runtimeId = this.runtimeId(name);
@@ -609,45 +662,30 @@ export class ContainerHost {
 
   // --- portable archives ----------------------------------------------------------
 
-  /**
-   * Writes a checkpoint (the newest, or `checkpoint`) with the container's
-   * record and image into one archive file (see `archive.ts`).
-   */
-  async exportCheckpoint(
-    name: string,
+  /** Writes checkpoint directory `dir` of `record` as an archive. */
+  private async writeExport(
+    record: ContainerRecord,
+    dir: string,
     file: string,
-    options: { checkpoint?: string; compression?: string } = {},
-  ): Promise<{ file: string; checkpoint: string; bytes: number; wallMs: number }> {
-    const started = performance.now();
-    const record = await this.record(name);
-    const id = options.checkpoint ?? record.checkpoints.at(-1)?.id;
-    if (!id) throw new NotFoundError(`container "${name}" has no checkpoint to export`);
-    const dir = join(this.dir(name), 'checkpoints', id);
-    if (!existsSync(join(dir, 'manifest.json')))
-      throw new NotFoundError(`container "${name}" has no checkpoint "${id}"`);
+    compression: ArchiveCompression,
+  ): Promise<void> {
     const manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as CheckpointManifest;
-    const compression: ArchiveCompression = compressionFor(file, options.compression);
-    const staging = await mkdtemp(join(this.config.stateDir, '.export-'));
+    const headerDir = await mkdtemp(join(this.config.stateDir, '.export-'));
     try {
-      // Hard links: staging costs no copy of the (possibly large) images.
-      await run(['cp', '-al', dir, join(staging, 'checkpoint')]);
-      await rm(join(staging, 'checkpoint', 'logs'), { recursive: true, force: true });
-      await mkdir(join(staging, 'image'));
-      await run(['cp', '-al', this.images.rootfsOf(record.image), join(staging, 'image', 'rootfs')]);
-      await writeHeader(staging, {
+      const imageTar = await this.images.tarOf(record.image);
+      await writeHeader(headerDir, {
         format: 'haven-checkpoint-archive',
         version: ARCHIVE_VERSION,
         createdAt: new Date().toISOString(),
-        checkpointId: id,
-        container: { ...record, checkpoints: record.checkpoints.filter((c) => c.id === id) },
+        checkpointId: manifest.id,
+        container: { ...record, checkpoints: record.checkpoints.filter((c) => c.id === manifest.id) },
         machine: manifest.origin,
+        imageSha256: await sha256File(imageTar),
       });
-      await writeArchive(file, staging, compression);
+      await writeArchive(file, { headerDir, checkpointDir: dir, imageTar }, compression);
     } finally {
-      await rm(staging, { recursive: true, force: true });
+      await rm(headerDir, { recursive: true, force: true });
     }
-    const { size } = await stat(file);
-    return { file, checkpoint: id, bytes: size, wallMs: performance.now() - started };
   }
 
   /**
@@ -673,7 +711,7 @@ export class ContainerHost {
           `container "${name}" already exists on this host; import it with --name NEW`,
         );
       }
-      const reason = incompatibility(header.machine, await thisMachine(await this.criuVersion()));
+      const reason = incompatibility(header.machine, await this.thisMachine());
       if (reason) throw new FailedPreconditionError(`cannot restore this checkpoint here: ${reason}`);
       const checkpointDir = join(staging, 'checkpoint');
       const manifest = await verifyCheckpoint(checkpointDir);
@@ -691,7 +729,11 @@ export class ContainerHost {
             `volume "${v.volume}" is already used by container "${user.name}" on this host`,
           );
       }
-      const image = await this.images.import(join(staging, 'image', 'rootfs'));
+      const imageTar = join(staging, 'image.tar');
+      if (!existsSync(imageTar) || (await sha256File(imageTar)) !== header.imageSha256) {
+        throw new CorruptCheckpointError(`archive "${file}": its image (image.tar) is missing or corrupted`);
+      }
+      const image = await this.images.import(imageTar);
       await mkdir(join(this.dir(name), 'checkpoints'), { recursive: true });
       await rename(checkpointDir, join(this.dir(name), 'checkpoints', manifest.id));
       await mkdir(join(this.dir(name), 'upper'));
@@ -709,7 +751,7 @@ export class ContainerHost {
       await rm(staging, { recursive: true, force: true });
     }
     // Imported: from here a failed restore leaves a checkpointed container to retry, not nothing.
-    const report = await this.restore(name);
+    const report = await this.restore(name, { alreadyVerified: true });
     return { ...report, name, wallMs: performance.now() - started };
   }
 
@@ -837,10 +879,13 @@ async function prepareDevDir(containerDir: string): Promise<void> {
     await mkdir(d, { recursive: true });
   }
   await chmod(join(containerDir, 'shm'), 0o1777);
-  for (const [node, major, minor] of DEVICE_NODES) {
-    if (!existsSync(join(dev, node))) {
-      await run(['mknod', '-m', '0666', join(dev, node), 'c', String(major), String(minor)]);
-    }
+  const missing = DEVICE_NODES.filter(([node]) => !existsSync(join(dev, node)));
+  if (missing.length > 0) {
+    // One process start for all of them (node cannot mknod).
+    const script = missing
+      .map(([node, major, minor]) => `mknod -m 0666 '${join(dev, node)}' c ${major} ${minor}`)
+      .join(' && ');
+    await run(['sh', '-c', script]);
   }
   const links: Array<[string, string]> = [
     ['fd', '/proc/self/fd'],

@@ -5,6 +5,8 @@
  * An image comes from a directory or from a tar archive as `docker export`
  * writes it. A directory is hashed as a deterministic tar stream (sorted
  * names, zeroed times and owners), so the same tree always has the same ID.
+ * The tar the ID was computed from is kept beside the root filesystem
+ * (`image.tar`): archives ship it, and importing it again costs one hash.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
@@ -61,6 +63,31 @@ export class ImageStore {
     return JSON.parse(await readFile(join(this.root, matches[0] ?? '', 'image.json'), 'utf8')) as ImageRecord;
   }
 
+  /**
+   * A tar of the image: the bytes its ID was computed from when the store
+   * kept them, else a deterministic tar of its root filesystem (made once).
+   */
+  async tarOf(id: string): Promise<string> {
+    const tar = join(this.root, hexOf(id), 'image.tar');
+    if (!existsSync(tar)) {
+      await run([
+        'tar',
+        '--sort=name',
+        '--mtime=@0',
+        '--owner=0',
+        '--group=0',
+        '--numeric-owner',
+        '-C',
+        this.rootfsOf(id),
+        '-cf',
+        `${tar}.tmp`,
+        '.',
+      ]);
+      await rename(`${tar}.tmp`, tar);
+    }
+    return tar;
+  }
+
   /** Imports a root filesystem directory or tar archive; returns its record. */
   async import(source: string): Promise<ImageRecord> {
     await mkdir(this.root, { recursive: true });
@@ -102,7 +129,8 @@ export class ImageStore {
         }
         const record: ImageRecord = { id, source, importedAt: new Date().toISOString() };
         await writeFile(join(staging, 'image.json'), JSON.stringify(record, null, 2));
-        await rm(join(staging, 'image.tar'), { force: true });
+        // Keep the exact bytes the ID was computed from: exports ship them as they are.
+        if (tarPath !== join(staging, 'image.tar')) await run(['cp', tarPath, join(staging, 'image.tar')]);
         await rm(finalDir, { recursive: true, force: true });
         await rename(staging, finalDir);
         return record;
@@ -121,6 +149,6 @@ function hexOf(id: string): string {
 /** SHA-256 of a file's content, streamed. */
 export async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
+  for await (const chunk of createReadStream(path, { highWaterMark: 8 << 20 })) hash.update(chunk as Buffer);
   return hash.digest('hex');
 }

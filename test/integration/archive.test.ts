@@ -63,8 +63,8 @@ test(
     const archive = join(work, 'kv.tar.zst');
     const ck = await a.cli(['checkpoint', 'kv', '--export', archive, '--json']);
     assert.equal(ck.code, 0, ck.stderr);
-    const report = JSON.parse(ck.stdout) as { export: { bytes: number } };
-    assert.equal(report.export.bytes, (await stat(archive)).size);
+    const report = JSON.parse(ck.stdout) as { exported: { bytes: number } };
+    assert.equal(report.exported.bytes, (await stat(archive)).size);
 
     // Only the archive travels: the second host has no image, no volume, no record.
     const imported = await b.cli(['restore', '--import', archive, '--name', 'kv2']);
@@ -125,7 +125,7 @@ test('a checkpoint from a CPU with features this one lacks is refused before any
   header.machine.cpuFlags.push('avx10_9_imaginary');
   await writeFile(headerPath, JSON.stringify(header));
   const foreign = join(work, 'foreign.tar');
-  await run(['tar', '-C', dir, '-cf', foreign, 'haven-archive.json', 'checkpoint', 'image']);
+  await run(['tar', '-C', dir, '-cf', foreign, 'haven-archive.json', 'checkpoint', 'image.tar']);
   const r = await b.cli(['restore', '--import', foreign, '--name', 'kv5']);
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /this CPU lacks features .*avx10_9_imaginary/);

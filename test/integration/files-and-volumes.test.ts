@@ -5,7 +5,7 @@
  * go on — in both checkpoint modes.
  */
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
@@ -69,6 +69,13 @@ test(
         `appends continue after ${mode.join(' ') || 'stop'} checkpoint`,
       );
     }
+
+    // Retention: only the newest --keep checkpoints stay on disk.
+    for (let i = 0; i < 2; i++)
+      assert.equal((await t.cli(['checkpoint', 'appender', '--leave-running', '--keep', '2'])).code, 0);
+    const kept = await readdir(join(t.config.stateDir, 'containers', 'appender', 'checkpoints'));
+    assert.equal(kept.length, 2, `kept ${kept.join(', ')}`);
+    assert.equal((await t.host.inspect('appender')).checkpoints.length, 2);
 
     const stopped = await t.cli(['stop', 'appender', '--time', '1']);
     assert.equal(stopped.code, 0, stopped.stderr);

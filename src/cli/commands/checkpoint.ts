@@ -1,6 +1,8 @@
+import { InvalidArgumentError } from '../../core/errors.js';
 import { printJson, requireName, type Command } from '../command.js';
 
-const usage = 'haven checkpoint NAME [--leave-running] [--export FILE [--compress none|gzip|zstd]] [--json]';
+const usage =
+  'haven checkpoint NAME [--leave-running] [--keep N] [--export FILE [--compress none|gzip|zstd]] [--json]';
 
 /** `haven checkpoint`: dump a container's memory, files and volumes; optionally into a portable archive. */
 export const checkpointCommand: Command = {
@@ -9,6 +11,7 @@ export const checkpointCommand: Command = {
   usage,
   options: {
     'leave-running': { type: 'boolean' },
+    keep: { type: 'string' },
     export: { type: 'string' },
     compress: { type: 'string' },
     json: { type: 'boolean' },
@@ -16,15 +19,29 @@ export const checkpointCommand: Command = {
   async run(inv) {
     const name = requireName(inv, usage);
     const host = inv.host();
-    const report = await host.checkpoint(name, { leaveRunning: inv.values['leave-running'] === true });
-    const exported =
-      typeof inv.values.export === 'string'
-        ? await host.exportCheckpoint(name, inv.values.export, {
-            checkpoint: report.id,
-            ...(typeof inv.values.compress === 'string' ? { compression: inv.values.compress } : {}),
-          })
-        : undefined;
-    if (inv.values.json) printJson({ ...report, ...(exported ? { export: exported } : {}) });
+    const keep = typeof inv.values.keep === 'string' ? Number(inv.values.keep) : undefined;
+    if (keep !== undefined && (!Number.isInteger(keep) || keep < 1 || keep > 1000)) {
+      throw new InvalidArgumentError(
+        `invalid --keep "${String(inv.values.keep)}": a whole number from 1 to 1000`,
+      );
+    }
+    const started = performance.now();
+    const report = await host.checkpoint(name, {
+      leaveRunning: inv.values['leave-running'] === true,
+      ...(keep !== undefined ? { keep } : {}),
+      ...(typeof inv.values.export === 'string'
+        ? {
+            exportTo: {
+              file: inv.values.export,
+              ...(typeof inv.values.compress === 'string' ? { compression: inv.values.compress } : {}),
+            },
+          }
+        : {}),
+    });
+    const exported = report.exported
+      ? { ...report.exported, wallMs: performance.now() - started }
+      : undefined;
+    if (inv.values.json) printJson(report);
     else {
       const criu = report.stats ? `, by CRIU's count ${report.stats.frozenMs.toFixed(1)} ms` : '';
       process.stdout.write(
@@ -32,7 +49,7 @@ export const checkpointCommand: Command = {
       );
       if (exported) {
         process.stdout.write(
-          `exported to ${exported.file} (${(exported.bytes / 1048576).toFixed(1)} MiB) in ${exported.wallMs.toFixed(0)} ms\n`,
+          `exported to ${exported.file} (${(exported.bytes / 1048576).toFixed(1)} MiB); checkpoint and export took ${exported.wallMs.toFixed(0)} ms\n`,
         );
       }
     }

@@ -380,6 +380,7 @@ export class RuncDriver implements RuntimeDriver {
       'json',
       ...runcArgs,
     ];
+    const shimStarted = performance.now();
     const shim = spawn(this.config.shimPath, argv, { detached: true, stdio: ['ignore', 'pipe', shimErr] });
     closeSync(shimErr);
     const stdout = shim.stdout;
@@ -391,6 +392,11 @@ export class RuncDriver implements RuntimeDriver {
       stdout.on('close', () => resolve());
     });
     shim.unref();
+    if (process.env.HAVEN_TRACE === '1') {
+      process.stderr.write(
+        `[trace] ${(performance.now() - shimStarted).toFixed(1).padStart(7)} ms  haven-shim … runc ${runcArgs[0] ?? ''}\n`,
+      );
+    }
     const match = /runc-exit (\d+)/.exec(out);
     const code = match ? Number(match[1]) : -1;
     if (code !== 0) {

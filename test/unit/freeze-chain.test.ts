@@ -1,0 +1,77 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { checkpointChainScript } from '../../src/runtime/runc/runc-driver.js';
+import { lockTableRuleset, LOCK_COMMAND, UNLOCK_COMMAND } from '../../src/runtime/network.js';
+
+test('the lock table drops eth0 traffic only while locked and not unlocked, and lets CRIU through', () => {
+  const open = lockTableRuleset(false);
+  assert.match(open, /set lock \{ type ifname; \}/);
+  assert.match(lockTableRuleset(true), /set lock \{ type ifname; elements = \{ "eth0" \}; \}/);
+  assert.match(open, /meta mark 0xc114 accept; iifname @lock iifname != @unlock drop;/);
+  assert.match(open, /meta mark 0xc114 accept; oifname @lock oifname != @unlock drop;/);
+  // Locking and unlocking only ever add elements: deletions wait for an RCU grace period.
+  assert.match(LOCK_COMMAND.join(' '), /^nft add element inet haven lock/);
+  assert.match(UNLOCK_COMMAND.join(' '), /^nft add element inet haven unlock/);
+});
+
+/** Runs a chain script with bash against a fake cgroup v1 freezer file. */
+async function runChain(dump: string[], hooks: Parameters<typeof checkpointChainScript>[1]) {
+  const dir = await mkdtemp(join(tmpdir(), 'haven-chain-'));
+  const state = join(dir, 'freezer.state');
+  await writeFile(state, 'THAWED\n');
+  const log = join(dir, 'log');
+  const script = checkpointChainScript(dump, hooks, { path: state, version: 1 });
+  const r = spawnSync('bash', ['-c', script], { input: 'go\n', env: { ...process.env, LOG: log } });
+  const out = {
+    code: r.status,
+    stdout: r.stdout.toString(),
+    state: (await readFile(state, 'utf8')).trim(),
+    log: await readFile(log, 'utf8').catch(() => ''),
+  };
+  await rm(dir, { recursive: true });
+  return out;
+}
+
+test('the chain freezes, runs hooks around the dump in order, thaws, and stamps its phases', async () => {
+  const r = await runChain(['sh', '-c', 'echo dump >> "$LOG"'], {
+    before: [['sh', '-c', 'echo lock >> "$LOG"']],
+    alongside: [['sh', '-c', 'echo copy >> "$LOG"']],
+    after: [['sh', '-c', 'echo unlock >> "$LOG"']],
+  });
+  assert.equal(r.code, 0);
+  assert.equal(r.state, 'THAWED');
+  const lines = r.log.trim().split('\n');
+  assert.equal(lines[0], 'lock');
+  assert.ok(lines.indexOf('dump') < lines.indexOf('unlock'));
+  assert.ok(lines.includes('copy'));
+  assert.match(r.stdout, /haven-times [\d.]+ [\d.]+ [\d.]+ [\d.]+/);
+});
+
+test('a failed dump still unlocks and thaws, and its status comes back', async () => {
+  const r = await runChain(['sh', '-c', 'exit 7'], { after: [['sh', '-c', 'echo unlock >> "$LOG"']] });
+  assert.equal(r.code, 7);
+  assert.equal(r.state, 'THAWED');
+  assert.equal(r.log.trim(), 'unlock');
+});
+
+test('a failed lock aborts before the dump (125), a failed file copy fails the checkpoint (124)', async () => {
+  const lock = await runChain(['sh', '-c', 'echo dump >> "$LOG"'], { before: [['false']] });
+  assert.equal(lock.code, 125);
+  assert.equal(lock.state, 'THAWED');
+  assert.equal(lock.log, '');
+  const copy = await runChain(['true'], { alongside: [['false']] });
+  assert.equal(copy.code, 124);
+});
+
+test('arguments with spaces and quotes reach the commands intact', async () => {
+  const r = await runChain(
+    ['sh', '-c', 'printf "%s|" "$@" >> "$LOG"', 'x', "it's", 'a b', '{ "eth0" }'],
+    undefined,
+  );
+  assert.equal(r.code, 0);
+  assert.equal(r.log, `it's|a b|{ "eth0" }|`);
+});
