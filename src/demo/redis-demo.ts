@@ -17,7 +17,7 @@ import { compileHostConfig, REPO_ROOT } from '../core/config.js';
 import { run } from '../core/exec.js';
 import { ContainerHost } from '../host/container-host.js';
 import { redisImage, REDIS_ARGS } from '../fixtures/images.js';
-import { createContainerNetwork, deleteContainerNetwork } from '../runtime/network.js';
+import { createContainerNetwork, deleteNamespace } from '../runtime/network.js';
 
 const KEYS = 100_000;
 const say = (text: string): void => void process.stdout.write(`${text}\n`);
@@ -100,8 +100,8 @@ async function main(): Promise<void> {
     say('== done: every key and the open TCP connection survived ==');
   } finally {
     await host.remove('redis', { force: true }).catch(() => undefined);
-    await deleteContainerNetwork(clientNs);
-    await deleteContainerNetwork(config.networkNamespace);
+    await deleteNamespace(clientNs);
+    await deleteNamespace(config.networkNamespace);
     await rm(root, { recursive: true, force: true });
   }
 }

@@ -55,7 +55,7 @@ import { ociConfig } from '../runtime/runc/bundle.js';
 import {
   containerNetnsName,
   createContainerNetwork,
-  deleteContainerNetwork,
+  removeContainerNetwork,
   netnsPath,
   readEstablished,
   LOCK_COMMAND,
@@ -321,7 +321,7 @@ export class ContainerHost {
         prefix,
         mac: record.mac,
       });
-      undo.push(() => deleteContainerNetwork(this.netns(name)));
+      undo.push(() => removeContainerNetwork(this.config, this.netns(name)));
       undo.push(() => this.driver.delete(this.runtimeId(name)).catch(() => undefined));
       await this.driver.create(this.createRequest(name));
       await this.driver.start(this.runtimeId(name));
@@ -418,7 +418,10 @@ export class ContainerHost {
   /**
    * Checkpoints a running container: memory and processes (CRIU), its
    * writable layer and its volumes, all taken in one freeze so that they
-   * agree. Without `leaveRunning` the container stops, as with Podman.
+   * agree. Without `leaveRunning` the container stops, as with Podman — but
+   * only once the checkpoint is complete on disk: until then it stays frozen
+   * with its network locked, and any failure (a full disk, say) thaws it and
+   * leaves it running, so a failed checkpoint never loses the container.
    */
   async checkpoint(
     name: string,
@@ -450,6 +453,7 @@ export class ContainerHost {
     await mkdir(staging, { recursive: true });
     await mkdir(checkpoints, { recursive: true });
     const runtimeId = this.runtimeId(name);
+    const stopping = !options.leaveRunning;
     const started = performance.now();
     // Informational (the network lock does not need it): connections as the checkpoint begins.
     const connections = readEstablished(view.pid);
@@ -469,14 +473,17 @@ export class ContainerHost {
       result = await this.driver.checkpoint(runtimeId, {
         imageDir: join(staging, 'criu'),
         workDir: join(staging, 'work'),
-        leaveRunning: options.leaveRunning ?? false,
+        // CRIU always leaves the processes alive; a stopping checkpoint kills them itself, later.
+        leaveRunning: true,
+        keepFrozen: stopping,
         tcpEstablished: true,
         netnsPath: netnsPath(this.netns(name)),
         freeze: true,
         hooks: {
           before: [LOCK_COMMAND],
           alongside: trees.map(([from, to]) => copyTreeCommand(from, to)),
-          after: [UNLOCK_COMMAND],
+          // A stopping container stays locked: its sockets' closing packets must never leave.
+          after: stopping ? [] : [UNLOCK_COMMAND],
         },
         ...(options.viaRunc ? { viaRunc: true } : {}),
       });
@@ -487,50 +494,64 @@ export class ContainerHost {
     }
     const phases = result.freeze ?? { freezeMs: 0, dumpMs: result.wallMs, thawMs: 0 };
     // The slow part of the lock (deleting set elements) waits until the container runs.
-    if (options.leaveRunning) await resetNetworkLock(this.netns(name));
-    // CRIU's logs stay beside the images for diagnosis, outside the verified set.
-    await rename(join(staging, 'work'), join(staging, 'logs'));
-    const manifest: CheckpointManifest = {
-      version: MANIFEST_VERSION,
-      id,
-      container: name,
-      createdAt: new Date().toISOString(),
-      leaveRunning: options.leaveRunning ?? false,
-      connections,
-      origin: { host: this.config.hostName, ...(await this.thisMachine()) },
-      ...(result.stats ? { stats: result.stats } : {}),
-      files: (await hashTree(staging)).filter((f) => !f.path.startsWith('logs/')),
-    };
-    await writeManifest(staging, manifest);
-    // An export is written from the staging copy while that copy moves to disk.
-    const exporting = options.exportTo
-      ? this.writeExport(
-          {
-            ...record,
-            checkpoints: [{ id, createdAt: manifest.createdAt, leaveRunning: manifest.leaveRunning }],
-          },
-          staging,
-          options.exportTo.file,
-          compressionFor(options.exportTo.file, options.exportTo.compression),
-        )
-      : Promise.resolve();
+    if (!stopping) await resetNetworkLock(this.netns(name));
+    let manifest: CheckpointManifest;
     try {
-      if (inMemory) {
-        const onDisk = join(checkpoints, `.tmp-${id}`);
-        await run(['cp', '-a', staging, onDisk]);
-        await rename(onDisk, join(checkpoints, id));
-      } else {
-        await rename(staging, join(checkpoints, id)).then(() => undefined);
+      // CRIU's logs stay beside the images for diagnosis, outside the verified set.
+      await rename(join(staging, 'work'), join(staging, 'logs'));
+      manifest = {
+        version: MANIFEST_VERSION,
+        id,
+        container: name,
+        createdAt: new Date().toISOString(),
+        leaveRunning: options.leaveRunning ?? false,
+        connections,
+        origin: { host: this.config.hostName, ...(await this.thisMachine()) },
+        ...(result.stats ? { stats: result.stats } : {}),
+        files: (await hashTree(staging)).filter((f) => !f.path.startsWith('logs/')),
+      };
+      await writeManifest(staging, manifest);
+      // An export is written from the staging copy while that copy moves to disk.
+      const exporting = options.exportTo
+        ? this.writeExport(
+            {
+              ...record,
+              checkpoints: [{ id, createdAt: manifest.createdAt, leaveRunning: manifest.leaveRunning }],
+            },
+            staging,
+            options.exportTo.file,
+            compressionFor(options.exportTo.file, options.exportTo.compression),
+          )
+        : Promise.resolve();
+      try {
+        if (inMemory) {
+          const onDisk = join(checkpoints, `.tmp-${id}`);
+          await run(['cp', '-a', staging, onDisk]);
+          await rename(onDisk, join(checkpoints, id));
+        } else {
+          await rename(staging, join(checkpoints, id));
+        }
+      } finally {
+        await exporting.catch(() => undefined);
+        if (inMemory) await rm(staging, { recursive: true, force: true });
       }
-    } finally {
-      await exporting.catch(() => undefined);
-      if (inMemory) await rm(staging, { recursive: true, force: true });
+      await exporting;
+    } catch (error) {
+      if (stopping) {
+        // Not safely stored: the container goes on as if nothing happened.
+        await resetNetworkLock(this.netns(name)).catch(() => undefined);
+        await this.driver.resume(runtimeId).catch(() => undefined);
+      }
+      await rm(staging, { recursive: true, force: true });
+      await rm(join(checkpoints, `.tmp-${id}`), { recursive: true, force: true });
+      throw error;
     }
-    await exporting;
-    if (!options.leaveRunning) {
-      // The processes are gone; release what only a running container needs.
+    if (stopping) {
+      // Stored: now stop it. Still frozen and locked, so no packet of its closing sockets leaves.
+      await this.driver.kill(runtimeId, 'SIGKILL');
+      await this.driver.resume(runtimeId);
       await this.driver.delete(runtimeId).catch(() => undefined);
-      await deleteContainerNetwork(this.netns(name));
+      await removeContainerNetwork(this.config, this.netns(name));
       await this.unmountRootfs(name);
       record.state = 'checkpointed';
     }
@@ -613,7 +634,7 @@ export class ContainerHost {
     // A stale runc entry (exited container) would block the restore's ID.
     await this.driver.delete(runtimeId).catch(() => undefined);
     await this.unmountRootfs(name);
-    await deleteContainerNetwork(this.netns(name));
+    await removeContainerNetwork(this.config, this.netns(name));
 
     // Files as they were at the freeze: CRIU refuses open files whose size changed.
     await replaceTree(join(dir, 'rootfs-diff'), join(this.dir(name), 'upper'));
@@ -634,7 +655,7 @@ export class ContainerHost {
         mac: record.mac,
         locked: true, // until CRIU has recreated the sockets
       });
-      undo.push(() => deleteContainerNetwork(this.netns(name)));
+      undo.push(() => removeContainerNetwork(this.config, this.netns(name)));
       undo.push(() => this.driver.delete(runtimeId).catch(() => undefined));
       const workDir = join(this.dir(name), 'restore-work');
       await rm(workDir, { recursive: true, force: true });
@@ -791,7 +812,7 @@ export class ContainerHost {
   /** Frees the runtime entry, network namespace, mount and cgroup parents of a container. */
   private async release(name: string): Promise<void> {
     await this.driver.delete(this.runtimeId(name)).catch(() => undefined);
-    await deleteContainerNetwork(this.netns(name));
+    await removeContainerNetwork(this.config, this.netns(name));
     await this.unmountRootfs(name);
     await pruneEmptyCgroups(this.cgroupParent());
     await rm(join(this.config.stateDir, 'staging', name), { recursive: true, force: true });

@@ -58,6 +58,13 @@ export interface CheckpointOptions {
    */
   freeze?: boolean;
   /**
+   * With `freeze` and `leaveRunning`: after a successful dump leave the
+   * container frozen. A stopping checkpoint is done this way, so that the
+   * container is killed only once its checkpoint is safe on disk, and simply
+   * thawed if persisting it fails.
+   */
+  keepFrozen?: boolean;
+  /**
    * Commands run in the container's network namespace in the same process
    * chain as CRIU, like CRIU's action scripts: `before` in order (any failure
    * aborts the dump), `alongside` in parallel with CRIU, `after` once CRIU has

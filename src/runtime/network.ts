@@ -101,16 +101,33 @@ export async function createContainerNetwork(config: HostConfig, spec: Container
   try {
     await run(['sh', '-c', script]);
   } catch (error) {
-    await deleteContainerNetwork(spec.netns);
+    await removeContainerNetwork(config, spec.netns);
     throw error;
   }
 }
 
-/** Removes a container's namespace (its veth pair goes with it). Idempotent. */
-export async function deleteContainerNetwork(netns: string): Promise<void> {
+/** Removes a network namespace by name (for the host's bridge namespace and clients). Idempotent. */
+export async function deleteNamespace(netns: string): Promise<void> {
   if (existsSync(netnsPath(netns))) {
     await run(['ip', 'netns', 'del', netns], { allowFailure: true });
   }
+}
+
+/**
+ * Removes a container's network: its veth pair (deleted from the host side,
+ * so the name is free again at once), its sockets, and its namespace.
+ * Sockets of killed processes may linger (a FIN that the lock drops is
+ * retransmitted for minutes) and keep the namespace alive; `ss -K` aborts
+ * them — their resets are dropped by the lock too. Idempotent.
+ */
+export async function removeContainerNetwork(config: HostConfig, netns: string): Promise<void> {
+  if (!existsSync(netnsPath(netns))) return;
+  const script = [
+    `ip -n ${config.networkNamespace} link del ${hostVethName(config, netns)} 2>/dev/null`,
+    `nsenter --net=${netnsPath(netns)} ss -K -a 2>/dev/null >/dev/null`,
+    `ip netns del ${netns}`,
+  ].join('; ');
+  await run(['sh', '-c', script], { allowFailure: true });
 }
 
 /**

@@ -6,7 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { open, readdir, truncate, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, truncate, stat } from 'node:fs/promises';
+import { run } from '../../src/core/exec.js';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { busyboxImage } from '../../src/fixtures/images.js';
@@ -142,4 +143,28 @@ test('restoring a running container and checkpointing a stopped one are refused'
   await keeperStillRuns();
   const c = await t.cli(['checkpoint', 'flip']);
   assert.match(c.stderr, /not running/);
+});
+
+test('a full disk during a stopping checkpoint leaves the container running and nothing half-made', async () => {
+  const ran = await t.cli(['run', 'full', '--image', image, '--', '/bin/sleep', '100000']);
+  assert.equal(ran.code, 0, ran.stderr);
+  const pid = (await t.host.inspect('full')).pid;
+  const checkpoints = join(t.config.stateDir, 'containers', 'full', 'checkpoints');
+  await mkdir(checkpoints, { recursive: true });
+  // A 64 KiB file system where the checkpoint must land: the copy to it fails with ENOSPC.
+  await run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'haven-test-full', checkpoints]);
+  try {
+    const r = await t.cli(['checkpoint', 'full']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /No space left on device/);
+    const view = await t.host.inspect('full');
+    assert.equal(view.state, 'running');
+    assert.equal(view.pid, pid, 'the same process, thawed, not a restart');
+    assert.deepEqual(await readdir(checkpoints), []);
+  } finally {
+    await run(['umount', checkpoints]);
+  }
+  const retry = await t.cli(['checkpoint', 'full']);
+  assert.equal(retry.code, 0, retry.stderr);
+  assert.equal((await t.host.inspect('full')).state, 'checkpointed');
 });

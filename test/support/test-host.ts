@@ -13,7 +13,7 @@ import { createInterface } from 'node:readline';
 import { compileHostConfig, REPO_ROOT, type HostConfig } from '../../src/core/config.js';
 import { run, type ExecResult } from '../../src/core/exec.js';
 import { ContainerHost } from '../../src/host/container-host.js';
-import { createContainerNetwork, deleteContainerNetwork, shortHash } from '../../src/runtime/network.js';
+import { createContainerNetwork, deleteNamespace, shortHash } from '../../src/runtime/network.js';
 
 /** A test host and its client namespace. */
 export class TestHost {
@@ -101,8 +101,8 @@ export class TestHost {
     for (const view of await this.host.list().catch(() => [])) {
       await this.host.remove(view.name, { force: true }).catch(() => undefined);
     }
-    await deleteContainerNetwork(this.clientNetns);
-    await deleteContainerNetwork(this.config.networkNamespace);
+    await deleteNamespace(this.clientNetns);
+    await deleteNamespace(this.config.networkNamespace);
     // Safety net for a test that failed half-way: nothing of ours stays mounted.
     const mounts = (await readFile('/proc/self/mounts', 'utf8'))
       .split('\n')

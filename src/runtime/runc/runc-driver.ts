@@ -140,7 +140,7 @@ export class RuncDriver implements RuntimeDriver {
       ? this.runcCheckpointArgv(id, options)
       : await this.criuDumpArgv(id, options);
     const freezer = options.freeze ? await this.freezerFile(id) : undefined;
-    const script = checkpointChainScript(argv, options.hooks, freezer);
+    const script = checkpointChainScript(argv, options.hooks, freezer, options.keepFrozen ?? false);
     const started = performance.now();
     // The chain is started before the freeze and waits for a "go" on its
     // stdin: starting a process from a large parent costs milliseconds per
@@ -428,15 +428,17 @@ export interface FreezerFile {
  *   ─▶ wait for alongside ─▶ thaw ─▶ print "haven-times t0 t1 t2 t3"
  *
  * Exit status: the dump's; 125 if a `before` hook failed, 124 if an
- * `alongside` command failed, 123 if the cgroup would not freeze. The thaw
- * always runs: after a stopping dump the cgroup is empty and thawing is
- * harmless; after a failed one it lets the container run on.
- * `$EPOCHREALTIME` (bash ≥ 5) stamps the phases without starting `date`.
+ * `alongside` command failed, 123 if the cgroup would not freeze. A failure
+ * always thaws (the container runs on); a success thaws unless `keepFrozen`
+ * (the caller then persists the checkpoint and kills the container, or thaws
+ * it if that fails). `$EPOCHREALTIME` (bash ≥ 5) stamps the phases without
+ * starting `date`.
  */
 export function checkpointChainScript(
   argv: readonly string[],
   hooks: CheckpointHooks | undefined,
   freezer: FreezerFile | undefined,
+  keepFrozen = false,
 ): string {
   const line = (cmd: readonly string[]): string => cmd.map(shellQuote).join(' ');
   const f = freezer ? shellQuote(freezer.path) : '';
@@ -473,7 +475,7 @@ export function checkpointChainScript(
     ...(hooks?.after ?? []).map((cmd) => `${line(cmd)} || true`),
     ...(hooks?.alongside ?? []).map((_, i) => `wait $side${i} || { [ $status -eq 0 ] && status=124; }`),
     't2=$EPOCHREALTIME',
-    ...thaw,
+    ...(keepFrozen ? thaw.map((t) => `[ $status -ne 0 ] && ${t}`) : thaw),
     't3=$EPOCHREALTIME',
     'echo "haven-times $t0 $t1 $t2 $t3"',
     'exit $status',
