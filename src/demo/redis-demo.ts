@@ -100,6 +100,7 @@ async function main(): Promise<void> {
     say('== done: every key and the open TCP connection survived ==');
   } finally {
     await host.remove('redis', { force: true }).catch(() => undefined);
+    await host.unmountStaging().catch(() => undefined);
     await deleteNamespace(clientNs);
     await deleteNamespace(config.networkNamespace);
     await rm(root, { recursive: true, force: true });

@@ -574,6 +574,15 @@ export class ContainerHost {
     };
   }
 
+  /**
+   * Releases what the host holds beyond its containers: the staging tmpfs.
+   * For tools that bring a host up and down (the demo, tests); a daemon keeps it.
+   */
+  async unmountStaging(): Promise<void> {
+    const root = join(this.config.stateDir, 'staging');
+    if (await isMountPoint(root)) await run(['umount', root]);
+  }
+
   /** A tmpfs of this host's own for staging checkpoints (mounted on first use). */
   private async stagingRoot(): Promise<string> {
     const root = join(this.config.stateDir, 'staging');

@@ -70,19 +70,7 @@ export class ImageStore {
   async tarOf(id: string): Promise<string> {
     const tar = join(this.root, hexOf(id), 'image.tar');
     if (!existsSync(tar)) {
-      await run([
-        'tar',
-        '--sort=name',
-        '--mtime=@0',
-        '--owner=0',
-        '--group=0',
-        '--numeric-owner',
-        '-C',
-        this.rootfsOf(id),
-        '-cf',
-        `${tar}.tmp`,
-        '.',
-      ]);
+      await deterministicTar(this.rootfsOf(id), `${tar}.tmp`);
       await rename(`${tar}.tmp`, tar);
     }
     return tar;
@@ -98,19 +86,7 @@ export class ImageStore {
       let tarPath = source;
       if (info.isDirectory()) {
         tarPath = join(staging, 'image.tar');
-        await run([
-          'tar',
-          '--sort=name',
-          '--mtime=@0',
-          '--owner=0',
-          '--group=0',
-          '--numeric-owner',
-          '-C',
-          source,
-          '-cf',
-          tarPath,
-          '.',
-        ]);
+        await deterministicTar(source, tarPath);
       } else if (!info.isFile()) {
         throw new InvalidArgumentError(`image "${source}" is neither a directory nor a tar file`);
       }
@@ -144,6 +120,23 @@ export class ImageStore {
 
 function hexOf(id: string): string {
   return id.replace(/^sha256:/, '');
+}
+
+/** Tars a directory so that the same tree always gives the same bytes: sorted names, zeroed times and owners. */
+async function deterministicTar(dir: string, out: string): Promise<void> {
+  await run([
+    'tar',
+    '--sort=name',
+    '--mtime=@0',
+    '--owner=0',
+    '--group=0',
+    '--numeric-owner',
+    '-C',
+    dir,
+    '-cf',
+    out,
+    '.',
+  ]);
 }
 
 /** SHA-256 of a file's content, streamed. */

@@ -9,7 +9,6 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { run } from '../../src/core/exec.js';
 import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
@@ -31,15 +30,6 @@ after(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function redisAnswers(): Promise<void> {
-  for (let i = 0; i < 50; i++) {
-    if ((await a.inClient(['redis-cli', '-h', ip, 'PING']).catch(() => undefined))?.stdout.trim() === 'PONG')
-      return;
-    await sleep(100);
-  }
-  throw new Error('redis did not answer');
-}
-
 test(
   'export on one host, import on another: keys, volume and address come along',
   { timeout: 120_000 },
@@ -57,7 +47,7 @@ test(
       ...REDIS_ARGS,
     ]);
     assert.equal(ran.code, 0, ran.stderr);
-    await redisAnswers();
+    await a.waitForRedis(ip);
     await a.inClient(['redis-cli', '-h', ip, 'SET', 'travelled', 'yes']);
     await a.inClient(['redis-cli', '-h', ip, 'SAVE']); // writes /data/dump.rdb on the volume
     const archive = join(work, 'kv.tar.zst');
@@ -69,7 +59,7 @@ test(
     // Only the archive travels: the second host has no image, no volume, no record.
     const imported = await b.cli(['restore', '--import', archive, '--name', 'kv2']);
     assert.equal(imported.code, 0, imported.stderr);
-    await redisAnswers();
+    await a.waitForRedis(ip);
     assert.equal((await a.inClient(['redis-cli', '-h', ip, 'GET', 'travelled'])).stdout.trim(), 'yes');
     const view = JSON.parse((await b.cli(['inspect', 'kv2', '--json'])).stdout) as Record<string, unknown>;
     assert.equal(view.ip, ip);

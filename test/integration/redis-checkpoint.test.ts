@@ -24,7 +24,7 @@ test(
     const ip = '10.88.1.2';
     const ran = await t.cli(['run', 'redis', '--image', image, '--ip', `${ip}/16`, '--', ...REDIS_ARGS]);
     assert.equal(ran.code, 0, ran.stderr);
-    await waitForRedis(t, ip);
+    await t.waitForRedis(ip);
 
     // 100,000 keys through redis-cli's mass-insertion mode, from the client namespace.
     const commands = Array.from({ length: 100_000 }, (_, i) => `SET key:${i} value-${i}`).join('\n');
@@ -80,7 +80,7 @@ test(
       ...REDIS_ARGS,
     ]);
     assert.equal(ran.code, 0, ran.stderr);
-    await waitForRedis(t, ip);
+    await t.waitForRedis(ip);
     const session = t.redisSession(ip);
     try {
       assert.equal((await session.next()).event, 'connected');
@@ -103,12 +103,3 @@ test(
     }
   },
 );
-
-async function waitForRedis(host: TestHost, ip: string): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    const r = await host.inClient(['redis-cli', '-h', ip, 'PING']).catch(() => undefined);
-    if (r?.stdout.trim() === 'PONG') return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`redis at ${ip} did not answer`);
-}

@@ -42,13 +42,7 @@ test(
       ...REDIS_ARGS,
     ]);
     assert.equal(ran.code, 0, ran.stderr);
-    for (let i = 0; i < 50; i++) {
-      if (
-        (await a.inClient(['redis-cli', '-h', ip, 'PING']).catch(() => undefined))?.stdout.trim() === 'PONG'
-      )
-        break;
-      await sleep(100);
-    }
+    await a.waitForRedis(ip);
     await a.inClient(['redis-cli', '-h', ip, 'SET', 'moved', 'yes']);
     const ck = await a.cli(['checkpoint', 'kv']);
     assert.equal(ck.code, 0, ck.stderr);

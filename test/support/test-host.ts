@@ -83,6 +83,16 @@ export class TestHost {
     });
   }
 
+  /** Waits until Redis at `ip` answers PING from the client namespace. */
+  async waitForRedis(ip: string): Promise<void> {
+    for (let i = 0; i < 100; i++) {
+      const r = await this.inClient(['redis-cli', '-h', ip, 'PING']).catch(() => undefined);
+      if (r?.stdout.trim() === 'PONG') return;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    throw new Error(`redis at ${ip} did not answer`);
+  }
+
   /** Opens one long-lived Redis connection from the client namespace. */
   redisSession(ip: string): RedisSession {
     return new RedisSession(
@@ -101,6 +111,7 @@ export class TestHost {
     for (const view of await this.host.list().catch(() => [])) {
       await this.host.remove(view.name, { force: true }).catch(() => undefined);
     }
+    await this.host.unmountStaging().catch(() => undefined);
     await deleteNamespace(this.clientNetns);
     await deleteNamespace(this.config.networkNamespace);
     // Safety net for a test that failed half-way: nothing of ours stays mounted.
