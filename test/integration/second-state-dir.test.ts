@@ -7,7 +7,6 @@ import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { run } from '../../src/core/exec.js';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
 import { TestHost } from '../support/test-host.js';
