@@ -1,0 +1,173 @@
+/**
+ * Placement: which host runs a container. A pure function of a cluster
+ * snapshot and a request — no I/O, no clock, no randomness — so it can be
+ * tested exhaustively (property tests in test/unit/placement.test.ts) and
+ * replayed when a decision is questioned, as Nomad's scheduler is.
+ *
+ * Rules, in the vocabulary of VMware DRS:
+ *   - a host must be schedulable (not cordoned, alive) and have room: the
+ *     request's CPU and memory fit beside what is already placed there;
+ *   - host affinity: every `requireHostLabels` entry must match the host's labels;
+ *   - container affinity (`with`): the host must already run each named container;
+ *   - container anti-affinity (`apart`): the host must run none of them, and no
+ *     container already there may have declared itself apart from this one;
+ *   - among the hosts left, the least loaded wins (the larger of its CPU and
+ *     memory shares after placement), ties broken by name for determinism.
+ */
+
+/** A host as placement sees it. */
+export interface HostSnapshot {
+  name: string;
+  /** CPU capacity in millicores. */
+  cpuMillis: number;
+  memoryBytes: number;
+  labels: Readonly<Record<string, string>>;
+  /** Cordoned (draining) or not alive: takes nothing new. */
+  schedulable: boolean;
+}
+
+/** A container already placed on a host. */
+export interface PlacedContainer {
+  name: string;
+  host: string;
+  cpuMillis: number;
+  memoryBytes: number;
+  /** Names of containers this one must never share a host with. */
+  apart: readonly string[];
+}
+
+/** The cluster at one instant. */
+export interface ClusterSnapshot {
+  hosts: readonly HostSnapshot[];
+  containers: readonly PlacedContainer[];
+}
+
+/** What is asked for. */
+export interface PlacementRequest {
+  name: string;
+  cpuMillis: number;
+  memoryBytes: number;
+  /** Labels the host must carry, e.g. `{ zone: "a" }`. */
+  requireHostLabels?: Readonly<Record<string, string>>;
+  /** Containers this one must run beside. */
+  with?: readonly string[];
+  /** Containers this one must never run beside. */
+  apart?: readonly string[];
+  /** Hosts to leave out (e.g. the primary's host when placing its backup). */
+  excludeHosts?: readonly string[];
+  /** Pin to one host (`haven run --host H`): still subject to every rule. */
+  host?: string;
+}
+
+/** The decision: a host, or why none fits (one reason per host, for the operator). */
+export type PlacementResult =
+  { ok: true; host: string } | { ok: false; reasons: Readonly<Record<string, string>> };
+
+/** Per-host totals and names, built once per decision (or batch) instead of per host. */
+interface HostIndex {
+  cpuMillis: number;
+  memoryBytes: number;
+  names: Set<string>;
+  /** Names that containers on this host keep apart from. */
+  apartFrom: Set<string>;
+}
+
+function indexOf(snapshot: ClusterSnapshot): Map<string, HostIndex> {
+  const index = new Map<string, HostIndex>();
+  for (const h of snapshot.hosts) {
+    index.set(h.name, { cpuMillis: 0, memoryBytes: 0, names: new Set(), apartFrom: new Set() });
+  }
+  for (const c of snapshot.containers) addTo(index, c);
+  return index;
+}
+
+function addTo(index: Map<string, HostIndex>, c: PlacedContainer): void {
+  const entry = index.get(c.host);
+  if (!entry) return; // a container on a host that left the snapshot takes no room anywhere
+  entry.cpuMillis += c.cpuMillis;
+  entry.memoryBytes += c.memoryBytes;
+  entry.names.add(c.name);
+  for (const name of c.apart) entry.apartFrom.add(name);
+}
+
+/** Chooses a host for `request` in `snapshot`. */
+export function place(snapshot: ClusterSnapshot, request: PlacementRequest): PlacementResult {
+  return decide(snapshot.hosts, indexOf(snapshot), request);
+}
+
+/**
+ * Places several containers one after another, each seeing the ones before
+ * it (as a burst of `haven run` would). Pure, like {@link place}.
+ */
+export function placeAll(
+  snapshot: ClusterSnapshot,
+  requests: readonly PlacementRequest[],
+): PlacementResult[] {
+  const index = indexOf(snapshot);
+  return requests.map((request) => {
+    const result = decide(snapshot.hosts, index, request);
+    if (result.ok) addTo(index, { ...request, host: result.host, apart: request.apart ?? [] });
+    return result;
+  });
+}
+
+function decide(
+  hosts: readonly HostSnapshot[],
+  index: Map<string, HostIndex>,
+  request: PlacementRequest,
+): PlacementResult {
+  const reasons: Record<string, string> = {};
+  let best: { host: string; load: number } | undefined;
+  const candidates = request.host ? hosts.filter((h) => h.name === request.host) : hosts;
+  if (request.host && candidates.length === 0) {
+    return { ok: false, reasons: { [request.host]: 'no such host' } };
+  }
+  for (const host of candidates) {
+    const here = index.get(host.name);
+    if (!here) continue;
+    const why = unfit(host, here, request);
+    if (why) {
+      reasons[host.name] = why;
+      continue;
+    }
+    const load = Math.max(
+      (here.cpuMillis + request.cpuMillis) / host.cpuMillis,
+      (here.memoryBytes + request.memoryBytes) / host.memoryBytes,
+    );
+    if (!best || load < best.load || (load === best.load && host.name < best.host)) {
+      best = { host: host.name, load };
+    }
+  }
+  return best ? { ok: true, host: best.host } : { ok: false, reasons };
+}
+
+/** CPU and memory already placed on a host. */
+export function usage(snapshot: ClusterSnapshot, host: string): { cpuMillis: number; memoryBytes: number } {
+  let cpuMillis = 0;
+  let memoryBytes = 0;
+  for (const c of snapshot.containers) {
+    if (c.host !== host) continue;
+    cpuMillis += c.cpuMillis;
+    memoryBytes += c.memoryBytes;
+  }
+  return { cpuMillis, memoryBytes };
+}
+
+function unfit(host: HostSnapshot, here: HostIndex, request: PlacementRequest): string | undefined {
+  if (!host.schedulable) return 'cordoned or not alive';
+  if (request.excludeHosts?.includes(host.name)) return 'excluded';
+  for (const [key, value] of Object.entries(request.requireHostLabels ?? {})) {
+    if (host.labels[key] !== value) return `label ${key}=${value} missing`;
+  }
+  for (const name of request.with ?? []) {
+    if (!here.names.has(name)) return `affinity: "${name}" is not here`;
+  }
+  for (const name of request.apart ?? []) {
+    if (here.names.has(name)) return `anti-affinity: "${name}" is here`;
+  }
+  if (here.apartFrom.has(request.name))
+    return `anti-affinity: a container here keeps apart from "${request.name}"`;
+  if (here.cpuMillis + request.cpuMillis > host.cpuMillis) return 'not enough CPU';
+  if (here.memoryBytes + request.memoryBytes > host.memoryBytes) return 'not enough memory';
+  return undefined;
+}
