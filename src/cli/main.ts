@@ -4,6 +4,7 @@
  */
 import { exitCodeFor, HavenError } from '../core/errors.js';
 import { parseInvocation, type Command } from './command.js';
+import { agentCommand } from './commands/agent.js';
 import { checkpointCommand } from './commands/checkpoint.js';
 import { doctorCommand } from './commands/doctor.js';
 import { inspectCommand } from './commands/inspect.js';
@@ -24,6 +25,7 @@ const COMMANDS: readonly Command[] = [
   stopCommand,
   rmCommand,
   doctorCommand,
+  agentCommand,
 ];
 
 function helpText(): string {

@@ -1,0 +1,79 @@
+/**
+ * Schemas of every input the agent's HTTP API accepts. Nothing reaches the
+ * host's code unvalidated: names are checked against the same rules as the
+ * CLI's, sizes are bounded, and no field takes a host path (images are
+ * referenced by content ID; volumes by name).
+ */
+import { z } from 'zod';
+
+const NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
+
+/** A container or volume name. */
+export const nameSchema = z
+  .string()
+  .regex(NAME, 'use lower-case letters, digits, _ . - (at most 63), starting with a letter or digit')
+  .refine((n) => !n.includes('..'), 'must not contain ".."');
+
+/** `POST /v1/containers`. */
+export const runRequestSchema = z
+  .object({
+    name: nameSchema,
+    /** An image ID in this host's store: `sha256:<hex>` or a unique hex prefix (≥ 6). */
+    image: z.string().regex(/^(sha256:)?[0-9a-f]{6,64}$/, 'an image ID (sha256:…), never a path'),
+    args: z.array(z.string().max(4096)).min(1).max(256),
+    env: z
+      .array(
+        z
+          .string()
+          .max(8192)
+          .regex(/^[A-Za-z_][A-Za-z0-9_]*=/, 'KEY=VALUE'),
+      )
+      .max(256)
+      .default([]),
+    volumes: z
+      .array(
+        z.object({
+          volume: nameSchema,
+          path: z
+            .string()
+            .max(4096)
+            .regex(/^\/[^\0]*$/, 'an absolute path inside the container')
+            .refine((p) => p !== '/' && !p.split('/').includes('..'), 'must not be / or contain ..'),
+        }),
+      )
+      .max(32)
+      .default([]),
+    ip: z
+      .string()
+      .regex(/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/, 'IPv4 ADDR/PREFIX')
+      .optional(),
+    memoryBytes: z
+      .number()
+      .int()
+      .min(4 * 1024 * 1024)
+      .max(2 ** 44)
+      .optional(),
+  })
+  .strict();
+
+/** `POST /v1/containers/:name/checkpoint`. */
+export const checkpointRequestSchema = z
+  .object({
+    leaveRunning: z.boolean().default(false),
+    keep: z.number().int().min(1).max(1000).optional(),
+  })
+  .strict();
+
+/** `POST /v1/containers/:name/restore`. */
+export const restoreRequestSchema = z
+  .object({
+    checkpoint: z
+      .string()
+      .regex(/^ck-[0-9a-z-]{1,60}$/)
+      .optional(),
+    tcpClose: z.boolean().default(false),
+  })
+  .strict();
+
+/** `POST /v1/containers/:name/stop`. */
+export const stopRequestSchema = z.object({ graceSeconds: z.number().min(0).max(3600).default(10) }).strict();
