@@ -75,3 +75,15 @@ test('arguments with spaces and quotes reach the commands intact', async () => {
   assert.equal(r.code, 0);
   assert.equal(r.log, `it's|a b|{ "eth0" }|`);
 });
+
+test('cgroup v2: the chain writes cgroup.freeze and waits for cgroup.events to say frozen', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'haven-chain-v2-'));
+  const freeze = join(dir, 'cgroup.freeze');
+  await writeFile(freeze, '0\n');
+  await writeFile(join(dir, 'cgroup.events'), 'populated 1\nfrozen 1\n');
+  const script = checkpointChainScript(['true'], undefined, { path: freeze, version: 2 }, true);
+  const r = spawnSync('bash', ['-c', script], { input: 'go\n' });
+  assert.equal(r.status, 0);
+  assert.equal((await readFile(freeze, 'utf8')).trim(), '1', 'kept frozen after a successful dump');
+  await rm(dir, { recursive: true });
+});

@@ -6,7 +6,7 @@
  * CRIU binary Haven installed (`--criu`), never whatever `criu` PATH finds.
  * Calls that may involve CRIU run inside the container's network namespace
  * (`nsenter --net`, not `ip netns exec`, which remounts /sys and breaks runc),
- * so CRIU's per-connection iptables locks land where the sockets are.
+ * so that the network lock and CRIU act where the sockets are.
  *
  * Containers are created and restored under `haven-shim`, which holds the
  * read ends of the container's stdio pipes, writes them to the log, and
@@ -455,9 +455,11 @@ export function checkpointChainScript(
         ]
       : [
           `echo 1 > ${f}`,
-          'n=0',
-          `until grep -q '^frozen 1' ${shellQuote(freezer.path.replace(/cgroup\.freeze$/, 'cgroup.events'))}; do`,
-          '  n=$((n+1)); [ $n -gt 100000 ] && { echo 0 > ' + f + '; exit 123; }',
+          'n=0; frozen=0',
+          // Builtins only: a process start per poll would cost more than the freeze itself.
+          'until [ "$frozen" = 1 ]; do',
+          `  while read -r k v; do [ "$k" = frozen ] && frozen=$v; done < ${shellQuote(freezer.path.replace(/cgroup\.freeze$/, 'cgroup.events'))}`,
+          '  n=$((n+1)); [ $n -gt 500000 ] && { echo 0 > ' + f + '; exit 123; }',
           'done',
         ];
   const thaw = !freezer ? [] : [freezer.version === 1 ? `echo THAWED > ${f}` : `echo 0 > ${f}`];
