@@ -90,6 +90,21 @@ function addTo(index: Map<string, HostIndex>, c: PlacedContainer): void {
   for (const name of c.apart) entry.apartFrom.add(name);
 }
 
+const alignedCache = new WeakMap<Map<string, HostIndex>, Array<HostIndex | undefined>>();
+
+/** The index entries in the order of `hosts`, so the hot loop does no map lookups. */
+function alignedIndex(
+  hosts: readonly HostSnapshot[],
+  index: Map<string, HostIndex>,
+): Array<HostIndex | undefined> {
+  let aligned = alignedCache.get(index);
+  if (!aligned || aligned.length !== hosts.length) {
+    aligned = hosts.map((h) => index.get(h.name));
+    alignedCache.set(index, aligned);
+  }
+  return aligned;
+}
+
 /** Chooses a host for `request` in `snapshot`. */
 export function place(snapshot: ClusterSnapshot, request: PlacementRequest): PlacementResult {
   return decide(snapshot.hosts, indexOf(snapshot), request);
@@ -116,20 +131,18 @@ function decide(
   index: Map<string, HostIndex>,
   request: PlacementRequest,
 ): PlacementResult {
-  const reasons: Record<string, string> = {};
-  let best: { host: string; load: number } | undefined;
   const candidates = request.host ? hosts.filter((h) => h.name === request.host) : hosts;
   if (request.host && candidates.length === 0) {
     return { ok: false, reasons: { [request.host]: 'no such host' } };
   }
-  for (const host of candidates) {
-    const here = index.get(host.name);
-    if (!here) continue;
-    const why = unfit(host, here, request);
-    if (why) {
-      reasons[host.name] = why;
-      continue;
-    }
+  const rules = compileRules(request);
+  let best: { host: string; load: number } | undefined;
+  const aligned =
+    candidates === hosts ? alignedIndex(hosts, index) : candidates.map((h) => index.get(h.name));
+  for (let i = 0; i < candidates.length; i++) {
+    const host = candidates[i];
+    const here = aligned[i];
+    if (!host || !here || !fits(host, here, request, rules)) continue;
     const load = Math.max(
       (here.cpuMillis + request.cpuMillis) / host.cpuMillis,
       (here.memoryBytes + request.memoryBytes) / host.memoryBytes,
@@ -138,7 +151,14 @@ function decide(
       best = { host: host.name, load };
     }
   }
-  return best ? { ok: true, host: best.host } : { ok: false, reasons };
+  if (best) return { ok: true, host: best.host };
+  // Only a refusal pays for the reasons, one per host, for the operator.
+  const reasons: Record<string, string> = {};
+  for (const host of candidates) {
+    const here = index.get(host.name);
+    reasons[host.name] = here ? (unfit(host, here, request, rules) ?? 'fits') : 'unknown host';
+  }
+  return { ok: false, reasons };
 }
 
 /** CPU and memory already placed on a host. */
@@ -153,16 +173,49 @@ export function usage(snapshot: ClusterSnapshot, host: string): { cpuMillis: num
   return { cpuMillis, memoryBytes };
 }
 
-function unfit(host: HostSnapshot, here: HostIndex, request: PlacementRequest): string | undefined {
+/** A request's rules in the shape the host loop checks fastest (made once per decision). */
+interface CompiledRules {
+  labels: ReadonlyArray<readonly [string, string]>;
+  excluded: ReadonlySet<string>;
+  with: readonly string[];
+  apart: readonly string[];
+}
+
+function compileRules(request: PlacementRequest): CompiledRules {
+  return {
+    labels: Object.entries(request.requireHostLabels ?? {}),
+    excluded: new Set(request.excludeHosts ?? []),
+    with: request.with ?? [],
+    apart: request.apart ?? [],
+  };
+}
+
+/** The same rules as {@link unfit}, as a boolean: the hot loop builds no strings. */
+function fits(host: HostSnapshot, here: HostIndex, request: PlacementRequest, rules: CompiledRules): boolean {
+  if (!host.schedulable || here.cpuMillis + request.cpuMillis > host.cpuMillis) return false;
+  if (here.memoryBytes + request.memoryBytes > host.memoryBytes) return false;
+  if (rules.excluded.size > 0 && rules.excluded.has(host.name)) return false;
+  for (const [key, value] of rules.labels) if (host.labels[key] !== value) return false;
+  for (const name of rules.with) if (!here.names.has(name)) return false;
+  for (const name of rules.apart) if (here.names.has(name)) return false;
+  return !here.apartFrom.has(request.name);
+}
+
+function unfit(
+  host: HostSnapshot,
+  here: HostIndex,
+  request: PlacementRequest,
+  rules: CompiledRules,
+): string | undefined {
   if (!host.schedulable) return 'cordoned or not alive';
-  if (request.excludeHosts?.includes(host.name)) return 'excluded';
-  for (const [key, value] of Object.entries(request.requireHostLabels ?? {})) {
+  if (rules.excluded.has(host.name)) return 'excluded';
+  for (const [key, value] of rules.labels) {
     if (host.labels[key] !== value) return `label ${key}=${value} missing`;
   }
-  for (const name of request.with ?? []) {
+  for (const name of rules.with) {
     if (!here.names.has(name)) return `affinity: "${name}" is not here`;
   }
-  for (const name of request.apart ?? []) {
+  for (const name of rules.apart) {
     if (here.names.has(name)) return `anti-affinity: "${name}" is here`;
   }
   if (here.apartFrom.has(request.name))

@@ -110,6 +110,7 @@ test('a chosen host satisfies every rule, and a host is found whenever one is al
       } else {
         assert.equal(anyAllowed, false, 'refused although a host was allowed');
         assert.equal(Object.keys(result.reasons).length, cluster.hosts.length, 'one reason per host');
+        assert.ok(!Object.values(result.reasons).includes('fits'), 'the fast check and the reasons agree');
       }
     }),
     { numRuns: 2000 },
