@@ -133,6 +133,8 @@ export interface ContainerRecord {
   state: RecordState;
   createdAt: string;
   checkpoints: CheckpointSummary[];
+  /** Set when the newest checkpoint went only into an archive: a plain restore here would go back in time. */
+  exported?: { file: string; checkpoint: string; at: string };
 }
 
 /** A container as `ps` and `inspect --json` show it (stable fields for scripts). */
@@ -154,7 +156,8 @@ export interface ContainerView {
 /** Result of a checkpoint, for the CLI and benchmarks. */
 export interface CheckpointReport {
   id: string;
-  dir: string;
+  /** Where the checkpoint is kept on this host (absent when it went only into an archive). */
+  dir?: string;
   /** With `exportTo`: the archive written. */
   exported?: { file: string; bytes: number };
   stats?: DumpStats;
@@ -431,7 +434,7 @@ export class ContainerHost {
       /** How many checkpoints to keep, this one included (default {@link DEFAULT_KEEP_CHECKPOINTS}). */
       keep?: number;
       /** Also write the checkpoint as a portable archive (see `archive.ts`), from the staging copy. */
-      exportTo?: { file: string; compression?: string };
+      exportTo?: { file: string; compression?: string; keepLocal?: boolean };
     } = {},
   ): Promise<CheckpointReport> {
     const record = await this.record(name);
@@ -454,6 +457,9 @@ export class ContainerHost {
     await mkdir(checkpoints, { recursive: true });
     const runtimeId = this.runtimeId(name);
     const stopping = !options.leaveRunning;
+    // As with Podman, an exported checkpoint is not also kept here unless asked:
+    // writing every byte twice (local copy and archive) doubles the time to the archive.
+    const keepLocal = !options.exportTo || options.exportTo.keepLocal === true;
     const started = performance.now();
     // Informational (the network lock does not need it): connections as the checkpoint begins.
     const connections = readEstablished(view.pid);
@@ -511,7 +517,7 @@ export class ContainerHost {
         files: (await hashTree(staging)).filter((f) => !f.path.startsWith('logs/')),
       };
       await writeManifest(staging, manifest);
-      // An export is written from the staging copy while that copy moves to disk.
+      // An export is written from the staging copy (while that copy moves to disk, if kept).
       const exporting = options.exportTo
         ? this.writeExport(
             {
@@ -524,16 +530,16 @@ export class ContainerHost {
           )
         : Promise.resolve();
       try {
-        if (inMemory) {
+        if (keepLocal && inMemory) {
           const onDisk = join(checkpoints, `.tmp-${id}`);
           await run(['cp', '-a', staging, onDisk]);
           await rename(onDisk, join(checkpoints, id));
-        } else {
+        } else if (keepLocal) {
           await rename(staging, join(checkpoints, id));
         }
       } finally {
         await exporting.catch(() => undefined);
-        if (inMemory) await rm(staging, { recursive: true, force: true });
+        if (inMemory || !keepLocal) await rm(staging, { recursive: true, force: true });
       }
       await exporting;
     } catch (error) {
@@ -555,7 +561,12 @@ export class ContainerHost {
       await this.unmountRootfs(name);
       record.state = 'checkpointed';
     }
-    record.checkpoints.push({ id, createdAt: manifest.createdAt, leaveRunning: manifest.leaveRunning });
+    if (keepLocal) {
+      record.checkpoints.push({ id, createdAt: manifest.createdAt, leaveRunning: manifest.leaveRunning });
+      delete record.exported;
+    } else if (options.exportTo) {
+      record.exported = { file: options.exportTo.file, checkpoint: id, at: manifest.createdAt };
+    }
     // Keep the newest few: every checkpoint is a full copy of the container's memory.
     const keep = Math.max(1, options.keep ?? DEFAULT_KEEP_CHECKPOINTS);
     const pruned = record.checkpoints.splice(0, Math.max(0, record.checkpoints.length - keep));
@@ -563,7 +574,7 @@ export class ContainerHost {
     for (const old of pruned) await rm(join(checkpoints, old.id), { recursive: true, force: true });
     return {
       id,
-      dir: join(checkpoints, id),
+      ...(keepLocal ? { dir: join(checkpoints, id) } : {}),
       ...(options.exportTo
         ? { exported: { file: options.exportTo.file, bytes: (await stat(options.exportTo.file)).size } }
         : {}),
@@ -631,6 +642,12 @@ export class ContainerHost {
     if (view.state === 'running' || view.state === 'paused') {
       throw new FailedPreconditionError(`container "${name}" is already running; stop it before restoring`);
     }
+    if (!options.checkpoint && record.exported) {
+      throw new FailedPreconditionError(
+        `the newest checkpoint of "${name}" (${record.exported.checkpoint}) was exported to ${record.exported.file} ` +
+          'and not kept here: restore it with restore --import, or name an older one with --checkpoint',
+      );
+    }
     const chosen = options.checkpoint ?? record.checkpoints.at(-1)?.id;
     if (!chosen) throw new NotFoundError(`container "${name}" has no checkpoint to restore`);
     if (!/^ck-[0-9a-z-]+$/.test(chosen)) throw new InvalidArgumentError(`invalid checkpoint id "${chosen}"`);
@@ -678,6 +695,7 @@ export class ContainerHost {
       });
       await resetNetworkLock(this.netns(name));
       record.state = 'running';
+      delete record.exported;
       await this.save(record);
       return {
         checkpoint: chosen,

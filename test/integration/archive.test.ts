@@ -53,8 +53,14 @@ test(
     const archive = join(work, 'kv.tar.zst');
     const ck = await a.cli(['checkpoint', 'kv', '--export', archive, '--json']);
     assert.equal(ck.code, 0, ck.stderr);
-    const report = JSON.parse(ck.stdout) as { exported: { bytes: number } };
+    const report = JSON.parse(ck.stdout) as { exported: { bytes: number }; dir?: string };
     assert.equal(report.exported.bytes, (await stat(archive)).size);
+    // As with Podman, the exported checkpoint is not also kept on the source host,
+    // and a plain restore there refuses to go back to an older state.
+    assert.equal(report.dir, undefined);
+    const local = await a.cli(['restore', 'kv']);
+    assert.notEqual(local.code, 0);
+    assert.match(local.stderr, /was exported to .*restore it with restore --import/);
 
     // Only the archive travels: the second host has no image, no volume, no record.
     const imported = await b.cli(['restore', '--import', archive, '--name', 'kv2']);

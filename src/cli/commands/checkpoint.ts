@@ -2,7 +2,7 @@ import { InvalidArgumentError } from '../../core/errors.js';
 import { printJson, requireName, type Command } from '../command.js';
 
 const usage =
-  'haven checkpoint NAME [--leave-running] [--keep N] [--export FILE [--compress none|gzip|zstd]] [--json]';
+  'haven checkpoint NAME [--leave-running] [--keep N] [--export FILE [--compress none|gzip|zstd] [--keep-local]] [--json]';
 
 /** `haven checkpoint`: dump a container's memory, files and volumes; optionally into a portable archive. */
 export const checkpointCommand: Command = {
@@ -13,6 +13,7 @@ export const checkpointCommand: Command = {
     'leave-running': { type: 'boolean' },
     keep: { type: 'string' },
     export: { type: 'string' },
+    'keep-local': { type: 'boolean' },
     compress: { type: 'string' },
     json: { type: 'boolean' },
   },
@@ -33,6 +34,7 @@ export const checkpointCommand: Command = {
         ? {
             exportTo: {
               file: inv.values.export,
+              keepLocal: inv.values['keep-local'] === true,
               ...(typeof inv.values.compress === 'string' ? { compression: inv.values.compress } : {}),
             },
           }
