@@ -607,9 +607,12 @@ export class ContainerHost {
   /** Whether the container's memory, twice over for safety, fits in the staging tmpfs now. */
   private async memoryStagingFits(name: string): Promise<boolean> {
     const usage = await this.driver.memoryUsage(this.runtimeId(name));
-    if (usage === undefined) return false;
+    return usage !== undefined && this.stagingFits(usage * 2);
+  }
+
+  private async stagingFits(bytes: number): Promise<boolean> {
     const { bavail, bsize } = await statfs(await this.stagingRoot());
-    return usage * 2 < bavail * bsize;
+    return bytes < bavail * bsize;
   }
 
   private machine: Promise<MachineRequirements> | undefined;
@@ -631,11 +634,7 @@ export class ContainerHost {
    */
   async restore(
     name: string,
-    options: {
-      checkpoint?: string;
-      tcpClose?: boolean;
-      /** Skip verification: the caller just did it. */ alreadyVerified?: boolean;
-    } = {},
+    options: { checkpoint?: string; tcpClose?: boolean } = {},
   ): Promise<RestoreReport> {
     const record = await this.record(name);
     const view = await this.inspect(name);
@@ -644,7 +643,7 @@ export class ContainerHost {
     }
     if (!options.checkpoint && record.exported) {
       throw new FailedPreconditionError(
-        `the newest checkpoint of "${name}" (${record.exported.checkpoint}) was exported to ${record.exported.file} ` +
+        `the newest checkpoint of "${name}" (${record.exported.checkpoint}) is in the archive ${record.exported.file} ` +
           'and not kept here: restore it with restore --import, or name an older one with --checkpoint',
       );
     }
@@ -653,7 +652,19 @@ export class ContainerHost {
     if (!/^ck-[0-9a-z-]+$/.test(chosen)) throw new InvalidArgumentError(`invalid checkpoint id "${chosen}"`);
     const dir = join(this.dir(name), 'checkpoints', chosen);
     if (!existsSync(dir)) throw new NotFoundError(`container "${name}" has no checkpoint "${chosen}"`);
-    if (!options.alreadyVerified) await verifyCheckpoint(dir); // before anything is touched
+    await verifyCheckpoint(dir); // before anything is touched
+    return this.restoreFrom(record, dir, chosen, options.tcpClose ?? false);
+  }
+
+  /** Restores `record` from a verified checkpoint directory (its own, or an import's staging copy). */
+  private async restoreFrom(
+    record: ContainerRecord,
+    dir: string,
+    chosen: string,
+    tcpClose: boolean,
+  ): Promise<RestoreReport> {
+    const name = record.name;
+    const options = { tcpClose };
 
     const started = performance.now();
     const runtimeId = this.runtimeId(name);
@@ -748,12 +759,16 @@ export class ContainerHost {
   ): Promise<RestoreReport & { name: string }> {
     const started = performance.now();
     await mkdir(this.config.stateDir, { recursive: true });
-    const staging = await mkdtemp(join(this.config.stateDir, '.import-'));
-    let name: string;
+    // Extract into memory when it fits: the restore then reads its pages from RAM,
+    // and nothing is written to disk — the checkpoint stays in the archive.
+    const { size } = await stat(file).catch(() => ({ size: Number.POSITIVE_INFINITY }));
+    const stagingRoot = (await this.stagingFits(size * 2)) ? await this.stagingRoot() : this.config.stateDir;
+    const staging = await mkdtemp(join(stagingRoot, '.import-'));
+    let record: ContainerRecord | undefined;
     try {
       const header = await extractArchive(file, staging);
       const source = validateImportedRecord(header.container);
-      name = validateName(options.as ?? source.name, 'container');
+      const name = validateName(options.as ?? source.name, 'container');
       if (existsSync(this.dir(name))) {
         throw new AlreadyExistsError(
           `container "${name}" already exists on this host; import it with --name NEW`,
@@ -763,15 +778,15 @@ export class ContainerHost {
       if (reason) throw new FailedPreconditionError(`cannot restore this checkpoint here: ${reason}`);
       const checkpointDir = join(staging, 'checkpoint');
       const manifest = await verifyCheckpoint(checkpointDir);
-      const running = (await this.list()).filter((c) => c.state === 'running' || c.state === 'paused');
-      const ipOwner = running.find((c) => c.ip === source.ip);
+      const records = await this.records();
+      const ipOwner = records.find((c) => c.ip === source.ip && c.state === 'running');
       if (ipOwner) {
         throw new AlreadyExistsError(
           `address ${source.ip} is in use by running container "${ipOwner.name}" on this host`,
         );
       }
       for (const v of source.volumes) {
-        const user = (await this.list()).find((c) => c.volumes.some((w) => w.volume === v.volume));
+        const user = records.find((c) => c.volumes.some((w) => w.volume === v.volume));
         if (user)
           throw new AlreadyExistsError(
             `volume "${v.volume}" is already used by container "${user.name}" on this host`,
@@ -782,25 +797,26 @@ export class ContainerHost {
         throw new CorruptCheckpointError(`archive "${file}": its image (image.tar) is missing or corrupted`);
       }
       const image = await this.images.import(imageTar);
-      await mkdir(join(this.dir(name), 'checkpoints'), { recursive: true });
-      await rename(checkpointDir, join(this.dir(name), 'checkpoints', manifest.id));
-      await mkdir(join(this.dir(name), 'upper'));
-      await this.save({
+      await mkdir(join(this.dir(name), 'upper'), { recursive: true });
+      record = {
         ...source,
         name,
         host: this.config.hostName,
         image: image.id,
         state: 'checkpointed',
-        checkpoints: [
-          { id: manifest.id, createdAt: manifest.createdAt, leaveRunning: manifest.leaveRunning },
-        ],
-      });
+        checkpoints: [],
+        exported: { file, checkpoint: manifest.id, at: manifest.createdAt },
+      };
+      await this.save(record);
+      const report = await this.restoreFrom(record, checkpointDir, manifest.id, false);
+      return { ...report, name, wallMs: performance.now() - started };
+    } catch (error) {
+      // The archive still holds everything: a failed import leaves no container behind.
+      if (record) await this.remove(record.name, { force: true }).catch(() => undefined);
+      throw error;
     } finally {
       await rm(staging, { recursive: true, force: true });
     }
-    // Imported: from here a failed restore leaves a checkpointed container to retry, not nothing.
-    const report = await this.restore(name, { alreadyVerified: true });
-    return { ...report, name, wallMs: performance.now() - started };
   }
 
   // --- stop and remove -------------------------------------------------------------

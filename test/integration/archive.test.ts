@@ -60,7 +60,7 @@ test(
     assert.equal(report.dir, undefined);
     const local = await a.cli(['restore', 'kv']);
     assert.notEqual(local.code, 0);
-    assert.match(local.stderr, /was exported to .*restore it with restore --import/);
+    assert.match(local.stderr, /is in the archive .*restore it with restore --import/);
 
     // Only the archive travels: the second host has no image, no volume, no record.
     const imported = await b.cli(['restore', '--import', archive, '--name', 'kv2']);
