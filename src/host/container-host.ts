@@ -554,8 +554,9 @@ export class ContainerHost {
     }
     if (stopping) {
       // Stored: now stop it. Still frozen and locked, so no packet of its closing sockets leaves.
-      await this.driver.kill(runtimeId, 'SIGKILL');
-      await this.driver.resume(runtimeId);
+      // (If it died on its own meanwhile, there is nothing left to kill: the checkpoint stands.)
+      await this.driver.kill(runtimeId, 'SIGKILL').catch(() => undefined);
+      await this.driver.resume(runtimeId).catch(() => undefined);
       await this.driver.delete(runtimeId).catch(() => undefined);
       await removeContainerNetwork(this.config, this.netns(name));
       await this.unmountRootfs(name);
