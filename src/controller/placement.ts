@@ -161,18 +161,6 @@ function decide(
   return { ok: false, reasons };
 }
 
-/** CPU and memory already placed on a host. */
-export function usage(snapshot: ClusterSnapshot, host: string): { cpuMillis: number; memoryBytes: number } {
-  let cpuMillis = 0;
-  let memoryBytes = 0;
-  for (const c of snapshot.containers) {
-    if (c.host !== host) continue;
-    cpuMillis += c.cpuMillis;
-    memoryBytes += c.memoryBytes;
-  }
-  return { cpuMillis, memoryBytes };
-}
-
 /** A request's rules in the shape the host loop checks fastest (made once per decision). */
 interface CompiledRules {
   labels: ReadonlyArray<readonly [string, string]>;

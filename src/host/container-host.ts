@@ -348,7 +348,7 @@ export class ContainerHost {
   }
 
   private async allocateIp(): Promise<{ address: string; prefix: number }> {
-    const used = new Set((await this.list()).map((c) => c.ip));
+    const used = new Set((await this.records()).map((c) => c.ip));
     const [a = 10, b = 88] = this.config.subnet.base.split('.').map(Number);
     // .0.1 is kept free for a future gateway; x.255.* for lab clients and tools.
     for (let host = 2; host < 255 * 255; host++) {
@@ -360,7 +360,8 @@ export class ContainerHost {
   }
 
   private async assertIpFree(address: string): Promise<void> {
-    const owner = (await this.list()).find((c) => c.ip === address && c.state !== 'stopped');
+    // Records, not views: asking runc about every container here would start a process per container.
+    const owner = (await this.records()).find((c) => c.ip === address && c.state !== 'stopped');
     if (owner)
       throw new AlreadyExistsError(`address ${address} is already used by container "${owner.name}"`);
   }

@@ -11,7 +11,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { run } from '../../src/core/exec.js';
-import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
 import { TestHost } from '../support/test-host.js';
 
 let a: TestHost;
@@ -34,20 +33,7 @@ test(
   'export on one host, import on another: keys, volume and address come along',
   { timeout: 120_000 },
   async () => {
-    const ran = await a.cli([
-      'run',
-      'kv',
-      '--image',
-      await redisImage(),
-      '--ip',
-      `${ip}/16`,
-      '--volume',
-      'kvdata:/data',
-      '--',
-      ...REDIS_ARGS,
-    ]);
-    assert.equal(ran.code, 0, ran.stderr);
-    await a.waitForRedis(ip);
+    await a.runRedis('kv', ip, ['--volume', 'kvdata:/data']);
     await a.inClient(['redis-cli', '-h', ip, 'SET', 'travelled', 'yes']);
     await a.inClient(['redis-cli', '-h', ip, 'SAVE']); // writes /data/dump.rdb on the volume
     const archive = join(work, 'kv.tar.zst');

@@ -6,7 +6,6 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
 import { TestHost } from '../support/test-host.js';
 
 let t: TestHost;
@@ -20,11 +19,8 @@ test(
   'redis keeps 100,000 keys and an open connection across checkpoint and restore',
   { timeout: 180_000 },
   async () => {
-    const image = await redisImage();
     const ip = '10.88.1.2';
-    const ran = await t.cli(['run', 'redis', '--image', image, '--ip', `${ip}/16`, '--', ...REDIS_ARGS]);
-    assert.equal(ran.code, 0, ran.stderr);
-    await t.waitForRedis(ip);
+    await t.runRedis('redis', ip);
 
     // 100,000 keys through redis-cli's mass-insertion mode, from the client namespace.
     const commands = Array.from({ length: 100_000 }, (_, i) => `SET key:${i} value-${i}`).join('\n');
@@ -69,18 +65,7 @@ test(
   async () => {
     // What a failover to an older epoch needs: clients see a reset now, not a hang.
     const ip = '10.88.1.3';
-    const ran = await t.cli([
-      'run',
-      'redis2',
-      '--image',
-      await redisImage(),
-      '--ip',
-      `${ip}/16`,
-      '--',
-      ...REDIS_ARGS,
-    ]);
-    assert.equal(ran.code, 0, ran.stderr);
-    await t.waitForRedis(ip);
+    await t.runRedis('redis2', ip);
     const session = t.redisSession(ip);
     try {
       assert.equal((await session.next()).event, 'connected');

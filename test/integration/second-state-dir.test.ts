@@ -8,7 +8,6 @@ import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { run } from '../../src/core/exec.js';
 import { after, before, test } from 'node:test';
-import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
 import { TestHost } from '../support/test-host.js';
 
 let a: TestHost;
@@ -28,20 +27,7 @@ test(
   { timeout: 120_000 },
   async () => {
     const ip = '10.88.2.2';
-    const ran = await a.cli([
-      'run',
-      'kv',
-      '--image',
-      await redisImage(),
-      '--ip',
-      `${ip}/16`,
-      '--volume',
-      'kvdata:/data',
-      '--',
-      ...REDIS_ARGS,
-    ]);
-    assert.equal(ran.code, 0, ran.stderr);
-    await a.waitForRedis(ip);
+    await a.runRedis('kv', ip, ['--volume', 'kvdata:/data']);
     await a.inClient(['redis-cli', '-h', ip, 'SET', 'moved', 'yes']);
     const ck = await a.cli(['checkpoint', 'kv']);
     assert.equal(ck.code, 0, ck.stderr);

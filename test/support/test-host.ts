@@ -13,6 +13,7 @@ import { createInterface } from 'node:readline';
 import { compileHostConfig, REPO_ROOT, type HostConfig } from '../../src/core/config.js';
 import { run, type ExecResult } from '../../src/core/exec.js';
 import { ContainerHost } from '../../src/host/container-host.js';
+import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
 import { createContainerNetwork, deleteNamespace, shortHash } from '../../src/runtime/network.js';
 
 /** A test host and its client namespace. */
@@ -81,6 +82,23 @@ export class TestHost {
         HAVEN_NETNS: this.config.networkNamespace,
       },
     });
+  }
+
+  /** Runs Redis (the fixture image) through the CLI at `ip`, with extra `run` flags, and waits until it answers. */
+  async runRedis(name: string, ip: string, flags: readonly string[] = []): Promise<void> {
+    const ran = await this.cli([
+      'run',
+      name,
+      '--image',
+      await redisImage(),
+      '--ip',
+      `${ip}/16`,
+      ...flags,
+      '--',
+      ...REDIS_ARGS,
+    ]);
+    if (ran.code !== 0) throw new Error(`haven run ${name} failed: ${ran.stderr}`);
+    await this.waitForRedis(ip);
   }
 
   /** Waits until Redis at `ip` answers PING from the client namespace. */
