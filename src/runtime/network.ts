@@ -10,7 +10,7 @@
  *
  *   host netns "haven-net"            container netns "hvc-<host>-<name>"
  *   ┌───────────────────────┐          ┌──────────────────────────────┐
- *   │ hvbr0 ── hv<hash> ────┼── veth ──┼── eth0 10.88.x.y, 02:48:…    │
+ *   │ hvbr0 ── c<host><ns> ─┼── veth ──┼── eth0 10.88.x.y, 02:48:…    │
  *   └───────────────────────┘          │   lo up                      │
  *                                      └──────────────────────────────┘
  *
@@ -175,8 +175,19 @@ export function resetNetworkLock(netns: string): Promise<void> {
   return nft(netns, 'flush set inet haven lock\nflush set inet haven unlock\n');
 }
 
+/**
+ * The bridge-side veth of a container: its first characters name the host
+ * (see {@link containerVethPrefix}), so that whoever holds the bridge (the
+ * lab, to partition one host) can find a host's container links by name.
+ * 1 + 5 + 8 = 14 characters, within the kernel's 15.
+ */
 function hostVethName(config: HostConfig, netns: string): string {
-  return `hv${shortHash(`${config.hostName}/${netns}`)}`;
+  return `${containerVethPrefix(config.hostName)}${shortHash(netns).slice(0, 8)}`;
+}
+
+/** The prefix every bridge-side veth of `hostName`'s containers starts with. */
+export function containerVethPrefix(hostName: string): string {
+  return `c${shortHash(hostName).slice(0, 5)}`;
 }
 
 /** A short, stable hash for interface and namespace names (veth names are ≤ 15 bytes). */
