@@ -14,12 +14,17 @@ export const nameSchema = z
   .regex(NAME, 'use lower-case letters, digits, _ . - (at most 63), starting with a letter or digit')
   .refine((n) => !n.includes('..'), 'must not contain ".."');
 
+/** An image ID: `sha256:<hex>` or a unique hex prefix (≥ 6) — never a path. */
+export const imageIdSchema = z
+  .string()
+  .regex(/^(sha256:)?[0-9a-f]{6,64}$/, 'an image ID (sha256:…), never a path');
+
 /** `POST /v1/containers`. */
 export const runRequestSchema = z
   .object({
     name: nameSchema,
     /** An image ID in this host's store: `sha256:<hex>` or a unique hex prefix (≥ 6). */
-    image: z.string().regex(/^(sha256:)?[0-9a-f]{6,64}$/, 'an image ID (sha256:…), never a path'),
+    image: imageIdSchema,
     args: z.array(z.string().max(4096)).min(1).max(256),
     env: z
       .array(

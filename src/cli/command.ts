@@ -6,6 +6,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { InvalidArgumentError } from '../core/errors.js';
 import { compileHostConfig } from '../core/config.js';
 import { ContainerHost } from '../host/container-host.js';
+import { ClusterClient, findCluster } from './cluster-client.js';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -17,6 +18,12 @@ export interface Invocation {
   rest: string[];
   /** The local host, configured from global flags and `HAVEN_*`. */
   host(): ContainerHost;
+  /**
+   * The cluster's controller when the CLI should go through it (see
+   * `cluster-client.ts`); undefined in local mode (`--state-dir`, `--runc-root`,
+   * `HAVEN_LOCAL=1`, or no cluster running).
+   */
+  cluster(): ClusterClient | undefined;
 }
 
 /** One `haven` subcommand. */
@@ -54,7 +61,21 @@ export function parseInvocation(command: Command, argv: string[]): Invocation {
   }
   const values = parsed.values as Invocation['values'];
   let cached: ContainerHost | undefined;
+  // Naming a state dir or runc root (by flag or environment) means "this host, directly".
+  const localFlags =
+    typeof values['state-dir'] === 'string' ||
+    typeof values['runc-root'] === 'string' ||
+    (process.env.HAVEN_CONTROLLER === undefined &&
+      (process.env.HAVEN_STATE_DIR !== undefined || process.env.HAVEN_RUNC_ROOT !== undefined));
+  let clusterClient: ClusterClient | undefined | null = null;
   return {
+    cluster: () => {
+      if (clusterClient === null) {
+        const target = findCluster(process.env, localFlags);
+        clusterClient = target ? new ClusterClient(target) : undefined;
+      }
+      return clusterClient;
+    },
     values,
     positionals: parsed.positionals,
     rest,
@@ -76,6 +97,19 @@ export function requireName(invocation: Invocation, usage: string): string {
   if (extra.length > 0)
     throw new InvalidArgumentError(`unexpected arguments: ${extra.join(' ')}\nusage: ${usage}`);
   return name;
+}
+
+/** Prints rows as aligned columns (the first row is the header). */
+export function printTable(rows: readonly (readonly string[])[]): void {
+  const widths = (rows[0] ?? []).map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  for (const r of rows) {
+    process.stdout.write(
+      `${r
+        .map((c, i) => c.padEnd(widths[i] ?? 0))
+        .join('  ')
+        .trimEnd()}\n`,
+    );
+  }
 }
 
 /** Prints a value as stable, indented JSON. */

@@ -10,7 +10,8 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../core/exec.js';
 import { InvalidArgumentError, NotFoundError } from '../core/errors.js';
@@ -137,6 +138,19 @@ async function deterministicTar(dir: string, out: string): Promise<void> {
     out,
     '.',
   ]);
+}
+
+/**
+ * A deterministic tar of `dir` in a temporary directory (the bytes a host
+ * would hash for the same tree), with a cleanup that removes it.
+ */
+export async function deterministicTarFile(
+  dir: string,
+): Promise<{ file: string; cleanup: () => Promise<void> }> {
+  const temp = await mkdtemp(join(tmpdir(), 'haven-image-'));
+  const file = join(temp, 'image.tar');
+  await deterministicTar(dir, file);
+  return { file, cleanup: () => rm(temp, { recursive: true, force: true }) };
 }
 
 /** SHA-256 of a file's content, streamed. */

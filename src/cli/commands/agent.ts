@@ -1,37 +1,104 @@
 import { readFileSync } from 'node:fs';
 import { InvalidArgumentError } from '../../core/errors.js';
+import { ClusterLink } from '../../agent/cluster-link.js';
 import { createAgentServer } from '../../agent/server.js';
 import type { Command } from '../command.js';
 
-const usage = 'haven agent [--listen HOST:PORT] [--token-file FILE]   (or HAVEN_TOKEN)';
+const usage =
+  'haven agent [--listen HOST:PORT] [--token-file FILE] [--controller URL --advertise URL]\n' +
+  '            [--label K=V]... [--cpu-millis N] [--memory-bytes N] [--heartbeat-ms MS]   (token also from HAVEN_TOKEN)';
 
-/** `haven agent`: serve this host's containers over HTTP until stopped. */
+/** Reads the cluster token from `--token-file` or `HAVEN_TOKEN`; at least 16 characters. */
+export function readToken(file: unknown): string {
+  const token =
+    typeof file === 'string' ? readFileSync(file, 'utf8').trim() : (process.env.HAVEN_TOKEN ?? '');
+  if (token.length < 16) {
+    throw new InvalidArgumentError(
+      'a cluster token of at least 16 characters is needed (--token-file or HAVEN_TOKEN)',
+    );
+  }
+  return token;
+}
+
+/** Parses `HOST:PORT`. */
+export function parseListen(text: string): { host: string; port: number } {
+  const match = /^(.+):(\d{1,5})$/.exec(text);
+  if (!match || Number(match[2]) > 65535)
+    throw new InvalidArgumentError(`invalid --listen "${text}": expected HOST:PORT`);
+  return { host: match[1]!, port: Number(match[2]) };
+}
+
+function positiveInteger(value: unknown, flag: string): number | undefined {
+  if (typeof value !== 'string') return undefined;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1)
+    throw new InvalidArgumentError(`invalid --${flag} "${value}": a positive whole number`);
+  return n;
+}
+
+/**
+ * `haven agent`: serve this host's containers over HTTP until stopped; with
+ * `--controller`, join that cluster (register, heartbeat, pull images).
+ */
 export const agentCommand: Command = {
   name: 'agent',
-  summary: "serve this host's containers over an authenticated HTTP API",
+  summary: "serve this host's containers over an authenticated HTTP API (and join a controller)",
   usage,
-  options: { listen: { type: 'string' }, 'token-file': { type: 'string' } },
+  options: {
+    listen: { type: 'string' },
+    'token-file': { type: 'string' },
+    controller: { type: 'string' },
+    advertise: { type: 'string' },
+    label: { type: 'string', multiple: true },
+    'cpu-millis': { type: 'string' },
+    'memory-bytes': { type: 'string' },
+    'heartbeat-ms': { type: 'string' },
+  },
   async run(inv) {
-    const listen = typeof inv.values.listen === 'string' ? inv.values.listen : '127.0.0.1:7070';
-    const match = /^(.+):(\d{1,5})$/.exec(listen);
-    if (!match) throw new InvalidArgumentError(`invalid --listen "${listen}": expected HOST:PORT`);
-    const token =
-      typeof inv.values['token-file'] === 'string'
-        ? readFileSync(inv.values['token-file'], 'utf8').trim()
-        : (process.env.HAVEN_TOKEN ?? '');
-    if (token.length < 16) {
-      throw new InvalidArgumentError(
-        'the agent needs a cluster token of at least 16 characters (--token-file or HAVEN_TOKEN)',
+    const listenText = typeof inv.values.listen === 'string' ? inv.values.listen : '127.0.0.1:7070';
+    const listen = parseListen(listenText);
+    const token = readToken(inv.values['token-file']);
+    const host = inv.host();
+    let link: ClusterLink | undefined;
+    if (typeof inv.values.controller === 'string') {
+      const labels = Object.fromEntries(
+        ((inv.values.label as string[] | undefined) ?? []).map((pair) => {
+          const at = pair.indexOf('=');
+          if (at <= 0) throw new InvalidArgumentError(`invalid --label "${pair}": expected KEY=VALUE`);
+          return [pair.slice(0, at), pair.slice(at + 1)];
+        }),
       );
+      const cpuMillis = positiveInteger(inv.values['cpu-millis'], 'cpu-millis');
+      const memoryBytes = positiveInteger(inv.values['memory-bytes'], 'memory-bytes');
+      const heartbeatMs = positiveInteger(inv.values['heartbeat-ms'], 'heartbeat-ms');
+      link = new ClusterLink({
+        host,
+        controller: inv.values.controller,
+        token,
+        advertise: typeof inv.values.advertise === 'string' ? inv.values.advertise : `http://${listenText}`,
+        labels,
+        ...(cpuMillis ? { cpuMillis } : {}),
+        ...(memoryBytes ? { memoryBytes } : {}),
+        ...(heartbeatMs ? { heartbeatMs } : {}),
+      });
     }
-    const server = createAgentServer({ host: inv.host(), token });
+    const server = createAgentServer({
+      host,
+      token,
+      ...(link ? { pullImage: (id: string) => link.pullImage(id) } : {}),
+    });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(Number(match[2]), match[1], () => resolve());
+      server.listen(listen.port, listen.host, () => resolve());
     });
-    process.stdout.write(`haven agent for host ${inv.host().config.hostName} listening on ${listen}\n`);
+    process.stdout.write(`haven agent for host ${host.config.hostName} listening on ${listenText}\n`);
+    await link?.start();
     await new Promise<void>((resolve) => {
-      const stop = (): void => void server.close(() => resolve());
+      const stop = (): void => {
+        link?.stop();
+        server.close(() => resolve());
+        server.closeAllConnections();
+      };
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
     });

@@ -19,15 +19,36 @@ export const checkpointCommand: Command = {
   },
   async run(inv) {
     const name = requireName(inv, usage);
-    const host = inv.host();
     const keep = typeof inv.values.keep === 'string' ? Number(inv.values.keep) : undefined;
     if (keep !== undefined && (!Number.isInteger(keep) || keep < 1 || keep > 1000)) {
       throw new InvalidArgumentError(
         `invalid --keep "${String(inv.values.keep)}": a whole number from 1 to 1000`,
       );
     }
+    const cluster = inv.cluster();
+    if (cluster) {
+      if (typeof inv.values.export === 'string') {
+        throw new InvalidArgumentError(
+          "--export writes a file on the container's host: use it with --state-dir (local mode)",
+        );
+      }
+      const report = await cluster.call<{ id: string; frozenMs: number; wallMs: number }>(
+        `/v1/containers/${encodeURIComponent(name)}/checkpoint`,
+        {
+          method: 'POST',
+          timeoutMs: 600_000,
+          body: { leaveRunning: inv.values['leave-running'] === true, ...(keep ? { keep } : {}) },
+        },
+      );
+      if (inv.values.json) printJson(report);
+      else
+        process.stdout.write(
+          `checkpoint ${report.id}: frozen ${report.frozenMs.toFixed(1)} ms, total ${report.wallMs.toFixed(0)} ms\n`,
+        );
+      return 0;
+    }
     const started = performance.now();
-    const report = await host.checkpoint(name, {
+    const report = await inv.host().checkpoint(name, {
       leaveRunning: inv.values['leave-running'] === true,
       ...(keep !== undefined ? { keep } : {}),
       ...(typeof inv.values.export === 'string'

@@ -9,7 +9,11 @@ export const inspectCommand: Command = {
   usage,
   options: { json: { type: 'boolean' } },
   async run(inv) {
-    const view = await inv.host().inspect(requireName(inv, usage));
+    const name = requireName(inv, usage);
+    const cluster = inv.cluster();
+    const view: object = cluster
+      ? await cluster.call<object>(`/v1/containers/${encodeURIComponent(name)}`)
+      : await inv.host().inspect(name);
     if (inv.values.json) printJson(view);
     else {
       for (const [k, v] of Object.entries(view)) {

@@ -9,7 +9,13 @@ export const logsCommand: Command = {
   usage,
   options: {},
   async run(inv) {
-    process.stdout.write(await inv.host().logs(requireName(inv, usage)));
+    const name = requireName(inv, usage);
+    const cluster = inv.cluster();
+    process.stdout.write(
+      cluster
+        ? await cluster.call<string>(`/v1/containers/${encodeURIComponent(name)}/logs`)
+        : await inv.host().logs(name),
+    );
     return 0;
   },
 };

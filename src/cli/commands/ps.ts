@@ -1,4 +1,5 @@
-import { printJson, type Command } from '../command.js';
+import type { ClusterContainerView } from '../../controller/controller.js';
+import { printJson, printTable, type Command } from '../command.js';
 
 /** `haven ps`: list containers. */
 export const psCommand: Command = {
@@ -7,6 +8,17 @@ export const psCommand: Command = {
   usage: 'haven ps [--json]',
   options: { json: { type: 'boolean' } },
   async run(inv) {
+    const cluster = inv.cluster();
+    if (cluster) {
+      const placed = await cluster.call<ClusterContainerView[]>('/v1/containers');
+      if (inv.values.json) printJson(placed);
+      else
+        printTable([
+          ['NAME', 'STATE', 'HOST', 'IP', 'PID', 'DESIRED'],
+          ...placed.map((c) => [c.name, c.state, c.host ?? '-', c.ip, String(c.pid || '-'), c.desired]),
+        ]);
+      return 0;
+    }
     const views = await inv.host().list();
     if (inv.values.json) {
       printJson(views);
@@ -15,14 +27,7 @@ export const psCommand: Command = {
     const rows = [['NAME', 'STATE', 'HOST', 'IP', 'PID', 'CHECKPOINTS']];
     for (const v of views)
       rows.push([v.name, v.state, v.host, v.ip, String(v.pid || '-'), String(v.checkpoints.length)]);
-    const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-    for (const r of rows)
-      process.stdout.write(
-        `${r
-          .map((c, i) => c.padEnd(widths[i] ?? 0))
-          .join('  ')
-          .trimEnd()}\n`,
-      );
+    printTable(rows);
     return 0;
   },
 };

@@ -17,6 +17,32 @@ export const restoreCommand: Command = {
     json: { type: 'boolean' },
   },
   async run(inv) {
+    const cluster = inv.cluster();
+    if (cluster) {
+      if (typeof inv.values.import === 'string') {
+        throw new InvalidArgumentError(
+          '--import reads a file on this machine: use it with --state-dir (local mode)',
+        );
+      }
+      const name = requireName(inv, usage);
+      const restored = await cluster.call<{ checkpoint: string; wallMs: number }>(
+        `/v1/containers/${encodeURIComponent(name)}/restore`,
+        {
+          method: 'POST',
+          timeoutMs: 600_000,
+          body: {
+            ...(typeof inv.values.checkpoint === 'string' ? { checkpoint: inv.values.checkpoint } : {}),
+            tcpClose: inv.values['tcp-close'] === true,
+          },
+        },
+      );
+      if (inv.values.json) printJson({ name, ...restored });
+      else
+        process.stdout.write(
+          `${name} restored from ${restored.checkpoint} in ${restored.wallMs.toFixed(0)} ms\n`,
+        );
+      return 0;
+    }
     const host = inv.host();
     let report;
     if (typeof inv.values.import === 'string') {

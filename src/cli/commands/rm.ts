@@ -10,7 +10,14 @@ export const rmCommand: Command = {
   options: { force: { type: 'boolean', short: 'f' } },
   async run(inv) {
     const name = requireName(inv, usage);
-    await inv.host().remove(name, { force: inv.values.force === true });
+    const cluster = inv.cluster();
+    if (cluster) {
+      const force = inv.values.force === true ? '?force=true' : '';
+      await cluster.call(`/v1/containers/${encodeURIComponent(name)}${force}`, {
+        method: 'DELETE',
+        timeoutMs: 120_000,
+      });
+    } else await inv.host().remove(name, { force: inv.values.force === true });
     process.stdout.write(`${name} removed\n`);
     return 0;
   },

@@ -1,10 +1,12 @@
 import { InvalidArgumentError } from '../../core/errors.js';
 import { parseEnv, parseMemorySize } from '../../core/names.js';
 import { parseVolumeFlag } from '../../host/container-host.js';
+import type { ClusterContainerView } from '../../controller/controller.js';
 import { printJson, requireName, type Command } from '../command.js';
 
 const usage =
-  'haven run NAME --image IMG [--volume V:/path]... [--ip ADDR/PREFIX] [--memory 512m] [--env K=V]... [--json] -- CMD ARGS...';
+  'haven run NAME --image IMG [--volume V:/path]... [--ip ADDR/PREFIX] [--memory 512m] [--env K=V]...\n' +
+  '          [--host H] [--cpu MILLIS] [--label-require K=V]... [--with NAME]... [--apart NAME]... [--json] -- CMD ARGS...';
 
 /** `haven run`: create and start a container. */
 export const runCommand: Command = {
@@ -18,6 +20,11 @@ export const runCommand: Command = {
     memory: { type: 'string' },
     env: { type: 'string', multiple: true },
     json: { type: 'boolean' },
+    host: { type: 'string' },
+    cpu: { type: 'string' },
+    'label-require': { type: 'string', multiple: true },
+    with: { type: 'string', multiple: true },
+    apart: { type: 'string', multiple: true },
   },
   async run(inv) {
     const name = requireName(inv, usage);
@@ -26,6 +33,49 @@ export const runCommand: Command = {
     const volumes = ((inv.values.volume as string[] | undefined) ?? []).map(parseVolumeFlag);
     const env = parseEnv((inv.values.env as string[] | undefined) ?? []);
     const memory = typeof inv.values.memory === 'string' ? parseMemorySize(inv.values.memory) : undefined;
+    const cluster = inv.cluster();
+    if (cluster) {
+      const cpu = typeof inv.values.cpu === 'string' ? Number(inv.values.cpu) : undefined;
+      if (cpu !== undefined && (!Number.isInteger(cpu) || cpu < 1)) {
+        throw new InvalidArgumentError(`invalid --cpu "${String(inv.values.cpu)}": millicores, e.g. 500`);
+      }
+      const labels = Object.fromEntries(
+        ((inv.values['label-require'] as string[] | undefined) ?? []).map((pair) => {
+          const at = pair.indexOf('=');
+          if (at <= 0)
+            throw new InvalidArgumentError(`invalid --label-require "${pair}": expected KEY=VALUE`);
+          return [pair.slice(0, at), pair.slice(at + 1)];
+        }),
+      );
+      const placed = await cluster.call<ClusterContainerView>('/v1/containers', {
+        method: 'POST',
+        timeoutMs: 600_000,
+        body: {
+          name,
+          image: await cluster.imageRef(image),
+          args: inv.rest,
+          env,
+          volumes,
+          ...(typeof inv.values.ip === 'string' ? { ip: inv.values.ip } : {}),
+          ...(memory ? { memoryBytes: memory } : {}),
+          ...(typeof inv.values.host === 'string' ? { host: inv.values.host } : {}),
+          ...(cpu ? { cpuMillis: cpu } : {}),
+          ...(Object.keys(labels).length > 0 ? { requireHostLabels: labels } : {}),
+          ...(inv.values.with ? { with: inv.values.with } : {}),
+          ...(inv.values.apart ? { apart: inv.values.apart } : {}),
+        },
+      });
+      if (inv.values.json) printJson(placed);
+      else
+        process.stdout.write(
+          `${placed.name} running on ${placed.host ?? '?'} at ${placed.ip} (pid ${placed.pid})\n`,
+        );
+      return 0;
+    }
+    for (const flag of ['host', 'cpu', 'label-require', 'with', 'apart']) {
+      if (inv.values[flag] !== undefined)
+        throw new InvalidArgumentError(`--${flag} needs a cluster (none is running)`);
+    }
     const view = await inv.host().run({
       name,
       image,

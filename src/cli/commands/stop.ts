@@ -13,7 +13,18 @@ export const stopCommand: Command = {
     const seconds = typeof inv.values.time === 'string' ? Number(inv.values.time) : 10;
     if (!Number.isFinite(seconds) || seconds < 0)
       throw new InvalidArgumentError(`invalid --time "${String(inv.values.time)}"`);
-    const view = await inv.host().stop(requireName(inv, usage), seconds * 1000);
+    const name = requireName(inv, usage);
+    const cluster = inv.cluster();
+    const view = cluster
+      ? await cluster.call<{ name: string; state: string }>(
+          `/v1/containers/${encodeURIComponent(name)}/stop`,
+          {
+            method: 'POST',
+            body: { graceSeconds: seconds },
+            timeoutMs: (seconds + 30) * 1000,
+          },
+        )
+      : await inv.host().stop(name, seconds * 1000);
     process.stdout.write(`${view.name} ${view.state}\n`);
     return 0;
   },

@@ -1,0 +1,210 @@
+/**
+ * The agent's side of the cluster: it registers its host with the
+ * controller, keeps one heartbeat stream open (a JSON line per beat; the
+ * container report only when it changed, and at least every 10th beat), and
+ * pulls images it lacks from the controller, verifying their hash.
+ *
+ * The link never takes the host down with it: while the controller is
+ * unreachable the agent keeps serving and its containers keep running; the
+ * link retries with backoff and re-registers after a controller restart.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream, existsSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Transform } from 'node:stream';
+import type { ClientRequest } from 'node:http';
+import { request } from 'node:http';
+import { CorruptCheckpointError } from '../core/errors.js';
+import { callJson, errorFrom, openRequest, requestOptions, type Endpoint } from '../core/http-client.js';
+import type { ContainerHost } from '../host/container-host.js';
+
+/** Options of {@link ClusterLink}. */
+export interface ClusterLinkOptions {
+  host: ContainerHost;
+  controller: Endpoint;
+  token: string;
+  /** The URL the controller reaches this agent at. */
+  advertise: string;
+  labels?: Record<string, string>;
+  cpuMillis?: number;
+  memoryBytes?: number;
+  /** Milliseconds between heartbeats (default 1000). */
+  heartbeatMs?: number;
+  log?: (line: string) => void;
+}
+
+/** A host's connection to its controller. */
+export class ClusterLink {
+  private stream: ClientRequest | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private seq = 0;
+  private lastDigest = '';
+  private bootId = '';
+  private backoffMs = 200;
+
+  constructor(private readonly options: ClusterLinkOptions) {}
+
+  /** Starts registering and heartbeating in the background. */
+  async start(): Promise<void> {
+    this.bootId = await readBootId(this.options.host.config.stateDir);
+    void this.connect();
+  }
+
+  /** Stops heartbeating (the host's containers are not touched). */
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.stream?.destroy();
+  }
+
+  private log(line: string): void {
+    (this.options.log ?? ((l: string) => process.stderr.write(`${l}\n`)))(line);
+  }
+
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      await callJson(this.options.controller, '/v1/hosts', this.options.token, {
+        method: 'POST',
+        timeoutMs: 5000,
+        body: {
+          name: this.options.host.config.hostName,
+          address: this.options.advertise,
+          labels: this.options.labels ?? {},
+          cpuMillis: this.options.cpuMillis ?? cpus().length * 1000,
+          memoryBytes: this.options.memoryBytes ?? totalmem(),
+          bootId: this.bootId,
+        },
+      });
+      this.log(`agent: registered with ${this.options.controller}`);
+      this.backoffMs = 200;
+      this.lastDigest = '';
+      this.openStream();
+    } catch (error) {
+      this.log(`agent: cannot register with ${this.options.controller}: ${(error as Error).message}`);
+      this.retry();
+    }
+  }
+
+  private retry(): void {
+    if (this.stopped) return;
+    this.stream = undefined;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => void this.connect(), this.backoffMs);
+    this.backoffMs = Math.min(this.backoffMs * 2, 2000);
+  }
+
+  private openStream(): void {
+    const base = requestOptions(
+      this.options.controller,
+      `/v1/hosts/${this.options.host.config.hostName}/heartbeats`,
+      this.options.token,
+    );
+    const stream = request({
+      ...base,
+      method: 'POST',
+      headers: { ...base.headers, 'content-type': 'application/x-ndjson' },
+    });
+    this.stream = stream;
+    let ended = false;
+    const end = (why: string): void => {
+      if (ended) return;
+      ended = true;
+      if (!this.stopped) this.log(`agent: heartbeat stream ended (${why}); reconnecting`);
+      stream.destroy();
+      this.retry();
+    };
+    stream.on('response', (res) => {
+      // The controller answers only to end the stream (e.g. 409: register again).
+      void errorFrom(res).then(
+        (e) => end(e.message),
+        () => end('closed'),
+      );
+    });
+    stream.on('error', (error) => end(error.message));
+    stream.on('close', () => end('closed'));
+    const beat = async (): Promise<void> => {
+      if (ended || this.stopped) return;
+      const line: Record<string, unknown> = { seq: this.seq++, bootId: this.bootId };
+      try {
+        const containers = (await this.options.host.list()).map((c) => ({
+          name: c.name,
+          state: c.state,
+          pid: c.pid,
+          ip: c.ip,
+        }));
+        const digest = createHash('sha1').update(JSON.stringify(containers)).digest('hex');
+        if (digest !== this.lastDigest || this.seq % 10 === 0) {
+          line.containers = containers;
+          this.lastDigest = digest;
+        }
+      } catch (error) {
+        this.log(`agent: cannot list containers: ${(error as Error).message}`);
+      }
+      if (ended || this.stopped) return;
+      stream.write(`${JSON.stringify(line)}\n`);
+      this.timer = setTimeout(() => void beat(), this.options.heartbeatMs ?? 1000);
+    };
+    void beat();
+  }
+
+  /**
+   * Fetches image `id` from the controller into this host's store. The bytes
+   * are hashed as they arrive; a mismatch is refused and leaves nothing.
+   */
+  async pullImage(id: string): Promise<void> {
+    const res = await openRequest(
+      this.options.controller,
+      `/v1/images/${encodeURIComponent(id)}`,
+      this.options.token,
+      { timeoutMs: 600_000 },
+    );
+    if ((res.statusCode ?? 500) !== 200) throw await errorFrom(res);
+    const dir = join(this.options.host.config.stateDir, 'images');
+    await mkdir(dir, { recursive: true });
+    const temp = join(dir, `.pull-${process.pid}-${Date.now()}.tar`);
+    const hash = createHash('sha256');
+    try {
+      await pipeline(
+        res,
+        new Transform({
+          transform(chunk: Buffer, _encoding, callback) {
+            hash.update(chunk);
+            callback(null, chunk);
+          },
+        }),
+        createWriteStream(temp),
+      );
+      const got = `sha256:${hash.digest('hex')}`;
+      const want = res.headers['x-haven-image'];
+      if (typeof want !== 'string' || got !== want || !want.includes(id.replace(/^sha256:/, ''))) {
+        throw new CorruptCheckpointError(`image ${id} arrived as ${got}: refused`);
+      }
+      await this.options.host.images.import(temp);
+      this.log(`agent: pulled image ${got}`);
+    } finally {
+      await rm(temp, { force: true });
+    }
+  }
+}
+
+/**
+ * The host's boot ID: made once per disk. A host whose disk is new (a lab
+ * host revived, a machine reinstalled) announces a new one, and the
+ * controller knows none of its old containers can be there.
+ */
+export async function readBootId(stateDir: string): Promise<string> {
+  const file = join(stateDir, 'boot-id');
+  if (existsSync(file)) {
+    const text = (await readFile(file, 'utf8')).trim();
+    if (/^[0-9a-f]{8,64}$/.test(text)) return text;
+  }
+  await mkdir(stateDir, { recursive: true });
+  const id = randomBytes(16).toString('hex');
+  await writeFile(file, `${id}\n`);
+  return id;
+}

@@ -1,0 +1,86 @@
+import { chmod, mkdir, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { Server } from 'node:http';
+import { callJson } from '../../core/http-client.js';
+import { Controller } from '../../controller/controller.js';
+import { ImageRegistry } from '../../controller/image-registry.js';
+import { createControllerServer } from '../../controller/server.js';
+import { SqliteStore } from '../../controller/sqlite-store.js';
+import type { Command } from '../command.js';
+import { parseListen, readToken } from './agent.js';
+
+const usage =
+  'haven controller [--listen HOST:PORT] [--socket PATH] [--state-dir DIR] [--token-file FILE] [--failure-ms MS]';
+
+/**
+ * `haven controller`: the cluster's controller, on the embedded SQLite store
+ * in `--state-dir` (default /var/lib/haven/controller), serving its API on TCP
+ * (for agents) and on a Unix socket (for the CLI on this machine).
+ */
+export const controllerCommand: Command = {
+  name: 'controller',
+  summary: 'run the cluster controller (embedded store, API on TCP and a Unix socket)',
+  usage,
+  options: {
+    listen: { type: 'string' },
+    socket: { type: 'string' },
+    'token-file': { type: 'string' },
+    'failure-ms': { type: 'string' },
+  },
+  async run(inv) {
+    const token = readToken(inv.values['token-file']);
+    const stateDir =
+      typeof inv.values['state-dir'] === 'string' ? inv.values['state-dir'] : '/var/lib/haven/controller';
+    await mkdir(stateDir, { recursive: true });
+    const failureMs = typeof inv.values['failure-ms'] === 'string' ? Number(inv.values['failure-ms']) : 3000;
+    const store = new SqliteStore(join(stateDir, 'cluster.db'));
+    const images = new ImageRegistry(join(stateDir, 'images'));
+    const controller = new Controller({
+      store,
+      images,
+      failureAfterMs: Number.isFinite(failureMs) && failureMs >= 100 ? failureMs : 3000,
+      callAgent: (host, path, options = {}) =>
+        callJson(host.address, path, token, { ...options, timeoutMs: 600_000 }),
+    });
+    controller.start();
+    const servers: Server[] = [];
+    const listenText = typeof inv.values.listen === 'string' ? inv.values.listen : '127.0.0.1:7070';
+    const listen = parseListen(listenText);
+    const tcp = createControllerServer({ controller, images, token });
+    await new Promise<void>((resolve, reject) => {
+      tcp.once('error', reject);
+      tcp.listen(listen.port, listen.host, () => resolve());
+    });
+    servers.push(tcp);
+    const socket = typeof inv.values.socket === 'string' ? inv.values.socket : undefined;
+    if (socket) {
+      await mkdir(dirname(socket), { recursive: true });
+      await rm(socket, { force: true }); // a socket file left by a killed controller
+      const unix = createControllerServer({ controller, images, token });
+      await new Promise<void>((resolve, reject) => {
+        unix.once('error', reject);
+        unix.listen(socket, () => resolve());
+      });
+      await chmod(socket, 0o600);
+      servers.push(unix);
+    }
+    process.stdout.write(
+      `haven controller listening on ${listenText}${socket ? ` and ${socket}` : ''} (state in ${stateDir})\n`,
+    );
+    await new Promise<void>((resolve) => {
+      const stop = (): void => {
+        controller.stop();
+        let open = servers.length;
+        for (const s of servers) {
+          s.close(() => --open === 0 && resolve());
+          s.closeAllConnections();
+        }
+      };
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
+    });
+    await store.close();
+    if (socket) await rm(socket, { force: true });
+    return 0;
+  },
+};

@@ -1,0 +1,83 @@
+/**
+ * Schemas of every input the controller's HTTP API accepts (the agent's own
+ * are in `src/agent/schemas.ts`; shared parts come from there). Sizes are
+ * bounded, names follow Haven's rules, and nothing takes a host path.
+ */
+import { z } from 'zod';
+import { nameSchema, runRequestSchema } from '../agent/schemas.js';
+
+/** A host name: the same rules as container names. */
+export const hostNameSchema = nameSchema;
+
+const labelsSchema = z
+  .record(z.string().regex(/^[a-z0-9][a-z0-9_./-]{0,62}$/, 'a label key'), z.string().max(63))
+  .refine((labels) => Object.keys(labels).length <= 32, 'at most 32 labels');
+
+/** `POST /v1/hosts`: an agent announces itself. */
+export const registerHostSchema = z
+  .object({
+    name: hostNameSchema,
+    /** Where the controller reaches the agent's API. */
+    address: z
+      .string()
+      .max(200)
+      .regex(/^http:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http://HOST:PORT'),
+    labels: labelsSchema.default({}),
+    cpuMillis: z.number().int().min(1).max(10_000_000),
+    memoryBytes: z
+      .number()
+      .int()
+      .min(1)
+      .max(2 ** 50),
+    /** Changes when the host's disk is new: the controller then knows its old containers are gone. */
+    bootId: z.string().regex(/^[0-9a-f]{8,64}$/),
+  })
+  .strict();
+
+/** One container as an agent reports it in a heartbeat. */
+export const reportedContainerSchema = z.object({
+  name: nameSchema,
+  state: z.enum(['running', 'checkpointed', 'stopped', 'exited', 'paused']),
+  pid: z.number().int().min(0),
+  ip: z.string().max(64),
+});
+
+/** One heartbeat line; `containers` only when they changed since the last line that had them. */
+export const heartbeatSchema = z
+  .object({
+    seq: z.number().int().min(0),
+    bootId: z.string().max(64),
+    containers: z.array(reportedContainerSchema).max(10_000).optional(),
+  })
+  .strict();
+
+/** `POST /v1/containers` on the controller: the agent's run request plus placement. */
+export const clusterRunSchema = runRequestSchema
+  .omit({ image: true })
+  .extend({
+    /** An image name or ID in the cluster registry. */
+    image: z
+      .string()
+      .regex(/^([a-z0-9][a-z0-9_.-]{0,62}|(sha256:)?[0-9a-f]{6,64})$/, 'an image name or ID, never a path'),
+    /** Pin to a host. */
+    host: hostNameSchema.optional(),
+    cpuMillis: z.number().int().min(1).max(1_000_000).default(100),
+    requireHostLabels: labelsSchema.optional(),
+    with: z.array(nameSchema).max(64).optional(),
+    apart: z.array(nameSchema).max(64).optional(),
+  })
+  .strict();
+
+/** `POST /v1/hosts/:name/cordon`. */
+export const cordonSchema = z.object({ cordoned: z.boolean() }).strict();
+
+/** Query of `GET /v1/events`. */
+export const eventsQuerySchema = z.object({
+  since: z.coerce.number().int().min(0).default(0),
+  limit: z.coerce.number().int().min(1).max(10_000).default(1000),
+});
+
+export type ClusterRunRequest = z.infer<typeof clusterRunSchema>;
+export type RegisterHostRequest = z.infer<typeof registerHostSchema>;
+export type Heartbeat = z.infer<typeof heartbeatSchema>;
+export type ReportedContainer = z.infer<typeof reportedContainerSchema>;

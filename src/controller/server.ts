@@ -1,0 +1,282 @@
+/**
+ * The controller's HTTP API, for the CLI, the dashboard and agents. Every
+ * request carries the cluster token; every input is validated by a schema
+ * (`schemas.ts`); errors map to 4xx with a message (`core/http.ts`).
+ *
+ *   GET    /v1/health
+ *   GET    /v1/hosts                              → HostView[]
+ *   POST   /v1/hosts                              (registerHostSchema) an agent joins
+ *   POST   /v1/hosts/:name/heartbeats             NDJSON stream of heartbeats (one per line)
+ *   POST   /v1/hosts/:name/cordon | /uncordon
+ *   GET    /v1/images                             → RegistryImage[]
+ *   PUT    /v1/images[?name=N][&id=sha256:…]       body: the image tar
+ *   GET    /v1/images/:ref                        → the tar
+ *   GET    /v1/containers                         → ClusterContainerView[]
+ *   POST   /v1/containers                         (clusterRunSchema) place and run
+ *   GET    /v1/containers/:name                   → ClusterContainerView & { detail }
+ *   GET    /v1/containers/:name/logs              → text
+ *   POST   /v1/containers/:name/checkpoint|restore|stop
+ *   DELETE /v1/containers/:name[?force=true]
+ *   GET    /v1/events[?since=N][&follow=true]     → JSON, or server-sent events when following
+ *
+ * Heartbeats travel as lines on one long-lived request per agent rather
+ * than a request each: at 10 heartbeats/s from 1,000 hosts, per-request HTTP
+ * overhead alone would take most of a core.
+ */
+import { createReadStream } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import {
+  checkpointRequestSchema,
+  nameSchema,
+  restoreRequestSchema,
+  stopRequestSchema,
+} from '../agent/schemas.js';
+import {
+  decode,
+  HttpError,
+  readJsonBody,
+  requireToken,
+  routeParts,
+  sendError,
+  sendJson,
+} from '../core/http.js';
+import type { Controller } from './controller.js';
+import type { ImageRegistry } from './image-registry.js';
+import {
+  clusterRunSchema,
+  cordonSchema,
+  eventsQuerySchema,
+  heartbeatSchema,
+  hostNameSchema,
+  registerHostSchema,
+} from './schemas.js';
+import type { StoredEvent } from './store.js';
+import { z } from 'zod';
+
+/** Options of {@link createControllerServer}. */
+export interface ControllerServerOptions {
+  controller: Controller;
+  images: ImageRegistry;
+  token: string;
+}
+
+/** Longest heartbeat line accepted (a report of 10,000 containers fits). */
+const MAX_HEARTBEAT_LINE = 4 * 1024 * 1024;
+
+const imageQuerySchema = z.object({
+  name: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9_.-]{0,62}$/)
+    .optional(),
+  id: z
+    .string()
+    .regex(/^sha256:[0-9a-f]{64}$/)
+    .optional(),
+});
+
+/** Builds the controller's HTTP server (not yet listening; listen on TCP and/or a Unix socket). */
+export function createControllerServer(options: ControllerServerOptions): Server {
+  const server = createServer((req, res) => {
+    handle(req, res, options).catch((error: unknown) => sendError(res, error, 'controller'));
+  });
+  // Heartbeat streams and event followers stay open for as long as their peer does.
+  server.requestTimeout = 0;
+  server.headersTimeout = 10_000;
+  server.keepAliveTimeout = 30_000;
+  return server;
+}
+
+async function handle(
+  req: IncomingMessage,
+  res: ServerResponse,
+  options: ControllerServerOptions,
+): Promise<void> {
+  requireToken(req, options.token);
+  const { controller, images } = options;
+  const { parts, url, method } = routeParts(req);
+  const [resource, id, action, ...extra] = parts;
+  if (extra.length > 0) throw new HttpError(404, `no route ${url.pathname}`);
+
+  if (resource === 'health' && !id && method === 'GET')
+    return sendJson(res, 200, { ok: true, role: 'controller' });
+
+  if (resource === 'hosts') {
+    if (!id) {
+      if (method === 'GET') return sendJson(res, 200, await controller.listHosts());
+      if (method === 'POST')
+        return sendJson(
+          res,
+          200,
+          await controller.registerHost(decode(registerHostSchema, await readJsonBody(req))),
+        );
+    } else {
+      const name = decode(hostNameSchema, id);
+      if (action === 'heartbeats' && method === 'POST') return heartbeatStream(req, res, controller, name);
+      if ((action === 'cordon' || action === 'uncordon') && method === 'POST') {
+        await readJsonBody(req);
+        return sendJson(res, 200, await controller.setCordon(name, action === 'cordon'));
+      }
+      if (action === 'cordon' && method === 'PUT') {
+        const body = decode(cordonSchema, await readJsonBody(req));
+        return sendJson(res, 200, await controller.setCordon(name, body.cordoned));
+      }
+    }
+    throw new HttpError(404, `no route ${method} ${url.pathname}`);
+  }
+
+  if (resource === 'images') {
+    if (!id && method === 'GET') return sendJson(res, 200, await images.list());
+    if (!id && method === 'PUT') {
+      const query = decode(imageQuerySchema, Object.fromEntries(url.searchParams));
+      const image = await images.put(req, {
+        ...(query.name ? { name: query.name } : {}),
+        ...(query.id ? { expectId: query.id } : {}),
+      });
+      return sendJson(res, 201, image);
+    }
+    if (id && !action && method === 'GET') {
+      const { image, path } = await images.tarPath(id);
+      res.writeHead(200, {
+        'content-type': 'application/x-tar',
+        'x-haven-image': image.id,
+        'content-length': String(image.bytes),
+      });
+      createReadStream(path).pipe(res);
+      return;
+    }
+    throw new HttpError(404, `no route ${method} ${url.pathname}`);
+  }
+
+  if (resource === 'events' && !id && method === 'GET') {
+    const query = decode(eventsQuerySchema, Object.fromEntries(url.searchParams));
+    const follow =
+      url.searchParams.get('follow') === 'true' || (req.headers.accept ?? '').includes('text/event-stream');
+    if (!follow) return sendJson(res, 200, await controller.eventsSince(query.since, query.limit));
+    return followEvents(req, res, controller, query.since);
+  }
+
+  if (resource !== 'containers') throw new HttpError(404, `no route ${url.pathname}`);
+  if (!id) {
+    if (method === 'GET') return sendJson(res, 200, await controller.listContainers());
+    if (method === 'POST')
+      return sendJson(
+        res,
+        201,
+        await controller.runContainer(decode(clusterRunSchema, await readJsonBody(req))),
+      );
+    throw new HttpError(405, `${method} not allowed on ${url.pathname}`);
+  }
+  const name = decode(nameSchema, id);
+  if (!action) {
+    if (method === 'GET') {
+      const view = await controller.getContainer(name);
+      const detail = await controller.forward(name, 'inspect').catch(() => undefined);
+      return sendJson(res, 200, { ...view, ...(detail ? { detail } : {}) });
+    }
+    if (method === 'DELETE') {
+      await controller.removeContainer(name, url.searchParams.get('force') === 'true');
+      return sendJson(res, 200, { removed: name });
+    }
+  } else if (action === 'logs' && method === 'GET') {
+    const text = await controller.forward<string>(name, 'logs');
+    res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8' });
+    res.end(text);
+    return;
+  } else if (method === 'POST') {
+    const raw = await readJsonBody(req);
+    if (action === 'checkpoint')
+      return sendJson(
+        res,
+        200,
+        await controller.forward(name, 'checkpoint', decode(checkpointRequestSchema, raw)),
+      );
+    if (action === 'restore')
+      return sendJson(res, 200, await controller.forward(name, 'restore', decode(restoreRequestSchema, raw)));
+    if (action === 'stop')
+      return sendJson(res, 200, await controller.forward(name, 'stop', decode(stopRequestSchema, raw)));
+  }
+  throw new HttpError(404, `no route ${method} ${url.pathname}`);
+}
+
+/**
+ * Reads heartbeats, one JSON object per line, until the agent closes the
+ * stream. An unknown host or boot ends the stream with 409: the agent then
+ * registers again. A malformed line ends it with 400.
+ */
+function heartbeatStream(
+  req: IncomingMessage,
+  res: ServerResponse,
+  controller: Controller,
+  host: string,
+): Promise<void> {
+  return new Promise((resolve) => {
+    let pending = '';
+    const fail = (status: number, message: string): void => {
+      req.removeAllListeners('data');
+      sendJson(res, status, { error: message });
+      req.resume();
+      resolve();
+    };
+    req.setEncoding('utf8');
+    req.on('data', (chunk: string) => {
+      pending += chunk;
+      let newline: number;
+      while ((newline = pending.indexOf('\n')) >= 0) {
+        const line = pending.slice(0, newline);
+        pending = pending.slice(newline + 1);
+        if (line.length === 0) continue;
+        let beat;
+        try {
+          beat = heartbeatSchema.parse(JSON.parse(line));
+        } catch {
+          return fail(400, 'malformed heartbeat line');
+        }
+        if (!controller.heartbeat(host, beat)) return fail(409, `host "${host}" must register (again) first`);
+      }
+      if (pending.length > MAX_HEARTBEAT_LINE) fail(413, 'heartbeat line too long');
+    });
+    req.on('end', () => {
+      sendJson(res, 200, { ok: true });
+      resolve();
+    });
+    req.on('error', () => resolve());
+    req.on('close', () => resolve());
+  });
+}
+
+/** Server-sent events: the backlog after `since`, then each new event as it happens. */
+async function followEvents(
+  req: IncomingMessage,
+  res: ServerResponse,
+  controller: Controller,
+  since: number,
+): Promise<void> {
+  res.writeHead(200, {
+    'content-type': 'text/event-stream',
+    'cache-control': 'no-cache',
+    connection: 'keep-alive',
+  });
+  let last = since;
+  const write = (event: StoredEvent): void => {
+    if (event.seq <= last) return;
+    last = event.seq;
+    res.write(`id: ${event.seq}\nevent: ${event.kind}\ndata: ${JSON.stringify(event)}\n\n`);
+  };
+  // Subscribe before reading the backlog so nothing falls between the two.
+  const queued: StoredEvent[] = [];
+  let live = false;
+  const listener = (event: StoredEvent): void => (live ? write(event) : void queued.push(event));
+  controller.events.on('event', listener);
+  const keepAlive = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
+  req.on('close', () => {
+    controller.events.off('event', listener);
+    clearInterval(keepAlive);
+  });
+  for (;;) {
+    const batch = await controller.eventsSince(last, 1000);
+    batch.forEach(write);
+    if (batch.length < 1000) break;
+  }
+  queued.sort((a, b) => a.seq - b.seq).forEach(write);
+  live = true;
+}

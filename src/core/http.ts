@@ -1,0 +1,125 @@
+/**
+ * What Haven's HTTP servers (agent and controller) share: token checks,
+ * bounded JSON bodies validated by schema, error-to-status mapping (as
+ * containerd's errdefs do) and JSON replies. Handlers only decode, call,
+ * and encode; every failure becomes a 4xx with a message, or a logged 500.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { timingSafeEqual } from 'node:crypto';
+import type { ZodType, ZodTypeDef } from 'zod';
+import { HavenError } from './errors.js';
+
+/** Largest JSON request body accepted. */
+export const MAX_JSON_BODY_BYTES = 64 * 1024;
+
+/** A failure with an HTTP status, raised by a server itself. */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Status code of an error: its own for {@link HttpError}, by `code` for Haven errors, else 500. */
+export function statusFor(error: unknown): number {
+  if (error instanceof HttpError) return error.status;
+  if (!(error instanceof HavenError)) return 500;
+  switch (error.code) {
+    case 'invalid_argument':
+      return 400;
+    case 'not_found':
+      return 404;
+    case 'already_exists':
+    case 'failed_precondition':
+      return 409;
+    case 'corrupt_checkpoint':
+      return 422;
+    case 'unavailable':
+      return 503;
+    default:
+      return 500;
+  }
+}
+
+/** Throws 401 unless the request carries `Authorization: Bearer <token>` (constant-time compare). */
+export function requireToken(req: IncomingMessage, token: string): void {
+  const expected = Buffer.from(`Bearer ${token}`);
+  const auth = Buffer.from(req.headers.authorization ?? '');
+  if (auth.length !== expected.length || !timingSafeEqual(auth, expected)) {
+    throw new HttpError(401, 'missing or wrong cluster token');
+  }
+}
+
+/** Validates `value` against `schema`; a 400 naming the first bad field otherwise. */
+export function decode<T>(schema: ZodType<T, ZodTypeDef, unknown>, value: unknown): T {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = issue && issue.path.length > 0 ? `${issue.path.join('.')}: ` : '';
+    throw new HttpError(400, `invalid request: ${where}${issue?.message ?? 'malformed'}`);
+  }
+  return parsed.data;
+}
+
+/** Reads a JSON body of at most {@link MAX_JSON_BODY_BYTES}; an empty body is `{}`. */
+export async function readJsonBody(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_JSON_BODY_BYTES) {
+      throw new HttpError(413, `request body over ${MAX_JSON_BODY_BYTES} bytes`);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  if (size === 0) return {};
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+  } catch {
+    throw new HttpError(400, 'request body is not JSON');
+  }
+}
+
+/** Replies with a JSON body (no-op if a reply already started). */
+export function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent) return;
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+}
+
+/**
+ * Replies to a failed request: 4xx carry the error's message and code; a 500
+ * is logged in full under `label` and answered with "internal error" only.
+ */
+export function sendError(res: ServerResponse, error: unknown, label: string): void {
+  const status = statusFor(error);
+  const message = status === 500 ? 'internal error' : error instanceof Error ? error.message : String(error);
+  if (status === 500) {
+    process.stderr.write(
+      `${label}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
+  }
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  sendJson(res, status, { error: message, code: error instanceof HavenError ? error.code : undefined });
+}
+
+/** The path's segments after `/v1`, or a 404. */
+export function routeParts(req: IncomingMessage): { parts: string[]; url: URL; method: string } {
+  const url = new URL(req.url ?? '/', 'http://haven');
+  let parts: string[];
+  try {
+    parts = url.pathname
+      .split('/')
+      .filter((p) => p.length > 0)
+      .map((p) => decodeURIComponent(p));
+  } catch {
+    throw new HttpError(400, `malformed path ${url.pathname}`);
+  }
+  if (parts[0] !== 'v1') throw new HttpError(404, `no route ${url.pathname}`);
+  return { parts: parts.slice(1), url, method: req.method ?? 'GET' };
+}
