@@ -6,6 +6,10 @@ import { exitCodeFor, HavenError } from '../core/errors.js';
 import { parseInvocation, type Command } from './command.js';
 import { agentCommand } from './commands/agent.js';
 import { checkpointCommand } from './commands/checkpoint.js';
+import { controllerCommand } from './commands/controller.js';
+import { eventsCommand } from './commands/events.js';
+import { hostCommand } from './commands/host.js';
+import { imageCommand } from './commands/image.js';
 import { doctorCommand } from './commands/doctor.js';
 import { inspectCommand } from './commands/inspect.js';
 import { logsCommand } from './commands/logs.js';
@@ -24,8 +28,12 @@ const COMMANDS: readonly Command[] = [
   restoreCommand,
   stopCommand,
   rmCommand,
+  hostCommand,
+  imageCommand,
+  eventsCommand,
   doctorCommand,
   agentCommand,
+  controllerCommand,
 ];
 
 function helpText(): string {
@@ -65,6 +73,12 @@ async function main(argv: string[]): Promise<number> {
   }
   return command.run(invocation);
 }
+
+// `haven ps | head`: a reader that went away is not an error.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code === 'EPIPE') process.exit(0);
+  throw error;
+});
 
 main(process.argv.slice(2)).then(
   (code) => {
