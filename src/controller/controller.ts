@@ -431,6 +431,11 @@ export class Controller {
     await this.emit('container.removed', name, { host: intent.host ?? null });
   }
 
+  /** Sequence number of the newest event. */
+  latestEventSeq(): Promise<number> {
+    return this.options.store.latestEventSeq();
+  }
+
   /** Events after `since`, oldest first. */
   eventsSince(since: number, limit: number): Promise<StoredEvent[]> {
     return this.options.store.eventsSince(since, limit);

@@ -73,7 +73,7 @@ export const cordonSchema = z.object({ cordoned: z.boolean() }).strict();
 
 /** Query of `GET /v1/events`. */
 export const eventsQuerySchema = z.object({
-  since: z.coerce.number().int().min(0).default(0),
+  since: z.coerce.number().int().min(0).optional(),
   limit: z.coerce.number().int().min(1).max(10_000).default(1000),
 });
 

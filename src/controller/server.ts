@@ -151,8 +151,9 @@ async function handle(
     const query = decode(eventsQuerySchema, Object.fromEntries(url.searchParams));
     const follow =
       url.searchParams.get('follow') === 'true' || (req.headers.accept ?? '').includes('text/event-stream');
-    if (!follow) return sendJson(res, 200, await controller.eventsSince(query.since, query.limit));
-    return followEvents(req, res, controller, query.since);
+    if (!follow) return sendJson(res, 200, await controller.eventsSince(query.since ?? 0, query.limit));
+    // Following without `since` starts from now, as `docker events` does.
+    return followEvents(req, res, controller, query.since ?? (await controller.latestEventSeq()));
   }
 
   if (resource !== 'containers') throw new HttpError(404, `no route ${url.pathname}`);

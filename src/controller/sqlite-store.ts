@@ -171,6 +171,11 @@ export class SqliteStore implements ClusterStore {
     return Promise.resolve({ seq: Number(result.lastInsertRowid), at, kind, subject, data });
   }
 
+  latestEventSeq(): Promise<number> {
+    const row = this.db.prepare('SELECT MAX(seq) AS seq FROM events').get() as { seq: number | null };
+    return Promise.resolve(row.seq ?? 0);
+  }
+
   eventsSince(seq: number, limit: number): Promise<StoredEvent[]> {
     const rows = this.db
       .prepare('SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?')

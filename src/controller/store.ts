@@ -67,6 +67,8 @@ export interface ClusterStore {
   deleteContainer(name: string, expected: number): Promise<boolean>;
 
   appendEvent(kind: string, subject: string, data: Record<string, unknown>): Promise<StoredEvent>;
+  /** Sequence number of the newest event (0 when there is none). */
+  latestEventSeq(): Promise<number>;
   /** Events after `seq`, oldest first, at most `limit`. */
   eventsSince(seq: number, limit: number): Promise<StoredEvent[]>;
 

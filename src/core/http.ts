@@ -69,11 +69,12 @@ export async function readJsonBody(req: IncomingMessage): Promise<unknown> {
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > MAX_JSON_BODY_BYTES) {
-      throw new HttpError(413, `request body over ${MAX_JSON_BODY_BYTES} bytes`);
-    }
-    chunks.push(chunk as Buffer);
+    // Past the limit, read on (up to a point) without keeping anything, so the
+    // client gets its 413 instead of a connection reset mid-send.
+    if (size > 256 * MAX_JSON_BODY_BYTES) break;
+    if (size <= MAX_JSON_BODY_BYTES) chunks.push(chunk as Buffer);
   }
+  if (size > MAX_JSON_BODY_BYTES) throw new HttpError(413, `request body over ${MAX_JSON_BODY_BYTES} bytes`);
   if (size === 0) return {};
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;

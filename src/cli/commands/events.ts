@@ -4,7 +4,7 @@ import type { StoredEvent } from '../../controller/store.js';
 import type { Command } from '../command.js';
 import { requireCluster } from './host.js';
 
-const usage = 'haven events [-f|--follow] [--since SEQ] [--json]';
+const usage = 'haven events [-f|--follow] [--since SEQ] [--json]   (-f without --since: from now on)';
 
 function format(event: StoredEvent, json: boolean): string {
   if (json) return `${JSON.stringify(event)}\n`;
@@ -20,18 +20,18 @@ export const eventsCommand: Command = {
   options: { follow: { type: 'boolean', short: 'f' }, since: { type: 'string' }, json: { type: 'boolean' } },
   async run(inv) {
     const cluster = requireCluster(inv);
-    const since = typeof inv.values.since === 'string' ? Number(inv.values.since) : 0;
-    if (!Number.isSafeInteger(since) || since < 0)
+    const since = typeof inv.values.since === 'string' ? Number(inv.values.since) : undefined;
+    if (since !== undefined && (!Number.isSafeInteger(since) || since < 0))
       throw new InvalidArgumentError(`invalid --since "${String(inv.values.since)}"`);
     const json = inv.values.json === true;
     if (!inv.values.follow) {
-      for (const e of await cluster.call<StoredEvent[]>(`/v1/events?since=${since}&limit=10000`))
+      for (const e of await cluster.call<StoredEvent[]>(`/v1/events?since=${since ?? 0}&limit=10000`))
         process.stdout.write(format(e, json));
       return 0;
     }
     const res = await openRequest(
       cluster.target.endpoint,
-      `/v1/events?since=${since}&follow=true`,
+      `/v1/events?follow=true${since === undefined ? '' : `&since=${since}`}`,
       cluster.target.token,
       {
         timeoutMs: 0,
