@@ -1,0 +1,465 @@
+/**
+ * The lab's operations: bring it up, tear it down, report it, and inject
+ * faults (kill, revive, partition, heal, shape). Each is idempotent where
+ * that makes sense, and every one that builds something removes what it
+ * built when it fails, so a failed command never leaves half a lab.
+ *
+ *   up:    state ─► network ─► hosts ─► supervisor        (any failure ─► teardown)
+ *   down:  supervisor ─► processes (cgroups) ─► mount namespaces ─► netns ─► cgroup dirs ─► files
+ *
+ * `HAVEN_LAB_FAIL_AFTER=<stage>` makes `up` fail right after that stage (a
+ * failpoint, for the tests that prove the cleanup).
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmdirSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FailedPreconditionError, HavenError, InvalidArgumentError, NotFoundError } from '../core/errors.js';
+import { lastLines } from '../core/exec.js';
+import { netnsPath } from '../runtime/network.js';
+import {
+  ensureCgroup,
+  inCgroupTree,
+  isAlive,
+  killCgroupTree,
+  removeCgroupIfEmpty,
+  removeCgroupTree,
+} from './cgroups.js';
+import { createHost, createHostScript, destroyHost, mountNsDirScript, unmountUnder } from './hosts.js';
+import {
+  attachScript,
+  bridgeScript,
+  containerLinks,
+  deleteNetns,
+  parseRate,
+  runScript,
+  setLinks,
+  shapeLink,
+} from './net.js';
+import {
+  BRIDGE_NETNS,
+  CLIENT_ADDRESS,
+  CLIENT_NETNS,
+  CONTROLLER_ADDRESS,
+  CONTROLLER_NETNS,
+  CONTROLLER_URL,
+  HOST_VIEW,
+  LAB_CGROUP,
+  LAB_PATHS,
+  MAX_HOSTS,
+  bridgeLink,
+  hostAddress,
+  hostCgroup,
+  hostIndex,
+  hostMountNs,
+  hostNames,
+  hostNetns,
+} from './paths.js';
+import {
+  newLabSpec,
+  readLabSpec,
+  readSupervisorStatus,
+  requireLabSpec,
+  writeLabSpec,
+  writeNewToken,
+  type HostState,
+  type LabHost,
+  type LabSpec,
+} from './state.js';
+import { CLI_MAIN, cleanEnv, inCgroup } from './supervisor.js';
+
+/** The stages of `up`, in order; `HAVEN_LAB_FAIL_AFTER` names one. */
+export const UP_STAGES = ['state', 'network', 'hosts', 'supervisor'] as const;
+export type UpStage = (typeof UP_STAGES)[number];
+
+/** A host as `haven lab status` reports it. */
+export interface LabHostStatus {
+  name: string;
+  namespace: string;
+  address: string;
+  state: HostState;
+  agentPid: number | null;
+  shapedRate: string | null;
+}
+
+/** `haven lab status --json` when a lab is up. */
+export interface LabStatus {
+  up: true;
+  controller: {
+    url: string;
+    socket: string;
+    namespace: string;
+    pid: number | null;
+    state: 'up' | 'partitioned';
+  };
+  client: { namespace: string; address: string };
+  hosts: LabHostStatus[];
+  token: string;
+  supervisorPid: number | null;
+}
+
+/** Mount points `up` needs outside the lab's own paths (a host's view of its disk and runc root). */
+const MOUNT_POINTS = ['/run/haven', HOST_VIEW.runcRoot, HOST_VIEW.stateDir] as const;
+
+/** Validates a host count for `up`. */
+export function checkHostCount(count: number): number {
+  if (!Number.isInteger(count) || count < 1 || count > MAX_HOSTS) {
+    throw new InvalidArgumentError(`--hosts must be a whole number from 1 to ${MAX_HOSTS}, not ${count}`);
+  }
+  return count;
+}
+
+function failpoint(): UpStage | undefined {
+  const stage = process.env.HAVEN_LAB_FAIL_AFTER;
+  if (stage === undefined || stage === '') return undefined;
+  if (!(UP_STAGES as readonly string[]).includes(stage)) {
+    throw new InvalidArgumentError(
+      `HAVEN_LAB_FAIL_AFTER must be one of ${UP_STAGES.join(', ')}, not "${stage}"`,
+    );
+  }
+  return stage as UpStage;
+}
+
+/**
+ * Brings up a lab of `count` hosts. A no-op when a lab of that size is up
+ * (it only restarts a supervisor that died); an error when one of another
+ * size is. Returns false when it was already up.
+ */
+export async function labUp(
+  count: number,
+  onStage: (stage: UpStage) => void = () => undefined,
+): Promise<boolean> {
+  checkHostCount(count);
+  const failAfter = failpoint();
+  let existing: LabSpec | undefined;
+  try {
+    existing = readLabSpec();
+  } catch {
+    existing = undefined; // malformed: torn down below and made anew
+  }
+  if (existing) {
+    if (existing.hosts.length !== count) {
+      throw new FailedPreconditionError(
+        `a lab of ${existing.hosts.length} hosts is up: run haven lab down before asking for ${count}`,
+      );
+    }
+    if (!supervisorPid()) await startSupervisor();
+    return false;
+  }
+  // Whatever a crashed earlier run left (lab.json is written first, so without it there is no lab).
+  await labDown();
+  const stage = (name: UpStage): void => {
+    onStage(name);
+    if (failAfter === name) {
+      throw new HavenError(`lab up: failing after stage "${name}" (HAVEN_LAB_FAIL_AFTER)`, 'internal');
+    }
+  };
+  try {
+    // state: the lab's directories, token and desired state.
+    const createdDirs = MOUNT_POINTS.filter((dir) => !existsSync(dir));
+    for (const dir of [
+      LAB_PATHS.stateDir,
+      LAB_PATHS.logsDir,
+      LAB_PATHS.controllerState,
+      LAB_PATHS.hostsDir,
+    ]) {
+      mkdirSync(dir, { recursive: true, mode: 0o755 });
+    }
+    mkdirSync(LAB_PATHS.runDir, { recursive: true, mode: 0o755 });
+    writeNewToken();
+    writeLabSpec(newLabSpec(hostNames(count), createdDirs));
+    for (const dir of createdDirs) mkdirSync(dir, { recursive: true });
+    stage('state');
+
+    // network: the bridge, the controller's and the client's namespaces.
+    await runScript([
+      ...bridgeScript(),
+      ...attachScript('ctl', CONTROLLER_NETNS, CONTROLLER_ADDRESS),
+      ...attachScript('client', CLIENT_NETNS, CLIENT_ADDRESS),
+    ]);
+    stage('network');
+
+    // hosts: one script for all, so N hosts cost one process start.
+    await runScript([...mountNsDirScript(), ...hostNames(count).flatMap((h) => createHostScript(h))]);
+    stage('hosts');
+
+    await startSupervisor();
+    stage('supervisor');
+  } catch (error) {
+    const left = await labDown();
+    if (left.length > 0 && error instanceof Error) {
+      error.message += `\n  and the cleanup left: ${left.join('; ')}`;
+    }
+    throw error;
+  }
+  return true;
+}
+
+/** The supervisor's PID when it runs (checked against its cgroup, so a stale PID file names no stranger). */
+export function supervisorPid(): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(LAB_PATHS.supervisorPid, 'utf8').trim());
+  } catch {
+    return undefined;
+  }
+  return Number.isInteger(pid) && pid > 0 && isAlive(pid) && inCgroupTree(pid, LAB_CGROUP) ? pid : undefined;
+}
+
+/** Starts the supervisor detached (own session, output to its log) and waits until it reports. */
+async function startSupervisor(): Promise<void> {
+  const generation = requireLabSpec().generation;
+  const logPath = `${LAB_PATHS.logsDir}/supervisor.log`;
+  const out = openSync(logPath, 'a');
+  let exited: string | undefined;
+  try {
+    const child = spawn(process.execPath, [CLI_MAIN, 'lab', 'supervise'], {
+      detached: true,
+      stdio: ['ignore', out, out],
+      env: cleanEnv(),
+    });
+    child.once('exit', (code, signal) => (exited = signal ?? `exit ${code ?? '?'}`));
+    child.unref();
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline && exited === undefined) {
+      const status = readSupervisorStatus();
+      // Its first status with lab.json's generation: every process it should run has been started.
+      if (status && status.supervisorPid === child.pid && status.generation >= generation) return;
+      await sleep(25);
+    }
+  } finally {
+    closeSync(out);
+  }
+  const tail = existsSync(logPath) ? lastLines(readFileSync(logPath, 'utf8'), 5) : [];
+  throw new HavenError(
+    `the lab supervisor did not start (${exited ?? 'no status after 10 s'}); ${logPath}:\n  ${tail.join('\n  ')}`,
+    'unavailable',
+  );
+}
+
+/** Stops the supervisor (it stops its children first); SIGKILL if it takes over 5 s. */
+async function stopSupervisor(): Promise<void> {
+  const pid = supervisorPid();
+  if (pid === undefined) return;
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + 5_000;
+  while (isAlive(pid) && Date.now() < deadline) await sleep(25);
+  if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+}
+
+/** Tells the supervisor lab.json changed and waits (≤ 3 s) until it has acted on `generation`. */
+async function notifySupervisor(generation: number): Promise<void> {
+  const pid = supervisorPid();
+  if (pid === undefined) return;
+  process.kill(pid, 'SIGHUP');
+  const deadline = Date.now() + 3_000;
+  while (Date.now() < deadline && isAlive(pid)) {
+    if ((readSupervisorStatus()?.generation ?? 0) >= generation) return;
+    await sleep(10);
+  }
+}
+
+/**
+ * Tears the lab down completely, whatever state it is in (also after a
+ * failed `up`): processes, namespaces, mounts, links, cgroups, files.
+ * Idempotent. Returns what could not be removed (empty when clean).
+ */
+export async function labDown(): Promise<string[]> {
+  let spec: LabSpec | undefined;
+  try {
+    spec = readLabSpec();
+  } catch {
+    spec = undefined;
+  }
+  const left: string[] = [];
+  await stopSupervisor();
+  // The lab's own cgroup: a supervisor that did not stop, the controller, `lab exec` commands.
+  const stray = await killCgroupTree(LAB_CGROUP);
+  if (stray.length > 0) left.push(`processes ${stray.join(' ')} in cgroup ${LAB_CGROUP}`);
+  // lab.json's hosts, and any other whose namespaces exist (lab.json may be gone after a crash).
+  const hosts = new Set(spec?.hosts.map((h) => h.name));
+  for (const host of hostNames(MAX_HOSTS)) {
+    if (existsSync(netnsPath(hostNetns(host))) || existsSync(hostMountNs(host))) hosts.add(host);
+  }
+  for (const host of hosts) left.push(...(await destroyHost(host)));
+  await unmountUnder(LAB_PATHS.runDir);
+  for (const netns of [CONTROLLER_NETNS, CLIENT_NETNS, BRIDGE_NETNS]) await deleteNetns(netns);
+  left.push(...(await removeCgroupTree(LAB_CGROUP)).map((d) => `cgroup ${d}`));
+  removeCgroupIfEmpty('/haven');
+  await unmountUnder(LAB_PATHS.stateDir); // none expected; never let rm cross into a mount
+  await rm(LAB_PATHS.runDir, { recursive: true, force: true });
+  await rm(LAB_PATHS.stateDir, { recursive: true, force: true });
+  for (const dir of [...(spec?.createdDirs ?? [])].reverse()) {
+    try {
+      rmdirSync(dir);
+    } catch {
+      // Not empty (someone else uses it now) or already gone: leave it.
+    }
+  }
+  return left;
+}
+
+/** The lab as `haven lab status` reports it, or `{ up: false }`. */
+export function labStatus(): LabStatus | { up: false } {
+  const spec = readLabSpec();
+  if (!spec) return { up: false };
+  const status = readSupervisorStatus();
+  const supervisor = supervisorPid();
+  const live = (pid: number | null | undefined, cgroup: string): number | null =>
+    pid != null && isAlive(pid) && inCgroupTree(pid, cgroup) ? pid : null;
+  return {
+    up: true,
+    controller: {
+      url: CONTROLLER_URL,
+      socket: LAB_PATHS.controllerSocket,
+      namespace: CONTROLLER_NETNS,
+      pid: live(status?.controller.pid, LAB_CGROUP),
+      state: spec.controller.partitioned ? 'partitioned' : 'up',
+    },
+    client: { namespace: CLIENT_NETNS, address: CLIENT_ADDRESS },
+    hosts: spec.hosts.map((h) => ({
+      name: h.name,
+      namespace: hostNetns(h.name),
+      address: hostAddress(h.name),
+      state: h.state,
+      agentPid: h.state === 'killed' ? null : live(status?.hosts[h.name]?.pid, hostCgroup(h.name)),
+      shapedRate: h.shapedRate,
+    })),
+    token: LAB_PATHS.token,
+    supervisorPid: supervisor ?? null,
+  };
+}
+
+function findHost(spec: LabSpec, name: string): LabHost {
+  const host = spec.hosts.find((h) => h.name === name);
+  if (!host) {
+    throw new NotFoundError(
+      `no lab host "${name}": this lab has ${spec.hosts.map((h) => h.name).join(', ')}`,
+    );
+  }
+  return host;
+}
+
+function requireAlive(host: LabHost): void {
+  if (host.state === 'killed') {
+    throw new FailedPreconditionError(`host ${host.name} is killed: run haven lab revive ${host.name} first`);
+  }
+}
+
+/**
+ * Kills host `name` as a power cut would: marks it killed (the supervisor
+ * restarts it no more), SIGKILLs its agent and everything in its cgroups,
+ * deletes its network namespace (its link goes down), its mount namespace
+ * and its disk. Idempotent.
+ */
+export async function labKillHost(name: string): Promise<void> {
+  const spec = requireLabSpec();
+  const host = findHost(spec, name);
+  if (host.state !== 'killed') {
+    host.state = 'killed';
+    host.keepClient = false;
+    host.shapedRate = null;
+    // First lab.json, then the kill: the supervisor must not restart what we kill.
+    await notifySupervisor(writeLabSpec(spec));
+  }
+  const left = await destroyHost(name);
+  if (left.length > 0) {
+    throw new HavenError(`host ${name} is killed but some of it remains: ${left.join('; ')}`, 'internal');
+  }
+}
+
+/** Makes killed host `name` anew (empty disk, fresh namespaces) and has the supervisor start its agent. */
+export async function labRevive(name: string): Promise<boolean> {
+  const spec = requireLabSpec();
+  const host = findHost(spec, name);
+  if (host.state !== 'killed') return false;
+  await destroyHost(name); // leftovers of an interrupted kill
+  try {
+    await createHost(name);
+  } catch (error) {
+    await destroyHost(name);
+    throw error;
+  }
+  host.state = 'up';
+  await notifySupervisor(writeLabSpec(spec));
+  return true;
+}
+
+/**
+ * Partitions host `name` (or the controller): its bridge link goes down,
+ * processes keep running. A host's container links go down too, unless
+ * `keepClient` (then only the host itself is cut off; its containers keep
+ * their path to the client).
+ */
+export async function labPartition(name: string, keepClient = false): Promise<void> {
+  const spec = requireLabSpec();
+  if (name === 'controller') {
+    await setLinks([bridgeLink('ctl')], 'down');
+    spec.controller.partitioned = true;
+  } else {
+    const host = findHost(spec, name);
+    requireAlive(host);
+    const links = [bridgeLink(name), ...(keepClient ? [] : await containerLinks(name))];
+    await setLinks(links, 'down');
+    host.state = 'partitioned';
+    host.keepClient = keepClient;
+  }
+  writeLabSpec(spec);
+}
+
+/** Ends a partition: the links of host `name` (and its containers), or the controller's, come back up. */
+export async function labHeal(name: string): Promise<void> {
+  const spec = requireLabSpec();
+  if (name === 'controller') {
+    await setLinks([bridgeLink('ctl')], 'up');
+    spec.controller.partitioned = false;
+  } else {
+    const host = findHost(spec, name);
+    requireAlive(host);
+    await setLinks([bridgeLink(name), ...(await containerLinks(name))], 'up');
+    host.state = 'up';
+    host.keepClient = false;
+  }
+  writeLabSpec(spec);
+}
+
+/** Shapes host `name`'s link to `rate` (tc's words, e.g. `1gbit`) both ways; `off` removes it. */
+export async function labShape(name: string, rate: string): Promise<void> {
+  const spec = requireLabSpec();
+  const host = findHost(spec, name);
+  requireAlive(host);
+  const off = rate === 'off';
+  if (!off) parseRate(rate);
+  await shapeLink(name, hostNetns(name), off ? null : rate);
+  host.shapedRate = off ? null : rate;
+  writeLabSpec(spec);
+}
+
+/**
+ * The argv that runs `command` inside a lab namespace set: a host's network
+ * and mount namespaces, or the client's or controller's network namespace.
+ * The command joins the cgroup of its host (or the lab's), so `kill-host`
+ * and `down` end it too, as they would on a real machine.
+ */
+export function labExecArgv(target: string, command: readonly string[]): string[] {
+  if (command.length === 0) throw new InvalidArgumentError('nothing to run: haven lab exec TARGET -- CMD...');
+  const spec = requireLabSpec();
+  if (target === 'client' || target === 'controller') {
+    const netns = target === 'client' ? CLIENT_NETNS : CONTROLLER_NETNS;
+    ensureCgroup(`${LAB_CGROUP}/exec`);
+    return inCgroup(`${LAB_CGROUP}/exec`, ['nsenter', `--net=${netnsPath(netns)}`, '--', ...command]);
+  }
+  if (hostIndex(target) === undefined) {
+    throw new InvalidArgumentError(`unknown target "${target}": a host (h1…), client or controller`);
+  }
+  requireAlive(findHost(spec, target));
+  const cgroup = `${hostCgroup(target)}/exec`;
+  ensureCgroup(cgroup);
+  return inCgroup(cgroup, [
+    'nsenter',
+    `--net=${netnsPath(hostNetns(target))}`,
+    `--mount=${hostMountNs(target)}`,
+    '--',
+    ...command,
+  ]);
+}

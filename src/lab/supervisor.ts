@@ -1,0 +1,382 @@
+/**
+ * The lab's supervisor: what systemd's `Restart=always` would be on real
+ * hosts. It runs the controller and each host's agent, restarts whichever
+ * exits, and writes what it runs to status.json.
+ *
+ *              spawn                    exit (host not killed)
+ *   waiting ─────────► running ──────────────────────────────► waiting
+ *      ▲                  │          after backoff: 200 ms, doubling to 2 s;
+ *      │ SIGHUP: host up  │ exit (host killed in lab.json)     back to 200 ms after 10 s up
+ *      └──── idle ◄───────┘
+ *
+ * Signals: SIGHUP re-reads lab.json (starts agents of hosts that came back,
+ * SIGKILLs those of hosts now killed); SIGTERM stops every child (SIGTERM,
+ * then SIGKILL after 3 s) and exits.
+ *
+ * Each child starts as `sh`, which moves itself into its cgroup and then
+ * execs `nsenter … node …`: the PID the supervisor knows is the agent's, and
+ * everything the agent starts (shims, runc, containers) stays in the host's
+ * cgroup tree, where `kill-host` and `down` find it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { REPO_ROOT } from '../core/config.js';
+import { netnsPath } from '../runtime/network.js';
+import { cgroupProcsFiles, ensureCgroup, inCgroupTree, isAlive } from './cgroups.js';
+import {
+  AGENT_PORT,
+  BRIDGE_NETNS,
+  CONTROLLER_ADDRESS,
+  CONTROLLER_NETNS,
+  CONTROLLER_PORT,
+  CONTROLLER_URL,
+  HOST_VIEW,
+  LAB_CGROUP,
+  LAB_PATHS,
+  hostAddress,
+  hostCgroup,
+  hostLog,
+  hostMountNs,
+  hostNetns,
+} from './paths.js';
+import {
+  readLabSpec,
+  readSupervisorStatus,
+  readToken,
+  writeSupervisorStatus,
+  type LabSpec,
+  type ProcessStatus,
+} from './state.js';
+
+const BACKOFF_MIN_MS = 200;
+const BACKOFF_MAX_MS = 2_000;
+/** A child that ran this long is healthy again: its next restart waits the minimum. */
+const BACKOFF_RESET_AFTER_MS = 10_000;
+const STOP_GRACE_MS = 3_000;
+
+/** The haven CLI the children run. */
+export const CLI_MAIN = join(REPO_ROOT, 'dist', 'src', 'cli', 'main.js');
+
+/** Environment variables that configure a haven process: never inherited by the lab's children. */
+const HAVEN_VARIABLES = /^HAVEN_(TOKEN|NETNS|STATE_DIR|RUNC_ROOT|HOST|SUBNET|LAB_.*)$/;
+
+/** The environment without Haven's per-process settings (the lab sets its own). */
+export function cleanEnv(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !HAVEN_VARIABLES.test(key)));
+}
+
+/** How to start one supervised process. */
+interface Program {
+  argv: string[];
+  env: NodeJS.ProcessEnv;
+  cgroup: string;
+  log: string;
+}
+
+/** One supervised process and its restart bookkeeping. */
+interface Entry {
+  key: string;
+  child: ChildProcess | undefined;
+  timer: NodeJS.Timeout | undefined;
+  startedAt: number;
+  backoffMs: number;
+  starts: number;
+  lastExit: string | null;
+}
+
+/** The controller's command line (see docs/ARCHITECTURE.md, "The lab"). */
+export function controllerProgram(token: string): Program {
+  return {
+    argv: [
+      'nsenter',
+      `--net=${netnsPath(CONTROLLER_NETNS)}`,
+      '--',
+      process.execPath,
+      CLI_MAIN,
+      'controller',
+      '--listen',
+      `${CONTROLLER_ADDRESS}:${CONTROLLER_PORT}`,
+      '--socket',
+      LAB_PATHS.controllerSocket,
+      '--state-dir',
+      LAB_PATHS.controllerState,
+    ],
+    env: { ...cleanEnv(), HAVEN_TOKEN: token },
+    cgroup: `${LAB_CGROUP}/controller`,
+    log: join(LAB_PATHS.logsDir, 'controller.log'),
+  };
+}
+
+/** A host's agent command line: in the host's namespaces, seeing its own disk as /var/lib/haven. */
+export function agentProgram(host: string, token: string): Program {
+  const address = hostAddress(host);
+  return {
+    argv: [
+      'nsenter',
+      `--net=${netnsPath(hostNetns(host))}`,
+      `--mount=${hostMountNs(host)}`,
+      '--',
+      process.execPath,
+      CLI_MAIN,
+      'agent',
+      '--listen',
+      `${address}:${AGENT_PORT}`,
+      '--advertise',
+      `http://${address}:${AGENT_PORT}`,
+      '--controller',
+      CONTROLLER_URL,
+      '--host-name',
+      host,
+    ],
+    env: {
+      ...cleanEnv(),
+      HAVEN_TOKEN: token,
+      HAVEN_NETNS: BRIDGE_NETNS,
+      HAVEN_STATE_DIR: HOST_VIEW.stateDir,
+      HAVEN_RUNC_ROOT: HOST_VIEW.runcRoot,
+    },
+    cgroup: `${hostCgroup(host)}/agent`,
+    log: hostLog(host),
+  };
+}
+
+/**
+ * The argv that runs `argv` inside cgroup `cgroup` (pids and freezer): a
+ * shell joins the cgroup, then execs, so the PID stays the same.
+ */
+export function inCgroup(cgroup: string, argv: readonly string[]): string[] {
+  const [pids, freezer] = cgroupProcsFiles(cgroup);
+  return [
+    'sh',
+    '-c',
+    'echo $$ > "$1" && echo $$ > "$2" && shift 2 && exec "$@"',
+    'haven-lab',
+    pids ?? '',
+    freezer ?? '',
+    ...argv,
+  ];
+}
+
+function log(message: string): void {
+  process.stdout.write(`${new Date().toISOString()} ${message}\n`);
+}
+
+/**
+ * Runs the supervisor until SIGTERM (or until the lab is gone). The process
+ * running this should be detached (own session), with stdout to
+ * logs/supervisor.log. Resolves with the exit code.
+ */
+export async function runSupervisor(): Promise<number> {
+  const token = readToken();
+  const entries = new Map<string, Entry>();
+  let spec: LabSpec | undefined = readLabSpec();
+  /** 0 until the first {@link apply} has started everything: `up` waits for the spec's generation. */
+  let applied = 0;
+  let stopping = false;
+  let finish: (code: number) => void = () => undefined;
+  const done = new Promise<number>((resolve) => (finish = resolve));
+
+  ensureCgroup(`${LAB_CGROUP}/supervisor`);
+  for (const file of cgroupProcsFiles(`${LAB_CGROUP}/supervisor`)) writeFileSync(file, String(process.pid));
+  writeFileSync(LAB_PATHS.supervisorPid, `${process.pid}\n`);
+
+  const programOf = (key: string): Program =>
+    key === 'controller' ? controllerProgram(token) : agentProgram(key, token);
+
+  /** Whether `key` should be running according to the newest lab.json. */
+  const wanted = (key: string): boolean => {
+    if (stopping || !spec) return false;
+    if (key === 'controller') return true;
+    const host = spec.hosts.find((h) => h.name === key);
+    return host !== undefined && host.state !== 'killed';
+  };
+
+  const reload = (): void => {
+    try {
+      spec = readLabSpec();
+    } catch (error) {
+      log(`cannot read lab.json, keeping the last one: ${(error as Error).message}`);
+    }
+  };
+
+  const writeStatus = (): void => {
+    const view = (key: string): ProcessStatus => {
+      const entry = entries.get(key);
+      return {
+        pid: entry?.child?.pid ?? null,
+        restarts: Math.max(0, (entry?.starts ?? 0) - 1),
+        lastExit: entry?.lastExit ?? null,
+      };
+    };
+    try {
+      writeSupervisorStatus({
+        supervisorPid: process.pid,
+        generation: applied,
+        updatedAt: new Date().toISOString(),
+        controller: view('controller'),
+        hosts: Object.fromEntries((spec?.hosts ?? []).map((h) => [h.name, view(h.name)])),
+      });
+    } catch (error) {
+      log(`cannot write status.json: ${(error as Error).message}`);
+    }
+  };
+
+  const entryOf = (key: string): Entry => {
+    let entry = entries.get(key);
+    if (!entry) {
+      entry = {
+        key,
+        child: undefined,
+        timer: undefined,
+        startedAt: 0,
+        backoffMs: BACKOFF_MIN_MS,
+        starts: 0,
+        lastExit: null,
+      };
+      entries.set(key, entry);
+    }
+    return entry;
+  };
+
+  const scheduleRestart = (entry: Entry): void => {
+    if (Date.now() - entry.startedAt >= BACKOFF_RESET_AFTER_MS) entry.backoffMs = BACKOFF_MIN_MS;
+    const delay = entry.backoffMs;
+    entry.backoffMs = Math.min(entry.backoffMs * 2, BACKOFF_MAX_MS);
+    entry.timer = setTimeout(() => {
+      entry.timer = undefined;
+      reload(); // a kill-host may have landed meanwhile without our having seen its SIGHUP yet
+      if (wanted(entry.key)) start(entry);
+    }, delay);
+    log(`${entry.key}: restarting in ${delay} ms`);
+  };
+
+  const start = (entry: Entry): void => {
+    const program = programOf(entry.key);
+    entry.startedAt = Date.now();
+    entry.starts += 1;
+    let child: ChildProcess;
+    let out: number | undefined;
+    try {
+      ensureCgroup(program.cgroup);
+      if (entry.key === 'controller') rmSync(LAB_PATHS.controllerSocket, { force: true }); // a crashed controller's
+      out = openSync(program.log, 'a');
+      const [cmd = 'sh', ...args] = inCgroup(program.cgroup, program.argv);
+      child = spawn(cmd, args, { stdio: ['ignore', out, out], env: program.env });
+    } catch (error) {
+      entry.lastExit = `spawn failed: ${(error as Error).message}`;
+      log(`${entry.key}: ${entry.lastExit}`);
+      scheduleRestart(entry);
+      writeStatus();
+      return;
+    } finally {
+      if (out !== undefined) closeSync(out);
+    }
+    entry.child = child;
+    child.once('error', (error) => log(`${entry.key}: ${error.message}`));
+    child.once('exit', (code, signal) => {
+      entry.child = undefined;
+      entry.lastExit = signal ?? `exit ${code ?? '?'}`;
+      log(`${entry.key}: pid ${child.pid ?? '?'} ended (${entry.lastExit})`);
+      if (stopping) {
+        if ([...entries.values()].every((e) => e.child === undefined)) exit();
+        return;
+      }
+      reload();
+      if (wanted(entry.key)) scheduleRestart(entry);
+      writeStatus();
+    });
+    log(`${entry.key}: started pid ${child.pid ?? '?'}`);
+    writeStatus();
+  };
+
+  /** Brings the running set in line with lab.json. */
+  const apply = (): void => {
+    if (!spec) return;
+    for (const key of ['controller', ...spec.hosts.map((h) => h.name)]) {
+      const entry = entryOf(key);
+      if (wanted(key)) {
+        if (!entry.child && !entry.timer) {
+          entry.backoffMs = BACKOFF_MIN_MS;
+          start(entry);
+        }
+      } else {
+        if (entry.timer) clearTimeout(entry.timer);
+        entry.timer = undefined;
+        entry.child?.kill('SIGKILL');
+      }
+    }
+    applied = spec.generation;
+    writeStatus();
+  };
+
+  // A lab torn down without telling us (its state dir removed) must not leave us running.
+  const watch = setInterval(() => {
+    if (!existsSync(LAB_PATHS.labJson)) stop('lab.json is gone');
+  }, 2_000);
+  const exit = (): void => {
+    clearInterval(watch);
+    writeStatus();
+    rmSync(LAB_PATHS.supervisorPid, { force: true });
+    log('supervisor stopped');
+    finish(0);
+  };
+
+  const stop = (why: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log(`stopping (${why})`);
+    for (const entry of entries.values()) {
+      if (entry.timer) clearTimeout(entry.timer);
+      entry.timer = undefined;
+      entry.child?.kill('SIGTERM');
+    }
+    if ([...entries.values()].every((e) => e.child === undefined)) return exit();
+    setTimeout(() => {
+      for (const entry of entries.values()) entry.child?.kill('SIGKILL');
+    }, STOP_GRACE_MS).unref();
+  };
+
+  process.on('SIGHUP', () => {
+    log('SIGHUP: re-reading lab.json');
+    reload();
+    apply();
+  });
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+
+  log(`supervisor pid ${process.pid} started`);
+  await killOrphans();
+  apply();
+  return done;
+}
+
+/**
+ * Ends the children of an earlier supervisor that died without stopping
+ * them (they hold the ports the new ones need). Only the PIDs it reported,
+ * and only while they are still in their own cgroups: never a stranger that
+ * reused a PID, and never an agent's shims (containers outlive agents).
+ */
+async function killOrphans(): Promise<void> {
+  const previous = readSupervisorStatus();
+  if (!previous || previous.supervisorPid === process.pid) return;
+  const killed: number[] = [];
+  const candidates: [number | null, string][] = [
+    [previous.controller.pid, `${LAB_CGROUP}/controller`],
+    ...Object.entries(previous.hosts).map(([host, p]): [number | null, string] => [
+      p.pid,
+      `${hostCgroup(host)}/agent`,
+    ]),
+  ];
+  for (const [pid, cgroup] of candidates) {
+    if (pid !== null && isAlive(pid) && inCgroupTree(pid, cgroup)) {
+      log(`ending pid ${pid}, left in ${cgroup} by an earlier supervisor`);
+      process.kill(pid, 'SIGKILL');
+      killed.push(pid);
+    }
+  }
+  // Their ports must be free before the new ones start.
+  const deadline = Date.now() + 2_000;
+  while (killed.some(isAlive) && Date.now() < deadline) await sleep(10);
+}
