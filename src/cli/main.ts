@@ -12,6 +12,7 @@ import { hostCommand } from './commands/host.js';
 import { imageCommand } from './commands/image.js';
 import { doctorCommand } from './commands/doctor.js';
 import { inspectCommand } from './commands/inspect.js';
+import { labCommand } from './commands/lab.js';
 import { logsCommand } from './commands/logs.js';
 import { psCommand } from './commands/ps.js';
 import { restoreCommand } from './commands/restore.js';
@@ -34,6 +35,7 @@ const COMMANDS: readonly Command[] = [
   doctorCommand,
   agentCommand,
   controllerCommand,
+  labCommand,
 ];
 
 function helpText(): string {

@@ -1,0 +1,172 @@
+import { spawn } from 'node:child_process';
+import { constants } from 'node:os';
+import { InvalidArgumentError } from '../../core/errors.js';
+import {
+  checkHostCount,
+  labDown,
+  labExecArgv,
+  labHeal,
+  labKillHost,
+  labPartition,
+  labRevive,
+  labShape,
+  labStatus,
+  labUp,
+  LAB_PATHS,
+  type LabStatus,
+} from '../../lab/index.js';
+import { runSupervisor } from '../../lab/supervisor.js';
+import { printJson, type Command, type Invocation } from '../command.js';
+
+const usage = [
+  'haven lab up [--hosts N] | down | status [--json]',
+  '       haven lab kill-host H | revive H',
+  '       haven lab partition H [--keep-client] | partition controller | heal H|controller',
+  '       haven lab shape H --rate RATE|off',
+  '       haven lab exec H|client|controller -- CMD...',
+].join('\n');
+
+/** `haven lab`: several Haven hosts on one machine, with faults on demand. */
+export const labCommand: Command = {
+  name: 'lab',
+  summary: 'run several Haven hosts on this machine, and break them (kill, partition, shape)',
+  usage,
+  options: {
+    hosts: { type: 'string' },
+    json: { type: 'boolean' },
+    'keep-client': { type: 'boolean' },
+    rate: { type: 'string' },
+  },
+  async run(inv) {
+    const [sub, ...args] = inv.positionals;
+    switch (sub) {
+      case 'up': {
+        noArgs(args);
+        const count = checkHostCount(Number(typeof inv.values.hosts === 'string' ? inv.values.hosts : '3'));
+        const made = await labUp(count);
+        const status = labStatus();
+        if (!made) process.stdout.write(`lab already up with ${count} hosts\n`);
+        if (status.up) printTable(status);
+        return 0;
+      }
+      case 'down': {
+        noArgs(args);
+        const left = await labDown();
+        if (left.length > 0) {
+          process.stderr.write(`haven: lab down left:\n  ${left.join('\n  ')}\n`);
+          return 70;
+        }
+        process.stdout.write('lab down\n');
+        return 0;
+      }
+      case 'status': {
+        noArgs(args);
+        const status = labStatus();
+        if (inv.values.json) printJson(status);
+        else if (status.up) printTable(status);
+        else process.stdout.write('no lab is up\n');
+        return 0;
+      }
+      case 'kill-host':
+        await labKillHost(one(args, 'H'));
+        return 0;
+      case 'revive': {
+        const host = one(args, 'H');
+        if (!(await labRevive(host))) process.stdout.write(`host ${host} is not killed: nothing to revive\n`);
+        return 0;
+      }
+      case 'partition':
+        await labPartition(one(args, 'H|controller'), inv.values['keep-client'] === true);
+        return 0;
+      case 'heal':
+        await labHeal(one(args, 'H|controller'));
+        return 0;
+      case 'shape': {
+        const rate = inv.values.rate;
+        if (typeof rate !== 'string') throw new InvalidArgumentError(`--rate is required\nusage: ${usage}`);
+        await labShape(one(args, 'H'), rate);
+        return 0;
+      }
+      case 'exec':
+        return execIn(one(args, 'H|client|controller'), inv);
+      case 'supervise': // internal: what `up` starts, detached
+        noArgs(args);
+        return runSupervisor();
+      default:
+        throw new InvalidArgumentError(
+          `${sub === undefined ? 'a subcommand is required' : `unknown subcommand "${sub}"`}\nusage: ${usage}`,
+        );
+    }
+  },
+};
+
+function noArgs(args: string[]): void {
+  if (args.length > 0)
+    throw new InvalidArgumentError(`unexpected arguments: ${args.join(' ')}\nusage: ${usage}`);
+}
+
+function one(args: string[], what: string): string {
+  const [value, ...extra] = args;
+  if (value === undefined) throw new InvalidArgumentError(`${what} is required\nusage: ${usage}`);
+  noArgs(extra);
+  return value;
+}
+
+/**
+ * Runs the command after `--` in a lab namespace with the terminal's stdio
+ * (not through `run()`, which captures output), and passes its exit status
+ * through: a signal's death becomes 128 + the signal number, as in a shell.
+ */
+function execIn(target: string, inv: Invocation): Promise<number> {
+  const [cmd = 'sh', ...args] = labExecArgv(target, inv.rest);
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: 'inherit' });
+    const forward = (signal: NodeJS.Signals): void => void child.kill(signal);
+    process.on('SIGINT', forward);
+    process.on('SIGTERM', forward);
+    child.once('error', reject);
+    child.once('exit', (code, signal) => {
+      process.off('SIGINT', forward);
+      process.off('SIGTERM', forward);
+      resolve(code ?? 128 + (signal ? constants.signals[signal] : 0));
+    });
+  });
+}
+
+function printTable(status: LabStatus): void {
+  const pid = (p: number | null): string => (p === null ? '-' : String(p));
+  const rows: string[][] = [
+    ['NAME', 'NAMESPACE', 'ADDRESS', 'STATE', 'PID', 'SHAPED'],
+    [
+      'controller',
+      status.controller.namespace,
+      status.controller.url,
+      status.controller.state,
+      pid(status.controller.pid),
+      '-',
+    ],
+    ['client', status.client.namespace, status.client.address, '-', '-', '-'],
+    ...status.hosts.map((h) => [
+      h.name,
+      h.namespace,
+      h.address,
+      h.state,
+      pid(h.agentPid),
+      h.shapedRate ?? '-',
+    ]),
+  ];
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  for (const row of rows) {
+    process.stdout.write(
+      `${row
+        .map((cell, i) => cell.padEnd(widths[i] ?? 0))
+        .join('  ')
+        .trimEnd()}\n`,
+    );
+  }
+  process.stdout.write(
+    `\ncontroller socket ${status.controller.socket}; token ${status.token}; ` +
+      `supervisor ${status.supervisorPid === null ? 'not running' : `pid ${status.supervisorPid}`}; ` +
+      `logs ${LAB_PATHS.logsDir}\n`,
+  );
+}
