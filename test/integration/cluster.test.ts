@@ -276,7 +276,9 @@ test('events -f streams what happens as it happens', { timeout: 60_000 }, async 
     await sleep(300);
     await ok(['host', 'cordon', t.config.hostName]);
     await ok(['host', 'uncordon', t.config.hostName]);
-    await waitFor('the cordon events', async () => (seen.includes('host.uncordoned') ? true : undefined));
+    await waitFor('the cordon events', () =>
+      Promise.resolve(seen.includes('host.uncordoned') ? true : undefined),
+    );
     const kinds = seen
       .trim()
       .split('\n')
