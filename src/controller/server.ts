@@ -7,6 +7,7 @@
  *   GET    /v1/hosts                              → HostView[]
  *   POST   /v1/hosts                              (registerHostSchema) an agent joins
  *   POST   /v1/hosts/:name/heartbeats             NDJSON stream of heartbeats (one per line)
+ *   POST   /v1/hosts/:name/heartbeat              one heartbeat (heartbeatSchema)
  *   POST   /v1/hosts/:name/cordon | /uncordon
  *   GET    /v1/images                             → RegistryImage[]
  *   PUT    /v1/images[?name=N][&id=sha256:…]       body: the image tar
@@ -112,6 +113,13 @@ async function handle(
     } else {
       const name = decode(hostNameSchema, id);
       if (action === 'heartbeats' && method === 'POST') return heartbeatStream(req, res, controller, name);
+      if (action === 'heartbeat' && method === 'POST') {
+        // One heartbeat per request: for simple clients (and the benchmark's baseline).
+        const beat = decode(heartbeatSchema, await readJsonBody(req));
+        if (!controller.heartbeat(name, beat))
+          throw new HttpError(409, `host "${name}" must register (again) first`);
+        return sendJson(res, 200, { ok: true });
+      }
       if ((action === 'cordon' || action === 'uncordon') && method === 'POST') {
         await readJsonBody(req);
         return sendJson(res, 200, await controller.setCordon(name, action === 'cordon'));

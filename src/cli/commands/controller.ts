@@ -2,6 +2,7 @@ import { chmod, mkdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Server } from 'node:http';
 import { callJson } from '../../core/http-client.js';
+import { CachedStore } from '../../controller/cached-store.js';
 import { Controller } from '../../controller/controller.js';
 import { ImageRegistry } from '../../controller/image-registry.js';
 import { createControllerServer } from '../../controller/server.js';
@@ -33,7 +34,7 @@ export const controllerCommand: Command = {
       typeof inv.values['state-dir'] === 'string' ? inv.values['state-dir'] : '/var/lib/haven/controller';
     await mkdir(stateDir, { recursive: true });
     const failureMs = typeof inv.values['failure-ms'] === 'string' ? Number(inv.values['failure-ms']) : 3000;
-    const store = new SqliteStore(join(stateDir, 'cluster.db'));
+    const store = await CachedStore.over(new SqliteStore(join(stateDir, 'cluster.db')));
     const images = new ImageRegistry(join(stateDir, 'images'));
     const controller = new Controller({
       store,
