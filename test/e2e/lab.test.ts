@@ -108,11 +108,15 @@ async function rootRules(): Promise<string> {
 }
 
 let rulesBefore = '';
+/** Mount points up may create outside the lab's paths: down must leave them as it found them. */
+const MOUNT_POINTS = ['/var/lib/haven', '/run/haven/runc'];
+let mountPointsBefore: boolean[] = [];
 
 before(async () => {
   if (!isRoot) return;
   await labOk(['down']);
   rulesBefore = await rootRules();
+  mountPointsBefore = MOUNT_POINTS.map((p) => existsSync(p));
 });
 
 after(async () => {
@@ -358,6 +362,11 @@ test(
     assert.equal(existsSync('/run/netns/hvlab'), false);
     assert.notEqual((await run(['ip', '-n', 'hvlab', 'link'], { allowFailure: true })).code, 0);
     assert.equal(await rootRules(), rulesBefore, 'the root namespace has the same nft and iptables rules');
+    assert.deepEqual(
+      MOUNT_POINTS.map((p) => existsSync(p)),
+      mountPointsBefore,
+      'the mount points up made are gone',
+    );
     await labOk(['down']);
     assert.deepEqual(JSON.parse(await labOk(['status', '--json'])), { up: false });
     assert.match(await labOk(['status']), /no lab is up/);
