@@ -19,6 +19,7 @@ import { restoreCommand } from './commands/restore.js';
 import { rmCommand } from './commands/rm.js';
 import { runCommand } from './commands/run.js';
 import { stopCommand } from './commands/stop.js';
+import { downCommand, initCommand, upCommand } from './commands/up.js';
 
 const COMMANDS: readonly Command[] = [
   runCommand,
@@ -36,6 +37,9 @@ const COMMANDS: readonly Command[] = [
   agentCommand,
   controllerCommand,
   labCommand,
+  initCommand,
+  upCommand,
+  downCommand,
 ];
 
 function helpText(): string {
