@@ -7,7 +7,7 @@
 // Tiers live in dist/test/<tier>/ after `npm run build`. HAVEN_TEST_TIER=full
 // tells tests to run their long variants (the `npm run test:full` tier).
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, mkdtempSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 
@@ -71,5 +71,6 @@ console.log(
     .toFixed(1)
     .padStart(7)} s  total`,
 );
+rmSync(tapDir, { recursive: true, force: true });
 console.log(`\ntests: ${totals.pass} passed, ${totals.fail} failed, ${totals.skipped} skipped`);
 process.exit(totals.fail > 0 ? 1 : 0);

@@ -23,7 +23,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-runtime_packages=(runc iptables nftables iproute2 busybox-static redis-server redis-tools zstd
+runtime_packages=(runc iptables nftables iproute2 busybox-static iputils-ping redis-server redis-tools zstd
   gcc libc6-dev make xz-utils ca-certificates procps)
 criu_build_packages=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev
   protobuf-c-compiler protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev
