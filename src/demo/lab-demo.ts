@@ -1,0 +1,167 @@
+/**
+ * The demo (README command 1, via scripts/demo.sh): a 3-host lab on this
+ * machine — each host its own network and mount namespace, agent and disk —
+ * with a controller on the embedded store, driven by the `haven` CLI exactly
+ * as a user would. Redis runs in the cluster and a real client in the lab's
+ * `client` namespace loads it, then keeps one connection open while Haven's
+ * own parts fail around it: the agent of Redis's host is SIGKILLed (Redis
+ * never notices; the supervised agent comes back and re-adopts it), the
+ * controller is SIGKILLed (it comes back with the same cluster), and another
+ * host dies (the controller sees it, Redis is untouched).
+ *
+ * It brings the lab down at the end, leaving the machine as it found it.
+ */
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { REPO_ROOT } from '../core/config.js';
+import { run } from '../core/exec.js';
+import { redisImage, REDIS_ARGS } from '../fixtures/images.js';
+import { CLIENT_NETNS, type LabStatus } from '../lab/index.js';
+
+const KEYS = 100_000;
+const HAVEN = join(REPO_ROOT, 'bin', 'haven');
+const say = (text: string): void => void process.stdout.write(`${text}\n`);
+
+/** Runs `haven ARGS`, echoing the command as a user would type it; returns stdout. */
+async function haven(args: string[], options: { echo?: boolean; input?: string } = {}): Promise<string> {
+  if (options.echo !== false) say(`$ haven ${args.join(' ')}`);
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const key of ['HAVEN_CONTROLLER', 'HAVEN_TOKEN', 'HAVEN_STATE_DIR', 'HAVEN_RUNC_ROOT', 'HAVEN_LOCAL'])
+    delete env[key];
+  const result = await run([HAVEN, ...args], {
+    env,
+    timeoutMs: 300_000,
+    ...(options.input !== undefined ? { input: options.input } : {}),
+  });
+  return result.stdout;
+}
+
+async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe().catch(() => undefined);
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+interface Row {
+  name: string;
+  host: string;
+  state: string;
+  ip: string;
+  pid: number;
+}
+
+async function main(): Promise<void> {
+  const ps = async (): Promise<Row[]> => JSON.parse(await haven(['ps', '--json'], { echo: false })) as Row[];
+  const lab = async (): Promise<LabStatus> =>
+    JSON.parse(await haven(['lab', 'status', '--json'], { echo: false })) as LabStatus;
+  const hostState = async (name: string): Promise<string | undefined> =>
+    (
+      JSON.parse(await haven(['host', 'ls', '--json'], { echo: false })) as Array<{
+        name: string;
+        state: string;
+      }>
+    ).find((h) => h.name === name)?.state;
+  try {
+    say('== Haven demo: a 3-host lab, a controller on the embedded store, Redis in the cluster ==');
+    await haven(['lab', 'up', '--hosts', '3']);
+    await until('three hosts', async () => {
+      const states = await Promise.all(['h1', 'h2', 'h3'].map(hostState));
+      return states.every((s) => s === 'up') ? true : undefined;
+    });
+    process.stdout.write(await haven(['host', 'ls']));
+
+    await haven(['image', 'push', await redisImage(), '--name', 'redis']);
+    process.stdout.write(
+      await haven(['run', 'redis', '--image', 'redis', '--memory', '512m', '--', ...REDIS_ARGS]),
+    );
+    process.stdout.write(await haven(['ps']));
+    const redis = (await ps()).find((r) => r.name === 'redis')!;
+    const inClient = (argv: string[], input?: string) =>
+      run(['nsenter', `--net=/run/netns/${CLIENT_NETNS}`, ...argv], input === undefined ? {} : { input });
+    await until('Redis to answer', async () =>
+      (await inClient(['redis-cli', '-h', redis.ip, 'PING'])).stdout.trim() === 'PONG' ? true : undefined,
+    );
+    const commands = Array.from({ length: KEYS }, (_, i) => `SET key:${i} value-${i}`).join('\n');
+    await inClient(['redis-cli', '-h', redis.ip, '--pipe'], `${commands}\n`);
+    say(
+      `client (the lab's client namespace) wrote ${KEYS} keys: DBSIZE = ${(await inClient(['redis-cli', '-h', redis.ip, 'DBSIZE'])).stdout.trim()}`,
+    );
+
+    const session = spawn('nsenter', [
+      `--net=/run/netns/${CLIENT_NETNS}`,
+      process.execPath,
+      join(REPO_ROOT, 'fixtures/clients/resp-session.mjs'),
+      redis.ip,
+      '6379',
+    ]);
+    const replies = createInterface({ input: session.stdout })[Symbol.asyncIterator]();
+    const ask = async (line: string): Promise<string> => {
+      session.stdin.write(`${line}\n`);
+      return String((await replies.next()).value);
+    };
+    say(
+      `client opened one connection: ${String((await replies.next()).value)}; INCR visits -> ${await ask('INCR visits')}`,
+    );
+
+    say(`\n-- an agent crash is not a container crash --`);
+    const agentPid = (await lab()).hosts.find((h) => h.name === redis.host)!.agentPid!;
+    say(`$ kill -9 ${agentPid}   # the agent of ${redis.host}, where Redis runs`);
+    process.kill(agentPid, 'SIGKILL');
+    say(`the same connection, agent dead: INCR visits -> ${await ask('INCR visits')}`);
+    const newAgent = await until('the agent to come back', async () => {
+      const pid = (await lab()).hosts.find((h) => h.name === redis.host)?.agentPid;
+      return pid && pid !== agentPid ? pid : undefined;
+    });
+    const readopted = await until('re-adoption', async () => {
+      const row = (await ps()).find((r) => r.name === 'redis');
+      return row?.state === 'running' && (await hostState(redis.host)) === 'up' ? row : undefined;
+    });
+    say(
+      `the lab's supervisor restarted the agent (pid ${newAgent}); it re-adopted Redis: pid ${readopted.pid} (was ${redis.pid})`,
+    );
+
+    say(`\n-- the controller restarts without losing the cluster --`);
+    const controllerPid = (await lab()).controller.pid!;
+    say(`$ kill -9 ${controllerPid}   # the controller`);
+    process.kill(controllerPid, 'SIGKILL');
+    await until('the controller to come back', async () => {
+      const pid = (await lab()).controller.pid;
+      return pid && pid !== controllerPid && (await ps()).every((r) => r.state === 'running')
+        ? pid
+        : undefined;
+    });
+    process.stdout.write(await haven(['ps']));
+
+    say(`\n-- a host dies --`);
+    const other = ['h1', 'h2', 'h3'].find((h) => h !== redis.host)!;
+    const killedAt = Date.now();
+    await haven(['lab', 'kill-host', other]);
+    await until(`${other} to be seen down`, async () =>
+      (await hostState(other)) === 'down' ? true : undefined,
+    );
+    say(`the controller declared ${other} down ${Date.now() - killedAt} ms after it died`);
+    process.stdout.write(await haven(['host', 'ls']));
+    say(
+      `Redis, elsewhere, did not notice: INCR visits -> ${await ask('INCR visits')}; DBSIZE -> ${await ask('DBSIZE')}`,
+    );
+    session.stdin.end();
+    session.kill();
+    process.stdout.write(await haven(['events']));
+    say(
+      '== done: Redis kept its data and its client connection through an agent crash, a controller crash and a host failure ==',
+    );
+  } finally {
+    await haven(['lab', 'down']).catch((error: unknown) => say(`lab down failed: ${String(error)}`));
+  }
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`demo failed: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exitCode = 1;
+});
