@@ -3,4 +3,4 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/scripts/setup-host.sh"
-exec node "$repo/dist/src/demo/redis-demo.js"
+exec node "$repo/dist/src/demo/lab-demo.js"

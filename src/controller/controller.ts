@@ -140,7 +140,8 @@ export class Controller {
     });
     if (!existing) await this.emit('host.joined', request.name, { address: request.address });
     else if (rebooted) await this.emit('host.rebooted', request.name, { bootId: request.bootId });
-    else if (previous?.state !== 'up') await this.emit('host.up', request.name, {});
+    // After a controller restart every host registers again: known and not seen down, that is no news.
+    else if (previous?.state === 'down') await this.emit('host.up', request.name, {});
     return this.hostView(record);
   }
 
