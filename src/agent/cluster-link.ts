@@ -1,7 +1,7 @@
 /**
  * The agent's side of the cluster: it registers its host with the
  * controller, keeps one heartbeat stream open (a JSON line per beat; the
- * container report only when it changed, and at least every 10th beat), and
+ * a report of its containers every 10th beat, when it changed and every 5th time regardless), and
  * pulls images it lacks from the controller, verifying their hash.
  *
  * The link never takes the host down with it: while the controller is
@@ -20,6 +20,12 @@ import { request } from 'node:http';
 import { CorruptCheckpointError } from '../core/errors.js';
 import { callJson, errorFrom, openRequest, requestOptions, type Endpoint } from '../core/http-client.js';
 import type { ContainerHost } from '../host/container-host.js';
+import type { Protection } from './protection.js';
+
+/** Default heartbeat period: a host's death is noticed within a few of these. */
+export const DEFAULT_HEARTBEAT_MS = 100;
+/** A full report (containers, protection) rides on every this-many heartbeats. */
+const REPORT_EVERY = 10;
 
 /** Options of {@link ClusterLink}. */
 export interface ClusterLinkOptions {
@@ -31,8 +37,10 @@ export interface ClusterLinkOptions {
   labels?: Record<string, string>;
   cpuMillis?: number;
   memoryBytes?: number;
-  /** Milliseconds between heartbeats (default 1000). */
+  /** Milliseconds between heartbeats (default {@link DEFAULT_HEARTBEAT_MS}). */
   heartbeatMs?: number;
+  /** Protection, whose progress goes into the reports. */
+  protection?: Protection;
   log?: (line: string) => void;
 }
 
@@ -129,27 +137,54 @@ export class ClusterLink {
     stream.on('close', () => end('closed'));
     const beat = async (): Promise<void> => {
       if (ended || this.stopped) return;
-      const line: Record<string, unknown> = { seq: this.seq++, bootId: this.bootId };
-      try {
-        const containers = (await this.options.host.list()).map((c) => ({
-          name: c.name,
-          state: c.state,
-          pid: c.pid,
-          ip: c.ip,
-        }));
-        const digest = createHash('sha1').update(JSON.stringify(containers)).digest('hex');
-        if (digest !== this.lastDigest || this.seq % 10 === 0) {
-          line.containers = containers;
-          this.lastDigest = digest;
+      const seq = this.seq++;
+      const line: Record<string, unknown> = { seq, bootId: this.bootId };
+      // Liveness every beat; the report (which reads the host's records) every
+      // REPORT_EVERY beats, sent when it changed and every 5th time regardless.
+      if (seq % REPORT_EVERY === 0) {
+        try {
+          const report = await this.report();
+          const digest = createHash('sha1').update(JSON.stringify(report)).digest('hex');
+          if (digest !== this.lastDigest || seq % (5 * REPORT_EVERY) === 0) {
+            Object.assign(line, report);
+            this.lastDigest = digest;
+          }
+        } catch (error) {
+          this.log(`agent: cannot list containers: ${(error as Error).message}`);
         }
-      } catch (error) {
-        this.log(`agent: cannot list containers: ${(error as Error).message}`);
       }
       if (ended || this.stopped) return;
       stream.write(`${JSON.stringify(line)}\n`);
-      this.timer = setTimeout(() => void beat(), this.options.heartbeatMs ?? 1000);
+      this.timer = setTimeout(() => void beat(), this.options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS);
     };
     void beat();
+  }
+
+  /** What this host reports: its containers and, with protection, its primaries' and replicas' progress. */
+  private async report(): Promise<Record<string, unknown>> {
+    const containers = (await this.options.host.list()).map((c) => ({
+      name: c.name,
+      state: c.state,
+      pid: c.pid,
+      ip: c.ip,
+    }));
+    const protection = this.options.protection;
+    if (!protection) return { containers };
+    return {
+      containers,
+      protection: protection.statuses().map((p) => ({
+        name: p.name,
+        backup: p.backup.host,
+        committedEpoch: p.committedEpoch,
+        committedAt: p.committedAt,
+        sentBytes: p.sentBytes,
+        totalBytes: p.totalBytes,
+        frozenMs: Math.round(p.frozenMs),
+        epochMs: Math.round(p.epochMs),
+        lastError: p.lastError,
+      })),
+      replicas: (await protection.replicas.list()).map((r) => ({ name: r.name, epoch: r.epochs[0] ?? null })),
+    };
   }
 
   /**

@@ -82,3 +82,28 @@ export const restoreRequestSchema = z
 
 /** `POST /v1/containers/:name/stop`. */
 export const stopRequestSchema = z.object({ graceSeconds: z.number().min(0).max(3600).default(10) }).strict();
+
+/** `POST /v1/containers/:name/protect`: replicate to a backup every interval, or stop (`backup: null`). */
+export const protectRequestSchema = z
+  .object({
+    backup: z
+      .object({
+        host: nameSchema,
+        address: z
+          .string()
+          .max(200)
+          .regex(/^http:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http://HOST:PORT'),
+      })
+      .strict()
+      .nullable(),
+    intervalMs: z.number().int().min(100).max(3_600_000).default(1000),
+  })
+  .strict();
+
+/** `POST /v1/replicas/:name/missing`. */
+export const missingChunksSchema = z
+  .object({ hashes: z.array(z.string().regex(/^[0-9a-f]{64}$/)).max(4_000_000) })
+  .strict();
+
+/** `POST /v1/replicas/:name/promote`. */
+export const promoteRequestSchema = z.object({ tcpClose: z.boolean().default(true) }).strict();

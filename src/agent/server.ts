@@ -31,10 +31,15 @@ import {
   sendJson as send,
 } from '../core/http.js';
 import type { ContainerHost } from '../host/container-host.js';
+import { validateEpochManifest } from '../replication/replica-store.js';
+import type { Protection } from './protection.js';
 import {
   checkpointRequestSchema,
   imageIdSchema,
+  missingChunksSchema,
   nameSchema,
+  promoteRequestSchema,
+  protectRequestSchema,
   restoreRequestSchema,
   runRequestSchema,
   stopRequestSchema,
@@ -50,6 +55,8 @@ export interface AgentServerOptions {
    * store, verified by hash. Without it, a run naming a missing image fails.
    */
   pullImage?: (id: string) => Promise<void>;
+  /** Checkpoint protection (primary replicators and backup replicas); without it those routes are 404. */
+  protection?: Protection;
 }
 
 /** Builds the agent's HTTP server (not yet listening). */
@@ -76,6 +83,8 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     createReadStream(tar).pipe(res);
     return;
   }
+  if (parts[0] === 'replicas' && options.protection)
+    return replicaRoute(req, res, options, options.protection, parts, method);
   if (parts[0] !== 'containers') throw new HttpError(404, `no route ${url.pathname}`);
   if (parts.length === 1) {
     if (method === 'GET') return send(res, 200, await host.list());
@@ -93,6 +102,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     if (method === 'GET') return send(res, 200, await host.inspect(name));
     if (method === 'DELETE') {
       await host.remove(name, { force: url.searchParams.get('force') === 'true' });
+      await options.protection?.protect(name, null);
       return send(res, 200, { removed: name });
     }
   } else if (action === 'logs' && method === 'GET') {
@@ -123,6 +133,14 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
         }),
       );
     }
+    if (action === 'protect' && options.protection) {
+      const body = decode(protectRequestSchema, raw);
+      await options.protection.protect(
+        name,
+        body.backup ? { backup: body.backup, intervalMs: body.intervalMs } : null,
+      );
+      return send(res, 200, { name, protected: body.backup !== null });
+    }
     if (action === 'stop') {
       const body = decode(stopRequestSchema, raw);
       return send(res, 200, await host.stop(name, body.graceSeconds * 1000));
@@ -139,4 +157,55 @@ async function ensureImage(options: AgentServerOptions, id: string): Promise<voi
     if (!(error instanceof NotFoundError) || !options.pullImage) throw error;
     await options.pullImage(id);
   }
+}
+
+/** Largest replication request accepted: a manifest of a 1 TiB checkpoint is ~300 MB of hashes; 64 MiB covers 200 GB. */
+const MAX_REPLICATION_JSON = 64 * 1024 * 1024;
+
+/** `/v1/replicas/...`: this host as a backup (receiving epochs) and at failover (promoting one). */
+async function replicaRoute(
+  req: IncomingMessage,
+  res: ServerResponse,
+  options: AgentServerOptions,
+  protection: Protection,
+  parts: string[],
+  method: string,
+): Promise<void> {
+  const [, id, action, ...extra] = parts;
+  if (extra.length > 0) throw new HttpError(404, 'no such replica route');
+  if (!id) {
+    if (method === 'GET') return send(res, 200, await protection.replicas.list());
+    throw new HttpError(405, `${method} not allowed on /v1/replicas`);
+  }
+  const name = decode(nameSchema, id);
+  if (!action && method === 'DELETE') {
+    await protection.replicas.drop(name);
+    return send(res, 200, { dropped: name });
+  }
+  if (!action && method === 'GET')
+    return send(res, 200, { name, epochs: await protection.replicas.epochs(name) });
+  if (method !== 'POST') throw new HttpError(405, `${method} not allowed here`);
+  if (action === 'missing') {
+    const body = decode(missingChunksSchema, await readJsonBody(req, MAX_REPLICATION_JSON));
+    return send(res, 200, { missing: await protection.replicas.missing(body.hashes) });
+  }
+  if (action === 'chunks') {
+    const stored = await protection.replicas.receive(req as AsyncIterable<Buffer>);
+    return send(res, 200, { stored });
+  }
+  if (action === 'epochs') {
+    const manifest = validateEpochManifest(await readJsonBody(req, MAX_REPLICATION_JSON));
+    if (manifest.container !== name) throw new HttpError(400, 'the manifest names another container');
+    // The backup must be able to restore without the network: fetch the image now, not at failover.
+    const image = (manifest.record as { image?: unknown }).image;
+    if (typeof image !== 'string') throw new HttpError(400, 'the manifest record has no image');
+    await ensureImage(options, decode(imageIdSchema, image));
+    await protection.replicas.commit(manifest);
+    return send(res, 200, { name, epoch: manifest.epoch, committed: true });
+  }
+  if (action === 'promote') {
+    const body = decode(promoteRequestSchema, await readJsonBody(req));
+    return send(res, 200, await protection.promote(name, { tcpClose: body.tcpClose }));
+  }
+  throw new HttpError(404, 'no such replica route');
 }

@@ -42,12 +42,32 @@ export const reportedContainerSchema = z.object({
   ip: z.string().max(64),
 });
 
+/** A primary's replication progress for one container. */
+export const protectionReportSchema = z.object({
+  name: nameSchema,
+  backup: nameSchema,
+  committedEpoch: z.number().int().nullable(),
+  committedAt: z.string().max(64).nullable(),
+  sentBytes: z.number().min(0),
+  totalBytes: z.number().min(0),
+  frozenMs: z.number().min(0),
+  epochMs: z.number().min(0),
+  lastError: z.string().max(2000).nullable(),
+});
+
 /** One heartbeat line; `containers` only when they changed since the last line that had them. */
 export const heartbeatSchema = z
   .object({
     seq: z.number().int().min(0),
     bootId: z.string().max(64),
     containers: z.array(reportedContainerSchema).max(10_000).optional(),
+    /** Containers this host protects as primary, and their replication progress. */
+    protection: z.array(protectionReportSchema).max(10_000).optional(),
+    /** Containers this host holds replicas of, with the newest committed epoch. */
+    replicas: z
+      .array(z.object({ name: nameSchema, epoch: z.number().int().nullable() }))
+      .max(10_000)
+      .optional(),
   })
   .strict();
 
@@ -81,3 +101,4 @@ export type ClusterRunRequest = z.infer<typeof clusterRunSchema>;
 export type RegisterHostRequest = z.infer<typeof registerHostSchema>;
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 export type ReportedContainer = z.infer<typeof reportedContainerSchema>;
+export type ProtectionReport = z.infer<typeof protectionReportSchema>;

@@ -63,18 +63,18 @@ export function decode<T>(schema: ZodType<T, ZodTypeDef, unknown>, value: unknow
   return parsed.data;
 }
 
-/** Reads a JSON body of at most {@link MAX_JSON_BODY_BYTES}; an empty body is `{}`. */
-export async function readJsonBody(req: IncomingMessage): Promise<unknown> {
+/** Reads a JSON body of at most `limit` bytes (default {@link MAX_JSON_BODY_BYTES}); an empty body is `{}`. */
+export async function readJsonBody(req: IncomingMessage, limit = MAX_JSON_BODY_BYTES): Promise<unknown> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
     // Past the limit, read on (up to a point) without keeping anything, so the
     // client gets its 413 instead of a connection reset mid-send.
-    if (size > 256 * MAX_JSON_BODY_BYTES) break;
-    if (size <= MAX_JSON_BODY_BYTES) chunks.push(chunk as Buffer);
+    if (size > 256 * limit) break;
+    if (size <= limit) chunks.push(chunk as Buffer);
   }
-  if (size > MAX_JSON_BODY_BYTES) throw new HttpError(413, `request body over ${MAX_JSON_BODY_BYTES} bytes`);
+  if (size > limit) throw new HttpError(413, `request body over ${limit} bytes`);
   if (size === 0) return {};
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;

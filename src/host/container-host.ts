@@ -617,6 +617,17 @@ export class ContainerHost {
     return bytes < bavail * bsize;
   }
 
+  /**
+   * A fresh scratch directory for `bytes` of checkpoint: in the memory
+   * staging area when it fits (a restore then reads its pages from RAM), else
+   * on the state disk. The caller removes it.
+   */
+  async scratchDir(bytes: number): Promise<string> {
+    await mkdir(this.config.stateDir, { recursive: true });
+    const root = (await this.stagingFits(bytes * 2)) ? await this.stagingRoot() : this.config.stateDir;
+    return mkdtemp(join(root, '.scratch-'));
+  }
+
   private machine: Promise<MachineRequirements> | undefined;
 
   /** This machine's CPU features, kernel and CRIU version, read once per process. */
@@ -780,20 +791,7 @@ export class ContainerHost {
       if (reason) throw new FailedPreconditionError(`cannot restore this checkpoint here: ${reason}`);
       const checkpointDir = join(staging, 'checkpoint');
       const manifest = await verifyCheckpoint(checkpointDir);
-      const records = await this.records();
-      const ipOwner = records.find((c) => c.ip === source.ip && c.state === 'running');
-      if (ipOwner) {
-        throw new AlreadyExistsError(
-          `address ${source.ip} is in use by running container "${ipOwner.name}" on this host`,
-        );
-      }
-      for (const v of source.volumes) {
-        const user = records.find((c) => c.volumes.some((w) => w.volume === v.volume));
-        if (user)
-          throw new AlreadyExistsError(
-            `volume "${v.volume}" is already used by container "${user.name}" on this host`,
-          );
-      }
+      await this.assertFreeFor(source);
       const imageTar = join(staging, 'image.tar');
       if (!existsSync(imageTar) || (await sha256File(imageTar)) !== header.imageSha256) {
         throw new CorruptCheckpointError(`archive "${file}": its image (image.tar) is missing or corrupted`);
@@ -818,6 +816,67 @@ export class ContainerHost {
       throw error;
     } finally {
       await rm(staging, { recursive: true, force: true });
+    }
+  }
+
+  /** Refuses a container whose address or volumes are already in use on this host. */
+  private async assertFreeFor(source: ContainerRecord): Promise<void> {
+    const records = await this.records();
+    const ipOwner = records.find((c) => c.ip === source.ip && c.state === 'running');
+    if (ipOwner) {
+      throw new AlreadyExistsError(
+        `address ${source.ip} is in use by running container "${ipOwner.name}" on this host`,
+      );
+    }
+    for (const v of source.volumes) {
+      const user = records.find((c) => c.volumes.some((w) => w.volume === v.volume));
+      if (user)
+        throw new AlreadyExistsError(
+          `volume "${v.volume}" is already used by container "${user.name}" on this host`,
+        );
+    }
+  }
+
+  /**
+   * Takes over a container from a checkpoint made on another host (a replica
+   * at failover): checks the record and the checkpoint, that its address and
+   * volumes are free here and its image is in this host's store, then
+   * restores it. A failure leaves no container behind; `checkpointDir` is
+   * left to the caller.
+   */
+  async adoptCheckpoint(
+    recordSource: unknown,
+    checkpointDir: string,
+    options: { tcpClose?: boolean } = {},
+  ): Promise<RestoreReport & { name: string }> {
+    const started = performance.now();
+    const source = validateImportedRecord(recordSource);
+    const name = source.name;
+    if (existsSync(this.dir(name))) {
+      throw new AlreadyExistsError(`container "${name}" already exists on this host`);
+    }
+    const manifest = await verifyCheckpoint(checkpointDir);
+    const reason = incompatibility(manifest.origin, await this.thisMachine());
+    if (reason) throw new FailedPreconditionError(`cannot restore this checkpoint here: ${reason}`);
+    await this.assertFreeFor(source);
+    const image = await this.images.get(source.image);
+    let record: ContainerRecord | undefined;
+    try {
+      await mkdir(join(this.dir(name), 'upper'), { recursive: true });
+      record = {
+        ...source,
+        host: this.config.hostName,
+        image: image.id,
+        state: 'checkpointed',
+        checkpoints: [],
+      };
+      delete record.exported;
+      await this.save(record);
+      const report = await this.restoreFrom(record, checkpointDir, manifest.id, options.tcpClose ?? false);
+      return { ...report, name, wallMs: performance.now() - started };
+    } catch (error) {
+      if (record) await this.remove(record.name, { force: true }).catch(() => undefined);
+      throw error;
     }
   }
 

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { InvalidArgumentError } from '../../core/errors.js';
 import { ClusterLink } from '../../agent/cluster-link.js';
+import { Protection } from '../../agent/protection.js';
 import { createAgentServer } from '../../agent/server.js';
 import type { Command } from '../command.js';
 
@@ -59,6 +60,7 @@ export const agentCommand: Command = {
     const listen = parseListen(listenText);
     const token = readToken(inv.values['token-file']);
     const host = inv.host();
+    const protection = new Protection(host, token);
     let link: ClusterLink | undefined;
     if (typeof inv.values.controller === 'string') {
       const labels = Object.fromEntries(
@@ -76,6 +78,7 @@ export const agentCommand: Command = {
         controller: inv.values.controller,
         token,
         advertise: typeof inv.values.advertise === 'string' ? inv.values.advertise : `http://${listenText}`,
+        protection,
         labels,
         ...(cpuMillis ? { cpuMillis } : {}),
         ...(memoryBytes ? { memoryBytes } : {}),
@@ -85,6 +88,7 @@ export const agentCommand: Command = {
     const server = createAgentServer({
       host,
       token,
+      protection,
       ...(link ? { pullImage: (id: string) => link.pullImage(id) } : {}),
     });
     await new Promise<void>((resolve, reject) => {
@@ -93,9 +97,11 @@ export const agentCommand: Command = {
     });
     process.stdout.write(`haven agent for host ${host.config.hostName} listening on ${listenText}\n`);
     await link?.start();
+    await protection.resume();
     await new Promise<void>((resolve) => {
       const stop = (): void => {
         link?.stop();
+        void protection.stopAll();
         server.close(() => resolve());
         server.closeAllConnections();
       };

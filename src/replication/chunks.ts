@@ -1,0 +1,309 @@
+/**
+ * Content-addressed chunks: the one transfer format for replication (and,
+ * later, migration). A checkpoint directory becomes an {@link EpochManifest}:
+ * its regular files cut into fixed 256 KiB chunks named by SHA-256 (all-zero
+ * chunks are not stored or sent at all), and its directories, symlinks and
+ * devices (overlay whiteouts) carried in a small skeleton tar that is itself
+ * chunked. A receiver that already holds a chunk — from an earlier epoch, or
+ * another file — never receives it again; every chunk is hashed on arrival.
+ *
+ * Fixed boundaries suit CRIU's page images: pages are written in address
+ * order, so a page changed in place changes one chunk, and growth appends.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync } from 'node:fs';
+import {
+  chmod,
+  chown,
+  lstat,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
+import { dirname, join, relative } from 'node:path';
+import { run } from '../core/exec.js';
+import { CorruptCheckpointError, InvalidArgumentError } from '../core/errors.js';
+
+/** Chunk size: small enough that a changed page costs little, large enough that hashes stay few. */
+export const CHUNK_BYTES = 256 * 1024;
+/** Stands for an all-zero chunk in a manifest: nothing stored, nothing sent. */
+export const ZERO_CHUNK = 'zero';
+/** Version of the manifest format; receivers refuse others. Room for a signature is kept in `auth`. */
+export const EPOCH_MANIFEST_VERSION = 1;
+
+const ZERO = Buffer.alloc(CHUNK_BYTES);
+const HASH = /^[0-9a-f]{64}$/;
+
+/** A regular file as chunks. */
+export interface ChunkedFile {
+  path: string;
+  size: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  chunks: string[];
+}
+
+/** One epoch of a protected container, as the primary sends it and the backup keeps it. */
+export interface EpochManifest {
+  version: number;
+  container: string;
+  /** Monotonic per container (milliseconds since the epoch of the primary's clock). */
+  epoch: number;
+  checkpointId: string;
+  createdAt: string;
+  /** The container's record (spec, address, volumes, image), for a restore elsewhere. */
+  record: unknown;
+  /** The skeleton tar (directories, symlinks, devices) as chunks, with its size. */
+  skeleton: { size: number; chunks: string[] };
+  files: ChunkedFile[];
+  /** Reserved for a signature over the manifest (a later issue). */
+  auth?: unknown;
+}
+
+/** Every distinct chunk hash a manifest refers to (zero chunks excluded). */
+export function chunkHashes(manifest: Pick<EpochManifest, 'files' | 'skeleton'>): string[] {
+  const all = new Set<string>();
+  for (const h of manifest.skeleton.chunks) if (h !== ZERO_CHUNK) all.add(h);
+  for (const f of manifest.files) for (const h of f.chunks) if (h !== ZERO_CHUNK) all.add(h);
+  return [...all];
+}
+
+/**
+ * Cuts a checkpoint directory into chunks. Returns the manifest's file part
+ * and a reader that yields a chunk's bytes by hash (from the source files),
+ * so only chunks the receiver lacks are ever read twice.
+ */
+export async function chunkDirectory(dir: string): Promise<{
+  files: ChunkedFile[];
+  skeleton: { size: number; chunks: string[] };
+  read: (hash: string) => Promise<Buffer>;
+}> {
+  const files: ChunkedFile[] = [];
+  const others: string[] = [];
+  const where = new Map<string, { file: string; offset: number; length: number }>();
+  const walk = async (current: string): Promise<void> => {
+    for (const entry of (await readdir(current, { withFileTypes: true })).sort((a, b) =>
+      a.name < b.name ? -1 : 1,
+    )) {
+      const full = join(current, entry.name);
+      const path = relative(dir, full);
+      if (entry.isFile()) {
+        const info = await lstat(full);
+        const chunks = await hashChunks(full, info.size, (hash, offset, length) => {
+          if (!where.has(hash)) where.set(hash, { file: full, offset, length });
+        });
+        files.push({ path, size: info.size, mode: info.mode & 0o7777, uid: info.uid, gid: info.gid, chunks });
+      } else {
+        others.push(path);
+        if (entry.isDirectory()) await walk(full);
+      }
+    }
+  };
+  await walk(dir);
+  // Directories, symlinks and devices travel in a tar without their contents' files.
+  const skeletonFile = join(dirname(dir), `.skeleton-${process.pid}-${Date.now()}.tar`);
+  await writeFile(
+    `${skeletonFile}.list`,
+    others.map((p) => `./${p}`).join('\n') + (others.length ? '\n' : ''),
+  );
+  await run([
+    'tar',
+    '--no-recursion',
+    '--numeric-owner',
+    '-C',
+    dir,
+    '-cf',
+    skeletonFile,
+    '-T',
+    `${skeletonFile}.list`,
+  ]);
+  const skeletonBytes = await readFile(skeletonFile);
+  await rm(skeletonFile, { force: true });
+  await rm(`${skeletonFile}.list`, { force: true });
+  const skeletonChunks: string[] = [];
+  const skeletonData = new Map<string, Buffer>();
+  for (let offset = 0; offset < skeletonBytes.length; offset += CHUNK_BYTES) {
+    const part = skeletonBytes.subarray(offset, offset + CHUNK_BYTES);
+    const hash = sha256(part);
+    skeletonChunks.push(hash);
+    skeletonData.set(hash, Buffer.from(part));
+  }
+  const read = async (hash: string): Promise<Buffer> => {
+    const fromSkeleton = skeletonData.get(hash);
+    if (fromSkeleton) return fromSkeleton;
+    const at = where.get(hash);
+    if (!at) throw new InvalidArgumentError(`no chunk ${hash} in this epoch`);
+    const handle = await open(at.file, 'r');
+    try {
+      const buffer = Buffer.alloc(at.length);
+      await handle.read(buffer, 0, at.length, at.offset);
+      if (sha256(buffer) !== hash)
+        throw new CorruptCheckpointError(`${at.file} changed while it was being sent`);
+      return buffer;
+    } finally {
+      await handle.close();
+    }
+  };
+  return { files, skeleton: { size: skeletonBytes.length, chunks: skeletonChunks }, read };
+}
+
+async function hashChunks(
+  file: string,
+  size: number,
+  seen: (hash: string, offset: number, length: number) => void,
+): Promise<string[]> {
+  const chunks: string[] = [];
+  let offset = 0;
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  const flush = (part: Buffer): void => {
+    const hash = part.length === CHUNK_BYTES && part.equals(ZERO) ? ZERO_CHUNK : sha256(part);
+    if (hash !== ZERO_CHUNK) seen(hash, offset, part.length);
+    chunks.push(hash);
+    offset += part.length;
+  };
+  for await (const data of createReadStream(file, { highWaterMark: 4 * CHUNK_BYTES })) {
+    let buffer = data as Buffer;
+    if (pendingBytes > 0) {
+      buffer = Buffer.concat([...pending, buffer]);
+      pending = [];
+      pendingBytes = 0;
+    }
+    let at = 0;
+    while (buffer.length - at >= CHUNK_BYTES) {
+      flush(buffer.subarray(at, at + CHUNK_BYTES));
+      at += CHUNK_BYTES;
+    }
+    if (at < buffer.length) {
+      pending = [buffer.subarray(at)];
+      pendingBytes = buffer.length - at;
+    }
+  }
+  if (pendingBytes > 0) flush(Buffer.concat(pending));
+  if (offset !== size) throw new CorruptCheckpointError(`${file} changed size while it was being chunked`);
+  return chunks;
+}
+
+/** SHA-256 of a buffer, hex. */
+export function sha256(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+/** Chunks on a receiver's disk, one file per hash; every write is verified first. */
+export class ChunkStore {
+  constructor(readonly dir: string) {}
+
+  private path(hash: string): string {
+    if (!HASH.test(hash)) throw new InvalidArgumentError(`invalid chunk hash "${hash.slice(0, 80)}"`);
+    return join(this.dir, hash.slice(0, 2), hash);
+  }
+
+  /** True if the chunk is here. */
+  has(hash: string): boolean {
+    return existsSync(this.path(hash));
+  }
+
+  /** Marks a chunk as recently used (see {@link ChunkStore.prune}). */
+  async touch(hash: string, at: Date): Promise<void> {
+    await utimes(this.path(hash), at, at).catch(() => undefined);
+  }
+
+  /** Stores a chunk after checking that its bytes hash to `hash` (atomic by rename). */
+  async put(hash: string, data: Buffer): Promise<void> {
+    if (sha256(data) !== hash)
+      throw new CorruptCheckpointError(`chunk ${hash.slice(0, 12)}… arrived damaged: refused`);
+    const path = this.path(hash);
+    if (existsSync(path)) return;
+    await mkdir(dirname(path), { recursive: true });
+    const temp = `${path}.tmp-${process.pid}`;
+    await writeFile(temp, data);
+    await rename(temp, path);
+  }
+
+  /** A chunk's bytes, checked against its hash: a chunk damaged on disk is reported, never used. */
+  async get(hash: string): Promise<Buffer> {
+    const data = await readFile(this.path(hash)).catch(() => {
+      throw new CorruptCheckpointError(`chunk ${hash.slice(0, 12)}… is missing`);
+    });
+    if (sha256(data) !== hash)
+      throw new CorruptCheckpointError(`chunk ${hash.slice(0, 12)}… is damaged on disk`);
+    return data;
+  }
+
+  /**
+   * Removes every chunk not in `keep` — except recent ones, which may belong
+   * to an epoch still arriving (chunks are sent before their manifest).
+   */
+  async prune(keep: ReadonlySet<string>, graceMs = 120_000): Promise<number> {
+    if (!existsSync(this.dir)) return 0;
+    let removed = 0;
+    const cutoff = Date.now() - graceMs;
+    for (const prefix of await readdir(this.dir)) {
+      for (const name of await readdir(join(this.dir, prefix))) {
+        if (keep.has(name)) continue;
+        const info = await lstat(join(this.dir, prefix, name)).catch(() => undefined);
+        if (info && info.mtimeMs < cutoff) {
+          await rm(join(this.dir, prefix, name), { force: true });
+          removed++;
+        }
+      }
+    }
+    return removed;
+  }
+}
+
+/**
+ * Rebuilds a checkpoint directory from a manifest and a chunk store. Every
+ * chunk is verified as it is read; a missing or damaged one fails the whole
+ * assembly (the caller falls back to an older epoch).
+ */
+export async function assembleDirectory(
+  manifest: EpochManifest,
+  store: ChunkStore,
+  target: string,
+): Promise<void> {
+  await mkdir(target, { recursive: true });
+  const skeleton = join(dirname(target), `.skeleton-${process.pid}-${Date.now()}.tar`);
+  const handle = await open(skeleton, 'w');
+  try {
+    for (const hash of manifest.skeleton.chunks) await handle.write(await store.get(hash));
+  } finally {
+    await handle.close();
+  }
+  try {
+    await run(['tar', '--numeric-owner', '-xpf', skeleton, '-C', target]);
+  } finally {
+    await rm(skeleton, { force: true });
+  }
+  for (const file of manifest.files) {
+    if (file.path.split('/').includes('..') || file.path.startsWith('/')) {
+      throw new CorruptCheckpointError(`epoch ${manifest.epoch}: unsafe path ${file.path}`);
+    }
+    const full = join(target, file.path);
+    await mkdir(dirname(full), { recursive: true });
+    const out = await open(full, 'w');
+    try {
+      let position = 0;
+      for (const hash of file.chunks) {
+        if (hash === ZERO_CHUNK) {
+          position += Math.min(CHUNK_BYTES, file.size - position);
+          continue;
+        }
+        const data = await store.get(hash);
+        await out.write(data, 0, data.length, position);
+        position += data.length;
+      }
+      await out.truncate(file.size);
+    } finally {
+      await out.close();
+    }
+    await chown(full, file.uid, file.gid);
+    await chmod(full, file.mode);
+  }
+}

@@ -1,0 +1,211 @@
+/**
+ * The backup's side of checkpoint replication: the chunks it holds and the
+ * epochs it has committed, per container, under `<state>/replicas/`.
+ *
+ * An epoch is committed when its manifest is on disk and every chunk it names
+ * is in the chunk store (each was verified on arrival); only then is it
+ * acknowledged. Older epochs are pruned only after a newer one committed, and
+ * the newest two are kept, so a damaged newest epoch still leaves one to
+ * restore. Nothing a failed transfer or a full disk does can remove the last
+ * committed epoch: chunks are written before, and pruned after, a commit.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  CorruptCheckpointError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+} from '../core/errors.js';
+import { validateName } from '../core/names.js';
+import {
+  ChunkStore,
+  chunkHashes,
+  EPOCH_MANIFEST_VERSION,
+  ZERO_CHUNK,
+  CHUNK_BYTES,
+  type EpochManifest,
+} from './chunks.js';
+
+/** Committed epochs kept per container. */
+export const EPOCHS_KEPT = 2;
+
+/** What a backup holds of one container. */
+export interface ReplicaSummary {
+  name: string;
+  /** Committed epochs, newest first. */
+  epochs: number[];
+}
+
+const HASH = /^[0-9a-f]{64}$/;
+
+/** Checks the shape of a manifest received from a primary. */
+export function validateEpochManifest(value: unknown): EpochManifest {
+  const m = value as Partial<EpochManifest> | null;
+  const chunkList = (x: unknown): x is string[] =>
+    Array.isArray(x) && x.every((h) => typeof h === 'string' && (h === ZERO_CHUNK || HASH.test(h)));
+  if (
+    !m ||
+    typeof m !== 'object' ||
+    m.version !== EPOCH_MANIFEST_VERSION ||
+    typeof m.container !== 'string' ||
+    typeof m.epoch !== 'number' ||
+    !Number.isSafeInteger(m.epoch) ||
+    m.epoch <= 0 ||
+    typeof m.checkpointId !== 'string' ||
+    !/^ck-[0-9a-z-]{1,60}$/.test(m.checkpointId) ||
+    typeof m.record !== 'object' ||
+    !m.skeleton ||
+    !chunkList(m.skeleton.chunks) ||
+    !Array.isArray(m.files)
+  ) {
+    throw new InvalidArgumentError('malformed epoch manifest');
+  }
+  validateName(m.container, 'container');
+  for (const f of m.files) {
+    if (
+      typeof f.path !== 'string' ||
+      f.path.startsWith('/') ||
+      f.path.split('/').includes('..') ||
+      !Number.isSafeInteger(f.size) ||
+      f.size < 0 ||
+      !chunkList(f.chunks) ||
+      f.chunks.length !== Math.ceil(f.size / CHUNK_BYTES)
+    ) {
+      throw new InvalidArgumentError(`malformed epoch manifest entry ${String(f.path).slice(0, 100)}`);
+    }
+  }
+  return m as EpochManifest;
+}
+
+/** Replicas held by this host. */
+export class ReplicaStore {
+  readonly chunks: ChunkStore;
+
+  constructor(private readonly dir: string) {
+    this.chunks = new ChunkStore(join(dir, 'chunks'));
+  }
+
+  private epochsDir(name: string): string {
+    return join(this.dir, 'containers', validateName(name, 'container'), 'epochs');
+  }
+
+  /**
+   * The hashes among `hashes` this host does not hold. Those it holds are
+   * touched, so a prune during the transfer cannot take them from the epoch
+   * about to be committed.
+   */
+  async missing(hashes: readonly string[]): Promise<string[]> {
+    const lacking: string[] = [];
+    const now = new Date();
+    for (const h of hashes) {
+      if (this.chunks.has(h)) await this.chunks.touch(h, now);
+      else lacking.push(h);
+    }
+    return lacking;
+  }
+
+  /**
+   * Stores chunks from a framed stream — repeated `[u32 length][32-byte hash][bytes]` —
+   * verifying each. Returns how many arrived.
+   */
+  async receive(stream: AsyncIterable<Buffer>): Promise<number> {
+    let pending: Buffer = Buffer.alloc(0);
+    let count = 0;
+    for await (const data of stream) {
+      pending = pending.length ? Buffer.concat([pending, data]) : data;
+      for (;;) {
+        if (pending.length < 36) break;
+        const length = pending.readUInt32BE(0);
+        if (length > CHUNK_BYTES)
+          throw new InvalidArgumentError(`chunk frame of ${length} bytes is over ${CHUNK_BYTES}`);
+        if (pending.length < 36 + length) break;
+        const hash = pending.subarray(4, 36).toString('hex');
+        await this.chunks.put(hash, Buffer.from(pending.subarray(36, 36 + length)));
+        pending = pending.subarray(36 + length);
+        count++;
+      }
+    }
+    if (pending.length > 0)
+      throw new CorruptCheckpointError('the chunk stream ended in the middle of a chunk');
+    return count;
+  }
+
+  /**
+   * Commits an epoch: every chunk must be here. The manifest is written
+   * atomically and synced before the acknowledgement; then older epochs
+   * beyond {@link EPOCHS_KEPT} and unreferenced chunks are pruned.
+   */
+  async commit(manifest: EpochManifest): Promise<void> {
+    const lacking = chunkHashes(manifest).filter((h) => !this.chunks.has(h));
+    if (lacking.length > 0) {
+      throw new FailedPreconditionError(
+        `epoch ${manifest.epoch} of "${manifest.container}" lacks ${lacking.length} chunks`,
+      );
+    }
+    const dir = this.epochsDir(manifest.container);
+    await mkdir(dir, { recursive: true });
+    const file = join(dir, `${manifest.epoch}.json`);
+    const temp = `${file}.tmp`;
+    const handle = await open(temp, 'w');
+    try {
+      await handle.writeFile(JSON.stringify(manifest));
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temp, file);
+    const epochs = await this.epochs(manifest.container);
+    for (const old of epochs.slice(EPOCHS_KEPT)) await rm(join(dir, `${old}.json`), { force: true });
+    await this.pruneChunks();
+  }
+
+  /** Committed epochs of a container, newest first. */
+  async epochs(name: string): Promise<number[]> {
+    const dir = this.epochsDir(name);
+    if (!existsSync(dir)) return [];
+    return (await readdir(dir))
+      .filter((f) => /^\d+\.json$/.test(f))
+      .map((f) => Number(f.slice(0, -5)))
+      .sort((a, b) => b - a);
+  }
+
+  /** One committed epoch's manifest. */
+  async manifest(name: string, epoch: number): Promise<EpochManifest> {
+    const file = join(this.epochsDir(name), `${epoch}.json`);
+    if (!existsSync(file)) throw new NotFoundError(`no committed epoch ${epoch} of "${name}" here`);
+    try {
+      return validateEpochManifest(JSON.parse(await readFile(file, 'utf8')));
+    } catch (error) {
+      throw new CorruptCheckpointError(
+        `epoch ${epoch} of "${name}" is unreadable: ${(error as Error).message}`,
+      );
+    }
+  }
+
+  /** Every container this host holds a replica of. */
+  async list(): Promise<ReplicaSummary[]> {
+    const root = join(this.dir, 'containers');
+    if (!existsSync(root)) return [];
+    const names = (await readdir(root)).sort();
+    return Promise.all(names.map(async (name) => ({ name, epochs: await this.epochs(name) })));
+  }
+
+  /** Forgets a container's replica (its chunks go with the next prune). */
+  async drop(name: string): Promise<void> {
+    await rm(join(this.dir, 'containers', validateName(name, 'container')), { recursive: true, force: true });
+    await this.pruneChunks();
+  }
+
+  private async pruneChunks(): Promise<void> {
+    const keep = new Set<string>();
+    for (const replica of await this.list()) {
+      for (const epoch of replica.epochs) {
+        const manifest = await this.manifest(replica.name, epoch).catch(() => undefined);
+        if (manifest) for (const h of chunkHashes(manifest)) keep.add(h);
+      }
+    }
+    await this.chunks.prune(keep);
+  }
+}

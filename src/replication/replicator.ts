@@ -1,0 +1,158 @@
+/**
+ * The primary's side of checkpoint replication (`--ha checkpoint`): every
+ * interval, a leave-running checkpoint of the container is cut into chunks,
+ * the backup is asked which it lacks, only those travel (in one framed
+ * stream), and the epoch's manifest is committed on the backup, which
+ * acknowledges once it holds all of it on disk.
+ *
+ * A failed epoch (backup down, disk full, transfer cut) changes nothing on
+ * the backup — its last committed epoch stays — and the next interval tries
+ * again. The controller is not on this path: it learns of commits from the
+ * agent's heartbeat reports.
+ */
+import { Readable } from 'node:stream';
+import { callJson, errorFrom, openRequest } from '../core/http-client.js';
+import type { ContainerHost } from '../host/container-host.js';
+import { chunkDirectory, chunkHashes, EPOCH_MANIFEST_VERSION, type EpochManifest } from './chunks.js';
+
+/** Where and how often a container is protected. */
+export interface ProtectionSpec {
+  backup: { host: string; address: string };
+  intervalMs: number;
+}
+
+/** What the primary reports about a protected container. */
+export interface ProtectionStatus extends ProtectionSpec {
+  name: string;
+  /** Newest epoch the backup acknowledged. */
+  committedEpoch: number | null;
+  committedAt: string | null;
+  /** Of the newest committed epoch: bytes that travelled, total checkpoint bytes, milliseconds frozen, milliseconds end to end. */
+  sentBytes: number;
+  totalBytes: number;
+  frozenMs: number;
+  epochMs: number;
+  epochsCommitted: number;
+  lastError: string | null;
+}
+
+/** Replicates one container to its backup until stopped. */
+export class Replicator {
+  private stopped = false;
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  readonly status: ProtectionStatus;
+
+  constructor(
+    private readonly host: ContainerHost,
+    readonly name: string,
+    readonly spec: ProtectionSpec,
+    private readonly token: string,
+    private readonly log: (line: string) => void,
+  ) {
+    this.status = {
+      name,
+      ...spec,
+      committedEpoch: null,
+      committedAt: null,
+      sentBytes: 0,
+      totalBytes: 0,
+      frozenMs: 0,
+      epochMs: 0,
+      epochsCommitted: 0,
+      lastError: null,
+    };
+  }
+
+  /** Starts the epoch loop (the first epoch at once). */
+  start(): void {
+    this.schedule(0);
+  }
+
+  /** Stops after the epoch in flight, if any. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.running;
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => {
+      const started = Date.now();
+      this.running = this.epoch()
+        .then(
+          () => {
+            this.status.lastError = null;
+          },
+          (error: unknown) => {
+            const message = error instanceof Error ? error.message : String(error);
+            if (message !== this.status.lastError) this.log(`replication of ${this.name}: ${message}`);
+            this.status.lastError = message;
+          },
+        )
+        .finally(() => this.schedule(Math.max(0, this.spec.intervalMs - (Date.now() - started))));
+    }, delayMs);
+  }
+
+  /** One epoch: checkpoint, chunk, send what the backup lacks, commit. */
+  async epoch(): Promise<void> {
+    const started = performance.now();
+    const view = await this.host.inspect(this.name);
+    if (view.state !== 'running') throw new Error(`not running (${view.state}): no epoch`);
+    const report = await this.host.checkpoint(this.name, { leaveRunning: true, keep: 2 });
+    if (!report.dir) throw new Error('the checkpoint was not kept locally');
+    const record = await this.host.record(this.name);
+    const chunked = await chunkDirectory(report.dir);
+    const manifest: EpochManifest = {
+      version: EPOCH_MANIFEST_VERSION,
+      container: this.name,
+      epoch: Date.now(),
+      checkpointId: report.id,
+      createdAt: new Date().toISOString(),
+      record,
+      skeleton: chunked.skeleton,
+      files: chunked.files,
+    };
+    const base = `/v1/replicas/${encodeURIComponent(this.name)}`;
+    const backup = this.spec.backup.address;
+    const { missing } = await callJson<{ missing: string[] }>(backup, `${base}/missing`, this.token, {
+      body: { hashes: chunkHashes(manifest) },
+      timeoutMs: 30_000,
+    });
+    let sent = 0;
+    if (missing.length > 0) {
+      const read = chunked.read;
+      const frames = Readable.from(
+        (async function* () {
+          for (const hash of missing) {
+            const data = await read(hash);
+            const header = Buffer.alloc(36);
+            header.writeUInt32BE(data.length, 0);
+            Buffer.from(hash, 'hex').copy(header, 4);
+            sent += data.length;
+            yield Buffer.concat([header, data]);
+          }
+        })(),
+      );
+      const res = await openRequest(backup, `${base}/chunks`, this.token, {
+        method: 'POST',
+        payload: frames,
+        headers: { 'content-type': 'application/octet-stream' },
+        timeoutMs: 120_000,
+      });
+      if ((res.statusCode ?? 500) >= 300) throw await errorFrom(res);
+      res.resume();
+    }
+    await callJson(backup, `${base}/epochs`, this.token, { body: manifest, timeoutMs: 120_000 });
+    Object.assign(this.status, {
+      committedEpoch: manifest.epoch,
+      committedAt: manifest.createdAt,
+      sentBytes: sent,
+      totalBytes: manifest.files.reduce((s, f) => s + f.size, 0),
+      frozenMs: report.frozenMs,
+      epochMs: performance.now() - started,
+      epochsCommitted: this.status.epochsCommitted + 1,
+    });
+  }
+}
