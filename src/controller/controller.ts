@@ -15,8 +15,20 @@ import { AlreadyExistsError, FailedPreconditionError, HavenError, NotFoundError 
 import type { ContainerView } from '../host/container-host.js';
 import type { ImageRegistry } from './image-registry.js';
 import { place, type ClusterSnapshot, type PlacementRequest } from './placement.js';
-import type { ClusterRunRequest, Heartbeat, RegisterHostRequest, ReportedContainer } from './schemas.js';
+import type {
+  ClusterRunRequest,
+  Heartbeat,
+  ProtectionReport,
+  RegisterHostRequest,
+  ReportedContainer,
+} from './schemas.js';
 import type { ClusterStore, ContainerIntent, HostRecord, StoredEvent } from './store.js';
+
+/**
+ * A host silent this long is down: ten of the agents' default 100 ms
+ * heartbeats, with room for a busy 2-core machine (CRIU dumps, GC pauses).
+ */
+export const DEFAULT_FAILURE_MS = 1000;
 
 /** How the controller calls an agent; replaced by fakes in unit tests and benchmarks. */
 export type AgentCaller = <T>(
@@ -30,7 +42,7 @@ export interface ControllerOptions {
   store: ClusterStore;
   images: ImageRegistry;
   callAgent: AgentCaller;
-  /** A host missing heartbeats this long is down (default 3000 ms). */
+  /** A host missing heartbeats this long is down (default {@link DEFAULT_FAILURE_MS}). */
   failureAfterMs?: number;
   /** Container addresses come from `<a>.<b>.1.1` up (default prefix 10.88, /16). */
   subnet?: { a: number; b: number; prefix: number };
@@ -60,6 +72,7 @@ export interface ClusterContainerView {
   image: string;
   pid: number;
   generation: number;
+  protection: ProtectionView;
 }
 
 interface Liveness {
@@ -67,6 +80,27 @@ interface Liveness {
   state: HostState;
   bootId: string;
   containers: Map<string, ReportedContainer>;
+  /** As primary: replication progress per protected container. */
+  protection: Map<string, ProtectionReport>;
+  /** As backup: newest committed epoch per container it holds. */
+  replicas: Map<string, number | null>;
+}
+
+/** Protection of a container as the API shows it. */
+export interface ProtectionView {
+  mode: 'none' | 'restart' | 'checkpoint';
+  intervalMs: number;
+  backup: string | null;
+  /** Newest epoch the backup acknowledged, and its age in milliseconds. */
+  committedEpoch: number | null;
+  committedAgeMs: number | null;
+  /** Data a failover now would lose at most: the age of the last commit plus one interval. */
+  rpoMs: number | null;
+  sentBytes: number | null;
+  totalBytes: number | null;
+  frozenMs: number | null;
+  epochMs: number | null;
+  lastError: string | null;
 }
 
 /** The controller's logic, independent of HTTP. */
@@ -82,7 +116,7 @@ export class Controller {
   private readonly starting = new Set<string>();
 
   constructor(private readonly options: ControllerOptions) {
-    this.failureAfterMs = options.failureAfterMs ?? 3000;
+    this.failureAfterMs = options.failureAfterMs ?? DEFAULT_FAILURE_MS;
     this.now = options.now ?? Date.now;
     this.subnet = options.subnet ?? { a: 10, b: 88, prefix: 16 };
     this.events.setMaxListeners(0);
@@ -92,7 +126,7 @@ export class Controller {
   start(): void {
     this.monitor ??= setInterval(
       () => void this.checkLiveness().catch(() => undefined),
-      Math.max(50, this.failureAfterMs / 4),
+      Math.max(25, Math.min(100, this.failureAfterMs / 4)),
     );
     this.monitor.unref();
   }
@@ -137,6 +171,8 @@ export class Controller {
       containers: rebooted
         ? new Map<string, ReportedContainer>()
         : (previous?.containers ?? new Map<string, ReportedContainer>()),
+      protection: rebooted ? new Map() : (previous?.protection ?? new Map()),
+      replicas: rebooted ? new Map() : (previous?.replicas ?? new Map()),
     });
     if (!existing) await this.emit('host.joined', request.name, { address: request.address });
     else if (rebooted) await this.emit('host.rebooted', request.name, { bootId: request.bootId });
@@ -156,7 +192,10 @@ export class Controller {
     live.lastSeen = this.now();
     if (beat.containers) {
       live.containers = new Map(beat.containers.map((c) => [c.name, c]));
+      this.fenceStaleCopies(hostName, beat.containers);
     }
+    if (beat.protection) live.protection = new Map(beat.protection.map((p) => [p.name, p]));
+    if (beat.replicas) live.replicas = new Map(beat.replicas.map((r) => [r.name, r.epoch]));
     if (live.state !== 'up') {
       live.state = 'up';
       void this.emit('host.up', hostName, {}).catch(() => undefined);
@@ -172,8 +211,171 @@ export class Controller {
         live.state = 'down';
         const lost = [...live.containers.keys()];
         await this.emit('host.down', name, { silentMs: now - live.lastSeen, containers: lost });
+        this.onHostDown(name, now - live.lastSeen);
       }
     }
+  }
+
+  // ------------------------------------------------------------ protection
+
+  /** Failovers in flight, by container: one at a time each. */
+  private readonly failingOver = new Map<string, Promise<void>>();
+
+  /** Waits for every failover in flight (tests, shutdown). */
+  async settled(): Promise<void> {
+    while (this.failingOver.size > 0) await Promise.all(this.failingOver.values());
+  }
+
+  /** A host died: its protected primaries fail over; primaries whose backup it was get a new one. */
+  private onHostDown(hostName: string, silentMs: number): void {
+    void (async () => {
+      for (const intent of await this.options.store.listContainers()) {
+        if (intent.desired !== 'running' || this.failingOver.has(intent.name)) continue;
+        const mode = haOf(intent);
+        let work: Promise<void> | undefined;
+        if (intent.host === hostName && mode !== 'none') work = this.failover(intent, hostName, silentMs);
+        else if (intent.spec.backup === hostName && mode === 'checkpoint') work = this.reprotect(intent.name);
+        if (!work) continue;
+        const tracked = work
+          .catch(async (error: unknown) => {
+            await this.emit('container.failover-failed', intent.name, {
+              from: hostName,
+              error: error instanceof Error ? error.message : String(error),
+            });
+          })
+          .finally(() => this.failingOver.delete(intent.name));
+        this.failingOver.set(intent.name, tracked);
+      }
+    })().catch(() => undefined);
+  }
+
+  /**
+   * Brings a container whose host died back elsewhere: from its backup's
+   * newest intact epoch (`checkpoint`), or fresh on another host (`restart`).
+   * The intent moves to the new host with a new generation; then a new backup
+   * is chosen and protection resumes by itself.
+   */
+  private async failover(intent: ContainerIntent, from: string, detectMs: number): Promise<void> {
+    const started = this.now();
+    const mode = haOf(intent);
+    let to: string;
+    let detail: Record<string, unknown>;
+    if (mode === 'checkpoint') {
+      const backupName = typeof intent.spec.backup === 'string' ? intent.spec.backup : undefined;
+      const backup = backupName ? await this.options.store.getHost(backupName) : undefined;
+      if (!backup || this.liveness.get(backup.name)?.state !== 'up') {
+        throw new FailedPreconditionError(`its backup host ${backupName ?? '(none)'} is not up`);
+      }
+      const report = await this.options.callAgent<{
+        epoch: number;
+        skipped: unknown[];
+        assembleMs: number;
+        restoreMs: number;
+        view: ContainerView;
+      }>(backup, `/v1/replicas/${encodeURIComponent(intent.name)}/promote`, {
+        method: 'POST',
+        body: { tcpClose: true },
+      });
+      to = backup.name;
+      this.noteReported(to, {
+        name: intent.name,
+        state: report.view.state,
+        pid: report.view.pid,
+        ip: report.view.ip,
+      });
+      detail = {
+        epoch: report.epoch,
+        skipped: report.skipped,
+        assembleMs: Math.round(report.assembleMs),
+        restoreMs: Math.round(report.restoreMs),
+      };
+    } else {
+      const snapshot = await this.snapshot();
+      const decision = place(snapshot, { ...placementOf(intent), excludeHosts: [from] });
+      if (!decision.ok)
+        throw new FailedPreconditionError(`no host can take it: ${JSON.stringify(decision.reasons)}`);
+      const host = (await this.options.store.getHost(decision.host))!;
+      const view = await this.options.callAgent<ContainerView>(host, '/v1/containers', {
+        method: 'POST',
+        body: agentRunBody(intent),
+      });
+      to = host.name;
+      this.noteReported(to, { name: intent.name, state: view.state, pid: view.pid, ip: view.ip });
+      detail = { fresh: true };
+    }
+    const moved = await this.options.store.updateContainer(intent.name, intent.generation, {
+      host: to,
+      spec: { ...intent.spec, backup: null },
+    });
+    await this.emit('container.failed-over', intent.name, {
+      from,
+      to,
+      mode,
+      detectMs: Math.round(detectMs),
+      failoverMs: this.now() - started,
+      ...detail,
+    });
+    if (moved && mode === 'checkpoint') await this.reprotect(intent.name);
+  }
+
+  /** Chooses a (new) backup for a checkpoint-protected container and tells its primary. */
+  private async reprotect(name: string): Promise<void> {
+    const intent = await this.intent(name);
+    if (!intent.host) return;
+    const snapshot = await this.snapshot();
+    const decision = place(
+      { ...snapshot, containers: snapshot.containers.filter((c) => c.name !== backupSlot(name)) },
+      { ...placementOf(intent), name: backupSlot(name), excludeHosts: [intent.host] },
+    );
+    const backup = decision.ok ? decision.host : null;
+    const updated = await this.options.store.updateContainer(name, intent.generation, {
+      spec: { ...intent.spec, backup },
+    });
+    if (!updated) return;
+    await this.orderProtection(updated);
+    await this.emit(backup ? 'container.protected' : 'container.unprotected', name, {
+      primary: intent.host,
+      backup,
+      ...(decision.ok ? {} : { why: decision.reasons }),
+    });
+  }
+
+  /** Tells a primary's agent where (and how often) to replicate, or to stop. */
+  private async orderProtection(intent: ContainerIntent): Promise<void> {
+    const primary = intent.host ? await this.options.store.getHost(intent.host) : undefined;
+    if (!primary) return;
+    const backup =
+      typeof intent.spec.backup === 'string'
+        ? await this.options.store.getHost(intent.spec.backup)
+        : undefined;
+    await this.options.callAgent(primary, `/v1/containers/${encodeURIComponent(intent.name)}/protect`, {
+      method: 'POST',
+      body: {
+        backup: backup ? { host: backup.name, address: backup.address } : null,
+        intervalMs: numberOf(intent.spec.intervalMs, 1000),
+      },
+    });
+  }
+
+  /**
+   * A host reports a container the cluster has placed elsewhere: a copy left
+   * behind by a failover (its host was cut off, not dead). It must not serve
+   * beside the new primary: the controller orders it removed.
+   */
+  private fenceStaleCopies(hostName: string, reported: readonly ReportedContainer[]): void {
+    void (async () => {
+      for (const c of reported) {
+        const intent = await this.options.store.getContainer(c.name);
+        if (!intent || !intent.host || intent.host === hostName || this.failingOver.has(c.name)) continue;
+        const host = await this.options.store.getHost(hostName);
+        if (!host) continue;
+        await this.options.callAgent(host, `/v1/containers/${encodeURIComponent(c.name)}?force=true`, {
+          method: 'DELETE',
+        });
+        this.liveness.get(hostName)?.containers.delete(c.name);
+        await this.emit('container.fenced', c.name, { host: hostName, primary: intent.host });
+      }
+    })().catch(() => undefined);
   }
 
   /** Every registered host with its liveness. */
@@ -226,7 +428,18 @@ export class Controller {
           cpuMillis: numberOf(c.spec.cpuMillis, 0),
           memoryBytes: numberOf(c.spec.memoryBytes, 0),
           apart: stringsOf(c.spec.apart),
-        })),
+        }))
+        .concat(
+          intents
+            .filter((c) => typeof c.spec.backup === 'string')
+            .map((c) => ({
+              name: backupSlot(c.name),
+              host: c.spec.backup as string,
+              cpuMillis: numberOf(c.spec.cpuMillis, 0),
+              memoryBytes: numberOf(c.spec.memoryBytes, 0),
+              apart: [],
+            })),
+        ),
     };
   }
 
@@ -263,8 +476,41 @@ export class Controller {
         `no host can run "${request.name}": ${why || 'the cluster has no hosts'}`,
       );
     }
+    // Admission control: a checkpoint-protected container needs a backup host
+    // with room for it, other than its primary, before it is admitted.
+    let backup: string | null = null;
+    if (request.ha === 'checkpoint') {
+      const withPrimary: ClusterSnapshot = {
+        ...snapshot,
+        containers: [
+          ...snapshot.containers,
+          {
+            name: request.name,
+            host: decision.host,
+            cpuMillis: request.cpuMillis,
+            memoryBytes: request.memoryBytes ?? 0,
+            apart: request.apart ?? [],
+          },
+        ],
+      };
+      const backupDecision = place(withPrimary, {
+        ...placementRequest,
+        name: backupSlot(request.name),
+        host: undefined,
+        excludeHosts: [decision.host],
+      } as PlacementRequest);
+      if (!backupDecision.ok) {
+        const why = Object.entries(backupDecision.reasons)
+          .map(([h, r]) => `${h}: ${r}`)
+          .join('; ');
+        throw new FailedPreconditionError(
+          `no room to protect "${request.name}": no backup host besides ${decision.host} (${why || 'one host only'})`,
+        );
+      }
+      backup = backupDecision.host;
+    }
     const ip = request.ip ?? (await this.allocateIp());
-    const spec = { ...request, image: image.id, ip };
+    const spec = { ...request, image: image.id, ip, backup };
     const created = await store.createContainer({
       name: request.name,
       spec,
@@ -278,18 +524,14 @@ export class Controller {
     try {
       const view = await this.options.callAgent<ContainerView>(host, '/v1/containers', {
         method: 'POST',
-        body: {
-          name: request.name,
-          image: image.id,
-          args: request.args,
-          env: request.env,
-          volumes: request.volumes,
-          ip,
-          ...(request.memoryBytes ? { memoryBytes: request.memoryBytes } : {}),
-        },
+        body: agentRunBody((await store.getContainer(request.name))!),
       });
       this.noteReported(decision.host, { name: view.name, state: view.state, pid: view.pid, ip: view.ip });
       await this.emit('container.started', request.name, { host: decision.host, pid: view.pid });
+      if (backup) {
+        await this.orderProtection((await store.getContainer(request.name))!);
+        await this.emit('container.protected', request.name, { primary: decision.host, backup });
+      }
     } catch (error) {
       const current = await store.getContainer(request.name);
       if (current) await store.deleteContainer(request.name, current.generation);
@@ -356,6 +598,27 @@ export class Controller {
       image: typeof intent.spec.image === 'string' ? intent.spec.image : '',
       pid: reported?.pid ?? 0,
       generation: intent.generation,
+      protection: this.protectionView(intent, live?.protection.get(intent.name)),
+    };
+  }
+
+  private protectionView(intent: ContainerIntent, report: ProtectionReport | undefined): ProtectionView {
+    const mode = haOf(intent);
+    const intervalMs = numberOf(intent.spec.intervalMs, 1000);
+    const committedAt = report?.committedAt ? Date.parse(report.committedAt) : NaN;
+    const age = Number.isFinite(committedAt) ? Math.max(0, this.now() - committedAt) : null;
+    return {
+      mode,
+      intervalMs,
+      backup: typeof intent.spec.backup === 'string' ? intent.spec.backup : null,
+      committedEpoch: report?.committedEpoch ?? null,
+      committedAgeMs: age,
+      rpoMs: age === null ? null : age + intervalMs,
+      sentBytes: report?.sentBytes ?? null,
+      totalBytes: report?.totalBytes ?? null,
+      frozenMs: report?.frozenMs ?? null,
+      epochMs: report?.epochMs ?? null,
+      lastError: report?.lastError ?? null,
     };
   }
 
@@ -428,6 +691,15 @@ export class Controller {
         `host "${intent.host ?? '?'}" of "${name}" is down: use --force to forget it`,
       );
     }
+    const backup =
+      typeof intent.spec.backup === 'string'
+        ? await this.options.store.getHost(intent.spec.backup)
+        : undefined;
+    if (backup && this.liveness.get(backup.name)?.state === 'up') {
+      await this.options
+        .callAgent(backup, `/v1/replicas/${encodeURIComponent(name)}`, { method: 'DELETE' })
+        .catch(() => undefined);
+    }
     await this.options.store.deleteContainer(name, intent.generation);
     await this.emit('container.removed', name, { host: intent.host ?? null });
   }
@@ -449,4 +721,45 @@ function numberOf(value: unknown, fallback: number): number {
 
 function stringsOf(value: unknown): string[] {
   return Array.isArray(value) ? value.filter((v): v is string => typeof v === 'string') : [];
+}
+
+/** A container's protection mode. */
+function haOf(intent: ContainerIntent): ProtectionView['mode'] {
+  const ha = intent.spec.ha;
+  return ha === 'restart' || ha === 'checkpoint' ? ha : 'none';
+}
+
+/**
+ * The name under which a container's backup reserves room on its backup
+ * host: failover capacity is held, as vSphere HA's admission control holds it.
+ */
+function backupSlot(name: string): string {
+  return `${name}~backup`;
+}
+
+/** The placement request a stored intent stands for. */
+function placementOf(intent: ContainerIntent): PlacementRequest {
+  const labels = intent.spec.requireHostLabels;
+  return {
+    name: intent.name,
+    cpuMillis: numberOf(intent.spec.cpuMillis, 0),
+    memoryBytes: numberOf(intent.spec.memoryBytes, 0),
+    ...(labels && typeof labels === 'object' ? { requireHostLabels: labels as Record<string, string> } : {}),
+    ...(Array.isArray(intent.spec.with) ? { with: stringsOf(intent.spec.with) } : {}),
+    apart: stringsOf(intent.spec.apart),
+  };
+}
+
+/** The agent's run request for a stored intent (same image, address, volumes). */
+function agentRunBody(intent: ContainerIntent): Record<string, unknown> {
+  const spec = intent.spec;
+  return {
+    name: intent.name,
+    image: spec.image,
+    args: spec.args,
+    env: spec.env ?? [],
+    volumes: spec.volumes ?? [],
+    ip: spec.ip,
+    ...(typeof spec.memoryBytes === 'number' ? { memoryBytes: spec.memoryBytes } : {}),
+  };
 }

@@ -85,6 +85,9 @@ export const clusterRunSchema = runRequestSchema
     requireHostLabels: labelsSchema.optional(),
     with: z.array(nameSchema).max(64).optional(),
     apart: z.array(nameSchema).max(64).optional(),
+    /** Protection: none; restart fresh elsewhere; or checkpoint to a backup every `intervalMs`. */
+    ha: z.enum(['none', 'restart', 'checkpoint']).default('none'),
+    intervalMs: z.number().int().min(100).max(3_600_000).default(1000),
   })
   .strict();
 

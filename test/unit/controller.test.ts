@@ -94,6 +94,8 @@ function request(name: string, extra: Partial<ClusterRunRequest> = {}): ClusterR
     volumes: [],
     cpuMillis: 500,
     memoryBytes: 2 ** 30,
+    ha: 'none',
+    intervalMs: 1000,
     ...extra,
   };
 }

@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import type { Server } from 'node:http';
 import { callJson } from '../../core/http-client.js';
 import { CachedStore } from '../../controller/cached-store.js';
-import { Controller } from '../../controller/controller.js';
+import { Controller, DEFAULT_FAILURE_MS } from '../../controller/controller.js';
 import { ImageRegistry } from '../../controller/image-registry.js';
 import { createControllerServer } from '../../controller/server.js';
 import { SqliteStore } from '../../controller/sqlite-store.js';
@@ -33,13 +33,14 @@ export const controllerCommand: Command = {
     const stateDir =
       typeof inv.values['state-dir'] === 'string' ? inv.values['state-dir'] : '/var/lib/haven/controller';
     await mkdir(stateDir, { recursive: true });
-    const failureMs = typeof inv.values['failure-ms'] === 'string' ? Number(inv.values['failure-ms']) : 3000;
+    const failureMs =
+      typeof inv.values['failure-ms'] === 'string' ? Number(inv.values['failure-ms']) : DEFAULT_FAILURE_MS;
     const store = await CachedStore.over(new SqliteStore(join(stateDir, 'cluster.db')));
     const images = new ImageRegistry(join(stateDir, 'images'));
     const controller = new Controller({
       store,
       images,
-      failureAfterMs: Number.isFinite(failureMs) && failureMs >= 100 ? failureMs : 3000,
+      failureAfterMs: Number.isFinite(failureMs) && failureMs >= 100 ? failureMs : DEFAULT_FAILURE_MS,
       callAgent: (host, path, options = {}) =>
         callJson(host.address, path, token, { ...options, timeoutMs: 600_000 }),
     });

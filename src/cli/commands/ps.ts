@@ -1,4 +1,4 @@
-import type { ClusterContainerView } from '../../controller/controller.js';
+import type { ClusterContainerView, ProtectionView } from '../../controller/controller.js';
 import { printJson, printTable, type Command } from '../command.js';
 
 /** `haven ps`: list containers. */
@@ -14,8 +14,16 @@ export const psCommand: Command = {
       if (inv.values.json) printJson(placed);
       else
         printTable([
-          ['NAME', 'STATE', 'HOST', 'IP', 'PID', 'DESIRED'],
-          ...placed.map((c) => [c.name, c.state, c.host ?? '-', c.ip, String(c.pid || '-'), c.desired]),
+          ['NAME', 'STATE', 'HOST', 'IP', 'PID', 'DESIRED', 'PROTECTION'],
+          ...placed.map((c) => [
+            c.name,
+            c.state,
+            c.host ?? '-',
+            c.ip,
+            String(c.pid || '-'),
+            c.desired,
+            protectionText(c.protection),
+          ]),
         ]);
       return 0;
     }
@@ -31,3 +39,11 @@ export const psCommand: Command = {
     return 0;
   },
 };
+
+/** `checkpoint -> h2, epoch 0.4s old` — one cell of `ps`. */
+function protectionText(p: ProtectionView): string {
+  if (p.mode !== 'checkpoint') return p.mode;
+  const age =
+    p.committedAgeMs === null ? 'no epoch yet' : `epoch ${(p.committedAgeMs / 1000).toFixed(1)}s old`;
+  return `checkpoint -> ${p.backup ?? 'no backup'}, ${age}`;
+}

@@ -6,7 +6,16 @@ import { printJson, requireName, type Command } from '../command.js';
 
 const usage =
   'haven run NAME --image IMG [--volume V:/path]... [--ip ADDR/PREFIX] [--memory 512m] [--env K=V]...\n' +
-  '          [--host H] [--cpu MILLIS] [--label-require K=V]... [--with NAME]... [--apart NAME]... [--json] -- CMD ARGS...';
+  '          [--host H] [--cpu MILLIS] [--label-require K=V]... [--with NAME]... [--apart NAME]...\n' +
+  '          [--ha none|restart|checkpoint [--interval 1s]] [--json] -- CMD ARGS...';
+
+/** `500ms`, `1s`, `1.5s`, `2m` → milliseconds. */
+export function parseDuration(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m)$/.exec(text);
+  if (!match) throw new InvalidArgumentError(`invalid duration "${text}": e.g. 500ms, 1s, 2m`);
+  const value = Number(match[1]) * (match[2] === 'ms' ? 1 : match[2] === 's' ? 1000 : 60_000);
+  return Math.round(value);
+}
 
 /** `haven run`: create and start a container. */
 export const runCommand: Command = {
@@ -25,6 +34,8 @@ export const runCommand: Command = {
     'label-require': { type: 'string', multiple: true },
     with: { type: 'string', multiple: true },
     apart: { type: 'string', multiple: true },
+    ha: { type: 'string' },
+    interval: { type: 'string' },
   },
   async run(inv) {
     const name = requireName(inv, usage);
@@ -63,6 +74,10 @@ export const runCommand: Command = {
           ...(Object.keys(labels).length > 0 ? { requireHostLabels: labels } : {}),
           ...(inv.values.with ? { with: inv.values.with } : {}),
           ...(inv.values.apart ? { apart: inv.values.apart } : {}),
+          ...(typeof inv.values.ha === 'string' ? { ha: inv.values.ha } : {}),
+          ...(typeof inv.values.interval === 'string'
+            ? { intervalMs: parseDuration(inv.values.interval) }
+            : {}),
         },
       });
       if (inv.values.json) printJson(placed);
@@ -72,7 +87,7 @@ export const runCommand: Command = {
         );
       return 0;
     }
-    for (const flag of ['host', 'cpu', 'label-require', 'with', 'apart']) {
+    for (const flag of ['host', 'cpu', 'label-require', 'with', 'apart', 'ha', 'interval']) {
       if (inv.values[flag] !== undefined)
         throw new InvalidArgumentError(`--${flag} needs a cluster (none is running)`);
     }
