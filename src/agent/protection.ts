@@ -19,6 +19,8 @@ import { Replicator, type ProtectionSpec, type ProtectionStatus } from '../repli
 export interface PromotionReport {
   view: ContainerView;
   epoch: number;
+  /** When that epoch's checkpoint began: what a client had acknowledged before it is restored. */
+  takenAt: string;
   /** Newer epochs that could not be used, and why. */
   skipped: Array<{ epoch: number; error: string }>;
   /** Milliseconds: assembling the epoch from chunks, the restore, and the whole. */
@@ -120,6 +122,7 @@ export class Protection {
         return {
           view: await this.host.inspect(name),
           epoch,
+          takenAt: manifest.takenAt,
           skipped,
           assembleMs,
           restoreMs,

@@ -268,6 +268,7 @@ export class Controller {
       }
       const report = await this.options.callAgent<{
         epoch: number;
+        takenAt: string;
         skipped: unknown[];
         assembleMs: number;
         restoreMs: number;
@@ -285,6 +286,7 @@ export class Controller {
       });
       detail = {
         epoch: report.epoch,
+        takenAt: report.takenAt,
         skipped: report.skipped,
         assembleMs: Math.round(report.assembleMs),
         restoreMs: Math.round(report.restoreMs),

@@ -362,6 +362,10 @@ export async function labKillHost(name: string): Promise<void> {
     // First lab.json, then the kill: the supervisor must not restart what we kill.
     await notifySupervisor(writeLabSpec(spec));
   }
+  // The links go down before anything is killed, as when a machine loses power:
+  // processes killed while still connected would close their sockets and send
+  // resets, a courtesy a dead host never pays its clients.
+  await setLinks([bridgeLink(name), ...(await containerLinks(name))], 'down').catch(() => undefined);
   const left = await destroyHost(name);
   if (left.length > 0) {
     throw new HavenError(`host ${name} is killed but some of it remains: ${left.join('; ')}`, 'internal');

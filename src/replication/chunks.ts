@@ -56,6 +56,8 @@ export interface EpochManifest {
   /** Monotonic per container (milliseconds since the epoch of the primary's clock). */
   epoch: number;
   checkpointId: string;
+  /** When the checkpoint began (before the freeze): every write acknowledged before this is in the epoch. */
+  takenAt: string;
   createdAt: string;
   /** The container's record (spec, address, volumes, image), for a restore elsewhere. */
   record: unknown;

@@ -54,6 +54,7 @@ export function validateEpochManifest(value: unknown): EpochManifest {
     !Number.isSafeInteger(m.epoch) ||
     m.epoch <= 0 ||
     typeof m.checkpointId !== 'string' ||
+    typeof m.takenAt !== 'string' ||
     !/^ck-[0-9a-z-]{1,60}$/.test(m.checkpointId) ||
     typeof m.record !== 'object' ||
     !m.skeleton ||

@@ -100,6 +100,7 @@ export class Replicator {
     const started = performance.now();
     const view = await this.host.inspect(this.name);
     if (view.state !== 'running') throw new Error(`not running (${view.state}): no epoch`);
+    const takenAt = new Date().toISOString();
     const report = await this.host.checkpoint(this.name, { leaveRunning: true, keep: 2 });
     if (!report.dir) throw new Error('the checkpoint was not kept locally');
     const record = await this.host.record(this.name);
@@ -109,6 +110,7 @@ export class Replicator {
       container: this.name,
       epoch: Date.now(),
       checkpointId: report.id,
+      takenAt,
       createdAt: new Date().toISOString(),
       record,
       skeleton: chunked.skeleton,
