@@ -171,8 +171,8 @@ export class Controller {
       containers: rebooted
         ? new Map<string, ReportedContainer>()
         : (previous?.containers ?? new Map<string, ReportedContainer>()),
-      protection: rebooted ? new Map() : (previous?.protection ?? new Map()),
-      replicas: rebooted ? new Map() : (previous?.replicas ?? new Map()),
+      protection: (!rebooted && previous?.protection) || new Map<string, ProtectionReport>(),
+      replicas: (!rebooted && previous?.replicas) || new Map<string, number | null>(),
     });
     if (!existing) await this.emit('host.joined', request.name, { address: request.address });
     else if (rebooted) await this.emit('host.rebooted', request.name, { bootId: request.bootId });
@@ -500,7 +500,7 @@ export class Controller {
         name: backupSlot(request.name),
         host: undefined,
         excludeHosts: [decision.host],
-      } as PlacementRequest);
+      });
       if (!backupDecision.ok) {
         const why = Object.entries(backupDecision.reasons)
           .map(([h, r]) => `${h}: ${r}`)
