@@ -41,6 +41,8 @@ export interface ClusterLinkOptions {
   heartbeatMs?: number;
   /** Protection, whose progress goes into the reports. */
   protection?: Protection;
+  /** Called with the containers the controller says this host may run, after each report. */
+  onPrimaries?: (names: readonly string[]) => void;
   log?: (line: string) => void;
 }
 
@@ -53,6 +55,8 @@ export class ClusterLink {
   private lastDigest = '';
   private bootId = '';
   private backoffMs = 200;
+  /** When the controller last acknowledged a heartbeat (ms since the epoch; 0: never). */
+  lastAckAt = 0;
 
   constructor(private readonly options: ClusterLinkOptions) {}
 
@@ -127,11 +131,35 @@ export class ClusterLink {
       this.retry();
     };
     stream.on('response', (res) => {
-      // The controller answers only to end the stream (e.g. 409: register again).
-      void errorFrom(res).then(
-        (e) => end(e.message),
-        () => end('closed'),
-      );
+      if (res.statusCode !== 200) {
+        // Refused at once (e.g. 409: register again).
+        void errorFrom(res).then(
+          (e) => end(e.message),
+          () => end('closed'),
+        );
+        return;
+      }
+      // One acknowledgement line per heartbeat; an error line ends the stream.
+      res.setEncoding('utf8');
+      let pending = '';
+      res.on('data', (chunk: string) => {
+        pending += chunk;
+        let newline: number;
+        while ((newline = pending.indexOf('\n')) >= 0) {
+          const line = pending.slice(0, newline);
+          pending = pending.slice(newline + 1);
+          try {
+            const ack = JSON.parse(line) as { ack?: number; primaries?: string[]; error?: string };
+            if (ack.error) return end(ack.error);
+            this.lastAckAt = Date.now();
+            if (ack.primaries) this.options.onPrimaries?.(ack.primaries);
+          } catch {
+            return end('malformed acknowledgement');
+          }
+        }
+      });
+      res.on('end', () => end('the controller ended the stream'));
+      res.on('error', () => end('closed'));
     });
     stream.on('error', (error) => end(error.message));
     stream.on('close', () => end('closed'));

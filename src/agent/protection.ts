@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CorruptCheckpointError, HavenError, NotFoundError } from '../core/errors.js';
+import { callJson } from '../core/http-client.js';
 import type { ContainerHost, ContainerView } from '../host/container-host.js';
 import { assembleDirectory, type EpochManifest } from '../replication/chunks.js';
 import { ReplicaStore } from '../replication/replica-store.js';
@@ -29,10 +30,22 @@ export interface PromotionReport {
   totalMs: number;
 }
 
+/**
+ * A host that has heard nothing from the controller for this long, and
+ * reaches none of its backups either, freezes its protected primaries: it may
+ * be the one cut off, and the controller fails a host over only after
+ * 1 s of silence (the controller's default `--failure-ms`), so the old copy stops first.
+ */
+export const LEASE_MS = 500;
+
 /** Protection on one host. */
 export class Protection {
   readonly replicas: ReplicaStore;
   private readonly replicators = new Map<string, Replicator>();
+  /** Primaries this host froze because it lost its lease. */
+  private readonly fenced = new Set<string>();
+  private fenceTimer: NodeJS.Timeout | undefined;
+  private fencing = false;
 
   constructor(
     private readonly host: ContainerHost,
@@ -82,8 +95,65 @@ export class Protection {
     return [...this.replicators.values()].map((r) => ({ ...r.status }));
   }
 
+  /**
+   * Watches the lease: `lastAckAt` is when the controller last acknowledged a
+   * heartbeat. Checked every 100 ms.
+   */
+  startFencing(lastAckAt: () => number): void {
+    this.fenceTimer ??= setInterval(() => {
+      if (this.fencing) return;
+      this.fencing = true;
+      void this.checkLease(lastAckAt()).finally(() => (this.fencing = false));
+    }, 100);
+    this.fenceTimer.unref();
+  }
+
+  private async checkLease(lastAckAt: number): Promise<void> {
+    if (lastAckAt === 0 || Date.now() - lastAckAt <= LEASE_MS) return;
+    const primaries = [...this.replicators.values()].filter((r) => !this.fenced.has(r.name));
+    if (primaries.length === 0) return;
+    // Cut off from the controller only (its link, or it is down)? Then a peer answers:
+    // the controller cannot fail this host over without a peer agreeing it is gone.
+    const peers = [...new Set(primaries.map((r) => r.spec.backup.address))];
+    const reachable = await Promise.all(
+      peers.map((address) =>
+        callJson(address, '/v1/health', this.token, { timeoutMs: 150 }).then(
+          () => true,
+          () => false,
+        ),
+      ),
+    );
+    if (reachable.some(Boolean)) return;
+    for (const r of primaries) {
+      try {
+        await this.host.pause(r.name);
+        this.fenced.add(r.name);
+        this.log(`fencing: no controller for ${Date.now() - lastAckAt} ms and no peer: froze ${r.name}`);
+      } catch (error) {
+        this.log(`fencing: cannot freeze ${r.name}: ${(error as Error).message}`);
+      }
+    }
+  }
+
+  /**
+   * The controller, reachable again, says which containers this host may run:
+   * fenced ones it still places here are thawed; the others stay frozen until
+   * the controller removes them (they were failed over elsewhere).
+   */
+  async onPrimaries(names: readonly string[]): Promise<void> {
+    for (const name of [...this.fenced]) {
+      if (!names.includes(name)) continue;
+      await this.host
+        .resume(name)
+        .catch((error: unknown) => this.log(`fencing: cannot thaw ${name}: ${String(error)}`));
+      this.fenced.delete(name);
+      this.log(`fencing: the controller still places ${name} here: thawed`);
+    }
+  }
+
   /** Stops every replicator (agent shutdown; protection resumes on restart). */
   async stopAll(): Promise<void> {
+    if (this.fenceTimer) clearInterval(this.fenceTimer);
     await Promise.all([...this.replicators.values()].map((r) => r.stop()));
   }
 

@@ -100,6 +100,16 @@ export const protectRequestSchema = z
   })
   .strict();
 
+/** `POST /v1/probe`: can this host reach another agent? (indirect probing, as in SWIM). */
+export const probeRequestSchema = z
+  .object({
+    address: z
+      .string()
+      .max(200)
+      .regex(/^http:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http://HOST:PORT'),
+  })
+  .strict();
+
 /** `POST /v1/replicas/:name/missing`. */
 export const missingChunksSchema = z
   .object({ hashes: z.array(z.string().regex(/^[0-9a-f]{64}$/)).max(4_000_000) })

@@ -30,6 +30,7 @@ import {
   sendError,
   sendJson as send,
 } from '../core/http.js';
+import { callJson } from '../core/http-client.js';
 import type { ContainerHost } from '../host/container-host.js';
 import { validateEpochManifest } from '../replication/replica-store.js';
 import type { Protection } from './protection.js';
@@ -38,6 +39,7 @@ import {
   imageIdSchema,
   missingChunksSchema,
   nameSchema,
+  probeRequestSchema,
   promoteRequestSchema,
   protectRequestSchema,
   restoreRequestSchema,
@@ -75,6 +77,16 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     send(res, 200, { ok: true, host: host.config.hostName });
     return;
   }
+  if (parts.length === 1 && parts[0] === 'probe' && method === 'POST') {
+    // Asked by the controller before it fails a silent host over: do *we* still hear it?
+    const { address } = decode(probeRequestSchema, await readJsonBody(req));
+    const started = performance.now();
+    const reachable = await callJson(address, '/v1/health', options.token, { timeoutMs: 200 }).then(
+      () => true,
+      () => false,
+    );
+    return send(res, 200, { reachable, ms: Math.round(performance.now() - started) });
+  }
   if (parts[0] === 'images' && parts.length === 2 && method === 'GET') {
     // Peers and the controller fetch images from here: the exact bytes the ID hashes.
     const image = await host.images.get(decode(imageIdSchema, parts[1]));
@@ -101,8 +113,9 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
   if (action === undefined) {
     if (method === 'GET') return send(res, 200, await host.inspect(name));
     if (method === 'DELETE') {
-      await host.remove(name, { force: url.searchParams.get('force') === 'true' });
+      // Replication stops first: an epoch in flight must not read files being removed.
       await options.protection?.protect(name, null);
+      await host.remove(name, { force: url.searchParams.get('force') === 'true' });
       return send(res, 200, { removed: name });
     }
   } else if (action === 'logs' && method === 'GET') {

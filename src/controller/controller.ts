@@ -203,6 +203,11 @@ export class Controller {
     return true;
   }
 
+  /** Containers the cluster has placed on `hostName`: what it may run (the rest it must not). */
+  async primariesOf(hostName: string): Promise<string[]> {
+    return (await this.options.store.listContainers()).filter((c) => c.host === hostName).map((c) => c.name);
+  }
+
   /** Marks hosts whose heartbeats stopped as down; emits one event per transition. */
   async checkLiveness(): Promise<void> {
     const now = this.now();
@@ -212,7 +217,10 @@ export class Controller {
         const lost = [...live.containers.keys()];
         await this.emit('host.down', name, { silentMs: now - live.lastSeen, containers: lost });
         this.onHostDown(name, now - live.lastSeen);
-      }
+      } else if (live.state === 'down' && (this.suspects.get(name) ?? Infinity) < now - 1000) {
+        this.suspects.set(name, now);
+        this.onHostDown(name, now - live.lastSeen);
+      } else if (live.state === 'up') this.suspects.delete(name);
     }
   }
 
@@ -226,9 +234,50 @@ export class Controller {
     while (this.failingOver.size > 0) await Promise.all(this.failingOver.values());
   }
 
+  /** Silent hosts that peers still reach: not failed over; looked at again each second. */
+  private readonly suspects = new Map<string, number>();
+
+  /**
+   * Indirect probing (as in SWIM): asks up to two other live agents whether
+   * they reach `hostName`. A host silent only to the controller (its own link
+   * at fault) is not failed over.
+   */
+  private async peersSee(hostName: string): Promise<boolean> {
+    const target = await this.options.store.getHost(hostName);
+    if (!target) return false;
+    const peers = (await this.options.store.listHosts())
+      .filter((h) => h.name !== hostName && this.liveness.get(h.name)?.state === 'up')
+      .slice(0, 2);
+    const answers = await Promise.all(
+      peers.map((peer) =>
+        this.options
+          .callAgent<{ reachable: boolean }>(peer, '/v1/probe', {
+            method: 'POST',
+            body: { address: target.address },
+          })
+          .then(
+            (r) => r.reachable,
+            () => false,
+          ),
+      ),
+    );
+    return answers.some(Boolean);
+  }
+
   /** A host died: its protected primaries fail over; primaries whose backup it was get a new one. */
   private onHostDown(hostName: string, silentMs: number): void {
     void (async () => {
+      if (await this.peersSee(hostName)) {
+        if (!this.suspects.has(hostName)) {
+          await this.emit('host.suspect', hostName, {
+            silentMs,
+            why: 'silent to the controller, but peers reach it: no failover',
+          });
+        }
+        this.suspects.set(hostName, this.now());
+        return;
+      }
+      this.suspects.delete(hostName);
       for (const intent of await this.options.store.listContainers()) {
         if (intent.desired !== 'running' || this.failingOver.has(intent.name)) continue;
         const mode = haOf(intent);

@@ -222,9 +222,19 @@ function heartbeatStream(
     let pending = '';
     const fail = (status: number, message: string): void => {
       req.removeAllListeners('data');
-      sendJson(res, status, { error: message });
+      if (res.headersSent) res.end(`${JSON.stringify({ error: message, status })}\n`);
+      else sendJson(res, status, { error: message });
       req.resume();
       resolve();
+    };
+    // Each heartbeat is acknowledged on the response, a line each: the agent's
+    // lease runs from its last acknowledgement. A report is answered with the
+    // containers this host may run, so a host coming back learns which of its
+    // copies were failed over elsewhere. A peer that stops reading gets no
+    // more acknowledgements rather than an ever-growing buffer.
+    const ack = (line: Record<string, unknown>): void => {
+      if (!res.headersSent) res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+      if (res.writableLength < 64 * 1024) res.write(`${JSON.stringify(line)}\n`);
     };
     req.setEncoding('utf8');
     req.on('data', (chunk: string) => {
@@ -241,11 +251,16 @@ function heartbeatStream(
           return fail(400, 'malformed heartbeat line');
         }
         if (!controller.heartbeat(host, beat)) return fail(409, `host "${host}" must register (again) first`);
+        if (beat.containers) {
+          const seq = beat.seq;
+          void controller.primariesOf(host).then((primaries) => ack({ ack: seq, primaries }));
+        } else ack({ ack: beat.seq });
       }
       if (pending.length > MAX_HEARTBEAT_LINE) fail(413, 'heartbeat line too long');
     });
     req.on('end', () => {
-      sendJson(res, 200, { ok: true });
+      if (res.headersSent) res.end();
+      else sendJson(res, 200, { ok: true });
       resolve();
     });
     req.on('error', () => resolve());

@@ -5,6 +5,7 @@
  * with the server's message, so a CLI user reads what the server said.
  */
 import { request, type IncomingMessage, type RequestOptions } from 'node:http';
+import { pipeline } from 'node:stream/promises';
 import { HavenError, InvalidArgumentError, type ErrorCode } from './errors.js';
 
 /** Where an API lives: `http://ADDR:PORT` or `unix:/path/to.sock`. */
@@ -70,8 +71,12 @@ export function openRequest(
       const reason = error.code ?? error.message;
       reject(new UnreachableError(`cannot reach ${endpoint}${path}: ${reason}`));
     });
-    if (options.payload) options.payload.pipe(req);
-    else req.end(body);
+    if (options.payload) {
+      // A payload that fails mid-way (a file gone, a read error) aborts the request, not the process.
+      pipeline(options.payload, req).catch((error: unknown) => {
+        req.destroy(error instanceof Error ? error : new Error(String(error)));
+      });
+    } else req.end(body);
   });
 }
 

@@ -903,6 +903,18 @@ export class ContainerHost {
     return this.inspect(name);
   }
 
+  /** Freezes a running container's processes (fencing: it must not serve, but may have to resume). */
+  async pause(name: string): Promise<void> {
+    await this.record(name);
+    await this.driver.pause(this.runtimeId(name));
+  }
+
+  /** Thaws a paused container. */
+  async resume(name: string): Promise<void> {
+    await this.record(name);
+    await this.driver.resume(this.runtimeId(name));
+  }
+
   /** Removes a container and everything of it (not its volumes). */
   async remove(name: string, options: { force?: boolean } = {}): Promise<void> {
     const view = await this.inspect(name);

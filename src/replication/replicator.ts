@@ -11,6 +11,7 @@
  * agent's heartbeat reports.
  */
 import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { callJson, errorFrom, openRequest } from '../core/http-client.js';
 import type { ContainerHost } from '../host/container-host.js';
 import { chunkDirectory, chunkHashes, EPOCH_MANIFEST_VERSION, type EpochManifest } from './chunks.js';
@@ -69,11 +70,15 @@ export class Replicator {
     this.schedule(0);
   }
 
-  /** Stops after the epoch in flight, if any. */
+  /**
+   * Stops the loop. Waits for the epoch in flight for at most 2 s: one stuck
+   * on an unreachable backup must not hold up a removal (its reads then fail
+   * harmlessly).
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
-    await this.running;
+    await Promise.race([this.running, sleep(2000)]);
   }
 
   private schedule(delayMs: number): void {

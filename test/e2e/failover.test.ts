@@ -9,6 +9,7 @@
  * writes lost.
  */
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
@@ -16,6 +17,7 @@ import { REPO_ROOT } from '../../src/core/config.js';
 import { run, type ExecResult } from '../../src/core/exec.js';
 import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
+import { shortHash } from '../../src/runtime/network.js';
 
 function haven(args: string[]): Promise<ExecResult> {
   const env: NodeJS.ProcessEnv = { ...process.env };
@@ -189,5 +191,69 @@ test(
         : undefined;
     });
     assert.notEqual(resumed.protection.backup, before.host, 'not the dead host');
+  },
+);
+
+test(
+  'partition the primary host (its clients still reach it): the old copy is frozen before the new one runs, and removed after heal',
+  { timeout: 120_000 },
+  async () => {
+    const before = await waitFor('kv protected again', async () => {
+      const v = await inspect('kv');
+      return v.protection.backup && v.protection.committedEpoch ? v : undefined;
+    });
+    const copyOn = (host: string): string => join('/sys/fs/cgroup/freezer/haven', shortHash(host), 'kv');
+    const running = (dir: string): boolean => {
+      try {
+        const procs = readFileSync(join(dir, 'cgroup.procs'), 'utf8').trim();
+        return procs.length > 0 && readFileSync(join(dir, 'freezer.state'), 'utf8').trim() === 'THAWED';
+      } catch {
+        return false; // no such cgroup: no copy there
+      }
+    };
+    const oldCopy = copyOn(before.host);
+    const newCopy = copyOn(before.protection.backup!);
+    assert.equal(running(oldCopy), true, 'sampling sees the primary');
+    const seenBefore = (await events()).length;
+
+    // Sample both copies every few milliseconds while the partition plays out.
+    const samples: Array<[number, boolean, boolean]> = [];
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        samples.push([Date.now(), running(oldCopy), running(newCopy)]);
+        await sleep(3);
+      }
+    })();
+    await ok(['lab', 'partition', before.host, '--keep-client']);
+    const failedOver = await waitFor('the failover', async () =>
+      (await events())
+        .slice(seenBefore)
+        .find((e) => e.kind === 'container.failed-over' && e.subject === 'kv'),
+    );
+    await sleep(500);
+    sampling = false;
+    await sampler;
+    const both = samples.filter(([, a, b]) => a && b);
+    const oldStopped = samples.find(([, a]) => !a)?.[0];
+    const newRunning = samples.find(([, , b]) => b)?.[0];
+    process.stdout.write(
+      `# partition: ${samples.length} samples; old copy stopped ${oldStopped! - samples[0]![0]} ms, new copy running ` +
+        `${newRunning! - samples[0]![0]} ms after the partition began; detection ${String(failedOver.data.detectMs)} ms\n`,
+    );
+    assert.equal(both.length, 0, 'never both running');
+    assert.ok(oldStopped! < newRunning!, 'the old copy stopped first');
+    assert.equal(failedOver.data.to, before.protection.backup);
+
+    await ok(['lab', 'heal', before.host]);
+    await waitFor('the old copy removed after heal', async () => {
+      const fenced = (await events()).find(
+        (e) => e.kind === 'container.fenced' && e.data.host === before.host,
+      );
+      return fenced && !existsSync(oldCopy) ? true : undefined;
+    });
+    const now = await inspect('kv');
+    assert.equal(now.host, before.protection.backup);
+    assert.equal(now.state, 'running');
   },
 );

@@ -79,6 +79,7 @@ export const agentCommand: Command = {
         token,
         advertise: typeof inv.values.advertise === 'string' ? inv.values.advertise : `http://${listenText}`,
         protection,
+        onPrimaries: (names) => void protection.onPrimaries(names),
         labels,
         ...(cpuMillis ? { cpuMillis } : {}),
         ...(memoryBytes ? { memoryBytes } : {}),
@@ -98,6 +99,10 @@ export const agentCommand: Command = {
     process.stdout.write(`haven agent for host ${host.config.hostName} listening on ${listenText}\n`);
     await link?.start();
     await protection.resume();
+    if (link) {
+      const cluster = link;
+      protection.startFencing(() => cluster.lastAckAt);
+    }
     await new Promise<void>((resolve) => {
       const stop = (): void => {
         link?.stop();
