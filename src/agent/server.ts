@@ -20,6 +20,7 @@
  */
 import { createReadStream } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect } from 'node:net';
 import { NotFoundError } from '../core/errors.js';
 import {
   decode,
@@ -30,7 +31,6 @@ import {
   sendError,
   sendJson as send,
 } from '../core/http.js';
-import { callJson } from '../core/http-client.js';
 import type { ContainerHost } from '../host/container-host.js';
 import { validateEpochManifest } from '../replication/replica-store.js';
 import type { Protection } from './protection.js';
@@ -78,14 +78,9 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     return;
   }
   if (parts.length === 1 && parts[0] === 'probe' && method === 'POST') {
-    // Asked by the controller before it fails a silent host over: do *we* still hear it?
+    // Asked by the controller before it fails a silent host over: do *we* still reach it?
     const { address } = decode(probeRequestSchema, await readJsonBody(req));
-    const started = performance.now();
-    const reachable = await callJson(address, '/v1/health', options.token, { timeoutMs: 200 }).then(
-      () => true,
-      () => false,
-    );
-    return send(res, 200, { reachable, ms: Math.round(performance.now() - started) });
+    return send(res, 200, await probeHost(address));
   }
   if (parts[0] === 'images' && parts.length === 2 && method === 'GET') {
     // Peers and the controller fetch images from here: the exact bytes the ID hashes.
@@ -221,4 +216,25 @@ async function replicaRoute(
     return send(res, 200, await protection.promote(name, { tcpClose: body.tcpClose }));
   }
   throw new HttpError(404, 'no such replica route');
+}
+
+/**
+ * Is the host at `address` (an agent URL) alive? A TCP connection to its
+ * agent port that is accepted — or refused, which only a running kernel does —
+ * says yes: a dead agent on a live host must not look like a dead host (its
+ * containers still serve). No answer within 200 ms says no.
+ */
+export function probeHost(address: string): Promise<{ reachable: boolean; agent: boolean; ms: number }> {
+  const url = new URL(address);
+  const started = performance.now();
+  return new Promise((resolve) => {
+    const socket = connect({ host: url.hostname, port: Number(url.port) });
+    const done = (reachable: boolean, agent: boolean): void => {
+      socket.destroy();
+      resolve({ reachable, agent, ms: Math.round(performance.now() - started) });
+    };
+    socket.setTimeout(200, () => done(false, false));
+    socket.once('connect', () => done(true, true));
+    socket.once('error', (error: NodeJS.ErrnoException) => done(error.code === 'ECONNREFUSED', false));
+  });
 }

@@ -208,9 +208,16 @@ export class Controller {
     return (await this.options.store.listContainers()).filter((c) => c.host === hostName).map((c) => c.name);
   }
 
+  /** Last time unprotected checkpoint containers were offered a backup. */
+  private lastReprotect = 0;
+
   /** Marks hosts whose heartbeats stopped as down; emits one event per transition. */
   async checkLiveness(): Promise<void> {
     const now = this.now();
+    if (now - this.lastReprotect > 2000) {
+      this.lastReprotect = now;
+      await this.reprotectOrphans();
+    }
     for (const [name, live] of this.liveness) {
       if (live.state === 'up' && now - live.lastSeen > this.failureAfterMs) {
         live.state = 'down';
@@ -248,6 +255,10 @@ export class Controller {
     const peers = (await this.options.store.listHosts())
       .filter((h) => h.name !== hostName && this.liveness.get(h.name)?.state === 'up')
       .slice(0, 2);
+    // Every other host silent too: more likely the controller is the one cut
+    // off. Without a witness, nothing is failed over (it could not reach a
+    // backup to restore on anyway).
+    if (peers.length === 0) return true;
     const answers = await Promise.all(
       peers.map((peer) =>
         this.options
@@ -369,8 +380,21 @@ export class Controller {
     if (moved && mode === 'checkpoint') await this.reprotect(intent.name);
   }
 
+  /** Checkpoint-protected containers left without a backup (none had room) get one when a host can take it. */
+  private async reprotectOrphans(): Promise<void> {
+    for (const intent of await this.options.store.listContainers()) {
+      if (haOf(intent) !== 'checkpoint' || intent.spec.backup || !intent.host || intent.desired !== 'running')
+        continue;
+      if (this.failingOver.has(intent.name) || this.liveness.get(intent.host)?.state !== 'up') continue;
+      const work = this.reprotect(intent.name, true)
+        .catch(() => undefined)
+        .finally(() => this.failingOver.delete(intent.name));
+      this.failingOver.set(intent.name, work);
+    }
+  }
+
   /** Chooses a (new) backup for a checkpoint-protected container and tells its primary. */
-  private async reprotect(name: string): Promise<void> {
+  private async reprotect(name: string, onlyIfFound = false): Promise<void> {
     const intent = await this.intent(name);
     if (!intent.host) return;
     const snapshot = await this.snapshot();
@@ -379,6 +403,7 @@ export class Controller {
       { ...placementOf(intent), name: backupSlot(name), excludeHosts: [intent.host] },
     );
     const backup = decision.ok ? decision.host : null;
+    if (!backup && onlyIfFound) return;
     const updated = await this.options.store.updateContainer(name, intent.generation, {
       spec: { ...intent.spec, backup },
     });

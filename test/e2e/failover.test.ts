@@ -87,9 +87,25 @@ after(async () => {
   await haven(['lab', 'down']);
 });
 
+async function lab(): Promise<{
+  hosts: Array<{ name: string; agentPid: number | null }>;
+  controller: { pid: number | null };
+}> {
+  return JSON.parse(await ok(['lab', 'status', '--json'])) as {
+    hosts: Array<{ name: string; agentPid: number | null }>;
+    controller: { pid: number | null };
+  };
+}
+
+async function kvRow(): Promise<View & { pid: number }> {
+  return (JSON.parse(await ok(['ps', '--json'])) as Array<View & { pid: number }>).find(
+    (c) => c.name === 'kv',
+  )!;
+}
+
 test(
-  'kill the primary host under a write load: Redis answers from the backup at the same address with its data',
-  { timeout: 180_000 },
+  'an agent crash on the primary host is not a host failure: no failover, the same process',
+  { timeout: 120_000 },
   async () => {
     await ok([
       'run',
@@ -105,6 +121,66 @@ test(
       '--',
       ...REDIS_ARGS,
     ]);
+    await waitFor('the first committed epoch', async () =>
+      (await inspect('kv')).protection.committedEpoch ? true : undefined,
+    );
+    const before = await kvRow();
+    const agentPid = (await lab()).hosts.find((h) => h.name === before.host)!.agentPid!;
+    process.kill(agentPid, 'SIGKILL');
+    await sleep(3000); // three failure timeouts; the supervisor restarts the agent meanwhile
+    const after = await waitFor('a fresh report', async () => {
+      const row = await kvRow();
+      return row.state === 'running' ? row : undefined;
+    });
+    assert.deepEqual(
+      (await events()).filter((e) => e.kind === 'container.failed-over'),
+      [],
+      'no failover',
+    );
+    assert.equal(after.host, before.host);
+    assert.equal(after.pid, before.pid, 'the same Redis process');
+  },
+);
+
+test(
+  'the controller cut off for 3 s: no failover, and no primary frozen (hosts still see each other)',
+  { timeout: 120_000 },
+  async () => {
+    const before = await kvRow();
+    await ok(['lab', 'partition', 'controller']);
+    await sleep(3000);
+    await ok(['lab', 'heal', 'controller']);
+    await waitFor('every host up again', async () => {
+      const hosts = JSON.parse(await ok(['host', 'ls', '--json'])) as Array<{ state: string }>;
+      return hosts.every((h) => h.state === 'up') ? true : undefined;
+    });
+    assert.deepEqual(
+      (await events()).filter((e) => e.kind === 'container.failed-over'),
+      [],
+      'no failover',
+    );
+    const after = await waitFor('a fresh report', async () => {
+      const row = await kvRow();
+      return row.state === 'running' ? row : undefined;
+    });
+    assert.equal(after.host, before.host);
+    assert.equal(after.pid, before.pid);
+    const ping = await run([
+      'nsenter',
+      `--net=/run/netns/${CLIENT_NETNS}`,
+      'redis-cli',
+      '-h',
+      after.ip,
+      'PING',
+    ]);
+    assert.equal(ping.stdout.trim(), 'PONG', 'serving, not frozen');
+  },
+);
+
+test(
+  'kill the primary host under a write load: Redis answers from the backup at the same address with its data',
+  { timeout: 180_000 },
+  async () => {
     const before = await inspect('kv');
     assert.ok(
       before.protection.backup && before.protection.backup !== before.host,
