@@ -249,16 +249,16 @@ export class Controller {
    * they reach `hostName`. A host silent only to the controller (its own link
    * at fault) is not failed over.
    */
-  private async peersSee(hostName: string): Promise<boolean> {
+  private async peersSee(hostName: string): Promise<'seen' | 'unseen' | 'no witness'> {
     const target = await this.options.store.getHost(hostName);
-    if (!target) return false;
+    if (!target) return 'unseen';
     const peers = (await this.options.store.listHosts())
       .filter((h) => h.name !== hostName && this.liveness.get(h.name)?.state === 'up')
       .slice(0, 2);
     // Every other host silent too: more likely the controller is the one cut
     // off. Without a witness, nothing is failed over (it could not reach a
     // backup to restore on anyway).
-    if (peers.length === 0) return true;
+    if (peers.length === 0) return 'no witness';
     const answers = await Promise.all(
       peers.map((peer) =>
         this.options
@@ -272,17 +272,21 @@ export class Controller {
           ),
       ),
     );
-    return answers.some(Boolean);
+    return answers.some(Boolean) ? 'seen' : 'unseen';
   }
 
   /** A host died: its protected primaries fail over; primaries whose backup it was get a new one. */
   private onHostDown(hostName: string, silentMs: number): void {
     void (async () => {
-      if (await this.peersSee(hostName)) {
+      const seen = await this.peersSee(hostName);
+      if (seen !== 'unseen') {
         if (!this.suspects.has(hostName)) {
           await this.emit('host.suspect', hostName, {
             silentMs,
-            why: 'silent to the controller, but peers reach it: no failover',
+            why:
+              seen === 'seen'
+                ? 'silent to the controller, but peers reach it: no failover'
+                : 'every other host is silent too (is the controller cut off?): no failover',
           });
         }
         this.suspects.set(hostName, this.now());

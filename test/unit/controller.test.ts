@@ -181,7 +181,7 @@ test('heartbeats keep a host up; silence marks it down and its containers lost; 
   const kinds = (await controller.eventsSince(0, 100)).map((e) => e.kind);
   assert.deepEqual(
     kinds.filter((k) => k.startsWith('host.')),
-    ['host.joined', 'host.down', 'host.up'],
+    ['host.joined', 'host.down', 'host.suspect', 'host.up'],
   );
 });
 
