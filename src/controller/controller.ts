@@ -34,7 +34,7 @@ export const DEFAULT_FAILURE_MS = 1000;
 export type AgentCaller = <T>(
   host: HostRecord,
   path: string,
-  options?: { method?: string; body?: unknown },
+  options?: { method?: string; body?: unknown; timeoutMs?: number },
 ) => Promise<T>;
 
 /** Options of {@link Controller}. */
@@ -193,6 +193,7 @@ export class Controller {
     if (beat.containers) {
       live.containers = new Map(beat.containers.map((c) => [c.name, c]));
       this.fenceStaleCopies(hostName, beat.containers);
+      this.recoverExited(hostName, beat.containers);
     }
     if (beat.protection) live.protection = new Map(beat.protection.map((p) => [p.name, p]));
     if (beat.replicas) live.replicas = new Map(beat.replicas.map((r) => [r.name, r.epoch]));
@@ -259,20 +260,24 @@ export class Controller {
     // off. Without a witness, nothing is failed over (it could not reach a
     // backup to restore on anyway).
     if (peers.length === 0) return 'no witness';
+    // Only a peer's answer counts: a peer the controller cannot ask is no witness
+    // (the controller may be the one cut off).
     const answers = await Promise.all(
       peers.map((peer) =>
         this.options
           .callAgent<{ reachable: boolean }>(peer, '/v1/probe', {
             method: 'POST',
             body: { address: target.address },
+            timeoutMs: 1000,
           })
           .then(
             (r) => r.reachable,
-            () => false,
+            () => undefined,
           ),
       ),
     );
-    return answers.some(Boolean) ? 'seen' : 'unseen';
+    if (answers.includes(true)) return 'seen';
+    return answers.includes(false) ? 'unseen' : 'no witness';
   }
 
   /** A host died: its protected primaries fail over; primaries whose backup it was get a new one. */
@@ -319,11 +324,26 @@ export class Controller {
    * The intent moves to the new host with a new generation; then a new backup
    * is chosen and protection resumes by itself.
    */
-  private async failover(intent: ContainerIntent, from: string, detectMs: number): Promise<void> {
+  private async failover(
+    intent: ContainerIntent,
+    from: string,
+    detectMs: number,
+    reason = 'host down',
+  ): Promise<void> {
     const started = this.now();
     const mode = haOf(intent);
     let to: string;
     let detail: Record<string, unknown>;
+    if (reason !== 'host down') {
+      // The host is alive: its dead copy goes first, freeing the address for the restored one.
+      const host = await this.options.store.getHost(from);
+      if (host) {
+        await this.options.callAgent(host, `/v1/containers/${encodeURIComponent(intent.name)}?force=true`, {
+          method: 'DELETE',
+        });
+        this.liveness.get(from)?.containers.delete(intent.name);
+      }
+    }
     if (mode === 'checkpoint') {
       const backupName = typeof intent.spec.backup === 'string' ? intent.spec.backup : undefined;
       const backup = backupName ? await this.options.store.getHost(backupName) : undefined;
@@ -377,6 +397,7 @@ export class Controller {
       from,
       to,
       mode,
+      reason,
       detectMs: Math.round(detectMs),
       failoverMs: this.now() - started,
       ...detail,
@@ -395,6 +416,51 @@ export class Controller {
         .finally(() => this.failingOver.delete(intent.name));
       this.failingOver.set(intent.name, work);
     }
+  }
+
+  /** Recent recoveries per container (times), for crash-loop back-off. */
+  private readonly recoveries = new Map<string, number[]>();
+
+  /**
+   * Container failures on a live host: a protected container whose process
+   * died (exit, OOM kill, crash) is brought back — from its backup's newest
+   * epoch (`checkpoint`) or fresh (`restart`). Three recoveries within a
+   * minute is a crash loop: Haven stops trying and says so.
+   */
+  private recoverExited(hostName: string, reported: readonly ReportedContainer[]): void {
+    void (async () => {
+      for (const c of reported) {
+        if (c.state !== 'exited' || this.failingOver.has(c.name)) continue;
+        const intent = await this.options.store.getContainer(c.name);
+        if (!intent || intent.host !== hostName || intent.desired !== 'running' || haOf(intent) === 'none')
+          continue;
+        const now = this.now();
+        const recent = (this.recoveries.get(c.name) ?? []).filter((t) => now - t < 60_000);
+        if (recent.length >= 3) {
+          if (recent.length === 3) {
+            recent.push(now);
+            await this.emit('container.crash-loop', c.name, {
+              host: hostName,
+              recoveries: 3,
+              withinMs: 60_000,
+            });
+          }
+          this.recoveries.set(c.name, recent);
+          continue;
+        }
+        this.recoveries.set(c.name, [...recent, now]);
+        await this.emit('container.exited', c.name, { host: hostName });
+        const work = this.failover(intent, hostName, 0, 'container exited')
+          .catch(async (error: unknown) => {
+            await this.emit('container.failover-failed', c.name, {
+              from: hostName,
+              error: error instanceof Error ? error.message : String(error),
+            });
+          })
+          .finally(() => this.failingOver.delete(c.name));
+        this.failingOver.set(c.name, work);
+      }
+    })().catch(() => undefined);
   }
 
   /** Chooses a (new) backup for a checkpoint-protected container and tells its primary. */

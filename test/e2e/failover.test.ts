@@ -333,3 +333,51 @@ test(
     assert.equal(now.state, 'running');
   },
 );
+
+test(
+  'the container dies on a live host (SIGKILL): restored from the newest epoch on its backup, with its data',
+  { timeout: 120_000 },
+  async () => {
+    const before = await waitFor('kv protected', async () => {
+      const v = await inspect('kv');
+      return v.protection.backup && v.protection.committedEpoch ? v : undefined;
+    });
+    const set = await run([
+      'nsenter',
+      `--net=/run/netns/${CLIENT_NETNS}`,
+      'redis-cli',
+      '-h',
+      before.ip,
+      'SET',
+      'before-crash',
+      'kept',
+    ]);
+    assert.equal(set.stdout.trim(), 'OK');
+    const committed = (await inspect('kv')).protection.committedEpoch!;
+    await waitFor('an epoch after the write', async () =>
+      (await inspect('kv')).protection.committedEpoch! > committed + 1000 ? true : undefined,
+    );
+    const seen = (await events()).length;
+    process.kill((await kvRow()).pid, 'SIGKILL'); // Redis itself: the host and its agent stay up
+    const recovered = await waitFor('the recovery', async () =>
+      (await events()).slice(seen).find((e) => e.kind === 'container.failed-over' && e.subject === 'kv'),
+    );
+    assert.equal(recovered.data.reason, 'container exited');
+    assert.equal(recovered.data.to, before.protection.backup);
+    const after = await waitFor('kv running', async () => {
+      const row = await kvRow();
+      return row.state === 'running' ? row : undefined;
+    });
+    assert.equal(after.ip, before.ip);
+    const get = await run([
+      'nsenter',
+      `--net=/run/netns/${CLIENT_NETNS}`,
+      'redis-cli',
+      '-h',
+      after.ip,
+      'GET',
+      'before-crash',
+    ]);
+    assert.equal(get.stdout.trim(), 'kept');
+  },
+);

@@ -42,7 +42,7 @@ export const controllerCommand: Command = {
       images,
       failureAfterMs: Number.isFinite(failureMs) && failureMs >= 100 ? failureMs : DEFAULT_FAILURE_MS,
       callAgent: (host, path, options = {}) =>
-        callJson(host.address, path, token, { ...options, timeoutMs: 600_000 }),
+        callJson(host.address, path, token, { timeoutMs: 600_000, ...options }),
     });
     controller.start();
     const servers: Server[] = [];
