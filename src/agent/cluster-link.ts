@@ -20,6 +20,7 @@ import { request } from 'node:http';
 import { CorruptCheckpointError } from '../core/errors.js';
 import { callJson, errorFrom, openRequest, requestOptions, type Endpoint } from '../core/http-client.js';
 import type { ContainerHost } from '../host/container-host.js';
+import type { Prober } from './probes.js';
 import type { Protection } from './protection.js';
 
 /** Default heartbeat period: a host's death is noticed within a few of these. */
@@ -41,6 +42,8 @@ export interface ClusterLinkOptions {
   heartbeatMs?: number;
   /** Protection, whose progress goes into the reports. */
   protection?: Protection;
+  /** Probes, whose results go into the reports. */
+  prober?: Prober;
   /** Called with the containers the controller says this host may run, after each report. */
   onPrimaries?: (names: readonly string[]) => void;
   log?: (line: string) => void;
@@ -55,8 +58,12 @@ export class ClusterLink {
   private lastDigest = '';
   private bootId = '';
   private backoffMs = 200;
-  /** When the controller last acknowledged a heartbeat (ms since the epoch; 0: never). */
-  lastAckAt = 0;
+  /**
+   * When the controller last acknowledged a heartbeat (ms since the epoch).
+   * It starts at the agent's start: an agent restarted while cut off must
+   * fence too, not wait for a first acknowledgement that never comes.
+   */
+  lastAckAt = Date.now();
 
   constructor(private readonly options: ClusterLinkOptions) {}
 
@@ -197,9 +204,13 @@ export class ClusterLink {
       ip: c.ip,
     }));
     const protection = this.options.protection;
-    if (!protection) return { containers };
+    const health = this.options.prober
+      ?.statuses()
+      .map((p) => ({ name: p.name, health: p.health, failures: p.failures }));
+    if (!protection) return { containers, ...(health ? { health } : {}) };
     return {
       containers,
+      ...(health ? { health } : {}),
       protection: protection.statuses().map((p) => ({
         name: p.name,
         backup: p.backup.host,

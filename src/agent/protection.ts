@@ -14,6 +14,7 @@ import { callJson } from '../core/http-client.js';
 import type { ContainerHost, ContainerView } from '../host/container-host.js';
 import { assembleDirectory, type EpochManifest } from '../replication/chunks.js';
 import { ReplicaStore } from '../replication/replica-store.js';
+import type { Prober } from './probes.js';
 import { Replicator, type ProtectionSpec, type ProtectionStatus } from '../replication/replicator.js';
 
 /** What a promotion did. */
@@ -51,6 +52,7 @@ export class Protection {
     private readonly host: ContainerHost,
     private readonly token: string,
     private readonly log: (line: string) => void = (l) => process.stderr.write(`${l}\n`),
+    private readonly prober?: Prober,
   ) {
     this.replicas = new ReplicaStore(join(host.config.stateDir, 'replicas'));
   }
@@ -85,7 +87,10 @@ export class Protection {
   }
 
   private startReplicator(name: string, spec: ProtectionSpec): void {
-    const replicator = new Replicator(this.host, name, spec, this.token, this.log);
+    const prober = this.prober;
+    const replicator = new Replicator(this.host, name, spec, this.token, this.log, () =>
+      prober ? prober.passesNow(name) : Promise.resolve(true),
+    );
     this.replicators.set(name, replicator);
     replicator.start();
   }
@@ -109,7 +114,7 @@ export class Protection {
   }
 
   private async checkLease(lastAckAt: number): Promise<void> {
-    if (lastAckAt === 0 || Date.now() - lastAckAt <= LEASE_MS) return;
+    if (Date.now() - lastAckAt <= LEASE_MS) return;
     const primaries = [...this.replicators.values()].filter((r) => !this.fenced.has(r.name));
     if (primaries.length === 0) return;
     // Cut off from the controller only (its link, or it is down)? Then a peer answers:

@@ -33,7 +33,9 @@ import {
 } from '../core/http.js';
 import type { ContainerHost } from '../host/container-host.js';
 import { validateEpochManifest } from '../replication/replica-store.js';
+import { probeSpecSchema, type Prober } from './probes.js';
 import type { Protection } from './protection.js';
+import { z } from 'zod';
 import {
   checkpointRequestSchema,
   imageIdSchema,
@@ -59,6 +61,8 @@ export interface AgentServerOptions {
   pullImage?: (id: string) => Promise<void>;
   /** Checkpoint protection (primary replicators and backup replicas); without it those routes are 404. */
   protection?: Protection;
+  /** Application probes; without it the probe route is 404. */
+  prober?: Prober;
 }
 
 /** Builds the agent's HTTP server (not yet listening). */
@@ -110,6 +114,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     if (method === 'DELETE') {
       // Replication stops first: an epoch in flight must not read files being removed.
       await options.protection?.protect(name, null);
+      await options.prober?.set(name, null);
       await host.remove(name, { force: url.searchParams.get('force') === 'true' });
       return send(res, 200, { removed: name });
     }
@@ -140,6 +145,11 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
           tcpClose: body.tcpClose,
         }),
       );
+    }
+    if (action === 'probe' && options.prober) {
+      const body = decode(z.object({ probe: probeSpecSchema.nullable() }).strict(), raw);
+      await options.prober.set(name, body.probe);
+      return send(res, 200, { name, probed: body.probe !== null });
     }
     if (action === 'protect' && options.protection) {
       const body = decode(protectRequestSchema, raw);

@@ -12,6 +12,12 @@ import type { ClusterStore, ContainerIntent, HostRecord, StoredEvent } from './s
 export class CachedStore implements ClusterStore {
   private readonly hosts = new Map<string, HostRecord>();
   private readonly containers = new Map<string, ContainerIntent>();
+  private changes = 0;
+
+  /** Bumped by every container change that went through. */
+  version(): number {
+    return this.changes;
+  }
 
   private constructor(private readonly backend: ClusterStore) {}
 
@@ -46,6 +52,7 @@ export class CachedStore implements ClusterStore {
     if (this.containers.has(intent.name)) return false;
     const created = await this.backend.createContainer(intent);
     if (created) {
+      this.changes++;
       const stored = await this.backend.getContainer(intent.name);
       if (stored) this.containers.set(stored.name, stored);
     }
@@ -66,13 +73,19 @@ export class CachedStore implements ClusterStore {
     change: Partial<Pick<ContainerIntent, 'spec' | 'desired' | 'host'>>,
   ): Promise<ContainerIntent | undefined> {
     const updated = await this.backend.updateContainer(name, expected, change);
-    if (updated) this.containers.set(name, updated);
+    if (updated) {
+      this.containers.set(name, updated);
+      this.changes++;
+    }
     return updated;
   }
 
   async deleteContainer(name: string, expected: number): Promise<boolean> {
     const deleted = await this.backend.deleteContainer(name, expected);
-    if (deleted) this.containers.delete(name);
+    if (deleted) {
+      this.containers.delete(name);
+      this.changes++;
+    }
     return deleted;
   }
 

@@ -73,6 +73,8 @@ export interface ClusterContainerView {
   pid: number;
   generation: number;
   protection: ProtectionView;
+  /** Probe result (`starting`, `healthy`, `unhealthy`), or null without a probe. */
+  health: string | null;
 }
 
 interface Liveness {
@@ -84,6 +86,8 @@ interface Liveness {
   protection: Map<string, ProtectionReport>;
   /** As backup: newest committed epoch per container it holds. */
   replicas: Map<string, number | null>;
+  /** Probe results per probed container. */
+  health: Map<string, string>;
 }
 
 /** Protection of a container as the API shows it. */
@@ -173,6 +177,7 @@ export class Controller {
         : (previous?.containers ?? new Map<string, ReportedContainer>()),
       protection: (!rebooted && previous?.protection) || new Map<string, ProtectionReport>(),
       replicas: (!rebooted && previous?.replicas) || new Map<string, number | null>(),
+      health: (!rebooted && previous?.health) || new Map<string, string>(),
     });
     if (!existing) await this.emit('host.joined', request.name, { address: request.address });
     else if (rebooted) await this.emit('host.rebooted', request.name, { bootId: request.bootId });
@@ -193,7 +198,19 @@ export class Controller {
     if (beat.containers) {
       live.containers = new Map(beat.containers.map((c) => [c.name, c]));
       this.fenceStaleCopies(hostName, beat.containers);
-      this.recoverExited(hostName, beat.containers);
+      this.recoverFailed(
+        hostName,
+        beat.containers.filter((c) => c.state === 'exited').map((c) => c.name),
+        'container exited',
+      );
+    }
+    if (beat.health) {
+      live.health = new Map(beat.health.map((h) => [h.name, h.health]));
+      this.recoverFailed(
+        hostName,
+        beat.health.filter((h) => h.health === 'unhealthy').map((h) => h.name),
+        'application unhealthy',
+      );
     }
     if (beat.protection) live.protection = new Map(beat.protection.map((p) => [p.name, p]));
     if (beat.replicas) live.replicas = new Map(beat.replicas.map((r) => [r.name, r.epoch]));
@@ -206,8 +223,22 @@ export class Controller {
 
   /** Containers the cluster has placed on `hostName`: what it may run (the rest it must not). */
   async primariesOf(hostName: string): Promise<string[]> {
-    return (await this.options.store.listContainers()).filter((c) => c.host === hostName).map((c) => c.name);
+    // Asked after every report: rebuilt only when the store's intents changed.
+    const version = this.options.store.version?.() ?? Number.NaN;
+    if (this.primariesCache?.version !== version) {
+      const byHost = new Map<string, string[]>();
+      for (const c of await this.options.store.listContainers()) {
+        if (!c.host) continue;
+        const list = byHost.get(c.host) ?? [];
+        list.push(c.name);
+        byHost.set(c.host, list);
+      }
+      this.primariesCache = { version, byHost };
+    }
+    return this.primariesCache.byHost.get(hostName) ?? [];
   }
+
+  private primariesCache: { version: number; byHost: Map<string, string[]> } | undefined;
 
   /** Last time unprotected checkpoint containers were offered a backup. */
   private lastReprotect = 0;
@@ -402,6 +433,7 @@ export class Controller {
       failoverMs: this.now() - started,
       ...detail,
     });
+    if (moved) await this.orderProbe(moved);
     if (moved && mode === 'checkpoint') await this.reprotect(intent.name);
   }
 
@@ -427,10 +459,12 @@ export class Controller {
    * epoch (`checkpoint`) or fresh (`restart`). Three recoveries within a
    * minute is a crash loop: Haven stops trying and says so.
    */
-  private recoverExited(hostName: string, reported: readonly ReportedContainer[]): void {
+  private recoverFailed(hostName: string, names: readonly string[], reason: string): void {
+    if (names.length === 0) return;
     void (async () => {
-      for (const c of reported) {
-        if (c.state !== 'exited' || this.failingOver.has(c.name)) continue;
+      for (const name of names) {
+        const c = { name };
+        if (this.failingOver.has(c.name)) continue;
         const intent = await this.options.store.getContainer(c.name);
         if (!intent || intent.host !== hostName || intent.desired !== 'running' || haOf(intent) === 'none')
           continue;
@@ -449,8 +483,10 @@ export class Controller {
           continue;
         }
         this.recoveries.set(c.name, [...recent, now]);
-        await this.emit('container.exited', c.name, { host: hostName });
-        const work = this.failover(intent, hostName, 0, 'container exited')
+        await this.emit(reason === 'container exited' ? 'container.exited' : 'container.unhealthy', c.name, {
+          host: hostName,
+        });
+        const work = this.failover(intent, hostName, 0, reason)
           .catch(async (error: unknown) => {
             await this.emit('container.failover-failed', c.name, {
               from: hostName,
@@ -483,6 +519,17 @@ export class Controller {
       primary: intent.host,
       backup,
       ...(decision.ok ? {} : { why: decision.reasons }),
+    });
+  }
+
+  /** Tells a container's agent to run its probe (after a start, a restore elsewhere). */
+  private async orderProbe(intent: ContainerIntent): Promise<void> {
+    if (!intent.spec.probe || !intent.host) return;
+    const host = await this.options.store.getHost(intent.host);
+    if (!host) return;
+    await this.options.callAgent(host, `/v1/containers/${encodeURIComponent(intent.name)}/probe`, {
+      method: 'POST',
+      body: { probe: intent.spec.probe },
     });
   }
 
@@ -674,6 +721,7 @@ export class Controller {
       });
       this.noteReported(decision.host, { name: view.name, state: view.state, pid: view.pid, ip: view.ip });
       await this.emit('container.started', request.name, { host: decision.host, pid: view.pid });
+      if (request.probe) await this.orderProbe((await store.getContainer(request.name))!);
       if (backup) {
         await this.orderProtection((await store.getContainer(request.name))!);
         await this.emit('container.protected', request.name, { primary: decision.host, backup });
@@ -745,6 +793,7 @@ export class Controller {
       pid: reported?.pid ?? 0,
       generation: intent.generation,
       protection: this.protectionView(intent, live?.protection.get(intent.name)),
+      health: intent.spec.probe ? (live?.health.get(intent.name) ?? 'starting') : null,
     };
   }
 

@@ -4,6 +4,7 @@
  * bounded, names follow Haven's rules, and nothing takes a host path.
  */
 import { z } from 'zod';
+import { probeSpecSchema } from '../agent/probes.js';
 import { nameSchema, runRequestSchema } from '../agent/schemas.js';
 
 /** A host name: the same rules as container names. */
@@ -63,6 +64,17 @@ export const heartbeatSchema = z
     containers: z.array(reportedContainerSchema).max(10_000).optional(),
     /** Containers this host protects as primary, and their replication progress. */
     protection: z.array(protectionReportSchema).max(10_000).optional(),
+    /** Probe results of this host's probed containers. */
+    health: z
+      .array(
+        z.object({
+          name: nameSchema,
+          health: z.enum(['starting', 'healthy', 'unhealthy']),
+          failures: z.number().int().min(0),
+        }),
+      )
+      .max(10_000)
+      .optional(),
     /** Containers this host holds replicas of, with the newest committed epoch. */
     replicas: z
       .array(z.object({ name: nameSchema, epoch: z.number().int().nullable() }))
@@ -85,6 +97,8 @@ export const clusterRunSchema = runRequestSchema
     requireHostLabels: labelsSchema.optional(),
     with: z.array(nameSchema).max(64).optional(),
     apart: z.array(nameSchema).max(64).optional(),
+    /** An application probe (Kubernetes' vocabulary), run by the container's agent. */
+    probe: probeSpecSchema.optional(),
     /** Protection: none; restart fresh elsewhere; or checkpoint to a backup every `intervalMs`. */
     ha: z.enum(['none', 'restart', 'checkpoint']).default('none'),
     intervalMs: z.number().int().min(100).max(3_600_000).default(1000),

@@ -61,6 +61,9 @@ export interface ControllerServerOptions {
   token: string;
 }
 
+/** At most one plain acknowledgement per stream this often (well inside an agent's 500 ms lease). */
+const ACK_EVERY_MS = 100;
+
 /** Longest heartbeat line accepted (a report of 10,000 containers fits). */
 const MAX_HEARTBEAT_LINE = 4 * 1024 * 1024;
 
@@ -232,7 +235,13 @@ function heartbeatStream(
     // containers this host may run, so a host coming back learns which of its
     // copies were failed over elsewhere. A peer that stops reading gets no
     // more acknowledgements rather than an ever-growing buffer.
-    const ack = (line: Record<string, unknown>): void => {
+    // Plain acknowledgements are coalesced: one line per stream per ACK_EVERY_MS
+    // carrying the newest seq (a write per beat cost ~15 µs each at 10,000 beats/s).
+    let lastAckAt = 0;
+    const ack = (line: Record<string, unknown>, urgent = false): void => {
+      const now = Date.now();
+      if (!urgent && now - lastAckAt < ACK_EVERY_MS) return;
+      lastAckAt = now;
       if (!res.headersSent) res.writeHead(200, { 'content-type': 'application/x-ndjson' });
       if (res.writableLength < 64 * 1024) res.write(`${JSON.stringify(line)}\n`);
     };
@@ -253,7 +262,7 @@ function heartbeatStream(
         if (!controller.heartbeat(host, beat)) return fail(409, `host "${host}" must register (again) first`);
         if (beat.containers) {
           const seq = beat.seq;
-          void controller.primariesOf(host).then((primaries) => ack({ ack: seq, primaries }));
+          void controller.primariesOf(host).then((primaries) => ack({ ack: seq, primaries }, true));
         } else ack({ ack: beat.seq });
       }
       if (pending.length > MAX_HEARTBEAT_LINE) fail(413, 'heartbeat line too long');

@@ -73,4 +73,10 @@ export interface ClusterStore {
   eventsSince(seq: number, limit: number): Promise<StoredEvent[]>;
 
   close(): Promise<void>;
+
+  /**
+   * Optional: a number that changes whenever containers change, for callers
+   * that cache views of them (a backend that cannot say omits it).
+   */
+  version?(): number;
 }

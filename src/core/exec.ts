@@ -38,6 +38,9 @@ export function run(argv: readonly string[], options: ExecOptions = {}): Promise
       env: options.env ?? process.env,
       cwd: options.cwd,
       timeout: options.timeoutMs,
+      // A command past its time is ended for sure: some (runc exec into a stopped
+      // container) ignore SIGTERM.
+      killSignal: 'SIGKILL',
     });
     const out: Buffer[] = [];
     const err: Buffer[] = [];

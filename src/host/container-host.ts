@@ -903,6 +903,17 @@ export class ContainerHost {
     return this.inspect(name);
   }
 
+  /** Runs a command inside a running container; its exit status, or -1 on time-out. */
+  async exec(name: string, argv: readonly string[], timeoutMs: number): Promise<number> {
+    await this.record(name);
+    return this.driver.exec(this.runtimeId(name), argv, timeoutMs);
+  }
+
+  /** Path of a container's network namespace (for probes that connect from inside it). */
+  netnsPathOf(name: string): string {
+    return netnsPath(this.netns(name));
+  }
+
   /** Freezes a running container's processes (fencing: it must not serve, but may have to resume). */
   async pause(name: string): Promise<void> {
     await this.record(name);

@@ -50,6 +50,8 @@ export class Replicator {
     readonly spec: ProtectionSpec,
     private readonly token: string,
     private readonly log: (line: string) => void,
+    /** Asked before each epoch; false skips it (an application failing its probe is not saved). */
+    private readonly healthy: () => Promise<boolean> = () => Promise.resolve(true),
   ) {
     this.status = {
       name,
@@ -105,6 +107,7 @@ export class Replicator {
     const started = performance.now();
     const view = await this.host.inspect(this.name);
     if (view.state !== 'running') throw new Error(`not running (${view.state}): no epoch`);
+    if (!(await this.healthy())) throw new Error('failing its probe: no epoch (the last healthy one stays)');
     const takenAt = new Date().toISOString();
     const report = await this.host.checkpoint(this.name, { leaveRunning: true, keep: 2 });
     if (!report.dir) throw new Error('the checkpoint was not kept locally');

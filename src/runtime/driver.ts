@@ -140,6 +140,11 @@ export interface RuntimeDriver {
   /** Every container in this runtime root. */
   list(): Promise<RuntimeStatus[]>;
   kill(id: string, signal: string): Promise<void>;
+  /**
+   * Runs a command inside a running container (an exec probe); resolves to its
+   * exit status, or -1 if it did not finish within `timeoutMs`.
+   */
+  exec(id: string, argv: readonly string[], timeoutMs: number): Promise<number>;
   /** Deletes the container from the runtime (force kills a running one). */
   delete(id: string): Promise<void>;
   pause(id: string): Promise<void>;

@@ -381,3 +381,77 @@ test(
     assert.equal(get.stdout.trim(), 'kept');
   },
 );
+
+test(
+  'application failure: Redis stopped with SIGSTOP fails its exec probe and is restored from its last healthy epoch',
+  { timeout: 120_000 },
+  async () => {
+    await ok([
+      'run',
+      'app',
+      '--image',
+      'redis',
+      '--memory',
+      '256m',
+      '--ha',
+      'checkpoint',
+      '--interval',
+      '1s',
+      '--probe-exec',
+      'echo PING | nc -w 1 127.0.0.1 6379 | grep -q PONG',
+      '--probe-period',
+      '500ms',
+      '--probe-failures',
+      '2',
+      '--',
+      ...REDIS_ARGS,
+    ]);
+    const before = await waitFor('app healthy and protected', async () => {
+      const v = (await inspect('app')) as View & { health: string };
+      return v.health === 'healthy' && v.protection.committedEpoch ? v : undefined;
+    });
+    const set = await run([
+      'nsenter',
+      `--net=/run/netns/${CLIENT_NETNS}`,
+      'redis-cli',
+      '-h',
+      before.ip,
+      'SET',
+      'before-hang',
+      'kept',
+    ]);
+    assert.equal(set.stdout.trim(), 'OK');
+    const committed = (await inspect('app')).protection.committedEpoch!;
+    await waitFor('an epoch after the write', async () =>
+      (await inspect('app')).protection.committedEpoch! > committed + 1000 ? true : undefined,
+    );
+    const seen = (await events()).length;
+    const pid = (JSON.parse(await ok(['ps', '--json'])) as Array<{ name: string; pid: number }>).find(
+      (c) => c.name === 'app',
+    )!.pid;
+    process.kill(pid, 'SIGSTOP'); // hung: its port still accepts connections, it answers nothing
+    const recovered = await waitFor('the recovery', async () =>
+      (await events()).slice(seen).find((e) => e.kind === 'container.failed-over' && e.subject === 'app'),
+    );
+    assert.equal(recovered.data.reason, 'application unhealthy');
+    assert.ok(
+      (await events()).slice(seen).some((e) => e.kind === 'container.unhealthy' && e.subject === 'app'),
+    );
+    const after = await waitFor('app answering again', async () => {
+      const r = await run([
+        'nsenter',
+        `--net=/run/netns/${CLIENT_NETNS}`,
+        'redis-cli',
+        '-h',
+        before.ip,
+        'GET',
+        'before-hang',
+      ]);
+      return r.stdout.trim() === 'kept' ? true : undefined;
+    });
+    assert.ok(after);
+    await waitFor('healthy again', async () =>
+      ((await inspect('app')) as View & { health: string }).health === 'healthy' ? true : undefined,
+    );
+  },
+);

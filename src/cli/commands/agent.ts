@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { InvalidArgumentError } from '../../core/errors.js';
 import { ClusterLink } from '../../agent/cluster-link.js';
+import { Prober } from '../../agent/probes.js';
 import { Protection } from '../../agent/protection.js';
 import { createAgentServer } from '../../agent/server.js';
 import type { Command } from '../command.js';
@@ -60,7 +61,8 @@ export const agentCommand: Command = {
     const listen = parseListen(listenText);
     const token = readToken(inv.values['token-file']);
     const host = inv.host();
-    const protection = new Protection(host, token);
+    const prober = new Prober(host);
+    const protection = new Protection(host, token, undefined, prober);
     let link: ClusterLink | undefined;
     if (typeof inv.values.controller === 'string') {
       const labels = Object.fromEntries(
@@ -79,6 +81,7 @@ export const agentCommand: Command = {
         token,
         advertise: typeof inv.values.advertise === 'string' ? inv.values.advertise : `http://${listenText}`,
         protection,
+        prober,
         onPrimaries: (names) => void protection.onPrimaries(names),
         labels,
         ...(cpuMillis ? { cpuMillis } : {}),
@@ -90,6 +93,7 @@ export const agentCommand: Command = {
       host,
       token,
       protection,
+      prober,
       ...(link ? { pullImage: (id: string) => link.pullImage(id) } : {}),
     });
     await new Promise<void>((resolve, reject) => {
@@ -99,6 +103,7 @@ export const agentCommand: Command = {
     process.stdout.write(`haven agent for host ${host.config.hostName} listening on ${listenText}\n`);
     await link?.start();
     await protection.resume();
+    await prober.resume();
     if (link) {
       const cluster = link;
       protection.startFencing(() => cluster.lastAckAt);
@@ -107,6 +112,7 @@ export const agentCommand: Command = {
       const stop = (): void => {
         link?.stop();
         void protection.stopAll();
+        prober.stopAll();
         server.close(() => resolve());
         server.closeAllConnections();
       };

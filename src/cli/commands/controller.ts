@@ -51,7 +51,8 @@ export const controllerCommand: Command = {
     const tcp = createControllerServer({ controller, images, token });
     await new Promise<void>((resolve, reject) => {
       tcp.once('error', reject);
-      tcp.listen(listen.port, listen.host, () => resolve());
+      // A thousand agents reconnecting at once (after a restart) must not overflow the accept queue.
+      tcp.listen({ port: listen.port, host: listen.host, backlog: 4096 }, () => resolve());
     });
     servers.push(tcp);
     const socket = typeof inv.values.socket === 'string' ? inv.values.socket : undefined;

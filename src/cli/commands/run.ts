@@ -7,7 +7,41 @@ import { printJson, requireName, type Command } from '../command.js';
 const usage =
   'haven run NAME --image IMG [--volume V:/path]... [--ip ADDR/PREFIX] [--memory 512m] [--env K=V]...\n' +
   '          [--host H] [--cpu MILLIS] [--label-require K=V]... [--with NAME]... [--apart NAME]...\n' +
-  '          [--ha none|restart|checkpoint [--interval 1s]] [--json] -- CMD ARGS...';
+  '          [--ha none|restart|checkpoint [--interval 1s]]\n' +
+  "          [--probe-exec 'CMD' | --probe-tcp PORT | --probe-http PORT/PATH] [--probe-period 1s] [--probe-timeout 1s]\n" +
+  '          [--probe-failures 3] [--probe-delay 0s] [--json] -- CMD ARGS...';
+
+/** The `probe` field of a run request from `--probe-*` flags (Kubernetes' field names), or nothing. */
+export function probeFromFlags(values: Record<string, unknown>): { probe?: Record<string, unknown> } {
+  const text = (flag: string): string | undefined =>
+    typeof values[flag] === 'string' ? values[flag] : undefined;
+  const exec = text('probe-exec');
+  const tcp = text('probe-tcp');
+  const http = text('probe-http');
+  if (exec === undefined && tcp === undefined && http === undefined) return {};
+  const seconds = (flag: string): number | undefined => {
+    const value = text(flag);
+    return value === undefined ? undefined : parseDuration(value) / 1000;
+  };
+  const probe: Record<string, unknown> = {};
+  if (exec !== undefined) probe.exec = { command: ['sh', '-c', exec] };
+  if (tcp !== undefined) probe.tcpSocket = { port: Number(tcp) };
+  if (http !== undefined) {
+    const match = /^(\d+)(\/.*)$/.exec(http);
+    if (!match)
+      throw new InvalidArgumentError(`invalid --probe-http "${http}": expected PORT/PATH, e.g. 8080/healthz`);
+    probe.httpGet = { port: Number(match[1]), path: match[2] };
+  }
+  const period = seconds('probe-period');
+  const timeout = seconds('probe-timeout');
+  const delay = seconds('probe-delay');
+  const failures = text('probe-failures');
+  if (period !== undefined) probe.periodSeconds = period;
+  if (timeout !== undefined) probe.timeoutSeconds = timeout;
+  if (delay !== undefined) probe.initialDelaySeconds = delay;
+  if (failures !== undefined) probe.failureThreshold = Number(failures);
+  return { probe };
+}
 
 /** `500ms`, `1s`, `1.5s`, `2m` → milliseconds. */
 export function parseDuration(text: string): number {
@@ -36,6 +70,13 @@ export const runCommand: Command = {
     apart: { type: 'string', multiple: true },
     ha: { type: 'string' },
     interval: { type: 'string' },
+    'probe-exec': { type: 'string' },
+    'probe-tcp': { type: 'string' },
+    'probe-http': { type: 'string' },
+    'probe-period': { type: 'string' },
+    'probe-timeout': { type: 'string' },
+    'probe-failures': { type: 'string' },
+    'probe-delay': { type: 'string' },
   },
   async run(inv) {
     const name = requireName(inv, usage);
@@ -75,6 +116,7 @@ export const runCommand: Command = {
           ...(inv.values.with ? { with: inv.values.with } : {}),
           ...(inv.values.apart ? { apart: inv.values.apart } : {}),
           ...(typeof inv.values.ha === 'string' ? { ha: inv.values.ha } : {}),
+          ...probeFromFlags(inv.values),
           ...(typeof inv.values.interval === 'string'
             ? { intervalMs: parseDuration(inv.values.interval) }
             : {}),
@@ -87,7 +129,18 @@ export const runCommand: Command = {
         );
       return 0;
     }
-    for (const flag of ['host', 'cpu', 'label-require', 'with', 'apart', 'ha', 'interval']) {
+    for (const flag of [
+      'host',
+      'cpu',
+      'label-require',
+      'with',
+      'apart',
+      'ha',
+      'interval',
+      'probe-exec',
+      'probe-tcp',
+      'probe-http',
+    ]) {
       if (inv.values[flag] !== undefined)
         throw new InvalidArgumentError(`--${flag} needs a cluster (none is running)`);
     }

@@ -95,6 +95,13 @@ export class RuncDriver implements RuntimeDriver {
     await this.runc(['kill', id, signal]);
   }
 
+  async exec(id: string, argv: readonly string[], timeoutMs: number): Promise<number> {
+    const result = await run([...this.base(), 'exec', id, ...argv], { allowFailure: true, timeoutMs }).catch(
+      () => ({ code: -1 }),
+    );
+    return result.code;
+  }
+
   async delete(id: string): Promise<void> {
     await this.runc(['delete', '--force', id]);
   }
