@@ -203,7 +203,10 @@ async function main(): Promise<void> {
     await writeFile(file, JSON.stringify({ trials, rows, mb: MB }, null, 2));
     process.stdout.write(`results: ${file}\n`);
   } finally {
-    await haven(['lab', 'down']);
+    // Never let a failed clean-up hide the error that got us here.
+    await haven(['lab', 'down']).catch((error: unknown) =>
+      process.stderr.write(`lab down: ${String(error)}\n`),
+    );
   }
 }
 

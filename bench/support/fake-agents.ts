@@ -13,7 +13,8 @@
  * every 10th beat the report (`containers`, and the `protection` and
  * `replicas` lists, empty here) if it changed, and on every 50th regardless — either
  * over one long-lived NDJSON stream per host (`stream`, Haven's way; the
- * controller acknowledges each line on its answer) or as one keep-alive
+ * controller acknowledges on its answer, one line covering every beat up to
+ * its seq, at most every 100 ms per stream) or as one keep-alive
  * request per beat (`oneshot`, the baseline). A beat counts as delivered once
  * acknowledged.
  *
@@ -431,8 +432,12 @@ class Worker {
           pending = pending.slice(newline + 1);
           const seq = ACK.exec(line)?.[1];
           if (res.statusCode === 200 && seq !== undefined) {
-            this.acked(host.sentAt.get(Number(seq)));
-            host.sentAt.delete(Number(seq));
+            // The controller coalesces acknowledgements: one line covers every beat up to its seq.
+            for (const [sent, at] of host.sentAt) {
+              if (sent > Number(seq)) continue;
+              this.acked(at);
+              host.sentAt.delete(sent);
+            }
           } else drop(`answered ${res.statusCode}: ${line.slice(0, 200)}`);
         }
       });

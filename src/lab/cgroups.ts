@@ -77,6 +77,21 @@ function setFreezer(relative: string, state: 'FROZEN' | 'THAWED'): void {
   }
 }
 
+/** `relative` and every cgroup below it in the freezer hierarchy, parents first. */
+function freezerTree(relative: string): string[] {
+  const dirs = [relative];
+  for (let i = 0; i < dirs.length; i++) {
+    try {
+      for (const entry of readdirSync(join(ROOT, 'freezer', dirs[i]!), { withFileTypes: true })) {
+        if (entry.isDirectory()) dirs.push(join(dirs[i]!, entry.name));
+      }
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return dirs;
+}
+
 async function waitFrozen(relative: string, timeoutMs: number): Promise<void> {
   const file = join(ROOT, 'freezer', relative, 'freezer.state');
   const deadline = Date.now() + timeoutMs;
@@ -112,7 +127,10 @@ export async function killCgroupTree(relative: string, timeoutMs = 5_000): Promi
     // A task stuck in D state never freezes: kill anyway after a short wait.
     await waitFrozen(relative, 500);
     for (const pid of pidsInTree(relative)) sigkill(pid);
-    setFreezer(relative, 'THAWED');
+    // Thaw the whole tree, not only its top: a container frozen by itself (a
+    // checkpoint cut short, a fenced primary) stays FROZEN under a thawed
+    // parent, and a frozen task never dies of its SIGKILL.
+    for (const dir of freezerTree(relative).reverse()) setFreezer(dir, 'THAWED');
     for (let i = 0; i < 10; i++) {
       await sleep(10);
       remaining = pidsInTree(relative);
