@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 import { REPO_ROOT } from '../src/core/config.js';
 import { run } from '../src/core/exec.js';
 import { redisImage, REDIS_ARGS } from '../src/fixtures/images.js';
+import { runHaven, waitUntil } from '../src/lab/cli-driver.js';
 import { CLIENT_NETNS } from '../src/lab/index.js';
 
 const { values } = parseArgs({
@@ -28,20 +29,13 @@ const TRIALS = Number(values.trials);
 const MB = Number(values.mb);
 
 async function haven(args: string[]): Promise<string> {
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const key of ['HAVEN_CONTROLLER', 'HAVEN_TOKEN', 'HAVEN_STATE_DIR', 'HAVEN_RUNC_ROOT', 'HAVEN_LOCAL'])
-    delete env[key];
-  return (await run([join(REPO_ROOT, 'bin', 'haven'), ...args], { env, timeoutMs: 300_000 })).stdout;
+  const result = await runHaven(args);
+  if (result.code !== 0) throw new Error(`haven ${args.join(' ')} failed: ${result.stderr.trim()}`);
+  return result.stdout;
 }
 
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
+function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
+  return waitUntil(what, probe, timeoutMs);
 }
 
 interface Trial {

@@ -21,35 +21,21 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT } from '../core/config.js';
 import { run } from '../core/exec.js';
 import { redisImage, REDIS_ARGS } from '../fixtures/images.js';
+import { runHaven, waitUntil } from '../lab/cli-driver.js';
 import { CLIENT_NETNS, type LabStatus } from '../lab/index.js';
 
 const KEYS = 100_000;
-const HAVEN = join(REPO_ROOT, 'bin', 'haven');
 const say = (text: string): void => void process.stdout.write(`${text}\n`);
 
 /** Runs `haven ARGS`, echoing the command as a user would type it; returns stdout. */
-async function haven(args: string[], options: { echo?: boolean; input?: string } = {}): Promise<string> {
+async function haven(args: string[], options: { echo?: boolean } = {}): Promise<string> {
   if (options.echo !== false) say(`$ haven ${args.join(' ')}`);
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const key of ['HAVEN_CONTROLLER', 'HAVEN_TOKEN', 'HAVEN_STATE_DIR', 'HAVEN_RUNC_ROOT', 'HAVEN_LOCAL'])
-    delete env[key];
-  const result = await run([HAVEN, ...args], {
-    env,
-    timeoutMs: 300_000,
-    ...(options.input !== undefined ? { input: options.input } : {}),
-  });
+  const result = await runHaven(args);
+  if (result.code !== 0) throw new Error(`haven ${args.join(' ')} failed: ${result.stderr.trim()}`);
   return result.stdout;
 }
 
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
+const until = waitUntil;
 
 interface Row {
   name: string;

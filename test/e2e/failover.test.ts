@@ -14,33 +14,11 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { REPO_ROOT } from '../../src/core/config.js';
-import { run, type ExecResult } from '../../src/core/exec.js';
+import { run } from '../../src/core/exec.js';
 import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
+import { haven, ok, waitFor } from '../support/lab-cli.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
 import { shortHash } from '../../src/runtime/network.js';
-
-function haven(args: string[]): Promise<ExecResult> {
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const key of ['HAVEN_CONTROLLER', 'HAVEN_TOKEN', 'HAVEN_STATE_DIR', 'HAVEN_RUNC_ROOT', 'HAVEN_LOCAL'])
-    delete env[key];
-  return run([join(REPO_ROOT, 'bin', 'haven'), ...args], { allowFailure: true, timeoutMs: 180_000, env });
-}
-
-async function ok(args: string[]): Promise<string> {
-  const r = await haven(args);
-  assert.equal(r.code, 0, `haven ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    await sleep(100);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 /** Index of the element after which the longest interval between sorted times begins. */
 function largestGap(times: readonly number[]): number {

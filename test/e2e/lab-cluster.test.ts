@@ -8,36 +8,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { REPO_ROOT } from '../../src/core/config.js';
-import { run, type ExecResult } from '../../src/core/exec.js';
 import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
+import { haven, ok, waitFor } from '../support/lab-cli.js';
 import { CLIENT_NETNS, type LabStatus } from '../../src/lab/index.js';
 import { RedisSession } from '../support/test-host.js';
-
-function haven(args: string[]): Promise<ExecResult> {
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const key of ['HAVEN_CONTROLLER', 'HAVEN_TOKEN', 'HAVEN_STATE_DIR', 'HAVEN_RUNC_ROOT', 'HAVEN_LOCAL'])
-    delete env[key];
-  return run([join(REPO_ROOT, 'bin', 'haven'), ...args], { allowFailure: true, timeoutMs: 180_000, env });
-}
-
-async function ok(args: string[]): Promise<string> {
-  const r = await haven(args);
-  assert.equal(r.code, 0, `haven ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    await sleep(150);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 interface Row {
   name: string;

@@ -15,8 +15,9 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { REPO_ROOT } from '../../src/core/config.js';
-import { run, type ExecResult } from '../../src/core/exec.js';
+import type { ExecResult } from '../../src/core/exec.js';
 import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
+import { runHaven, waitUntil } from '../../src/lab/cli-driver.js';
 import { TestHost } from '../support/test-host.js';
 
 const TOKEN = 'cluster-test-token-0123456789';
@@ -30,10 +31,7 @@ let agent: ChildProcess | undefined;
 let redisId = '';
 
 function haven(args: string[]): Promise<ExecResult> {
-  const env: NodeJS.ProcessEnv = { ...process.env, HAVEN_CONTROLLER: controllerUrl, HAVEN_TOKEN: TOKEN };
-  delete env.HAVEN_STATE_DIR;
-  delete env.HAVEN_RUNC_ROOT;
-  return run([join(REPO_ROOT, 'bin', 'haven'), ...args], { allowFailure: true, timeoutMs: 180_000, env });
+  return runHaven(args, { HAVEN_CONTROLLER: controllerUrl, HAVEN_TOKEN: TOKEN }, 180_000);
 }
 
 async function ok(args: string[]): Promise<string> {
@@ -42,14 +40,8 @@ async function ok(args: string[]): Promise<string> {
   return r.stdout;
 }
 
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    await sleep(100);
-  }
-  throw new Error(`timed out waiting for ${what}`);
+function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
+  return waitUntil(what, probe, timeoutMs);
 }
 
 function startController(): ChildProcess {
