@@ -8,9 +8,15 @@
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createReadStream } from 'node:fs';
-import { join } from 'node:path';
 import { HavenError, InvalidArgumentError } from '../core/errors.js';
-import { callJson, errorFrom, openRequest, type CallOptions, type Endpoint } from '../core/http-client.js';
+import {
+  callJson,
+  errorFrom,
+  openRequest,
+  UnreachableError,
+  type CallOptions,
+  type Endpoint,
+} from '../core/http-client.js';
 import { deterministicTarFile } from '../host/images.js';
 import type { RegistryImage } from '../controller/image-registry.js';
 
@@ -77,7 +83,8 @@ export class ClusterClient {
     try {
       return await callJson<T>(this.target.endpoint, path, this.target.token, options);
     } catch (error) {
-      if (error instanceof HavenError && error.code === 'unavailable' && !error.message.includes('is down')) {
+      // Only a controller that could not be reached at all: its own 503s (a host down) pass through.
+      if (error instanceof UnreachableError) {
         throw new HavenError(
           `cannot reach the Haven controller at ${this.target.endpoint} (found via ${this.target.via}): ${error.message}`,
           'unavailable',
@@ -121,9 +128,4 @@ export class ClusterClient {
       await tar.cleanup();
     }
   }
-}
-
-/** Path of the directory a one-machine cluster keeps its controller state in. */
-export function localControllerDir(stateDir = '/var/lib/haven'): string {
-  return join(stateDir, 'controller');
 }

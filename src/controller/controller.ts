@@ -268,11 +268,6 @@ export class Controller {
   /** Failovers in flight, by container: one at a time each. */
   private readonly failingOver = new Map<string, Promise<void>>();
 
-  /** Waits for every failover in flight (tests, shutdown). */
-  async settled(): Promise<void> {
-    while (this.failingOver.size > 0) await Promise.all(this.failingOver.values());
-  }
-
   /** Silent hosts that peers still reach: not failed over; looked at again each second. */
   private readonly suspects = new Map<string, number>();
 
