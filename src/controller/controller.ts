@@ -455,43 +455,44 @@ export class Controller {
    * minute is a crash loop: Haven stops trying and says so.
    */
   private recoverFailed(hostName: string, names: readonly string[], reason: string): void {
-    if (names.length === 0) return;
-    void (async () => {
-      for (const name of names) {
-        const c = { name };
-        if (this.failingOver.has(c.name)) continue;
-        const intent = await this.options.store.getContainer(c.name);
-        if (!intent || intent.host !== hostName || intent.desired !== 'running' || haOf(intent) === 'none')
-          continue;
-        const now = this.now();
-        const recent = (this.recoveries.get(c.name) ?? []).filter((t) => now - t < 60_000);
-        if (recent.length >= 3) {
-          if (recent.length === 3) {
-            recent.push(now);
-            await this.emit('container.crash-loop', c.name, {
-              host: hostName,
-              recoveries: 3,
-              withinMs: 60_000,
-            });
-          }
-          this.recoveries.set(c.name, recent);
-          continue;
-        }
-        this.recoveries.set(c.name, [...recent, now]);
-        await this.emit(reason === 'container exited' ? 'container.exited' : 'container.unhealthy', c.name, {
-          host: hostName,
+    for (const name of names) {
+      if (this.failingOver.has(name)) continue;
+      // Claimed before the first await: a second report cannot start a second recovery.
+      let release = (): void => undefined;
+      this.failingOver.set(name, new Promise<void>((resolve) => (release = resolve)));
+      void this.recover(hostName, name, reason)
+        .catch(async (error: unknown) => {
+          await this.emit('container.failover-failed', name, {
+            from: hostName,
+            error: error instanceof Error ? error.message : String(error),
+          });
+        })
+        .catch(() => undefined)
+        .finally(() => {
+          this.failingOver.delete(name);
+          release();
         });
-        const work = this.failover(intent, hostName, 0, reason)
-          .catch(async (error: unknown) => {
-            await this.emit('container.failover-failed', c.name, {
-              from: hostName,
-              error: error instanceof Error ? error.message : String(error),
-            });
-          })
-          .finally(() => this.failingOver.delete(c.name));
-        this.failingOver.set(c.name, work);
+    }
+  }
+
+  private async recover(hostName: string, name: string, reason: string): Promise<void> {
+    const intent = await this.options.store.getContainer(name);
+    if (!intent || intent.host !== hostName || intent.desired !== 'running' || haOf(intent) === 'none')
+      return;
+    const now = this.now();
+    const recent = (this.recoveries.get(name) ?? []).filter((t) => now - t < 60_000);
+    if (recent.length >= 3) {
+      if (recent.length === 3) {
+        await this.emit('container.crash-loop', name, { host: hostName, recoveries: 3, withinMs: 60_000 });
       }
-    })().catch(() => undefined);
+      this.recoveries.set(name, [...recent, now]);
+      return;
+    }
+    this.recoveries.set(name, [...recent, now]);
+    await this.emit(reason === 'container exited' ? 'container.exited' : 'container.unhealthy', name, {
+      host: hostName,
+    });
+    await this.failover(intent, hostName, 0, reason);
   }
 
   /** Chooses a (new) backup for a checkpoint-protected container and tells its primary. */
