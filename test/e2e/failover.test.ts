@@ -51,6 +51,25 @@ const events = async (): Promise<Event[]> =>
     .filter((l) => l.length > 0)
     .map((l) => JSON.parse(l) as Event);
 
+/** Writes KEY=kept to Redis at `ip` and waits until an epoch that began after the write is committed. */
+async function writeAndCommit(name: string, ip: string, key: string): Promise<void> {
+  const set = await run([
+    'nsenter',
+    `--net=/run/netns/${CLIENT_NETNS}`,
+    'redis-cli',
+    '-h',
+    ip,
+    'SET',
+    key,
+    'kept',
+  ]);
+  assert.equal(set.stdout.trim(), 'OK');
+  const committed = (await inspect(name)).protection.committedEpoch!;
+  await waitFor('an epoch after the write', async () =>
+    (await inspect(name)).protection.committedEpoch! > committed + 1000 ? true : undefined,
+  );
+}
+
 before(async () => {
   await haven(['lab', 'down']);
   await ok(['lab', 'up', '--hosts', '3']);
@@ -320,21 +339,7 @@ test(
       const v = await inspect('kv');
       return v.protection.backup && v.protection.committedEpoch ? v : undefined;
     });
-    const set = await run([
-      'nsenter',
-      `--net=/run/netns/${CLIENT_NETNS}`,
-      'redis-cli',
-      '-h',
-      before.ip,
-      'SET',
-      'before-crash',
-      'kept',
-    ]);
-    assert.equal(set.stdout.trim(), 'OK');
-    const committed = (await inspect('kv')).protection.committedEpoch!;
-    await waitFor('an epoch after the write', async () =>
-      (await inspect('kv')).protection.committedEpoch! > committed + 1000 ? true : undefined,
-    );
+    await writeAndCommit('kv', before.ip, 'before-crash');
     const seen = (await events()).length;
     process.kill((await kvRow()).pid, 'SIGKILL'); // Redis itself: the host and its agent stay up
     const recovered = await waitFor('the recovery', async () =>
@@ -388,21 +393,7 @@ test(
       const v = (await inspect('app')) as View & { health: string };
       return v.health === 'healthy' && v.protection.committedEpoch ? v : undefined;
     });
-    const set = await run([
-      'nsenter',
-      `--net=/run/netns/${CLIENT_NETNS}`,
-      'redis-cli',
-      '-h',
-      before.ip,
-      'SET',
-      'before-hang',
-      'kept',
-    ]);
-    assert.equal(set.stdout.trim(), 'OK');
-    const committed = (await inspect('app')).protection.committedEpoch!;
-    await waitFor('an epoch after the write', async () =>
-      (await inspect('app')).protection.committedEpoch! > committed + 1000 ? true : undefined,
-    );
+    await writeAndCommit('app', before.ip, 'before-hang');
     const seen = (await events()).length;
     const pid = (JSON.parse(await ok(['ps', '--json'])) as Array<{ name: string; pid: number }>).find(
       (c) => c.name === 'app',
