@@ -29,6 +29,7 @@ import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { callJson } from '../../src/core/http-client.js';
+import { RecordSplitter } from '../../src/core/records.js';
 import type { ReportedContainer } from '../../src/controller/schemas.js';
 
 /** How a worker's hosts heartbeat. */
@@ -422,27 +423,21 @@ class Worker {
       stream.destroy();
     };
     stream.on('response', (res) => {
-      let pending = '';
       res.setEncoding('utf8');
-      res.on('data', (chunk: string) => {
-        pending += chunk;
-        let newline: number;
-        while ((newline = pending.indexOf('\n')) >= 0) {
-          const line = pending.slice(0, newline);
-          pending = pending.slice(newline + 1);
-          const seq = ACK.exec(line)?.[1];
-          if (res.statusCode === 200 && seq !== undefined) {
-            // The controller coalesces acknowledgements: one line covers every beat up to its seq.
-            for (const [sent, at] of host.sentAt) {
-              if (sent > Number(seq)) continue;
-              this.acked(at);
-              host.sentAt.delete(sent);
-            }
-          } else drop(`answered ${res.statusCode}: ${line.slice(0, 200)}`);
-        }
+      const lines = new RecordSplitter((line) => {
+        const seq = ACK.exec(line)?.[1];
+        if (res.statusCode === 200 && seq !== undefined) {
+          // The controller coalesces acknowledgements: one line covers every beat up to its seq.
+          for (const [sent, at] of host.sentAt) {
+            if (sent > Number(seq)) continue;
+            this.acked(at);
+            host.sentAt.delete(sent);
+          }
+        } else drop(`answered ${res.statusCode}: ${line.slice(0, 200)}`);
       });
+      res.on('data', (chunk: string) => lines.push(chunk));
       res.on('end', () =>
-        drop(`the controller ended the stream (${res.statusCode} ${pending.slice(0, 200)})`),
+        drop(`the controller ended the stream (${res.statusCode} ${lines.pending.slice(0, 200)})`),
       );
     });
     stream.on('error', (error) => drop(error.message));

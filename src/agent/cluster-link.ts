@@ -18,6 +18,7 @@ import { Transform } from 'node:stream';
 import type { ClientRequest } from 'node:http';
 import { request } from 'node:http';
 import { CorruptCheckpointError } from '../core/errors.js';
+import { RecordSplitter } from '../core/records.js';
 import { callJson, errorFrom, openRequest, requestOptions, type Endpoint } from '../core/http-client.js';
 import type { ContainerHost } from '../host/container-host.js';
 import type { Prober } from './probes.js';
@@ -148,23 +149,22 @@ export class ClusterLink {
       }
       // One acknowledgement line per heartbeat; an error line ends the stream.
       res.setEncoding('utf8');
-      let pending = '';
-      res.on('data', (chunk: string) => {
-        pending += chunk;
-        let newline: number;
-        while ((newline = pending.indexOf('\n')) >= 0) {
-          const line = pending.slice(0, newline);
-          pending = pending.slice(newline + 1);
-          try {
-            const ack = JSON.parse(line) as { ack?: number; primaries?: string[]; error?: string };
-            if (ack.error) return end(ack.error);
-            this.lastAckAt = Date.now();
-            if (ack.primaries) this.options.onPrimaries?.(ack.primaries);
-          } catch {
-            return end('malformed acknowledgement');
+      const lines = new RecordSplitter((line) => {
+        try {
+          const ack = JSON.parse(line) as { ack?: number; primaries?: string[]; error?: string };
+          if (ack.error) {
+            end(ack.error);
+            return false;
           }
+          this.lastAckAt = Date.now();
+          if (ack.primaries) this.options.onPrimaries?.(ack.primaries);
+          return true;
+        } catch {
+          end('malformed acknowledgement');
+          return false;
         }
       });
+      res.on('data', (chunk: string) => lines.push(chunk));
       res.on('end', () => end('the controller ended the stream'));
       res.on('error', () => end('closed'));
     });

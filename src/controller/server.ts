@@ -41,6 +41,7 @@ import {
   sendError,
   sendJson,
 } from '../core/http.js';
+import { RecordSplitter } from '../core/records.js';
 import type { Controller } from './controller.js';
 import type { ImageRegistry } from './image-registry.js';
 import {
@@ -222,8 +223,10 @@ function heartbeatStream(
   host: string,
 ): Promise<void> {
   return new Promise((resolve) => {
-    let pending = '';
+    let failed = false;
     const fail = (status: number, message: string): void => {
+      if (failed) return;
+      failed = true;
       req.removeAllListeners('data');
       if (res.headersSent) res.end(`${JSON.stringify({ error: message, status })}\n`);
       else sendJson(res, status, { error: message });
@@ -246,26 +249,28 @@ function heartbeatStream(
       if (res.writableLength < 64 * 1024) res.write(`${JSON.stringify(line)}\n`);
     };
     req.setEncoding('utf8');
-    req.on('data', (chunk: string) => {
-      pending += chunk;
-      let newline: number;
-      while ((newline = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, newline);
-        pending = pending.slice(newline + 1);
-        if (line.length === 0) continue;
-        let beat;
-        try {
-          beat = heartbeatSchema.parse(JSON.parse(line));
-        } catch {
-          return fail(400, 'malformed heartbeat line');
-        }
-        if (!controller.heartbeat(host, beat)) return fail(409, `host "${host}" must register (again) first`);
-        if (beat.containers) {
-          const seq = beat.seq;
-          void controller.primariesOf(host).then((primaries) => ack({ ack: seq, primaries }, true));
-        } else ack({ ack: beat.seq });
+    const lines = new RecordSplitter((line) => {
+      if (line.length === 0) return true;
+      let beat;
+      try {
+        beat = heartbeatSchema.parse(JSON.parse(line));
+      } catch {
+        fail(400, 'malformed heartbeat line');
+        return false;
       }
-      if (pending.length > MAX_HEARTBEAT_LINE) fail(413, 'heartbeat line too long');
+      if (!controller.heartbeat(host, beat)) {
+        fail(409, `host "${host}" must register (again) first`);
+        return false;
+      }
+      if (beat.containers) {
+        const seq = beat.seq;
+        void controller.primariesOf(host).then((primaries) => ack({ ack: seq, primaries }, true));
+      } else ack({ ack: beat.seq });
+      return true;
+    });
+    req.on('data', (chunk: string) => {
+      lines.push(chunk);
+      if (lines.pending.length > MAX_HEARTBEAT_LINE) fail(413, 'heartbeat line too long');
     });
     req.on('end', () => {
       if (res.headersSent) res.end();

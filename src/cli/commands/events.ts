@@ -1,5 +1,6 @@
 import { InvalidArgumentError } from '../../core/errors.js';
 import { errorFrom, openRequest } from '../../core/http-client.js';
+import { RecordSplitter } from '../../core/records.js';
 import type { StoredEvent } from '../../controller/store.js';
 import type { Command } from '../command.js';
 import { requireCluster } from './host.js';
@@ -40,17 +41,12 @@ export const eventsCommand: Command = {
     );
     if ((res.statusCode ?? 500) !== 200) throw await errorFrom(res);
     res.setEncoding('utf8');
-    let pending = '';
-    for await (const chunk of res) {
-      pending += chunk as string;
-      let end: number;
-      while ((end = pending.indexOf('\n\n')) >= 0) {
-        const block = pending.slice(0, end);
-        pending = pending.slice(end + 2);
-        const data = block.split('\n').find((l) => l.startsWith('data: '));
-        if (data) process.stdout.write(format(JSON.parse(data.slice(6)) as StoredEvent, json));
-      }
-    }
+    // Server-sent events: blocks separated by a blank line; the event is its `data:` line.
+    const blocks = new RecordSplitter((block) => {
+      const data = block.split('\n').find((l) => l.startsWith('data: '));
+      if (data) process.stdout.write(format(JSON.parse(data.slice(6)) as StoredEvent, json));
+    }, '\n\n');
+    for await (const chunk of res) blocks.push(chunk as string);
     return 0;
   },
 };
