@@ -23,8 +23,8 @@ export interface PromotionReport {
   epoch: number;
   /** When that epoch's checkpoint began: what a client had acknowledged before it is restored. */
   takenAt: string;
-  /** Newer epochs that could not be used, and why. */
-  skipped: Array<{ epoch: number; error: string }>;
+  /** Newer epochs that could not be used, why, and the milliseconds spent finding out. */
+  skipped: Array<{ epoch: number; error: string; ms: number }>;
   /** Milliseconds: assembling the epoch from chunks, the restore, and the whole. */
   assembleMs: number;
   restoreMs: number;
@@ -175,11 +175,12 @@ export class Protection {
     if (epochs.length === 0) throw new NotFoundError(`this host holds no committed epoch of "${name}"`);
     const skipped: PromotionReport['skipped'] = [];
     for (const epoch of epochs) {
+      const tried = performance.now();
       let manifest: EpochManifest;
       try {
         manifest = await this.replicas.manifest(name, epoch);
       } catch (error) {
-        skipped.push({ epoch, error: (error as Error).message });
+        skipped.push({ epoch, error: (error as Error).message, ms: Math.round(performance.now() - tried) });
         continue;
       }
       const bytes = manifest.files.reduce((s, f) => s + f.size, 0);
@@ -206,7 +207,7 @@ export class Protection {
       } catch (error) {
         if (!(error instanceof CorruptCheckpointError)) throw error;
         this.log(`promote ${name}: epoch ${epoch} is damaged (${error.message}); trying an older one`);
-        skipped.push({ epoch, error: error.message });
+        skipped.push({ epoch, error: error.message, ms: Math.round(performance.now() - tried) });
       } finally {
         await rm(scratch, { recursive: true, force: true });
       }

@@ -379,7 +379,7 @@ export class Controller {
       const report = await this.options.callAgent<{
         epoch: number;
         takenAt: string;
-        skipped: unknown[];
+        skipped: Array<{ epoch: number; error: string }>;
         assembleMs: number;
         restoreMs: number;
         view: ContainerView;
@@ -387,6 +387,10 @@ export class Controller {
         method: 'POST',
         body: { tcpClose: true },
       });
+      // A damaged epoch means the backup's disk lost data: an error of its own, not just a detail of the failover.
+      for (const s of report.skipped) {
+        await this.emit('container.epoch-damaged', intent.name, { host: backup.name, ...s });
+      }
       to = backup.name;
       this.noteReported(to, {
         name: intent.name,
