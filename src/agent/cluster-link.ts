@@ -1,8 +1,9 @@
 /**
  * The agent's side of the cluster: it registers its host with the
- * controller, keeps one heartbeat stream open (a JSON line per beat; the
- * a report of its containers every 10th beat, when it changed and every 5th time regardless), and
- * pulls images it lacks from the controller, verifying their hash.
+ * controller, heartbeats (a UDP datagram per beat, or a JSON line per beat on
+ * one long-lived request where datagrams cannot go), reports its containers
+ * every 10th beat (when the report changed, and every 5th time regardless),
+ * and pulls images it lacks from the controller, verifying their hash.
  *
  * The link never takes the host down with it: while the controller is
  * unreachable the agent keeps serving and its containers keep running; the
@@ -15,9 +16,11 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
-import type { ClientRequest } from 'node:http';
+import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
-import { CorruptCheckpointError } from '../core/errors.js';
+import { isIPv6 } from 'node:net';
+import { CorruptCheckpointError, type HavenError } from '../core/errors.js';
+import { encodeHeartbeatDatagram, parseHeartbeatAnswer } from '../core/heartbeat-datagram.js';
 import { RecordSplitter } from '../core/records.js';
 import { callJson, errorFrom, openRequest, requestOptions, type Endpoint } from '../core/http-client.js';
 import type { ContainerHost } from '../host/container-host.js';
@@ -41,6 +44,12 @@ export interface ClusterLinkOptions {
   memoryBytes?: number;
   /** Milliseconds between heartbeats (default {@link DEFAULT_HEARTBEAT_MS}). */
   heartbeatMs?: number;
+  /**
+   * How beats travel: `datagram` (default: UDP, where the controller offers
+   * it and is reached over the network) or `stream` (JSON lines on one HTTP
+   * request, e.g. where UDP is filtered).
+   */
+  transport?: 'datagram' | 'stream';
   /** Protection, whose progress goes into the reports. */
   protection?: Protection;
   /** Probes, whose results go into the reports. */
@@ -52,7 +61,8 @@ export interface ClusterLinkOptions {
 
 /** A host's connection to its controller. */
 export class ClusterLink {
-  private stream: ClientRequest | undefined;
+  /** Ends the current heartbeats (datagrams or stream), if any. */
+  private closeBeats: (() => void) | undefined;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private seq = 0;
@@ -78,7 +88,7 @@ export class ClusterLink {
   stop(): void {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
-    this.stream?.destroy();
+    this.closeBeats?.();
   }
 
   private log(line: string): void {
@@ -88,22 +98,31 @@ export class ClusterLink {
   private async connect(): Promise<void> {
     if (this.stopped) return;
     try {
-      await callJson(this.options.controller, '/v1/hosts', this.options.token, {
-        method: 'POST',
-        timeoutMs: 5000,
-        body: {
-          name: this.options.host.config.hostName,
-          address: this.options.advertise,
-          labels: this.options.labels ?? {},
-          cpuMillis: this.options.cpuMillis ?? cpus().length * 1000,
-          memoryBytes: this.options.memoryBytes ?? totalmem(),
-          bootId: this.bootId,
+      const registered = await callJson<{ heartbeat?: { udpPort: number; key: string } }>(
+        this.options.controller,
+        '/v1/hosts',
+        this.options.token,
+        {
+          method: 'POST',
+          timeoutMs: 5000,
+          body: {
+            name: this.options.host.config.hostName,
+            address: this.options.advertise,
+            labels: this.options.labels ?? {},
+            cpuMillis: this.options.cpuMillis ?? cpus().length * 1000,
+            memoryBytes: this.options.memoryBytes ?? totalmem(),
+            bootId: this.bootId,
+          },
         },
-      });
+      );
       this.log(`agent: registered with ${this.options.controller}`);
       this.backoffMs = 200;
       this.lastDigest = '';
-      this.openStream();
+      // Datagrams where the controller takes them and is reached over the
+      // network; the stream through a Unix socket or when asked for.
+      const target = datagramTarget(this.options.controller, registered.heartbeat);
+      if (target && this.options.transport !== 'stream') this.beatByDatagram(target);
+      else this.beatOnStream();
     } catch (error) {
       this.log(`agent: cannot register with ${this.options.controller}: ${(error as Error).message}`);
       this.retry();
@@ -112,13 +131,96 @@ export class ClusterLink {
 
   private retry(): void {
     if (this.stopped) return;
-    this.stream = undefined;
+    this.closeBeats = undefined;
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => void this.connect(), this.backoffMs);
     this.backoffMs = Math.min(this.backoffMs * 2, 2000);
   }
 
-  private openStream(): void {
+  /**
+   * The report for beat `seq`, or null: every REPORT_EVERY beats (reading
+   * the host's records), sent when it changed and every 5th time regardless.
+   */
+  private async reportFor(seq: number): Promise<Record<string, unknown> | null> {
+    if (seq % REPORT_EVERY !== 0) return null;
+    try {
+      const report = await this.report();
+      const digest = createHash('sha1').update(JSON.stringify(report)).digest('hex');
+      if (digest === this.lastDigest && seq % (5 * REPORT_EVERY) !== 0) return null;
+      this.lastDigest = digest;
+      return report;
+    } catch (error) {
+      this.log(`agent: cannot list containers: ${(error as Error).message}`);
+      return null;
+    }
+  }
+
+  /**
+   * Beats as UDP datagrams (`core/heartbeat-datagram.ts`), one per period;
+   * reports go to the API as a request each, never holding a beat back. The
+   * lease runs from the controller's acknowledgements of either.
+   */
+  private beatByDatagram(target: DatagramTarget): void {
+    const socket = createSocket(isIPv6(target.address) ? 'udp6' : 'udp4');
+    let ended = false;
+    const end = (why: string): void => {
+      if (ended) return;
+      ended = true;
+      if (!this.stopped) this.log(`agent: heartbeats stopped (${why}); registering again`);
+      socket.close();
+      this.retry();
+    };
+    this.closeBeats = () => end('stopped');
+    socket.on('message', (bytes) => {
+      const answer = parseHeartbeatAnswer(bytes);
+      if (!answer) return;
+      if ('error' in answer) end('the controller does not know this registration');
+      else this.lastAckAt = Date.now();
+    });
+    // Unconnected UDP sends fail only locally (no route, buffer full): the next beat tries again.
+    socket.on('error', (error) => this.log(`agent: heartbeat datagram: ${error.message}`));
+    const host = this.options.host.config.hostName;
+    let reporting = false;
+    const beat = async (): Promise<void> => {
+      if (ended || this.stopped) return;
+      const seq = this.seq++;
+      socket.send(
+        encodeHeartbeatDatagram({ host, bootId: this.bootId, key: target.key, seq }),
+        target.port,
+        target.address,
+      );
+      this.timer = setTimeout(() => void beat(), this.options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS);
+      // One report in flight at most: a slow controller gets fewer, not a pile.
+      if (reporting) return;
+      reporting = true;
+      try {
+        const report = await this.reportFor(seq);
+        if (report && !ended) await this.sendReport({ seq, bootId: this.bootId, ...report });
+      } catch (error) {
+        this.lastDigest = ''; // not delivered: send it again next time
+        if ((error as HavenError).code === 'failed_precondition') end((error as Error).message);
+        else this.log(`agent: report not delivered: ${(error as Error).message}`);
+      } finally {
+        reporting = false;
+      }
+    };
+    void beat();
+  }
+
+  /** Sends one report; the answer acknowledges it and says which containers this host may run. */
+  private async sendReport(beat: Record<string, unknown>): Promise<void> {
+    const answer = await callJson<{ primaries?: string[] }>(
+      this.options.controller,
+      `/v1/hosts/${this.options.host.config.hostName}/heartbeat`,
+      this.options.token,
+      { method: 'POST', body: beat, timeoutMs: 5000 },
+    );
+    this.lastAckAt = Date.now();
+    if (answer.primaries) this.options.onPrimaries?.(answer.primaries);
+  }
+
+  /** Beats as JSON lines on one long-lived request, each acknowledged on its answer. */
+  private beatOnStream(): void {
     const base = requestOptions(
       this.options.controller,
       `/v1/hosts/${this.options.host.config.hostName}/heartbeats`,
@@ -129,7 +231,6 @@ export class ClusterLink {
       method: 'POST',
       headers: { ...base.headers, 'content-type': 'application/x-ndjson' },
     });
-    this.stream = stream;
     let ended = false;
     const end = (why: string): void => {
       if (ended) return;
@@ -138,6 +239,7 @@ export class ClusterLink {
       stream.destroy();
       this.retry();
     };
+    this.closeBeats = () => end('stopped');
     stream.on('response', (res) => {
       if (res.statusCode !== 200) {
         // Refused at once (e.g. 409: register again).
@@ -147,7 +249,7 @@ export class ClusterLink {
         );
         return;
       }
-      // One acknowledgement line per heartbeat; an error line ends the stream.
+      // Acknowledgement lines (coalesced); an error line ends the stream.
       res.setEncoding('utf8');
       const lines = new RecordSplitter((line) => {
         try {
@@ -173,23 +275,9 @@ export class ClusterLink {
     const beat = async (): Promise<void> => {
       if (ended || this.stopped) return;
       const seq = this.seq++;
-      const line: Record<string, unknown> = { seq, bootId: this.bootId };
-      // Liveness every beat; the report (which reads the host's records) every
-      // REPORT_EVERY beats, sent when it changed and every 5th time regardless.
-      if (seq % REPORT_EVERY === 0) {
-        try {
-          const report = await this.report();
-          const digest = createHash('sha1').update(JSON.stringify(report)).digest('hex');
-          if (digest !== this.lastDigest || seq % (5 * REPORT_EVERY) === 0) {
-            Object.assign(line, report);
-            this.lastDigest = digest;
-          }
-        } catch (error) {
-          this.log(`agent: cannot list containers: ${(error as Error).message}`);
-        }
-      }
+      const report = await this.reportFor(seq);
       if (ended || this.stopped) return;
-      stream.write(`${JSON.stringify(line)}\n`);
+      stream.write(`${JSON.stringify({ seq, bootId: this.bootId, ...report })}\n`);
       this.timer = setTimeout(() => void beat(), this.options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS);
     };
     void beat();
@@ -264,6 +352,23 @@ export class ClusterLink {
       await rm(temp, { force: true });
     }
   }
+}
+
+/** Where heartbeat datagrams go. */
+interface DatagramTarget {
+  address: string;
+  port: number;
+  key: string;
+}
+
+/** The datagram target for a controller at `endpoint` that offered `offer`; null if datagrams cannot reach it. */
+function datagramTarget(
+  endpoint: Endpoint,
+  offer: { udpPort: number; key: string } | undefined,
+): DatagramTarget | null {
+  if (!offer || !endpoint.startsWith('http://')) return null;
+  const address = new URL(endpoint).hostname.replace(/^\[(.*)\]$/, '$1');
+  return { address, port: offer.udpPort, key: offer.key };
 }
 
 /**

@@ -10,6 +10,7 @@
  * bottleneck. A restarted controller knows every host and intent from the
  * store and learns liveness again from the next heartbeats.
  */
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { AlreadyExistsError, FailedPreconditionError, HavenError, NotFoundError } from '../core/errors.js';
 import type { ContainerView } from '../host/container-host.js';
@@ -81,6 +82,8 @@ interface Liveness {
   lastSeen: number;
   state: HostState;
   bootId: string;
+  /** The secret this registration's heartbeat datagrams carry (see heartbeat-udp.ts). */
+  beatKey: Buffer;
   containers: Map<string, ReportedContainer>;
   /** As primary: replication progress per protected container. */
   protection: Map<string, ProtectionReport>;
@@ -153,8 +156,12 @@ export class Controller {
 
   // ---------------------------------------------------------------- hosts
 
-  /** An agent (re)announces itself. Keeps the operator's cordon across re-registrations. */
-  async registerHost(request: RegisterHostRequest): Promise<HostView> {
+  /**
+   * An agent (re)announces itself. Keeps the operator's cordon across
+   * re-registrations. Returns the host and the key its heartbeat datagrams
+   * must carry until it registers again.
+   */
+  async registerHost(request: RegisterHostRequest): Promise<HostView & { beatKey: string }> {
     const existing = await this.options.store.getHost(request.name);
     const record: HostRecord = {
       name: request.name,
@@ -168,10 +175,12 @@ export class Controller {
     await this.options.store.putHost(record);
     const previous = this.liveness.get(request.name);
     const rebooted = previous !== undefined && previous.bootId !== request.bootId;
+    const beatKey = randomBytes(16);
     this.liveness.set(request.name, {
       lastSeen: this.now(),
       state: 'up',
       bootId: request.bootId,
+      beatKey,
       containers: rebooted
         ? new Map<string, ReportedContainer>()
         : (previous?.containers ?? new Map<string, ReportedContainer>()),
@@ -183,7 +192,20 @@ export class Controller {
     else if (rebooted) await this.emit('host.rebooted', request.name, { bootId: request.bootId });
     // After a controller restart every host registers again: known and not seen down, that is no news.
     else if (previous?.state === 'down') await this.emit('host.up', request.name, {});
-    return this.hostView(record);
+    return { ...this.hostView(record), beatKey: beatKey.toString('hex') };
+  }
+
+  /**
+   * A plain heartbeat that arrived as a datagram: it counts only with the key
+   * of the host's current registration and boot. False: the host must
+   * register (again).
+   */
+  datagramHeartbeat(hostName: string, bootId: string, beatKey: string, seq: number): boolean {
+    const live = this.liveness.get(hostName);
+    if (!live) return false;
+    const given = Buffer.from(beatKey, 'hex');
+    if (given.length !== live.beatKey.length || !timingSafeEqual(given, live.beatKey)) return false;
+    return this.heartbeat(hostName, { seq, bootId });
   }
 
   /**

@@ -5,9 +5,10 @@
  *
  *   GET    /v1/health
  *   GET    /v1/hosts                              → HostView[]
- *   POST   /v1/hosts                              (registerHostSchema) an agent joins
+ *   POST   /v1/hosts                              (registerHostSchema) an agent joins;
+ *                                                  → HostView & { heartbeat?: { udpPort, key } }
  *   POST   /v1/hosts/:name/heartbeats             NDJSON stream of heartbeats (one per line)
- *   POST   /v1/hosts/:name/heartbeat              one heartbeat (heartbeatSchema)
+ *   POST   /v1/hosts/:name/heartbeat              one heartbeat or report (heartbeatSchema)
  *   POST   /v1/hosts/:name/cordon | /uncordon
  *   GET    /v1/images                             → RegistryImage[]
  *   PUT    /v1/images[?name=N][&id=sha256:…]       body: the image tar
@@ -20,9 +21,11 @@
  *   DELETE /v1/containers/:name[?force=true]
  *   GET    /v1/events[?since=N][&follow=true]     → JSON, or server-sent events when following
  *
- * Heartbeats travel as lines on one long-lived request per agent rather
- * than a request each: at 10 heartbeats/s from 1,000 hosts, per-request HTTP
- * overhead alone would take most of a core.
+ * Plain heartbeats travel as UDP datagrams (heartbeat-udp.ts), reports as
+ * one request each every tenth beat at most; where datagrams cannot go (a
+ * controller reached through a Unix socket), as lines on one long-lived
+ * request per agent. A request per heartbeat would not do: at 10 beats/s from
+ * 1,000 hosts, per-request HTTP overhead alone takes most of a core.
  */
 import { createReadStream } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -60,6 +63,8 @@ export interface ControllerServerOptions {
   controller: Controller;
   images: ImageRegistry;
   token: string;
+  /** The UDP port heartbeat datagrams are received on (see heartbeat-udp.ts), told to agents as they register. */
+  datagramPort?: number;
 }
 
 /** At most one plain acknowledgement per stream this often (well inside an agent's 500 ms lease). */
@@ -108,21 +113,26 @@ async function handle(
   if (resource === 'hosts') {
     if (!id) {
       if (method === 'GET') return sendJson(res, 200, await controller.listHosts());
-      if (method === 'POST')
-        return sendJson(
-          res,
-          200,
-          await controller.registerHost(decode(registerHostSchema, await readJsonBody(req))),
+      if (method === 'POST') {
+        const { beatKey, ...host } = await controller.registerHost(
+          decode(registerHostSchema, await readJsonBody(req)),
         );
+        // Where and with what key this registration's heartbeat datagrams go.
+        const heartbeat = options.datagramPort ? { udpPort: options.datagramPort, key: beatKey } : undefined;
+        return sendJson(res, 200, { ...host, heartbeat });
+      }
     } else {
       const name = decode(hostNameSchema, id);
       if (action === 'heartbeats' && method === 'POST') return heartbeatStream(req, res, controller, name);
       if (action === 'heartbeat' && method === 'POST') {
-        // One heartbeat per request: for simple clients (and the benchmark's baseline).
+        // One heartbeat per request: how agents beating by datagram send their
+        // reports (and the benchmark's baseline). A report is answered with the
+        // containers this host may run, as on the stream.
         const beat = decode(heartbeatSchema, await readJsonBody(req));
         if (!controller.heartbeat(name, beat))
           throw new HttpError(409, `host "${name}" must register (again) first`);
-        return sendJson(res, 200, { ok: true });
+        const primaries = beat.containers ? await controller.primariesOf(name) : undefined;
+        return sendJson(res, 200, { ok: true, ack: beat.seq, primaries });
       }
       if ((action === 'cordon' || action === 'uncordon') && method === 'POST') {
         await readJsonBody(req);

@@ -8,7 +8,8 @@ import type { Command } from '../command.js';
 
 const usage =
   'haven agent [--listen HOST:PORT] [--token-file FILE] [--controller URL --advertise URL]\n' +
-  '            [--label K=V]... [--cpu-millis N] [--memory-bytes N] [--heartbeat-ms MS]   (token also from HAVEN_TOKEN)';
+  '            [--label K=V]... [--cpu-millis N] [--memory-bytes N] [--heartbeat-ms MS]\n' +
+  '            [--heartbeat-transport datagram|stream]   (token also from HAVEN_TOKEN)';
 
 /** Reads the cluster token from `--token-file` or `HAVEN_TOKEN`; at least 16 characters. */
 export function readToken(file: unknown): string {
@@ -55,6 +56,7 @@ export const agentCommand: Command = {
     'cpu-millis': { type: 'string' },
     'memory-bytes': { type: 'string' },
     'heartbeat-ms': { type: 'string' },
+    'heartbeat-transport': { type: 'string' },
   },
   async run(inv) {
     const listenText = typeof inv.values.listen === 'string' ? inv.values.listen : '127.0.0.1:7070';
@@ -75,6 +77,11 @@ export const agentCommand: Command = {
       const cpuMillis = positiveInteger(inv.values['cpu-millis'], 'cpu-millis');
       const memoryBytes = positiveInteger(inv.values['memory-bytes'], 'memory-bytes');
       const heartbeatMs = positiveInteger(inv.values['heartbeat-ms'], 'heartbeat-ms');
+      const transport = inv.values['heartbeat-transport'];
+      if (transport !== undefined && transport !== 'datagram' && transport !== 'stream')
+        throw new InvalidArgumentError(
+          `invalid --heartbeat-transport "${String(transport)}": expected datagram or stream`,
+        );
       link = new ClusterLink({
         host,
         controller: inv.values.controller,
@@ -87,6 +94,7 @@ export const agentCommand: Command = {
         ...(cpuMillis ? { cpuMillis } : {}),
         ...(memoryBytes ? { memoryBytes } : {}),
         ...(heartbeatMs ? { heartbeatMs } : {}),
+        ...(transport ? { transport } : {}),
       });
     }
     const server = createAgentServer({

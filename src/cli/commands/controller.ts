@@ -1,11 +1,13 @@
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { callJson } from '../../core/http-client.js';
 import { CachedStore } from '../../controller/cached-store.js';
 import { Controller, DEFAULT_FAILURE_MS } from '../../controller/controller.js';
 import { ImageRegistry } from '../../controller/image-registry.js';
-import { createControllerServer } from '../../controller/server.js';
+import { receiveHeartbeatDatagrams } from '../../controller/heartbeat-udp.js';
+import { createControllerServer, type ControllerServerOptions } from '../../controller/server.js';
 import { SqliteStore } from '../../controller/sqlite-store.js';
 import type { Command } from '../command.js';
 import { parseListen, readToken } from './agent.js';
@@ -48,13 +50,18 @@ export const controllerCommand: Command = {
     const servers: Server[] = [];
     const listenText = typeof inv.values.listen === 'string' ? inv.values.listen : '127.0.0.1:7070';
     const listen = parseListen(listenText);
-    const tcp = createControllerServer({ controller, images, token });
+    // Heartbeat datagrams arrive on the API's port number, over UDP; agents learn it as they register.
+    const tcpOptions: ControllerServerOptions = { controller, images, token };
+    const tcp = createControllerServer(tcpOptions);
     await new Promise<void>((resolve, reject) => {
       tcp.once('error', reject);
       // A thousand agents reconnecting at once (after a restart) must not overflow the accept queue.
       tcp.listen({ port: listen.port, host: listen.host, backlog: 4096 }, () => resolve());
     });
     servers.push(tcp);
+    const port = (tcp.address() as AddressInfo).port;
+    const datagrams = await receiveHeartbeatDatagrams(controller, { host: listen.host, port });
+    tcpOptions.datagramPort = port;
     const socket = typeof inv.values.socket === 'string' ? inv.values.socket : undefined;
     if (socket) {
       await mkdir(dirname(socket), { recursive: true });
@@ -68,11 +75,12 @@ export const controllerCommand: Command = {
       servers.push(unix);
     }
     process.stdout.write(
-      `haven controller listening on ${listenText}${socket ? ` and ${socket}` : ''} (state in ${stateDir})\n`,
+      `haven controller listening on ${listenText}${socket ? ` and ${socket}` : ''}, heartbeat datagrams on udp ${port} (state in ${stateDir})\n`,
     );
     await new Promise<void>((resolve) => {
       const stop = (): void => {
         controller.stop();
+        datagrams.close();
         let open = servers.length;
         for (const s of servers) {
           s.close(() => --open === 0 && resolve());
