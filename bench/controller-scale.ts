@@ -9,12 +9,13 @@
  *
  * The fake agents (`support/fake-agents.ts`) run in worker processes. Side by
  * side in one run, after the containers are placed: (A) the baseline, one
- * keep-alive HTTP request per heartbeat (`POST /v1/hosts/:name/heartbeat`),
- * and (B) Haven's way, one long-lived NDJSON stream per host
- * (`POST /v1/hosts/:name/heartbeats`). For each, the controller's own CPU
- * (utime+stime from /proc/<pid>/stat) and memory (VmRSS, VmHWM) over a
- * steady window, and a check that the beats arrived: every host's `lastSeenMs`
- * in `GET /v1/hosts` at the end of the window.
+ * keep-alive HTTP request per heartbeat (`POST /v1/hosts/:name/heartbeat`);
+ * (B) Haven's fallback transport, one long-lived NDJSON stream per host
+ * (`POST /v1/hosts/:name/heartbeats`); (C) Haven's default, a UDP datagram
+ * per beat with each report as a request of its own. For each, the
+ * controller's own CPU (utime+stime from /proc/<pid>/stat) and memory (VmRSS,
+ * VmHWM) over a steady window, and a check that the beats arrived: every
+ * host's `lastSeenMs` in `GET /v1/hosts` at the end of the window.
  *
  * Placement twice: the pure decisions (`placeAll` on the same 1,000 hosts and
  * 10,000 requests, and `bench/placement.ts` run as is for its harder
@@ -25,6 +26,7 @@
  *
  * Usage: node dist/bench/controller-scale.js [--hosts 1000] [--containers 10000]
  *   [--beat-ms 100] [--warmup 3] [--window 10] [--workers 2] [--place-budget 170] [--no-pin]
+ *   [--controller-profile DIR]   (a V8 CPU profile of the controller, written when it stops)
  * The controller is pinned to CPU 0, the fake agents and this process to CPU 1
  * (as if the agents were other machines); --no-pin lets them share the cores.
  * Writes bench/results/controller-scale-<time>.json and prints a table.
@@ -65,6 +67,8 @@ const { values } = parseArgs({
     workers: { type: 'string', default: '2' },
     'place-budget': { type: 'string', default: '170' },
     'no-pin': { type: 'boolean', default: false },
+    /** Write a V8 CPU profile of the controller into this directory (node --cpu-prof). */
+    'controller-profile': { type: 'string' },
   },
 });
 const hostCount = Number(values.hosts);
@@ -190,7 +194,15 @@ function killEverything(): void {
 async function startController(port: number, token: string): Promise<ChildProcess> {
   const child = spawn(
     process.execPath,
-    [MAIN, 'controller', '--listen', `127.0.0.1:${port}`, '--state-dir', stateDir!],
+    [
+      ...(values['controller-profile'] ? ['--cpu-prof', '--cpu-prof-dir', values['controller-profile']] : []),
+      MAIN,
+      'controller',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--state-dir',
+      stateDir!,
+    ],
     { env: { ...process.env, HAVEN_TOKEN: token }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const keep = (b: Buffer): void => {
@@ -339,7 +351,7 @@ interface WindowResult {
 }
 
 async function heartbeatWindow(
-  mode: 'stream' | 'oneshot',
+  mode: 'datagram' | 'stream' | 'oneshot',
   url: string,
   token: string,
 ): Promise<WindowResult> {
@@ -584,10 +596,10 @@ async function main(): Promise<void> {
   // 3. Register every host, then keep them alive with streams (a host silent for 3 s is down).
   process.stderr.write(`registering ${hostCount} hosts…\n`);
   t = performance.now();
-  await workers.mode('stream'); // each host beats from the moment it is registered
+  await workers.mode('datagram'); // each host beats from the moment it is registered
   await workers.register(hostSpecs);
   const registerS = (performance.now() - t) / 1000;
-  await workers.mode('stream');
+  await workers.mode('datagram');
   const afterRegister = await procSample(controllerPid);
   // Then wait (≤ 20 s) until the controller counts every host up again: placement should see them all.
   t = performance.now();
@@ -631,9 +643,9 @@ async function main(): Promise<void> {
   }
   await workers.reports(byHost);
 
-  // 7. Heartbeats: baseline, then Haven, in the same run.
+  // 7. Heartbeats: baseline, Haven's fallback (stream) and Haven (datagrams), in the same run.
   const windows: WindowResult[] = [];
-  for (const mode of ['oneshot', 'stream'] as const) {
+  for (const mode of ['oneshot', 'stream', 'datagram'] as const) {
     process.stderr.write(`heartbeats: ${mode} (${warmupS} s warm-up, ${windowS} s window)…\n`);
     windows.push(await heartbeatWindow(mode, url, token));
   }
@@ -641,7 +653,7 @@ async function main(): Promise<void> {
   await workers.mode('off');
 
   // ------------------------------------------------------------- report
-  const [base, haven] = windows as [WindowResult, WindowResult];
+  const [base, stream, haven] = windows as [WindowResult, WindowResult, WindowResult];
   const pureMs = median(pureRuns);
   const reached = (w: WindowResult): boolean => w.beatsPerS >= 0.95 * targetBeatsPerS;
   const cpuForGoal = reached(haven) ? haven.controllerCpuPct : haven.cpuPctAtTarget;
@@ -839,11 +851,20 @@ async function main(): Promise<void> {
       `The controller declares a host down after ${DEFAULT_FAILURE_MS} ms of silence (its default).\n` +
       `Commit ${commit}. Machine: ${machine}; busy ${fmt(backgroundPct)}% of one core with other work before the run.\n` +
       `Windows: ${warmupS} s warm-up, then ${windowS} s measured; baseline = one keep-alive request per beat, ` +
-      `Haven = one NDJSON stream per host.\n`,
+      `Haven = a UDP datagram per beat (reports as a request each).\n`,
   );
-  console.log('| metric | baseline: request per beat | Haven: NDJSON stream | goal | met? |');
+  console.log('| metric | baseline: request per beat | Haven: datagrams | goal | met? |');
   console.log('|---|---|---|---|---|');
   for (const row of rows) console.log(`| ${row.join(' | ')} |`);
+  console.log(
+    "\nHaven's fallback where UDP cannot go (`haven agent --heartbeat-transport stream`), same run:\n\n" +
+      '| NDJSON stream per host | value |\n|---|---|\n' +
+      `| heartbeats/s acknowledged | ${int(stream.beatsPerS)} |\n` +
+      `| hosts wrongly declared down: switch + warm-up / window | ${stream.downInWarmup} / ${stream.downInWindow} |\n` +
+      `| controller CPU, % of one core (of which kernel) | ${fmt(stream.controllerCpuPct)} (${fmt(stream.controllerSysPct)}) |\n` +
+      `| controller CPU per heartbeat (µs) | ${fmt(stream.cpuUsPerBeat)} |\n` +
+      `| beat → acknowledgement p50 / p99 (ms) | ${stream.latencyMs ? `${fmt(stream.latencyMs.p50)} / ${fmt(stream.latencyMs.p99)}` : '-'} |`,
+  );
   if (api.budgetHit || api.placed < containerCount) {
     console.log(
       `\nThe API run placed ${api.placed} of ${containerCount} (budget ${placeBudgetS} s${api.errors ? `, ${api.errors} errors: ${api.firstError}` : ''}).`,

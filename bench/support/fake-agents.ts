@@ -9,14 +9,16 @@
  * reachable, `DELETE /v1/containers/:name` succeeds) that every host it
  * simulates advertises, and
  * for each host: registers it (`POST /v1/hosts`), then heartbeats every
- * `beatMs`, as `src/agent/cluster-link.ts` does — a line `{seq, bootId}`; on
+ * `beatMs`, as `src/agent/cluster-link.ts` does — a beat `{seq, bootId}`; on
  * every 10th beat the report (`containers`, and the `protection` and
- * `replicas` lists, empty here) if it changed, and on every 50th regardless — either
- * over one long-lived NDJSON stream per host (`stream`, Haven's way; the
- * controller acknowledges on its answer, one line covering every beat up to
- * its seq, at most every 100 ms per stream) or as one keep-alive
- * request per beat (`oneshot`, the baseline). A beat counts as delivered once
- * acknowledged.
+ * `replicas` lists, empty here) if it changed, and on every 50th regardless —
+ * in one of three ways: a UDP datagram per beat with the report as a request
+ * of its own (`datagram`, Haven's way; the controller acknowledges a host at
+ * most every 90 ms, an ack covering every beat up to its seq); a line per
+ * beat on one long-lived NDJSON stream per host, the report inline
+ * (`stream`, Haven's fallback where UDP cannot go; acknowledged on its
+ * answer at most every 100 ms); or one keep-alive request per beat
+ * (`oneshot`, the baseline). A beat counts as delivered once acknowledged.
  *
  * Beats are spread evenly over the period (hosts are dealt into 5 ms slots);
  * a worker more than a period behind drops the backlog rather than bursting,
@@ -25,15 +27,17 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { Agent, createServer, request, type ClientRequest, type Server } from 'node:http';
+import { createSocket, type Socket } from 'node:dgram';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { encodeHeartbeatDatagram, parseHeartbeatAnswer } from '../../src/core/heartbeat-datagram.js';
 import { callJson } from '../../src/core/http-client.js';
 import { RecordSplitter } from '../../src/core/records.js';
 import type { ReportedContainer } from '../../src/controller/schemas.js';
 
 /** How a worker's hosts heartbeat. */
-export type BeatMode = 'off' | 'stream' | 'oneshot';
+export type BeatMode = 'off' | 'datagram' | 'stream' | 'oneshot';
 
 /** What a worker's hosts did since the last `stats` call. */
 export interface BeatStats {
@@ -217,8 +221,12 @@ interface SimHost {
   stream: ClientRequest | undefined;
   agent: Agent | undefined;
   inFlight: boolean;
-  /** Stream beats not acknowledged yet: seq → when sent. */
+  /** Stream and datagram beats not acknowledged yet: seq → when sent. */
   sentAt: Map<number, number>;
+  /** Where this registration's heartbeat datagrams go, and their key. */
+  datagram: { port: number; key: string } | undefined;
+  /** This host's UDP socket (datagram mode). */
+  socket: Socket | undefined;
 }
 
 const SLOT_MS = 5;
@@ -280,12 +288,21 @@ class Worker {
           agent: undefined,
           inFlight: false,
           sentAt: new Map(),
+          datagram: undefined,
+          socket: undefined,
         };
-        await callJson(this.config.controller, '/v1/hosts', this.config.token, {
-          method: 'POST',
-          timeoutMs: 30_000,
-          body: { ...spec, address: this.advertise, labels: {}, bootId: host.bootId },
-        });
+        const registered = await callJson<{ heartbeat?: { udpPort: number; key: string } }>(
+          this.config.controller,
+          '/v1/hosts',
+          this.config.token,
+          {
+            method: 'POST',
+            timeoutMs: 30_000,
+            body: { ...spec, address: this.advertise, labels: {}, bootId: host.bootId },
+          },
+        );
+        if (registered.heartbeat)
+          host.datagram = { port: registered.heartbeat.udpPort, key: registered.heartbeat.key };
         this.hosts.push(host);
       }
     };
@@ -321,9 +338,12 @@ class Worker {
     const previous = this.mode;
     const streams = this.hosts.flatMap((h) => (h.stream ? [h.stream] : []));
     const agents = this.hosts.flatMap((h) => (h.agent ? [h.agent] : []));
+    const sockets = this.hosts.flatMap((h) => (h.socket ? [h.socket] : []));
     for (const h of this.hosts) {
       h.stream = undefined;
       h.agent = undefined;
+      h.socket = undefined;
+      h.sentAt.clear();
     }
     this.mode = mode;
     if (mode !== 'off') {
@@ -332,6 +352,9 @@ class Worker {
       this.ticker = setInterval(() => this.tick(), SLOT_MS);
     }
     if (previous === 'stream') await this.endStreams(streams);
+    if (previous === 'datagram') {
+      for (const socket of sockets) socket.close();
+    }
     if (previous === 'oneshot') {
       // Let the last requests finish, then drop their keep-alive connections.
       const deadline = performance.now() + 5000;
@@ -371,7 +394,28 @@ class Worker {
   }
 
   private beat(host: SimHost): void {
-    if (this.mode === 'stream') {
+    if (this.mode === 'datagram') {
+      if (!host.datagram) throw new Error(`${host.spec.name}: the controller offered no heartbeat datagrams`);
+      host.socket ??= this.openSocket(host);
+      const seq = host.seq++;
+      host.sentAt.set(seq, performance.now());
+      host.socket.send(
+        encodeHeartbeatDatagram({ host: host.spec.name, bootId: host.bootId, key: host.datagram.key, seq }),
+        host.datagram.port,
+        this.url.hostname,
+      );
+      this.stats.sent++;
+      // The report rides on its own request, as the agent sends it, never holding a beat back.
+      if (seq % 10 === 0 && (host.dirty || seq % 50 === 0) && !host.inFlight) {
+        host.dirty = false;
+        this.stats.reports++;
+        this.oneShot(
+          host,
+          { seq, bootId: host.bootId, containers: host.containers, protection: [], replicas: [] },
+          false,
+        );
+      }
+    } else if (this.mode === 'stream') {
       host.stream ??= this.openStream(host);
       const line = this.line(host);
       host.sentAt.set(host.seq - 1, performance.now());
@@ -385,6 +429,31 @@ class Worker {
         return;
       }
       this.oneShot(host);
+    }
+  }
+
+  /** A UDP socket for one host's datagrams; an acknowledgement covers every beat up to its seq. */
+  private openSocket(host: SimHost): Socket {
+    const socket = createSocket('udp4');
+    socket.on('message', (bytes) => {
+      if (host.socket !== socket) return;
+      const answer = parseHeartbeatAnswer(bytes);
+      if (!answer || 'error' in answer) {
+        this.fail(`datagrams of ${host.spec.name}: ${bytes.toString().slice(0, 200)}`);
+        return;
+      }
+      this.ackUpTo(host, answer.ack);
+    });
+    socket.on('error', (error) => this.fail(`datagrams of ${host.spec.name}: ${error.message}`));
+    return socket;
+  }
+
+  /** Counts every beat of `host` up to `seq` as acknowledged. */
+  private ackUpTo(host: SimHost, seq: number): void {
+    for (const [sent, at] of host.sentAt) {
+      if (sent > seq) continue;
+      this.acked(at);
+      host.sentAt.delete(sent);
     }
   }
 
@@ -426,14 +495,9 @@ class Worker {
       res.setEncoding('utf8');
       const lines = new RecordSplitter((line) => {
         const seq = ACK.exec(line)?.[1];
-        if (res.statusCode === 200 && seq !== undefined) {
-          // The controller coalesces acknowledgements: one line covers every beat up to its seq.
-          for (const [sent, at] of host.sentAt) {
-            if (sent > Number(seq)) continue;
-            this.acked(at);
-            host.sentAt.delete(sent);
-          }
-        } else drop(`answered ${res.statusCode}: ${line.slice(0, 200)}`);
+        // The controller coalesces acknowledgements: one line covers every beat up to its seq.
+        if (res.statusCode === 200 && seq !== undefined) this.ackUpTo(host, Number(seq));
+        else drop(`answered ${res.statusCode}: ${line.slice(0, 200)}`);
       });
       res.on('data', (chunk: string) => lines.push(chunk));
       res.on('end', () =>
@@ -464,12 +528,18 @@ class Worker {
     );
   }
 
-  private oneShot(host: SimHost): void {
-    const body = Buffer.from(this.line(host));
+  /**
+   * One request to `/heartbeat`: a beat (the baseline: `line` built here,
+   * counted as a beat) or, in datagram mode, a report (not counted as a beat;
+   * a failure is still an error).
+   */
+  private oneShot(host: SimHost, report?: Record<string, unknown>, countAsBeat = true): void {
+    const body = Buffer.from(report ? JSON.stringify(report) : this.line(host));
     const started = performance.now();
     host.inFlight = true;
+    host.agent ??= new Agent({ keepAlive: true, maxSockets: 1 });
     this.oneShotsInFlight++;
-    this.stats.sent++;
+    if (countAsBeat) this.stats.sent++;
     let done = false;
     const finish = (error?: string): void => {
       if (done) return;
@@ -477,7 +547,7 @@ class Worker {
       host.inFlight = false;
       this.oneShotsInFlight--;
       if (error) this.fail(`heartbeat of ${host.spec.name}: ${error}`);
-      else this.acked(started);
+      else if (countAsBeat) this.acked(started);
     };
     const req = request(
       {
