@@ -19,6 +19,21 @@ export const imageIdSchema = z
   .string()
   .regex(/^(sha256:)?[0-9a-f]{6,64}$/, 'an image ID (sha256:…), never a path');
 
+/**
+ * The application watchdog (systemd's `WatchdogSec`): the container is given
+ * `NOTIFY_SOCKET` and `WATCHDOG_USEC`, and must send `WATCHDOG=1` (or
+ * `READY=1`) at least every `timeoutSeconds`; the first heartbeat is due
+ * `initialDelaySeconds + timeoutSeconds` after a start or restore.
+ */
+export const watchdogSpecSchema = z
+  .object({
+    timeoutSeconds: z.number().min(0.1).max(3600),
+    initialDelaySeconds: z.number().min(0).max(3600).default(0),
+  })
+  .strict();
+
+export type WatchdogSpec = z.infer<typeof watchdogSpecSchema>;
+
 /** `POST /v1/containers`. */
 export const runRequestSchema = z
   .object({
@@ -58,6 +73,8 @@ export const runRequestSchema = z
       .min(4 * 1024 * 1024)
       .max(2 ** 44)
       .optional(),
+    /** Heartbeats the application must send (see {@link watchdogSpecSchema}). */
+    watchdog: watchdogSpecSchema.optional(),
   })
   .strict();
 

@@ -102,7 +102,9 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     if (method === 'POST') {
       const body = decode(runRequestSchema, await readJsonBody(req));
       await ensureImage(options, body.image);
-      return send(res, 201, await host.run(body));
+      const view = await host.run(body);
+      await options.prober?.watch(view.name); // its watchdog, if the request gave one
+      return send(res, 201, view);
     }
     throw new HttpError(405, `${method} not allowed on ${url.pathname}`);
   }
@@ -114,7 +116,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     if (method === 'DELETE') {
       // Replication stops first: an epoch in flight must not read files being removed.
       await options.protection?.protect(name, null);
-      await options.prober?.set(name, null);
+      await options.prober?.forget(name);
       await host.remove(name, { force: url.searchParams.get('force') === 'true' });
       return send(res, 200, { removed: name });
     }
@@ -137,14 +139,12 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     }
     if (action === 'restore') {
       const body = decode(restoreRequestSchema, raw);
-      return send(
-        res,
-        200,
-        await host.restore(name, {
-          ...(body.checkpoint ? { checkpoint: body.checkpoint } : {}),
-          tcpClose: body.tcpClose,
-        }),
-      );
+      const report = await host.restore(name, {
+        ...(body.checkpoint ? { checkpoint: body.checkpoint } : {}),
+        tcpClose: body.tcpClose,
+      });
+      await options.prober?.watch(name); // a restore starts a new shim: the watchdog starts over
+      return send(res, 200, report);
     }
     if (action === 'probe' && options.prober) {
       const body = decode(z.object({ probe: probeSpecSchema.nullable() }).strict(), raw);
@@ -223,7 +223,9 @@ async function replicaRoute(
   }
   if (action === 'promote') {
     const body = decode(promoteRequestSchema, await readJsonBody(req));
-    return send(res, 200, await protection.promote(name, { tcpClose: body.tcpClose }));
+    const promoted = await protection.promote(name, { tcpClose: body.tcpClose });
+    await options.prober?.watch(name); // the record carries its watchdog to this host
+    return send(res, 200, promoted);
   }
   throw new HttpError(404, 'no such replica route');
 }

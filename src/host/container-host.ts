@@ -49,9 +49,15 @@ import {
 } from '../core/errors.js';
 import { macForIp, parseIpv4Cidr, validateName } from '../core/names.js';
 import type { HostConfig } from '../core/config.js';
-import type { CheckpointResult, DumpStats, RestoreStats, RuntimeDriver } from '../runtime/driver.js';
+import type {
+  CheckpointResult,
+  CreateRequest,
+  DumpStats,
+  RestoreStats,
+  RuntimeDriver,
+} from '../runtime/driver.js';
 import { RuncDriver } from '../runtime/runc/runc-driver.js';
-import { ociConfig } from '../runtime/runc/bundle.js';
+import { NOTIFY_SOCKET_NAME, ociConfig } from '../runtime/runc/bundle.js';
 import {
   containerNetnsName,
   createContainerNetwork,
@@ -92,6 +98,16 @@ export interface VolumeMount {
   path: string;
 }
 
+/**
+ * The application watchdog (sd_notify's `WATCHDOG=1`): the application must
+ * send a heartbeat at least every `timeoutSeconds`, the first one within
+ * `initialDelaySeconds + timeoutSeconds` of a start or restore.
+ */
+export interface WatchdogConfig {
+  timeoutSeconds: number;
+  initialDelaySeconds: number;
+}
+
 /** What a user asks for with `haven run`. */
 export interface RunSpec {
   name: string;
@@ -103,6 +119,7 @@ export interface RunSpec {
   /** `ADDR/PREFIX`; allocated from the host's subnet when absent. */
   ip?: string;
   memoryBytes?: number;
+  watchdog?: WatchdogConfig;
 }
 
 /** Record states, as stored. */
@@ -130,6 +147,8 @@ export interface ContainerRecord {
   prefix: number;
   mac: string;
   memoryBytes?: number;
+  /** Given the sd_notify socket and watched (see {@link WatchdogConfig}). */
+  watchdog?: WatchdogConfig;
   state: RecordState;
   createdAt: string;
   checkpoints: CheckpointSummary[];
@@ -307,6 +326,7 @@ export class ContainerHost {
       prefix,
       mac: macForIp(address),
       ...(spec.memoryBytes ? { memoryBytes: spec.memoryBytes } : {}),
+      ...(spec.watchdog ? { watchdog: validateWatchdog(spec.watchdog) } : {}),
       state: 'running',
       createdAt: new Date().toISOString(),
       checkpoints: [],
@@ -326,7 +346,7 @@ export class ContainerHost {
       });
       undo.push(() => removeContainerNetwork(this.config, this.netns(name)));
       undo.push(() => this.driver.delete(this.runtimeId(name)).catch(() => undefined));
-      await this.driver.create(this.createRequest(name));
+      await this.driver.create(this.createRequest(record));
       await this.driver.start(this.runtimeId(name));
       await this.save(record);
     } catch (error) {
@@ -336,7 +356,8 @@ export class ContainerHost {
     return this.inspect(name);
   }
 
-  private createRequest(name: string) {
+  private createRequest(record: ContainerRecord): CreateRequest {
+    const name = record.name;
     const dir = this.dir(name);
     return {
       id: this.runtimeId(name),
@@ -344,7 +365,20 @@ export class ContainerHost {
       netnsPath: netnsPath(this.netns(name)),
       logFile: join(dir, 'container.log'),
       exitFile: join(dir, 'exit.json'),
+      ...(record.watchdog
+        ? {
+            notify: {
+              socket: join(dir, 'notify', NOTIFY_SOCKET_NAME),
+              stateFile: this.watchdogStateFileOf(name),
+            },
+          }
+        : {}),
     };
+  }
+
+  /** Where a watched container's shim records its heartbeats (see native/haven-shim.c). */
+  watchdogStateFileOf(name: string): string {
+    return join(this.dir(name), 'watchdog.state');
   }
 
   private async allocateIp(): Promise<{ address: string; prefix: number }> {
@@ -395,6 +429,7 @@ export class ContainerHost {
     const dir = this.dir(record.name);
     await mkdir(join(dir, 'bundle'), { recursive: true });
     await prepareDevDir(dir);
+    if (record.watchdog) await mkdir(join(dir, 'notify'), { recursive: true });
     const criuConfigFile = join(dir, 'criu.conf');
     // runc (re)creates the cgroups from config.json; CRIU must neither dump them
     // (slow, inside the freeze) nor move tasks into the old host's cgroup paths.
@@ -413,6 +448,14 @@ export class ContainerHost {
       mounts: record.volumes.map((v) => ({ source: this.volumeDir(v.volume), destination: v.path })),
       criuConfigFile,
       dev: { devDir: join(dir, 'dev'), shmDir: join(dir, 'shm'), emptyDir: join(dir, 'empty') },
+      ...(record.watchdog
+        ? {
+            watchdog: {
+              hostDir: join(dir, 'notify'),
+              timeoutUsec: Math.round(record.watchdog.timeoutSeconds * 1_000_000),
+            },
+          }
+        : {}),
     });
     await writeFile(join(dir, 'bundle', 'config.json'), JSON.stringify(config, null, 2));
   }
@@ -711,7 +754,7 @@ export class ContainerHost {
       await rm(workDir, { recursive: true, force: true });
       await rm(join(this.dir(name), 'exit.json'), { force: true });
       const result = await this.driver.restore(runtimeId, {
-        ...this.createRequest(name),
+        ...this.createRequest(record),
         imageDir: join(dir, 'criu'),
         workDir,
         tcpEstablished: true,
@@ -983,10 +1026,25 @@ function validateImportedRecord(value: unknown): ContainerRecord {
     prefix: r.prefix,
     mac: macForIp(r.ip),
     ...(r.memoryBytes ? { memoryBytes: r.memoryBytes } : {}),
+    // The checkpoint holds the watchdog's mount: a restore without it would fail.
+    ...(r.watchdog !== undefined ? { watchdog: validateWatchdog(r.watchdog) } : {}),
     state: 'checkpointed',
     createdAt: String(r.createdAt ?? new Date().toISOString()),
     checkpoints: [],
   };
+}
+
+/** Checks a watchdog setting (from a run request or an imported record). */
+function validateWatchdog(value: unknown): WatchdogConfig {
+  const w = value as Partial<WatchdogConfig> | null;
+  const seconds = (x: unknown, min: number): x is number =>
+    typeof x === 'number' && Number.isFinite(x) && x >= min && x <= 3600;
+  if (!w || typeof w !== 'object' || !seconds(w.timeoutSeconds, 0.1) || !seconds(w.initialDelaySeconds, 0)) {
+    throw new InvalidArgumentError(
+      'invalid watchdog: timeoutSeconds 0.1-3600 and initialDelaySeconds 0-3600 are required',
+    );
+  }
+  return { timeoutSeconds: w.timeoutSeconds, initialDelaySeconds: w.initialDelaySeconds };
 }
 
 function validateVolumeMount(mount: VolumeMount): VolumeMount {

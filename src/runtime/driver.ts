@@ -27,6 +27,12 @@ export interface CreateRequest {
   logFile: string;
   /** File written with the container's exit status when its init ends. */
   exitFile: string;
+  /**
+   * The application watchdog: the shim binds an sd_notify socket at `socket`
+   * (a host path the bundle bind-mounts into the container) and records the
+   * heartbeats it receives in `stateFile` (see native/haven-shim.c).
+   */
+  notify?: { socket: string; stateFile: string };
 }
 
 /** Options of one checkpoint. */

@@ -3,6 +3,11 @@
  * function of the container's spec and where its parts live on this host.
  */
 
+/** Where the application watchdog's directory appears inside a container. */
+export const NOTIFY_DIR_IN_CONTAINER = '/run/haven-notify';
+/** The sd_notify socket's file name in that directory (bound by haven-shim on the host side). */
+export const NOTIFY_SOCKET_NAME = 'notify.sock';
+
 /** A bind mount of a Haven volume into the container. */
 export interface BundleMount {
   source: string;
@@ -31,6 +36,15 @@ export interface BundleSpec {
    * directory instead of runc's read-only tmpfs.
    */
   dev: { devDir: string; shmDir: string; emptyDir: string };
+  /**
+   * The application watchdog: `hostDir` (where haven-shim binds the sd_notify
+   * socket) is bind-mounted at {@link NOTIFY_DIR_IN_CONTAINER}, and the
+   * application is told where to send heartbeats and how often, with
+   * systemd's variables `NOTIFY_SOCKET` and `WATCHDOG_USEC`. The directory,
+   * not the socket file, is mounted: a restore's new shim binds a new socket
+   * at the same path, and the container must see that one.
+   */
+  watchdog?: { hostDir: string; timeoutUsec: number };
 }
 
 /** Builds the OCI config for runc. */
@@ -57,7 +71,16 @@ export function ociConfig(spec: BundleSpec): Record<string, unknown> {
       terminal: false,
       user: { uid: 0, gid: 0 },
       args: spec.args,
-      env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...spec.env],
+      env: [
+        'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+        ...spec.env,
+        ...(spec.watchdog
+          ? [
+              `NOTIFY_SOCKET=${NOTIFY_DIR_IN_CONTAINER}/${NOTIFY_SOCKET_NAME}`,
+              `WATCHDOG_USEC=${spec.watchdog.timeoutUsec}`,
+            ]
+          : []),
+      ],
       cwd: '/',
       capabilities: { bounding: caps, effective: caps, permitted: caps, ambient: caps },
       rlimits: [{ type: 'RLIMIT_NOFILE', hard: 1024, soft: 1024 }],
@@ -94,6 +117,16 @@ export function ociConfig(spec: BundleSpec): Record<string, unknown> {
         source: m.source,
         options: ['rbind', 'rw'],
       })),
+      ...(spec.watchdog
+        ? [
+            {
+              destination: NOTIFY_DIR_IN_CONTAINER,
+              type: 'bind',
+              source: spec.watchdog.hostDir,
+              options: ['rbind', 'nosuid', 'noexec', 'nodev', 'rw'],
+            },
+          ]
+        : []),
     ],
     annotations: { 'org.criu.config': spec.criuConfigFile },
     linux: {

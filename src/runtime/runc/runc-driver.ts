@@ -375,6 +375,7 @@ export class RuncDriver implements RuntimeDriver {
     await writeFile(runcLog, ''); // only this call's errors are reported
     const shimErr = openSync(join(request.bundle, 'shim.err'), 'a');
     const argv = [
+      ...(request.notify ? ['--notify', request.notify.socket, request.notify.stateFile] : []),
       request.logFile,
       request.exitFile,
       '--',
