@@ -298,7 +298,13 @@ class Worker {
           {
             method: 'POST',
             timeoutMs: 30_000,
-            body: { ...spec, address: this.advertise, labels: {}, bootId: host.bootId },
+            body: {
+              ...spec,
+              address: this.advertise,
+              labels: {},
+              bootId: host.bootId,
+              heartbeatMs: this.config.beatMs,
+            },
           },
         );
         if (registered.heartbeat)

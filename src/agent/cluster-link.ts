@@ -112,6 +112,7 @@ export class ClusterLink {
             cpuMillis: this.options.cpuMillis ?? cpus().length * 1000,
             memoryBytes: this.options.memoryBytes ?? totalmem(),
             bootId: this.bootId,
+            heartbeatMs: this.options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS,
           },
         },
       );

@@ -15,6 +15,7 @@ import { EventEmitter } from 'node:events';
 import { AlreadyExistsError, FailedPreconditionError, HavenError, NotFoundError } from '../core/errors.js';
 import type { ContainerView } from '../host/container-host.js';
 import type { ImageRegistry } from './image-registry.js';
+import { ArrivalWindow, phiAccrualDefaults } from './failure-detector.js';
 import { place, type ClusterSnapshot, type PlacementRequest } from './placement.js';
 import type {
   ClusterRunRequest,
@@ -26,10 +27,14 @@ import type {
 import type { ClusterStore, ContainerIntent, HostRecord, StoredEvent } from './store.js';
 
 /**
- * A host silent this long is down: ten of the agents' default 100 ms
- * heartbeats, with room for a busy 2-core machine (CRIU dumps, GC pauses).
+ * A host silent this long is suspected however irregular its heartbeats:
+ * the ceiling of the adaptive detector (failure-detector.ts), which suspects
+ * a host that beats steadily every 100 ms after ~0.3 s of silence.
  */
 export const DEFAULT_FAILURE_MS = 1000;
+
+/** How often the detector looks at every host's deadline. */
+const CHECK_EVERY_MS = 25;
 
 /** How the controller calls an agent; replaced by fakes in unit tests and benchmarks. */
 export type AgentCaller = <T>(
@@ -43,7 +48,10 @@ export interface ControllerOptions {
   store: ClusterStore;
   images: ImageRegistry;
   callAgent: AgentCaller;
-  /** A host missing heartbeats this long is down (default {@link DEFAULT_FAILURE_MS}). */
+  /**
+   * A host silent this long is suspected whatever its rhythm (default
+   * {@link DEFAULT_FAILURE_MS}); before that, when the adaptive detector says so.
+   */
   failureAfterMs?: number;
   /** Container addresses come from `<a>.<b>.1.1` up (default prefix 10.88, /16). */
   subnet?: { a: number; b: number; prefix: number };
@@ -59,6 +67,9 @@ export interface HostView extends HostRecord {
   state: HostState;
   /** Milliseconds since its last heartbeat (null before the first). */
   lastSeenMs: number | null;
+  /** The failure detector's φ now, and the silence after which it suspects this host (null before registration). */
+  phi: number | null;
+  suspectAfterMs: number | null;
   containers: number;
 }
 
@@ -80,6 +91,8 @@ export interface ClusterContainerView {
 
 interface Liveness {
   lastSeen: number;
+  /** Heartbeat inter-arrival history: when this host's silence becomes suspect. */
+  arrivals: ArrivalWindow;
   state: HostState;
   bootId: string;
   /** The secret this registration's heartbeat datagrams carry (see heartbeat-udp.ts). */
@@ -131,10 +144,17 @@ export class Controller {
 
   /** Starts the failure detector (checks liveness every quarter of the failure time). */
   start(): void {
-    this.monitor ??= setInterval(
-      () => void this.checkLiveness().catch(() => undefined),
-      Math.max(25, Math.min(100, this.failureAfterMs / 4)),
-    );
+    let lastTick = this.now();
+    this.monitor ??= setInterval(() => {
+      // A tick that comes late means this process was not running (GC, a
+      // blocking write, an overloaded machine): beats may be waiting unread in
+      // the socket. That time is not the hosts' silence.
+      const now = this.now();
+      const late = now - lastTick - CHECK_EVERY_MS;
+      lastTick = now;
+      if (late > CHECK_EVERY_MS) for (const live of this.liveness.values()) live.arrivals.excuse(late);
+      void this.checkLiveness().catch(() => undefined);
+    }, CHECK_EVERY_MS);
     this.monitor.unref();
   }
 
@@ -176,8 +196,11 @@ export class Controller {
     const previous = this.liveness.get(request.name);
     const rebooted = previous !== undefined && previous.bootId !== request.bootId;
     const beatKey = randomBytes(16);
+    const arrivals = new ArrivalWindow(phiAccrualDefaults(request.heartbeatMs, this.failureAfterMs));
+    arrivals.reset(this.now());
     this.liveness.set(request.name, {
       lastSeen: this.now(),
+      arrivals,
       state: 'up',
       bootId: request.bootId,
       beatKey,
@@ -217,6 +240,7 @@ export class Controller {
     const live = this.liveness.get(hostName);
     if (!live || live.bootId !== beat.bootId) return false;
     live.lastSeen = this.now();
+    live.arrivals.beat(live.lastSeen);
     if (beat.containers) {
       live.containers = new Map(beat.containers.map((c) => [c.name, c]));
       this.fenceStaleCopies(hostName, beat.containers);
@@ -273,7 +297,7 @@ export class Controller {
       await this.reprotectOrphans();
     }
     for (const [name, live] of this.liveness) {
-      if (live.state === 'up' && now - live.lastSeen > this.failureAfterMs) {
+      if (live.state === 'up' && live.arrivals.suspectAt(now)) {
         live.state = 'down';
         const lost = [...live.containers.keys()];
         await this.emit('host.down', name, { silentMs: now - live.lastSeen, containers: lost });
@@ -605,6 +629,8 @@ export class Controller {
       ...record,
       state: live?.state ?? 'unknown',
       lastSeenMs: live ? this.now() - live.lastSeen : null,
+      phi: live ? Math.round(live.arrivals.phiAt(this.now()) * 100) / 100 : null,
+      suspectAfterMs: live ? Math.round(live.arrivals.timeoutMs()) : null,
       containers: live?.containers.size ?? 0,
     };
   }
@@ -815,7 +841,8 @@ export class Controller {
       pid: reported?.pid ?? 0,
       generation: intent.generation,
       protection: this.protectionView(intent, live?.protection.get(intent.name)),
-      health: intent.spec.probe ? (live?.health.get(intent.name) ?? 'starting') : null,
+      health:
+        intent.spec.probe || intent.spec.watchdog ? (live?.health.get(intent.name) ?? 'starting') : null,
     };
   }
 
@@ -978,5 +1005,7 @@ function agentRunBody(intent: ContainerIntent): Record<string, unknown> {
     volumes: spec.volumes ?? [],
     ip: spec.ip,
     ...(typeof spec.memoryBytes === 'number' ? { memoryBytes: spec.memoryBytes } : {}),
+    // The application's own heartbeat: the agent gives it a notify socket and watches it.
+    ...(spec.watchdog ? { watchdog: spec.watchdog } : {}),
   };
 }

@@ -32,6 +32,8 @@ export const registerHostSchema = z
       .max(2 ** 50),
     /** Changes when the host's disk is new: the controller then knows its old containers are gone. */
     bootId: z.string().regex(/^[0-9a-f]{8,64}$/),
+    /** The agent's heartbeat period: the failure detector's first estimate of this host's rhythm. */
+    heartbeatMs: z.number().int().min(10).max(60_000).default(100),
   })
   .strict();
 

@@ -82,6 +82,7 @@ function host(
     cpuMillis: 2000,
     memoryBytes: 4 * 2 ** 30,
     bootId,
+    heartbeatMs: 100,
   };
 }
 
@@ -162,15 +163,21 @@ test('heartbeats keep a host up; silence marks it down and its containers lost; 
     }),
     true,
   );
-  clock.now += 2000;
+  // A steady rhythm, a beat every 100 ms: two missed beats are no death...
+  for (let seq = 2; seq < 30; seq++) {
+    clock.now += 100;
+    controller.heartbeat('h1', { seq, bootId: 'b00710aa' });
+  }
+  clock.now += 200;
   await controller.checkLiveness();
   assert.equal((await controller.listHosts())[0]!.state, 'up');
-  clock.now += 3001;
+  // ...but half a second of silence is, for this host, long before the 3 s ceiling.
+  clock.now += 300;
   await controller.checkLiveness();
   assert.equal((await controller.listHosts())[0]!.state, 'down');
   assert.equal((await controller.getContainer('c')).state, 'lost');
   await assert.rejects(controller.forward('c', 'logs'), /is down/);
-  assert.equal(controller.heartbeat('h1', { seq: 2, bootId: 'b00710aa' }), true);
+  assert.equal(controller.heartbeat('h1', { seq: 31, bootId: 'b00710aa' }), true);
   assert.equal((await controller.getContainer('c')).state, 'running', 'the report it had still stands');
   assert.equal(
     controller.heartbeat('h1', { seq: 3, bootId: 'ffff0000' }),

@@ -98,6 +98,7 @@ test('only the current registration key counts; the rest are told to register', 
     cpuMillis: 1000,
     memoryBytes: 1 << 30,
     bootId: 'b00710aa',
+    heartbeatMs: 100,
   });
   assert.match(registered.beatKey, /^[0-9a-f]{32}$/);
   await send({ host: 'h1', bootId: 'b00710aa', key: registered.beatKey, seq: 1 });
@@ -123,6 +124,7 @@ test('only the current registration key counts; the rest are told to register', 
     cpuMillis: 1000,
     memoryBytes: 1 << 30,
     bootId: 'b00710aa',
+    heartbeatMs: 100,
   });
   assert.notEqual(again.beatKey, registered.beatKey);
   await send({ host: 'h1', bootId: 'b00710aa', key: registered.beatKey, seq: 5 });
