@@ -15,6 +15,8 @@ import { EventEmitter } from 'node:events';
 import { AlreadyExistsError, FailedPreconditionError, HavenError, NotFoundError } from '../core/errors.js';
 import type { ContainerView } from '../host/container-host.js';
 import type { ImageRegistry } from './image-registry.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { LEASE_MS as AGENT_LEASE_MS } from '../agent/protection.js';
 import { ArrivalWindow, phiAccrualDefaults } from './failure-detector.js';
 import { place, type ClusterSnapshot, type PlacementRequest } from './placement.js';
 import type {
@@ -32,6 +34,13 @@ import type { ClusterStore, ContainerIntent, HostRecord, StoredEvent } from './s
  * a host that beats steadily every 100 ms after ~0.3 s of silence.
  */
 export const DEFAULT_FAILURE_MS = 1000;
+
+/**
+ * Slack on the agents' lease before a failed host's containers are restored
+ * elsewhere: the acknowledgement's flight time and clock-rate differences
+ * (the lease is measured on the agent, from when the acknowledgement arrived).
+ */
+const LEASE_MARGIN_MS = 100;
 
 /** How often the detector looks at every host's deadline. */
 const CHECK_EVERY_MS = 25;
@@ -370,6 +379,11 @@ export class Controller {
         return;
       }
       this.suspects.delete(hostName);
+      // Fencing: a host cut off stops its primaries once its lease (from the
+      // controller's last acknowledgement) runs out. Nothing is restored
+      // elsewhere before then, however fast the detector was.
+      const live = this.liveness.get(hostName);
+      if (live) await sleep(Math.max(0, live.lastSeen + AGENT_LEASE_MS + LEASE_MARGIN_MS - this.now()));
       for (const intent of await this.options.store.listContainers()) {
         if (intent.desired !== 'running' || this.failingOver.has(intent.name)) continue;
         const mode = haOf(intent);
