@@ -6,7 +6,7 @@
  * the cluster in memory: loaded once at start, and changed only after the
  * backend accepted each write (a failed write changes nothing here).
  */
-import type { ClusterStore, ContainerIntent, HostRecord, StoredEvent } from './store.js';
+import type { ClusterStore, ContainerIntent, HostRecord, OperationRecord, StoredEvent } from './store.js';
 
 /** {@link ClusterStore} that serves reads from memory and writes through to `backend`. */
 export class CachedStore implements ClusterStore {
@@ -87,6 +87,23 @@ export class CachedStore implements ClusterStore {
       this.changes++;
     }
     return deleted;
+  }
+
+  // Operations are few and read only at start-up and between steps: straight to the backend.
+  putOperation(operation: Omit<OperationRecord, 'updatedAt'>): Promise<OperationRecord> {
+    return this.backend.putOperation(operation);
+  }
+
+  getOperation(container: string): Promise<OperationRecord | undefined> {
+    return this.backend.getOperation(container);
+  }
+
+  listOperations(): Promise<OperationRecord[]> {
+    return this.backend.listOperations();
+  }
+
+  deleteOperation(container: string): Promise<void> {
+    return this.backend.deleteOperation(container);
   }
 
   appendEvent(kind: string, subject: string, data: Record<string, unknown>): Promise<StoredEvent> {

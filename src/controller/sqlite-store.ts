@@ -4,7 +4,7 @@
  * a controller killed at any instant restarts with every committed change.
  */
 import Database from 'better-sqlite3';
-import type { ClusterStore, ContainerIntent, HostRecord, StoredEvent } from './store.js';
+import type { ClusterStore, ContainerIntent, HostRecord, OperationRecord, StoredEvent } from './store.js';
 
 const SCHEMA_VERSION = 1;
 
@@ -24,6 +24,19 @@ interface ContainerRow {
   desired: string;
   host: string | null;
   generation: number;
+  updated_at: string;
+}
+
+interface OperationRow {
+  container: string;
+  kind: string;
+  from_host: string;
+  to_host: string;
+  step: string;
+  generation: number;
+  epoch: number | null;
+  detail: string;
+  started_at: string;
   updated_at: string;
 }
 
@@ -53,6 +66,12 @@ export class SqliteStore implements ClusterStore {
       CREATE TABLE IF NOT EXISTS containers (
         name TEXT PRIMARY KEY, spec TEXT NOT NULL, desired TEXT NOT NULL, host TEXT,
         generation INTEGER NOT NULL, updated_at TEXT NOT NULL);
+      -- Added after schema 1 was released, without a version bump: a store
+      -- without it simply has no operation in flight.
+      CREATE TABLE IF NOT EXISTS operations (
+        container TEXT PRIMARY KEY, kind TEXT NOT NULL, from_host TEXT NOT NULL,
+        to_host TEXT NOT NULL, step TEXT NOT NULL, generation INTEGER NOT NULL,
+        epoch INTEGER, detail TEXT NOT NULL, started_at TEXT NOT NULL, updated_at TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS events (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL,
         subject TEXT NOT NULL, data TEXT NOT NULL);
@@ -163,6 +182,38 @@ export class SqliteStore implements ClusterStore {
     return Promise.resolve(result.changes === 1);
   }
 
+  putOperation(operation: Omit<OperationRecord, 'updatedAt'>): Promise<OperationRecord> {
+    const stored: OperationRecord = { ...operation, updatedAt: new Date().toISOString() };
+    this.db
+      .prepare(
+        `INSERT INTO operations (container, kind, from_host, to_host, step, generation, epoch, detail,
+           started_at, updated_at)
+         VALUES (@container, @kind, @from, @to, @step, @generation, @epoch, @detail, @startedAt, @updatedAt)
+         ON CONFLICT(container) DO UPDATE SET kind = excluded.kind, from_host = excluded.from_host,
+           to_host = excluded.to_host, step = excluded.step, generation = excluded.generation,
+           epoch = excluded.epoch, detail = excluded.detail, started_at = excluded.started_at,
+           updated_at = excluded.updated_at`,
+      )
+      .run({ ...stored, detail: JSON.stringify(stored.detail) });
+    return Promise.resolve(stored);
+  }
+
+  getOperation(container: string): Promise<OperationRecord | undefined> {
+    const row = this.db.prepare('SELECT * FROM operations WHERE container = ?').get(container) as
+      OperationRow | undefined;
+    return Promise.resolve(row ? operationOf(row) : undefined);
+  }
+
+  listOperations(): Promise<OperationRecord[]> {
+    const rows = this.db.prepare('SELECT * FROM operations ORDER BY container').all() as OperationRow[];
+    return Promise.resolve(rows.map(operationOf));
+  }
+
+  deleteOperation(container: string): Promise<void> {
+    this.db.prepare('DELETE FROM operations WHERE container = ?').run(container);
+    return Promise.resolve();
+  }
+
   appendEvent(kind: string, subject: string, data: Record<string, unknown>): Promise<StoredEvent> {
     const at = new Date().toISOString();
     const result = this.db
@@ -208,6 +259,21 @@ function containerOf(row: ContainerRow): ContainerIntent {
     desired: row.desired === 'stopped' ? 'stopped' : 'running',
     ...(row.host !== null ? { host: row.host } : {}),
     generation: row.generation,
+    updatedAt: row.updated_at,
+  };
+}
+
+function operationOf(row: OperationRow): OperationRecord {
+  return {
+    container: row.container,
+    kind: row.kind === 'switchover' ? 'switchover' : 'failover',
+    from: row.from_host,
+    to: row.to_host,
+    step: row.step,
+    generation: row.generation,
+    epoch: row.epoch,
+    detail: JSON.parse(row.detail) as Record<string, unknown>,
+    startedAt: row.started_at,
     updatedAt: row.updated_at,
   };
 }

@@ -44,6 +44,34 @@ export interface StoredEvent {
   data: Record<string, unknown>;
 }
 
+/**
+ * A multi-step operation on one container (a failover, a planned
+ * switchover), recorded step by step so that a controller killed half-way
+ * finishes it — or rolls it back — after a restart instead of leaving the
+ * container lost or running twice. At most one per container.
+ */
+export interface OperationRecord {
+  container: string;
+  kind: 'failover' | 'switchover';
+  /** The host the container leaves, and the one it goes to. */
+  from: string;
+  to: string;
+  /** The last step done (see the state diagram above `Controller.failover`). */
+  step: string;
+  /**
+   * The intent's generation when the operation was decided: the intent moves
+   * only if it is still that (compare-and-set), so an operation overtaken by
+   * another change is refused instead of applied.
+   */
+  generation: number;
+  /** The epoch restored (once known). */
+  epoch: number | null;
+  /** What the steps so far measured and why it began (reason, detection time, timings). */
+  detail: Record<string, unknown>;
+  startedAt: string;
+  updatedAt: string;
+}
+
 /** The store interface every backend implements. */
 export interface ClusterStore {
   putHost(host: HostRecord): Promise<void>;
@@ -65,6 +93,14 @@ export interface ClusterStore {
     change: Partial<Pick<ContainerIntent, 'spec' | 'desired' | 'host'>>,
   ): Promise<ContainerIntent | undefined>;
   deleteContainer(name: string, expected: number): Promise<boolean>;
+
+  /** Records an operation, replacing the container's previous one (its next step). */
+  putOperation(operation: Omit<OperationRecord, 'updatedAt'>): Promise<OperationRecord>;
+  getOperation(container: string): Promise<OperationRecord | undefined>;
+  /** Every unfinished operation, by container name. */
+  listOperations(): Promise<OperationRecord[]>;
+  /** Forgets a container's operation (it finished or was rolled back). */
+  deleteOperation(container: string): Promise<void>;
 
   appendEvent(kind: string, subject: string, data: Record<string, unknown>): Promise<StoredEvent>;
   /** Sequence number of the newest event (0 when there is none). */

@@ -106,3 +106,46 @@ test('hosts: update in place keeps the registration time, cordon is a field, del
     assert.deepEqual(await store.listHosts(), []);
     await store.close();
   }));
+
+test('an operation survives a restart step by step, one per container, until deleted', () =>
+  withFile(async (path) => {
+    const first = new SqliteStore(path);
+    const decided = await first.putOperation({
+      container: 'redis',
+      kind: 'failover',
+      from: 'h1',
+      to: 'h2',
+      step: 'decided',
+      generation: 3,
+      epoch: null,
+      detail: { reason: 'host down', detectMs: 1000 },
+      startedAt: '2026-11-26T00:00:00Z',
+    });
+    assert.ok(decided.updatedAt);
+    await first.putOperation({ ...decided, step: 'promoted', epoch: 1_764_115_200_123 });
+    await first.close();
+
+    const second = new SqliteStore(path);
+    const ops = await second.listOperations();
+    assert.equal(ops.length, 1, 'the next step replaces the previous one');
+    assert.deepEqual(
+      { ...ops[0], updatedAt: undefined },
+      {
+        container: 'redis',
+        kind: 'failover',
+        from: 'h1',
+        to: 'h2',
+        step: 'promoted',
+        generation: 3,
+        epoch: 1_764_115_200_123,
+        detail: { reason: 'host down', detectMs: 1000 },
+        startedAt: '2026-11-26T00:00:00Z',
+        updatedAt: undefined,
+      },
+    );
+    assert.equal((await second.getOperation('redis'))?.step, 'promoted');
+    assert.equal(await second.getOperation('other'), undefined);
+    await second.deleteOperation('redis');
+    assert.deepEqual(await second.listOperations(), []);
+    await second.close();
+  }));
