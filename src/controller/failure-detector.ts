@@ -25,7 +25,11 @@ export interface PhiAccrualOptions {
   expectedIntervalMs: number;
   /** Floor under the measured standard deviation: timer jitter a live host always has (default 25 ms). */
   minStdDevMs: number;
-  /** Never suspect before this much silence (default 2.5 intervals: two lost beats are not a death). */
+  /**
+   * Never suspect before this much silence (default 3.5 intervals: three
+   * beats lost in a row — at 2% loss, one chance in 125,000 — before a
+   * steady host is suspected; two in a row happen every few minutes).
+   */
   minSilenceMs: number;
   /** Always suspect after this much silence, however irregular the host (the operator's `--failure-ms`). */
   maxSilenceMs: number;
@@ -38,7 +42,7 @@ export function phiAccrualDefaults(intervalMs: number, maxSilenceMs: number): Ph
     windowSize: 100,
     expectedIntervalMs: intervalMs,
     minStdDevMs: 25,
-    minSilenceMs: Math.min(maxSilenceMs, 2.5 * intervalMs),
+    minSilenceMs: Math.min(maxSilenceMs, 3.5 * intervalMs),
     maxSilenceMs,
   };
 }
