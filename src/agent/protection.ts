@@ -9,13 +9,23 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CorruptCheckpointError, HavenError, NotFoundError } from '../core/errors.js';
+import {
+  CorruptCheckpointError,
+  FailedPreconditionError,
+  HavenError,
+  NotFoundError,
+} from '../core/errors.js';
 import { callJson } from '../core/http-client.js';
 import type { ContainerHost, ContainerView } from '../host/container-host.js';
 import { assembleDirectory, type EpochManifest } from '../replication/chunks.js';
 import { ReplicaStore } from '../replication/replica-store.js';
 import type { Prober } from './probes.js';
-import { Replicator, type ProtectionSpec, type ProtectionStatus } from '../replication/replicator.js';
+import {
+  Replicator,
+  type EpochResult,
+  type ProtectionSpec,
+  type ProtectionStatus,
+} from '../replication/replicator.js';
 
 /** What a promotion did. */
 export interface PromotionReport {
@@ -29,6 +39,12 @@ export interface PromotionReport {
   assembleMs: number;
   restoreMs: number;
   totalMs: number;
+}
+
+/** What a planned switchover's last epoch was, on the primary (see {@link Protection.handover}). */
+export interface HandoverReport extends EpochResult {
+  /** Milliseconds from the order to the epoch committed on the backup. */
+  handoverMs: number;
 }
 
 /**
@@ -163,16 +179,126 @@ export class Protection {
   }
 
   /**
+   * Planned switchover, on the primary: the epoch loop stops and one last
+   * epoch is taken with the container stopped (see {@link Replicator.epoch})
+   * and committed on the backup, which then restores exactly that epoch with
+   * its connections. If it cannot be committed, the container runs on here
+   * from that same checkpoint, connections kept, and protection resumes:
+   * nothing is lost either way.
+   */
+  async handover(name: string): Promise<HandoverReport & { already?: boolean }> {
+    // Ordered again (a controller restarted half-way): join the handover in
+    // flight, or report the one done if the container is still stopped by it.
+    const inFlight = this.handingOver.get(name);
+    if (inFlight) return inFlight;
+    const replicator = this.replicators.get(name);
+    if (!replicator) {
+      const done = await readFile(this.handoverFile(name), 'utf8')
+        .then((text) => JSON.parse(text) as HandoverReport)
+        .catch(() => undefined);
+      const view = await this.host.inspect(name).catch(() => undefined);
+      if (done && view?.state === 'checkpointed') return { ...done, already: true };
+      throw new FailedPreconditionError(`"${name}" is not protected from this host`);
+    }
+    const work = this.handOver(name, replicator).finally(() => this.handingOver.delete(name));
+    this.handingOver.set(name, work);
+    return work;
+  }
+
+  private readonly handingOver = new Map<string, Promise<HandoverReport>>();
+
+  private handoverFile(name: string): string {
+    return join(this.host.config.stateDir, 'handovers', `${name}.json`);
+  }
+
+  private async handOver(name: string, replicator: Replicator): Promise<HandoverReport> {
+    const started = performance.now();
+    await replicator.stop();
+    this.replicators.delete(name);
+    try {
+      const result = await replicator.epoch({ final: true });
+      // No longer a primary here: a restarted agent must not resume its epochs.
+      await rm(join(this.specDir, `${name}.json`), { force: true });
+      const report = { ...result, handoverMs: performance.now() - started };
+      await mkdir(join(this.host.config.stateDir, 'handovers'), { recursive: true });
+      await writeFile(this.handoverFile(name), JSON.stringify(report));
+      return report;
+    } catch (error) {
+      const view = await this.host.inspect(name).catch(() => undefined);
+      if (view?.state === 'checkpointed') {
+        await this.host
+          .restore(name, { tcpClose: false })
+          .catch((e: unknown) => this.log(`handover of ${name} failed and so did its restore: ${String(e)}`));
+      }
+      this.startReplicator(name, replicator.spec);
+      throw error;
+    }
+  }
+
+  /** Promotions in flight: a repeated order (a restarted controller) joins the one running. */
+  private readonly promoting = new Map<string, Promise<PromotionReport>>();
+
+  private promotionFile(name: string): string {
+    return join(this.host.config.stateDir, 'promotions', `${name}.json`);
+  }
+
+  /**
    * Failover on the backup: restores `name` from the newest committed epoch
    * that is intact, newest first. A damaged epoch (a chunk that no longer
    * matches its hash, a bad manifest) is skipped and reported; the next one
    * is tried. Established TCP connections are closed on restore by default:
    * their sequence numbers are older than what clients have seen.
    */
-  async promote(name: string, options: { tcpClose?: boolean } = {}): Promise<PromotionReport> {
+  async promote(
+    name: string,
+    options: { tcpClose?: boolean; epoch?: number } = {},
+  ): Promise<PromotionReport & { already?: boolean }> {
+    const inFlight = this.promoting.get(name);
+    if (inFlight) return inFlight;
+    const work = this.promoteOnce(name, options).finally(() => this.promoting.delete(name));
+    this.promoting.set(name, work);
+    return work;
+  }
+
+  /**
+   * A promotion is idempotent: ordered again (by a controller that restarted
+   * before it recorded the answer), the container already running here from
+   * that promotion — same process as recorded then — is the answer.
+   * With `epoch`, only that epoch is restored (a switchover's final one), never an older one.
+   */
+  private async promoteOnce(
+    name: string,
+    options: { tcpClose?: boolean; epoch?: number },
+  ): Promise<PromotionReport & { already?: boolean }> {
+    const earlier = await readFile(this.promotionFile(name), 'utf8')
+      .then((text) => JSON.parse(text) as PromotionReport)
+      .catch(() => undefined);
+    const running = await this.host.inspect(name).catch(() => undefined);
+    if (earlier && running && running.pid === earlier.view.pid && running.pid > 0) {
+      if (options.epoch !== undefined && options.epoch !== earlier.epoch) {
+        throw new FailedPreconditionError(
+          `"${name}" already runs here from epoch ${earlier.epoch}, not ${options.epoch}`,
+        );
+      }
+      return { ...earlier, view: running, already: true };
+    }
+    const report = await this.promoteNewest(name, options);
+    await mkdir(join(this.host.config.stateDir, 'promotions'), { recursive: true });
+    await writeFile(this.promotionFile(name), JSON.stringify(report));
+    return report;
+  }
+
+  private async promoteNewest(
+    name: string,
+    options: { tcpClose?: boolean; epoch?: number },
+  ): Promise<PromotionReport> {
     const started = performance.now();
-    const epochs = await this.replicas.epochs(name);
-    if (epochs.length === 0) throw new NotFoundError(`this host holds no committed epoch of "${name}"`);
+    const held = await this.replicas.epochs(name);
+    const epochs = options.epoch === undefined ? held : held.filter((e) => e === options.epoch);
+    if (epochs.length === 0)
+      throw new NotFoundError(
+        `this host holds no committed epoch${options.epoch === undefined ? '' : ` ${options.epoch}`} of "${name}"`,
+      );
     const skipped: PromotionReport['skipped'] = [];
     for (const epoch of epochs) {
       const tried = performance.now();

@@ -133,4 +133,13 @@ export const missingChunksSchema = z
   .strict();
 
 /** `POST /v1/replicas/:name/promote`. */
-export const promoteRequestSchema = z.object({ tcpClose: z.boolean().default(true) }).strict();
+export const promoteRequestSchema = z
+  .object({
+    tcpClose: z.boolean().default(true),
+    /** Only this epoch (a switchover's final one), never an older one. */
+    epoch: z.number().int().positive().optional(),
+  })
+  .strict();
+
+/** `POST /v1/containers/:name/handover`: a planned switchover's final epoch (no options yet). */
+export const handoverRequestSchema = z.object({}).strict();

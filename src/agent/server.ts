@@ -12,6 +12,7 @@
  *   POST   /v1/containers/:name/checkpoint     (checkpointRequestSchema)
  *   POST   /v1/containers/:name/restore        (restoreRequestSchema)
  *   POST   /v1/containers/:name/stop           (stopRequestSchema)
+ *   POST   /v1/containers/:name/handover       a switchover's final epoch, shipped to the backup
  *   DELETE /v1/containers/:name[?force=true]
  *
  * The agent holds no state of its own: records live on the host's disk and
@@ -38,6 +39,7 @@ import type { Protection } from './protection.js';
 import { z } from 'zod';
 import {
   checkpointRequestSchema,
+  handoverRequestSchema,
   imageIdSchema,
   missingChunksSchema,
   nameSchema,
@@ -159,6 +161,10 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
       );
       return send(res, 200, { name, protected: body.backup !== null });
     }
+    if (action === 'handover' && options.protection) {
+      decode(handoverRequestSchema, raw);
+      return send(res, 200, await options.protection.handover(name));
+    }
     if (action === 'stop') {
       const body = decode(stopRequestSchema, raw);
       return send(res, 200, await host.stop(name, body.graceSeconds * 1000));
@@ -223,7 +229,10 @@ async function replicaRoute(
   }
   if (action === 'promote') {
     const body = decode(promoteRequestSchema, await readJsonBody(req));
-    const promoted = await protection.promote(name, { tcpClose: body.tcpClose });
+    const promoted = await protection.promote(name, {
+      tcpClose: body.tcpClose,
+      ...(body.epoch !== undefined ? { epoch: body.epoch } : {}),
+    });
     await options.prober?.watch(name); // the record carries its watchdog to this host
     return send(res, 200, promoted);
   }

@@ -37,6 +37,16 @@ export interface ProtectionStatus extends ProtectionSpec {
   lastError: string | null;
 }
 
+/** What one committed epoch was: its number, when its checkpoint began, bytes sent and in all, milliseconds frozen and end to end. */
+export interface EpochResult {
+  epoch: number;
+  takenAt: string;
+  sentBytes: number;
+  totalBytes: number;
+  frozenMs: number;
+  epochMs: number;
+}
+
 /** Replicates one container to its backup until stopped. */
 export class Replicator {
   private stopped = false;
@@ -102,14 +112,19 @@ export class Replicator {
     }, delayMs);
   }
 
-  /** One epoch: checkpoint, chunk, send what the backup lacks, commit. */
-  async epoch(): Promise<void> {
+  /**
+   * One epoch: checkpoint, chunk, send what the backup lacks, commit. A
+   * `final` epoch (planned switchover) stops the container: it stays frozen,
+   * its network locked, until the checkpoint is stored, and is then killed —
+   * nothing it acknowledges after the checkpoint can be lost.
+   */
+  async epoch(options: { final?: boolean } = {}): Promise<EpochResult> {
     const started = performance.now();
     const view = await this.host.inspect(this.name);
     if (view.state !== 'running') throw new Error(`not running (${view.state}): no epoch`);
     if (!(await this.healthy())) throw new Error('failing its probe: no epoch (the last healthy one stays)');
     const takenAt = new Date().toISOString();
-    const report = await this.host.checkpoint(this.name, { leaveRunning: true, keep: 2 });
+    const report = await this.host.checkpoint(this.name, { leaveRunning: !options.final, keep: 2 });
     if (!report.dir) throw new Error('the checkpoint was not kept locally');
     const record = await this.host.record(this.name);
     const chunked = await chunkDirectory(report.dir);
@@ -164,5 +179,13 @@ export class Replicator {
       epochMs: performance.now() - started,
       epochsCommitted: this.status.epochsCommitted + 1,
     });
+    return {
+      epoch: manifest.epoch,
+      takenAt,
+      sentBytes: sent,
+      totalBytes: this.status.totalBytes,
+      frozenMs: report.frozenMs,
+      epochMs: this.status.epochMs,
+    };
   }
 }
