@@ -8,6 +8,7 @@ import { agentCommand } from './commands/agent.js';
 import { checkpointCommand } from './commands/checkpoint.js';
 import { controllerCommand } from './commands/controller.js';
 import { eventsCommand } from './commands/events.js';
+import { failoverCommand } from './commands/failover.js';
 import { hostCommand } from './commands/host.js';
 import { imageCommand } from './commands/image.js';
 import { doctorCommand } from './commands/doctor.js';
@@ -30,6 +31,7 @@ const COMMANDS: readonly Command[] = [
   restoreCommand,
   stopCommand,
   rmCommand,
+  failoverCommand,
   hostCommand,
   imageCommand,
   eventsCommand,

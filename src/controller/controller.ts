@@ -26,7 +26,7 @@ import type {
   RegisterHostRequest,
   ReportedContainer,
 } from './schemas.js';
-import type { ClusterStore, ContainerIntent, HostRecord, StoredEvent } from './store.js';
+import type { ClusterStore, ContainerIntent, HostRecord, OperationRecord, StoredEvent } from './store.js';
 
 /**
  * A host silent this long is suspected however irregular its heartbeats:
@@ -66,6 +66,51 @@ export interface ControllerOptions {
   subnet?: { a: number; b: number; prefix: number };
   /** Milliseconds clock (tests drive it). */
   now?: () => number;
+  /**
+   * Test-only: called at each named step of an operation this controller
+   * began (`failover.decided`, `failover.promoted`, `switchover.decided`,
+   * `switchover.shipped`, `switchover.promoted`) once the step is recorded,
+   * never at steps it resumes. The `controller` command kills its own
+   * process at the steps named in `HAVEN_FAILPOINTS`, so tests can cut a
+   * failover exactly there.
+   */
+  failpoint?: (step: string) => void;
+}
+
+/** What a primary's agent answers to a switchover's handover order. */
+interface HandoverResult {
+  epoch: number;
+  takenAt: string;
+  sentBytes: number;
+  totalBytes: number;
+  frozenMs: number;
+  handoverMs: number;
+}
+
+/** What a planned switchover did, and how long each part took (milliseconds). */
+export interface SwitchoverReport {
+  name: string;
+  from: string;
+  to: string;
+  /** The final epoch, and when its checkpoint began (the container stopped then). */
+  epoch: number;
+  takenAt: string;
+  /** Checkpoint of the final epoch: freeze to dump done. */
+  frozenMs: number;
+  /** Bytes of the final epoch that travelled (the backup had the rest), and its whole size. */
+  finalEpochBytes: number;
+  checkpointBytes: number;
+  /** The order to the primary: final checkpoint and its transfer, committed on the backup. */
+  handoverMs: number;
+  /** On the backup: the epoch assembled from chunks, and the restore. */
+  assembleMs: number;
+  restoreMs: number;
+  /** From the decision to the intent moved and the old copy removed. */
+  totalMs: number;
+  /** Established TCP connections are restored with the container. */
+  connections: 'kept';
+  /** Finished by a controller that restarted half-way. */
+  resumed?: boolean;
 }
 
 /** Liveness of a host: `unknown` until its first heartbeat after a controller start. */
@@ -304,6 +349,7 @@ export class Controller {
     if (now - this.lastReprotect > 2000) {
       this.lastReprotect = now;
       await this.reprotectOrphans();
+      await this.retryOperations();
     }
     for (const [name, live] of this.liveness) {
       if (live.state === 'up' && live.arrivals.suspectAt(now)) {
@@ -404,6 +450,27 @@ export class Controller {
     })().catch(() => undefined);
   }
 
+  /*
+   * Failovers and switchovers are operations: a few orders to agents, each
+   * step recorded in the store (one OperationRecord per container) once done
+   * and before the next is ordered, so a controller killed between two steps
+   * knows after a restart where it stopped and finishes — or rolls back:
+   *
+   *   failover    decided ──promote (or run fresh) on `to`──▶ promoted ──intent moves──▶ done
+   *   switchover  decided ──final epoch, container stopped──▶ shipped
+   *                       ──promote exactly that epoch, connections kept──▶ promoted
+   *                       ──intent moves, old copy removed──▶ done
+   *               a failure before `promoted`: the primary runs on from its final checkpoint
+   *
+   * Every order is idempotent on the agent (a promotion ordered again answers
+   * with the copy it already started; a handover ordered again joins or
+   * reports the one done), so a resumed step is simply ordered again. The
+   * intent moves by compare-and-set: an operation whose container was removed
+   * or placed elsewhere meanwhile is stale, and what it started is undone
+   * instead of applied. While an operation runs, its container is claimed in
+   * `failingOver`: nothing else (recovery, fencing of "stale" copies) touches it.
+   */
+
   /**
    * Brings a container whose host died back elsewhere: from its backup's
    * newest intact epoch (`checkpoint`), or fresh on another host (`restart`).
@@ -416,84 +483,438 @@ export class Controller {
     detectMs: number,
     reason = 'host down',
   ): Promise<void> {
-    const started = this.now();
     const mode = haOf(intent);
     let to: string;
-    let detail: Record<string, unknown>;
-    if (reason !== 'host down') {
-      // The host is alive: its dead copy goes first, freeing the address for the restored one.
-      const host = await this.options.store.getHost(from);
-      if (host) {
-        await this.options.callAgent(host, `/v1/containers/${encodeURIComponent(intent.name)}?force=true`, {
-          method: 'DELETE',
-        });
-        this.liveness.get(from)?.containers.delete(intent.name);
-      }
-    }
     if (mode === 'checkpoint') {
       const backupName = typeof intent.spec.backup === 'string' ? intent.spec.backup : undefined;
       const backup = backupName ? await this.options.store.getHost(backupName) : undefined;
       if (!backup || this.liveness.get(backup.name)?.state !== 'up') {
         throw new FailedPreconditionError(`its backup host ${backupName ?? '(none)'} is not up`);
       }
-      const report = await this.options.callAgent<{
-        epoch: number;
-        takenAt: string;
-        skipped: Array<{ epoch: number; error: string }>;
-        assembleMs: number;
-        restoreMs: number;
-        view: ContainerView;
-      }>(backup, `/v1/replicas/${encodeURIComponent(intent.name)}/promote`, {
-        method: 'POST',
-        body: { tcpClose: true },
-      });
-      // A damaged epoch means the backup's disk lost data: an error of its own, not just a detail of the failover.
-      for (const s of report.skipped) {
-        await this.emit('container.epoch-damaged', intent.name, { host: backup.name, ...s });
-      }
       to = backup.name;
-      this.noteReported(to, {
-        name: intent.name,
-        state: report.view.state,
-        pid: report.view.pid,
-        ip: report.view.ip,
-      });
-      detail = {
-        epoch: report.epoch,
-        takenAt: report.takenAt,
-        skipped: report.skipped,
-        assembleMs: Math.round(report.assembleMs),
-        restoreMs: Math.round(report.restoreMs),
-      };
     } else {
       const snapshot = await this.snapshot();
       const decision = place(snapshot, { ...placementOf(intent), excludeHosts: [from] });
       if (!decision.ok)
         throw new FailedPreconditionError(`no host can take it: ${JSON.stringify(decision.reasons)}`);
-      const host = (await this.options.store.getHost(decision.host))!;
-      const view = await this.options.callAgent<ContainerView>(host, '/v1/containers', {
+      to = decision.host;
+    }
+    const operation = await this.options.store.putOperation({
+      container: intent.name,
+      kind: 'failover',
+      from,
+      to,
+      step: 'decided',
+      generation: intent.generation,
+      epoch: null,
+      detail: { mode, reason, detectMs: Math.round(detectMs) },
+      startedAt: new Date(this.now()).toISOString(),
+    });
+    this.failpoint('failover.decided');
+    try {
+      await this.driveFailover(operation, false);
+      this.operationErrors.delete(intent.name);
+    } catch (error) {
+      await this.operationFailed(operation, error);
+    }
+  }
+
+  /** Runs a failover from the step it reached (`resumed`: after a controller restart). */
+  private async driveFailover(operation: OperationRecord, resumed: boolean): Promise<void> {
+    const { store } = this.options;
+    let op = operation;
+    const name = op.container;
+    if (op.step === 'decided') {
+      const intent = await store.getContainer(name);
+      if (!intent) return this.abandon(op, 'the container was removed');
+      if (op.detail.reason !== 'host down') {
+        // The host is alive: its dead copy goes first, freeing the address for the restored one.
+        const from = await this.upHost(op.from);
+        await this.removeCopy(from, name);
+      }
+      const to = await this.upHost(op.to);
+      if (op.detail.mode === 'checkpoint') {
+        const report = await this.options.callAgent<{
+          epoch: number;
+          takenAt: string;
+          skipped: Array<{ epoch: number; error: string }>;
+          assembleMs: number;
+          restoreMs: number;
+          view: ContainerView;
+          already?: boolean;
+        }>(to, `/v1/replicas/${encodeURIComponent(name)}/promote`, {
+          method: 'POST',
+          body: { tcpClose: true },
+        });
+        // A damaged epoch means the backup's disk lost data: an error of its own, not just a detail of the failover.
+        if (!report.already) {
+          for (const s of report.skipped) {
+            await this.emit('container.epoch-damaged', name, { host: to.name, ...s });
+          }
+        }
+        this.noteReported(to.name, {
+          name,
+          state: report.view.state,
+          pid: report.view.pid,
+          ip: report.view.ip,
+        });
+        op = await store.putOperation({
+          ...op,
+          step: 'promoted',
+          epoch: report.epoch,
+          detail: {
+            ...op.detail,
+            takenAt: report.takenAt,
+            skipped: report.skipped,
+            assembleMs: Math.round(report.assembleMs),
+            restoreMs: Math.round(report.restoreMs),
+          },
+        });
+      } else {
+        const view = await this.runOrFind(to, intent);
+        this.noteReported(to.name, { name, state: view.state, pid: view.pid, ip: view.ip });
+        op = await store.putOperation({ ...op, step: 'promoted', detail: { ...op.detail, fresh: true } });
+      }
+      if (!resumed) this.failpoint('failover.promoted');
+    }
+    const moved = await this.moveIntent(op);
+    if (!moved) return;
+    await this.emit('container.failed-over', name, {
+      from: op.from,
+      to: op.to,
+      ...op.detail,
+      failoverMs: this.now() - Date.parse(op.startedAt),
+      ...(op.epoch !== null ? { epoch: op.epoch } : {}),
+      ...(resumed ? { resumed: true } : {}),
+    });
+    await store.deleteOperation(name);
+    await this.orderProbe(moved);
+    if (op.detail.mode === 'checkpoint') await this.reprotect(name);
+  }
+
+  /**
+   * The last step of both operations: the intent moves to `op.to`. It moves
+   * only while it is still placed on `op.from` — compare-and-set on the
+   * generation decided at, or on the current one if what changed since left
+   * the placement alone (a new backup, say). Already on `op.to`: a restarted
+   * controller finishing a move it made. Removed or placed elsewhere: the
+   * operation is stale and abandoned. Returns the moved intent, or undefined.
+   */
+  private async moveIntent(op: OperationRecord): Promise<ContainerIntent | undefined> {
+    const { store } = this.options;
+    const intent = await store.getContainer(op.container);
+    if (intent?.host === op.to) return intent;
+    if (!intent || intent.host !== op.from) {
+      await this.abandon(
+        op,
+        intent ? `it was placed on ${intent.host ?? 'no host'} meanwhile` : 'it was removed',
+      );
+      return undefined;
+    }
+    const moved = await store.updateContainer(op.container, intent.generation, {
+      host: op.to,
+      spec: { ...intent.spec, backup: null },
+    });
+    if (!moved)
+      throw new HavenError(`the intent of "${op.container}" changed while it moved`, 'unavailable', true);
+    return moved;
+  }
+
+  /** A stale operation: the copy it may have started on `to` is removed, and it is forgotten. */
+  private async abandon(op: OperationRecord, why: string): Promise<void> {
+    const intent = await this.options.store.getContainer(op.container);
+    if (op.step !== 'decided' && intent?.host !== op.to) {
+      const to = await this.options.store.getHost(op.to);
+      if (to) await this.removeCopy(to, op.container);
+    }
+    await this.options.store.deleteOperation(op.container);
+    await this.emit('container.operation-abandoned', op.container, {
+      kind: op.kind,
+      from: op.from,
+      to: op.to,
+      step: op.step,
+      why,
+    });
+  }
+
+  /** Removes a container's copy from a host; one already gone is fine. */
+  private async removeCopy(host: HostRecord, name: string): Promise<void> {
+    try {
+      await this.options.callAgent(host, `/v1/containers/${encodeURIComponent(name)}?force=true`, {
+        method: 'DELETE',
+      });
+    } catch (error) {
+      if (!(error instanceof HavenError && error.code === 'not_found')) throw error;
+    }
+    this.liveness.get(host.name)?.containers.delete(name);
+  }
+
+  /** Starts `intent` fresh on `host` — or finds it already running there (an order repeated after a restart). */
+  private async runOrFind(host: HostRecord, intent: ContainerIntent): Promise<ContainerView> {
+    try {
+      return await this.options.callAgent<ContainerView>(host, '/v1/containers', {
         method: 'POST',
         body: agentRunBody(intent),
       });
-      to = host.name;
-      this.noteReported(to, { name: intent.name, state: view.state, pid: view.pid, ip: view.ip });
-      detail = { fresh: true };
+    } catch (error) {
+      if (!(error instanceof HavenError && error.code === 'already_exists')) throw error;
+      const view = await this.options.callAgent<ContainerView>(
+        host,
+        `/v1/containers/${encodeURIComponent(intent.name)}`,
+      );
+      if (view.state !== 'running') throw error;
+      return view;
     }
-    const moved = await this.options.store.updateContainer(intent.name, intent.generation, {
-      host: to,
-      spec: { ...intent.spec, backup: null },
+  }
+
+  /**
+   * A host an operation needs, once it is up. After a controller restart
+   * hosts are `unknown` until they register again (within a heartbeat or
+   * two): waited for, up to 10 s; then the step fails as retryable.
+   */
+  private async upHost(name: string): Promise<HostRecord> {
+    const deadline = this.now() + 10_000;
+    for (;;) {
+      const host = await this.options.store.getHost(name);
+      const state = this.liveness.get(name)?.state;
+      if (host && state === 'up') return host;
+      if (!host || state === 'down' || this.now() > deadline)
+        throw new HavenError(`host "${name}" is not up`, 'unavailable', true);
+      await sleep(100);
+    }
+  }
+
+  /** Calls a test-only failpoint (see {@link ControllerOptions.failpoint}). */
+  private failpoint(name: string): void {
+    this.options.failpoint?.(name);
+  }
+
+  /** Last error of each operation retried in the background, so a repeated failure is told once. */
+  private readonly operationErrors = new Map<string, string>();
+
+  /**
+   * Claims every unfinished operation in the store (call before the API
+   * listens: no heartbeat may see a half-moved container as a stray copy)
+   * and finishes them in the background. Returns how many there were.
+   */
+  async resumeOperations(): Promise<number> {
+    const operations = await this.options.store.listOperations();
+    for (const op of operations) this.driveInBackground(op, true);
+    return operations.length;
+  }
+
+  /** Operations left unfinished by a retryable failure are tried again (every 2 s, from the liveness loop). */
+  private async retryOperations(): Promise<void> {
+    for (const op of await this.options.store.listOperations()) {
+      if (!this.failingOver.has(op.container)) this.driveInBackground(op, true);
+    }
+  }
+
+  private driveInBackground(op: OperationRecord, resumed: boolean): void {
+    if (this.failingOver.has(op.container)) return;
+    let release = (): void => undefined;
+    this.failingOver.set(op.container, new Promise<void>((resolve) => (release = resolve)));
+    void (async () => {
+      try {
+        if (op.kind === 'switchover') await this.driveSwitchover(op, resumed);
+        else await this.driveFailover(op, resumed);
+        this.operationErrors.delete(op.container);
+      } catch (error) {
+        await this.operationFailed(op, error);
+      }
+    })()
+      .catch(() => undefined)
+      .finally(() => {
+        this.failingOver.delete(op.container);
+        release();
+      });
+  }
+
+  /**
+   * A step failed. Retryable (a host not up or not answering): the operation
+   * stays and is tried again. Otherwise a failover is given up (as before
+   * operations were recorded: the container stays lost, and says why).
+   */
+  private async operationFailed(op: OperationRecord, error: unknown): Promise<void> {
+    const message = error instanceof Error ? error.message : String(error);
+    const retryable = !(error instanceof HavenError) || error.retryable;
+    if (!retryable) await this.options.store.deleteOperation(op.container);
+    if (this.operationErrors.get(op.container) === message && retryable) return;
+    this.operationErrors.set(op.container, message);
+    await this.emit(
+      op.kind === 'switchover' ? 'container.switchover-failed' : 'container.failover-failed',
+      op.container,
+      {
+        from: op.from,
+        to: op.to,
+        step: op.step,
+        error: message,
+        willRetry: retryable,
+      },
+    );
+  }
+
+  /**
+   * Planned switchover (`haven failover NAME`): the primary is stopped in a
+   * final epoch that is shipped to the backup (no acknowledged write is
+   * lost), the backup restores exactly that epoch with its established TCP
+   * connections (same IP and MAC: clients see a pause, not a reset), the old
+   * copy is removed and protection resumes on a new backup. If the final
+   * epoch cannot be shipped or restored, the primary runs on from it.
+   */
+  async switchover(name: string): Promise<SwitchoverReport> {
+    if (this.failingOver.has(name))
+      throw new FailedPreconditionError(`a failover or switchover of "${name}" is already in progress`);
+    let release = (): void => undefined;
+    this.failingOver.set(name, new Promise<void>((resolve) => (release = resolve)));
+    try {
+      const intent = await this.intent(name);
+      if (haOf(intent) !== 'checkpoint')
+        throw new FailedPreconditionError(
+          `"${name}" is not protected with --ha checkpoint: it has no backup to switch over to`,
+        );
+      if (!intent.host || intent.desired !== 'running')
+        throw new FailedPreconditionError(`"${name}" is not meant to be running`);
+      const backup = typeof intent.spec.backup === 'string' ? intent.spec.backup : undefined;
+      if (!backup) throw new FailedPreconditionError(`"${name}" has no backup host now`);
+      for (const h of [intent.host, backup]) {
+        if (this.liveness.get(h)?.state !== 'up')
+          throw new HavenError(`host "${h}" of "${name}" is not up`, 'unavailable', true);
+      }
+      const operation = await this.options.store.putOperation({
+        container: name,
+        kind: 'switchover',
+        from: intent.host,
+        to: backup,
+        step: 'decided',
+        generation: intent.generation,
+        epoch: null,
+        detail: {},
+        startedAt: new Date(this.now()).toISOString(),
+      });
+      this.failpoint('switchover.decided');
+      return await this.driveSwitchover(operation, false);
+    } finally {
+      this.failingOver.delete(name);
+      release();
+    }
+  }
+
+  /** Runs a switchover from the step it reached. */
+  private async driveSwitchover(operation: OperationRecord, resumed: boolean): Promise<SwitchoverReport> {
+    const { store } = this.options;
+    let op = operation;
+    const name = op.container;
+    if (op.step === 'decided') {
+      const from = await this.upHost(op.from);
+      let handover: HandoverResult;
+      try {
+        // Ordered again after a restart, the agent joins (or reports) the handover it began.
+        handover = await this.options.callAgent<HandoverResult>(
+          from,
+          `/v1/containers/${encodeURIComponent(name)}/handover`,
+          { method: 'POST', body: {} },
+        );
+      } catch (error) {
+        await this.rollBackSwitchover(op, error);
+        throw error;
+      }
+      op = await store.putOperation({
+        ...op,
+        step: 'shipped',
+        epoch: handover.epoch,
+        detail: {
+          takenAt: handover.takenAt,
+          frozenMs: Math.round(handover.frozenMs),
+          finalEpochBytes: handover.sentBytes,
+          checkpointBytes: handover.totalBytes,
+          handoverMs: Math.round(handover.handoverMs),
+        },
+      });
+      if (!resumed) this.failpoint('switchover.shipped');
+    }
+    if (op.step === 'shipped') {
+      const to = await this.upHost(op.to);
+      let report: { epoch: number; assembleMs: number; restoreMs: number; view: ContainerView };
+      try {
+        report = await this.options.callAgent(to, `/v1/replicas/${encodeURIComponent(name)}/promote`, {
+          method: 'POST',
+          body: { tcpClose: false, epoch: op.epoch },
+        });
+      } catch (error) {
+        // Not restored there: but it must not run there either before the primary runs again.
+        await this.removeCopy(to, name);
+        await this.rollBackSwitchover(op, error);
+        throw error;
+      }
+      this.noteReported(to.name, {
+        name,
+        state: report.view.state,
+        pid: report.view.pid,
+        ip: report.view.ip,
+      });
+      op = await store.putOperation({
+        ...op,
+        step: 'promoted',
+        detail: {
+          ...op.detail,
+          assembleMs: Math.round(report.assembleMs),
+          restoreMs: Math.round(report.restoreMs),
+        },
+      });
+      if (!resumed) this.failpoint('switchover.promoted');
+    }
+    const moved = await this.moveIntent(op);
+    if (!moved)
+      throw new FailedPreconditionError(`the switchover of "${name}" was overtaken by another change`);
+    const from = await store.getHost(op.from);
+    if (from && this.liveness.get(from.name)?.state === 'up') await this.removeCopy(from, name);
+    const report: SwitchoverReport = {
+      name,
+      from: op.from,
+      to: op.to,
+      epoch: op.epoch ?? 0,
+      takenAt: typeof op.detail.takenAt === 'string' ? op.detail.takenAt : '',
+      frozenMs: numberOf(op.detail.frozenMs, 0),
+      finalEpochBytes: numberOf(op.detail.finalEpochBytes, 0),
+      checkpointBytes: numberOf(op.detail.checkpointBytes, 0),
+      handoverMs: numberOf(op.detail.handoverMs, 0),
+      assembleMs: numberOf(op.detail.assembleMs, 0),
+      restoreMs: numberOf(op.detail.restoreMs, 0),
+      totalMs: this.now() - Date.parse(op.startedAt),
+      connections: 'kept',
+      ...(resumed ? { resumed: true } : {}),
+    };
+    await this.emit('container.switched-over', name, { ...report });
+    await store.deleteOperation(name);
+    await this.orderProbe(moved);
+    await this.reprotect(name);
+    return report;
+  }
+
+  /**
+   * The switchover did not reach the backup: the primary runs on — from its
+   * final checkpoint, connections kept, if it was already stopped — and is
+   * protected again. Its host must be up; if it is not, the operation stays
+   * and is tried again.
+   */
+  private async rollBackSwitchover(op: OperationRecord, cause: unknown): Promise<void> {
+    const from = await this.upHost(op.from);
+    const path = `/v1/containers/${encodeURIComponent(op.container)}`;
+    const view = await this.options.callAgent<ContainerView>(from, path);
+    if (view.state === 'checkpointed') {
+      await this.options.callAgent(from, `${path}/restore`, { method: 'POST', body: { tcpClose: false } });
+    }
+    const intent = await this.options.store.getContainer(op.container);
+    if (intent?.host === op.from) await this.orderProtection(intent);
+    await this.options.store.deleteOperation(op.container);
+    await this.emit('container.switchover-failed', op.container, {
+      from: op.from,
+      to: op.to,
+      step: op.step,
+      error: cause instanceof Error ? cause.message : String(cause),
+      rolledBack: true,
     });
-    await this.emit('container.failed-over', intent.name, {
-      from,
-      to,
-      mode,
-      reason,
-      detectMs: Math.round(detectMs),
-      failoverMs: this.now() - started,
-      ...detail,
-    });
-    if (moved) await this.orderProbe(moved);
-    if (moved && mode === 'checkpoint') await this.reprotect(intent.name);
   }
 
   /** Checkpoint-protected containers left without a backup (none had room) get one when a host can take it. */

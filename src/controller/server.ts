@@ -18,6 +18,7 @@
  *   GET    /v1/containers/:name                   → ClusterContainerView & { detail }
  *   GET    /v1/containers/:name/logs              → text
  *   POST   /v1/containers/:name/checkpoint|restore|stop
+ *   POST   /v1/containers/:name/failover          planned switchover to its backup → SwitchoverReport
  *   DELETE /v1/containers/:name[?force=true]
  *   GET    /v1/events[?since=N][&follow=true]     → JSON, or server-sent events when following
  *
@@ -57,6 +58,9 @@ import {
 } from './schemas.js';
 import type { StoredEvent } from './store.js';
 import { z } from 'zod';
+
+/** `POST /v1/containers/:name/failover` takes no options (yet): an empty object. */
+const failoverRequestSchema = z.object({}).strict();
 
 /** Options of {@link createControllerServer}. */
 export interface ControllerServerOptions {
@@ -217,6 +221,10 @@ async function handle(
       return sendJson(res, 200, await controller.forward(name, 'restore', decode(restoreRequestSchema, raw)));
     if (action === 'stop')
       return sendJson(res, 200, await controller.forward(name, 'stop', decode(stopRequestSchema, raw)));
+    if (action === 'failover') {
+      decode(failoverRequestSchema, raw);
+      return sendJson(res, 200, await controller.switchover(name));
+    }
   }
   throw new HttpError(404, `no route ${method} ${url.pathname}`);
 }

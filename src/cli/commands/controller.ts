@@ -45,7 +45,12 @@ export const controllerCommand: Command = {
       failureAfterMs: Number.isFinite(failureMs) && failureMs >= 100 ? failureMs : DEFAULT_FAILURE_MS,
       callAgent: (host, path, options = {}) =>
         callJson(host.address, path, token, { timeoutMs: 600_000, ...options }),
+      ...failpointsFrom(process.env.HAVEN_FAILPOINTS),
     });
+    // Before the API listens: a failover cut short by the last controller is
+    // claimed before any heartbeat could take its promoted copy for a stray.
+    const resumed = await controller.resumeOperations();
+    if (resumed > 0) process.stdout.write(`haven controller: resuming ${resumed} unfinished operation(s)\n`);
     controller.start();
     const servers: Server[] = [];
     const listenText = typeof inv.values.listen === 'string' ? inv.values.listen : '127.0.0.1:7070';
@@ -95,3 +100,21 @@ export const controllerCommand: Command = {
     return 0;
   },
 };
+
+/**
+ * Test-only failpoints: `HAVEN_FAILPOINTS=failover.promoted,...` makes the
+ * controller SIGKILL itself right after recording that step of an operation
+ * it began (see `ControllerOptions.failpoint`), as a crash at the worst
+ * moment would. Never set in production.
+ */
+function failpointsFrom(value: string | undefined): { failpoint?: (step: string) => void } {
+  const steps = new Set((value ?? '').split(',').filter((s) => s.length > 0));
+  if (steps.size === 0) return {};
+  return {
+    failpoint: (step) => {
+      if (!steps.has(step)) return;
+      process.stderr.write(`haven controller: failpoint ${step}: killing myself\n`);
+      process.kill(process.pid, 'SIGKILL');
+    },
+  };
+}
