@@ -34,6 +34,8 @@ import {
   parseRate,
   runScript,
   setLinks,
+  parseLoss,
+  setLinkLoss,
   shapeLink,
 } from './net.js';
 import {
@@ -80,6 +82,7 @@ export interface LabHostStatus {
   state: HostState;
   agentPid: number | null;
   shapedRate: string | null;
+  lossPercent: number | null;
 }
 
 /** `haven lab status --json` when a lab is up. */
@@ -324,6 +327,7 @@ export function labStatus(): LabStatus | { up: false } {
       state: h.state,
       agentPid: h.state === 'killed' ? null : live(status?.hosts[h.name]?.pid, hostCgroup(h.name)),
       shapedRate: h.shapedRate,
+      lossPercent: h.lossPercent,
     })),
     token: LAB_PATHS.token,
     supervisorPid: supervisor ?? null,
@@ -359,6 +363,7 @@ export async function labKillHost(name: string): Promise<void> {
     host.state = 'killed';
     host.keepClient = false;
     host.shapedRate = null;
+    host.lossPercent = null;
     // First lab.json, then the kill: the supervisor must not restart what we kill.
     await notifySupervisor(writeLabSpec(spec));
   }
@@ -427,15 +432,27 @@ export async function labHeal(name: string): Promise<void> {
   writeLabSpec(spec);
 }
 
-/** Shapes host `name`'s link to `rate` (tc's words, e.g. `1gbit`) both ways; `off` removes it. */
-export async function labShape(name: string, rate: string): Promise<void> {
+/**
+ * Shapes host `name`'s link: `rate` (tc's words, e.g. `1gbit`) both ways,
+ * and/or `loss` (e.g. `2%`) of its packets dropped at random both ways;
+ * `off` removes either.
+ */
+export async function labShape(name: string, shape: { rate?: string; loss?: string }): Promise<void> {
   const spec = requireLabSpec();
   const host = findHost(spec, name);
   requireAlive(host);
-  const off = rate === 'off';
-  if (!off) parseRate(rate);
-  await shapeLink(name, hostNetns(name), off ? null : rate);
-  host.shapedRate = off ? null : rate;
+  // Validate both before changing either.
+  const rate = shape.rate === undefined || shape.rate === 'off' ? null : shape.rate;
+  if (rate !== null) parseRate(rate);
+  const loss = shape.loss === undefined || shape.loss === 'off' ? null : parseLoss(shape.loss);
+  if (shape.rate !== undefined) {
+    await shapeLink(name, hostNetns(name), rate);
+    host.shapedRate = rate;
+  }
+  if (shape.loss !== undefined) {
+    await setLinkLoss(hostNetns(name), loss);
+    host.lossPercent = loss;
+  }
   writeLabSpec(spec);
 }
 

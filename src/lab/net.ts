@@ -143,3 +143,41 @@ export async function shapeLink(name: string, netns: string, rate: string | null
     await run([...argv, 'burst', String(burst), 'latency', '50ms']);
   }
 }
+
+/** Parses a loss rate (`2%`, `0.5%`, `2`) into percent; between 0 and 100, at most two decimals. */
+export function parseLoss(loss: string): number {
+  const match = /^(\d{1,3}(?:\.\d{1,2})?)%?$/.exec(loss);
+  const percent = match ? Number(match[1]) : Number.NaN;
+  if (!(percent > 0 && percent <= 100)) {
+    throw new InvalidArgumentError(
+      `invalid loss "${loss}": expected a percentage above 0 and at most 100 (e.g. 2%), or "off"`,
+    );
+  }
+  return percent;
+}
+
+/** The nftables table that drops packets at random in a lossy namespace. */
+const LOSS_TABLE = 'hvlab-loss';
+
+/**
+ * Drops `percent`% of the packets entering and leaving network namespace
+ * `netns`, each at random (nftables `numgen random`: netem does not exist on
+ * this kernel); null removes the loss. The namespace's own processes (a
+ * host's agent) see a lossy link; its containers, in namespaces of their own,
+ * do not.
+ */
+export async function setLinkLoss(netns: string, percent: number | null): Promise<void> {
+  await run(['ip', 'netns', 'exec', netns, 'nft', 'delete', 'table', 'inet', LOSS_TABLE], {
+    allowFailure: true,
+  });
+  if (percent === null) return;
+  // Per 10,000, so that a loss of 0.25% is exact.
+  const drop = `numgen random mod 10000 < ${Math.round(percent * 100)} drop`;
+  const ruleset = [
+    `table inet ${LOSS_TABLE} {`,
+    `  chain in { type filter hook input priority 0; ${drop}; }`,
+    `  chain out { type filter hook output priority 0; ${drop}; }`,
+    '}',
+  ].join('\n');
+  await run(['ip', 'netns', 'exec', netns, 'nft', '-f', '-'], { input: ruleset });
+}

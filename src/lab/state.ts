@@ -24,6 +24,8 @@ const hostSchema = z.object({
   keepClient: z.boolean().default(false),
   /** A tbf rate in tc's words (`1gbit`), or null when the link is not shaped. */
   shapedRate: z.string().nullable().default(null),
+  /** Percent of packets dropped at random on the host's link, or null. */
+  lossPercent: z.number().nullable().default(null),
 });
 
 const labSchema = z.object({
@@ -102,7 +104,13 @@ export function newLabSpec(hosts: readonly string[], createdDirs: readonly strin
   return {
     version: 1,
     generation: 0,
-    hosts: hosts.map((name) => ({ name, state: 'up', keepClient: false, shapedRate: null })),
+    hosts: hosts.map((name) => ({
+      name,
+      state: 'up',
+      keepClient: false,
+      shapedRate: null,
+      lossPercent: null,
+    })),
     controller: { partitioned: false },
     createdDirs: [...createdDirs],
   };

@@ -22,7 +22,7 @@ const usage = [
   'haven lab up [--hosts N] | down | status [--json]',
   '       haven lab kill-host H | revive H',
   '       haven lab partition H [--keep-client] | partition controller | heal H|controller',
-  '       haven lab shape H --rate RATE|off',
+  '       haven lab shape H [--rate RATE|off] [--loss PERCENT|off]',
   '       haven lab exec H|client|controller -- CMD...',
 ].join('\n');
 
@@ -36,6 +36,7 @@ export const labCommand: Command = {
     json: { type: 'boolean' },
     'keep-client': { type: 'boolean' },
     rate: { type: 'string' },
+    loss: { type: 'string' },
   },
   async run(inv) {
     const [sub, ...args] = inv.positionals;
@@ -82,9 +83,13 @@ export const labCommand: Command = {
         await labHeal(one(args, 'H|controller'));
         return 0;
       case 'shape': {
-        const rate = inv.values.rate;
-        if (typeof rate !== 'string') throw new InvalidArgumentError(`--rate is required\nusage: ${usage}`);
-        await labShape(one(args, 'H'), rate);
+        const { rate, loss } = inv.values;
+        if (typeof rate !== 'string' && typeof loss !== 'string')
+          throw new InvalidArgumentError(`--rate or --loss is required\nusage: ${usage}`);
+        await labShape(one(args, 'H'), {
+          ...(typeof rate === 'string' ? { rate } : {}),
+          ...(typeof loss === 'string' ? { loss } : {}),
+        });
         return 0;
       }
       case 'exec':
@@ -152,7 +157,8 @@ function printTable(status: LabStatus): void {
       h.address,
       h.state,
       pid(h.agentPid),
-      h.shapedRate ?? '-',
+      [h.shapedRate, h.lossPercent === null ? null : `${h.lossPercent}% loss`].filter(Boolean).join(', ') ||
+        '-',
     ]),
   ];
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
