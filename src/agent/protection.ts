@@ -317,7 +317,11 @@ export class Protection {
         await assembleDirectory(manifest, this.replicas.chunks, dir);
         const assembleMs = performance.now() - assembleStarted;
         const restoreStarted = performance.now();
-        await this.host.adoptCheckpoint(manifest.record, dir, { tcpClose: options.tcpClose ?? true });
+        // Every chunk was hash-checked as it was assembled: no second pass over the files.
+        await this.host.adoptCheckpoint(manifest.record, dir, {
+          tcpClose: options.tcpClose ?? true,
+          contentVerified: true,
+        });
         const restoreMs = performance.now() - restoreStarted;
         // It is a primary now: the replica it came from is spent.
         await this.replicas.drop(name);

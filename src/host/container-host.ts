@@ -890,7 +890,7 @@ export class ContainerHost {
   async adoptCheckpoint(
     recordSource: unknown,
     checkpointDir: string,
-    options: { tcpClose?: boolean } = {},
+    options: { tcpClose?: boolean; contentVerified?: boolean } = {},
   ): Promise<RestoreReport & { name: string }> {
     const started = performance.now();
     const source = validateImportedRecord(recordSource);
@@ -898,7 +898,7 @@ export class ContainerHost {
     if (existsSync(this.dir(name))) {
       throw new AlreadyExistsError(`container "${name}" already exists on this host`);
     }
-    const manifest = await verifyCheckpoint(checkpointDir);
+    const manifest = await verifyCheckpoint(checkpointDir, { contentVerified: options.contentVerified });
     const reason = incompatibility(manifest.origin, await this.thisMachine());
     if (reason) throw new FailedPreconditionError(`cannot restore this checkpoint here: ${reason}`);
     await this.assertFreeFor(source);
