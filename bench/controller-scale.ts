@@ -643,9 +643,11 @@ async function main(): Promise<void> {
   }
   await workers.reports(byHost);
 
-  // 7. Heartbeats: baseline, Haven's fallback (stream) and Haven (datagrams), in the same run.
+  // 7. Heartbeats: baseline, Haven's fallback (stream) and Haven (datagrams), in the same run;
+  // stream and datagrams twice, alternating, since the machine's speed drifts: the table shows
+  // the second pass, a row the first.
   const windows: WindowResult[] = [];
-  for (const mode of ['oneshot', 'stream', 'datagram'] as const) {
+  for (const mode of ['oneshot', 'stream', 'datagram', 'stream', 'datagram'] as const) {
     process.stderr.write(`heartbeats: ${mode} (${warmupS} s warm-up, ${windowS} s window)…\n`);
     windows.push(await heartbeatWindow(mode, url, token));
   }
@@ -653,7 +655,13 @@ async function main(): Promise<void> {
   await workers.mode('off');
 
   // ------------------------------------------------------------- report
-  const [base, stream, haven] = windows as [WindowResult, WindowResult, WindowResult];
+  const [base, firstStream, firstHaven, stream, haven] = windows as [
+    WindowResult,
+    WindowResult,
+    WindowResult,
+    WindowResult,
+    WindowResult,
+  ];
   const pureMs = median(pureRuns);
   const reached = (w: WindowResult): boolean => w.beatsPerS >= 0.95 * targetBeatsPerS;
   const cpuForGoal = reached(haven) ? haven.controllerCpuPct : haven.cpuPctAtTarget;
@@ -707,6 +715,13 @@ async function main(): Promise<void> {
       fmt(haven.cpuUsPerBeat),
       `≤ ${fmt(25e4 / targetBeatsPerS)}`,
       '-',
+    ],
+    [
+      '… the first pass (µs; baseline: the only one)',
+      fmt(base.cpuUsPerBeat),
+      fmt(firstHaven.cpuUsPerBeat),
+      `≤ ${fmt(25e4 / targetBeatsPerS)}`,
+      yes(firstHaven.cpuUsPerBeat <= 25e4 / targetBeatsPerS),
     ],
     [
       `controller CPU at ${int(targetBeatsPerS)} beats/s, % (per-beat × rate)`,
@@ -862,7 +877,7 @@ async function main(): Promise<void> {
       `| heartbeats/s acknowledged | ${int(stream.beatsPerS)} |\n` +
       `| hosts wrongly declared down: switch + warm-up / window | ${stream.downInWarmup} / ${stream.downInWindow} |\n` +
       `| controller CPU, % of one core (of which kernel) | ${fmt(stream.controllerCpuPct)} (${fmt(stream.controllerSysPct)}) |\n` +
-      `| controller CPU per heartbeat (µs) | ${fmt(stream.cpuUsPerBeat)} |\n` +
+      `| controller CPU per heartbeat (µs), second pass / first | ${fmt(stream.cpuUsPerBeat)} / ${fmt(firstStream.cpuUsPerBeat)} |\n` +
       `| beat → acknowledgement p50 / p99 (ms) | ${stream.latencyMs ? `${fmt(stream.latencyMs.p50)} / ${fmt(stream.latencyMs.p99)}` : '-'} |`,
   );
   if (api.budgetHit || api.placed < containerCount) {

@@ -14,7 +14,7 @@
  * `replicas` lists, empty here) if it changed, and on every 50th regardless —
  * in one of three ways: a UDP datagram per beat with the report as a request
  * of its own (`datagram`, Haven's way; the controller acknowledges a host at
- * most every 90 ms, an ack covering every beat up to its seq); a line per
+ * most every 190 ms, an ack covering every beat up to its seq); a line per
  * beat on one long-lived NDJSON stream per host, the report inline
  * (`stream`, Haven's fallback where UDP cannot go; acknowledged on its
  * answer at most every 100 ms); or one keep-alive request per beat

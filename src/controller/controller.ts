@@ -12,6 +12,7 @@
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import { AlreadyExistsError, FailedPreconditionError, HavenError, NotFoundError } from '../core/errors.js';
 import type { ContainerView } from '../host/container-host.js';
 import type { ImageRegistry } from './image-registry.js';
@@ -41,6 +42,9 @@ export const DEFAULT_FAILURE_MS = 1000;
  * (the lease is measured on the agent, from when the acknowledgement arrived).
  */
 const LEASE_MARGIN_MS = 100;
+
+/** An event loop busier than this over a detector tick may not have read every beat that came. */
+const SATURATED = 0.9;
 
 /** How often the detector looks at every host's deadline. */
 const CHECK_EVERY_MS = 25;
@@ -199,14 +203,23 @@ export class Controller {
   /** Starts the failure detector (checks liveness every quarter of the failure time). */
   start(): void {
     let lastTick = this.now();
+    let lastUse = performance.eventLoopUtilization();
     this.monitor ??= setInterval(() => {
-      // A tick that comes late means this process was not running (GC, a
-      // blocking write, an overloaded machine): beats may be waiting unread in
-      // the socket. That time is not the hosts' silence.
+      // Local health first (as Lifeguard does for SWIM): when this process
+      // could not listen, the hosts' silence is not theirs. A tick that comes
+      // late means it was not running at all (GC, a blocking write); a tick
+      // after a saturated interval means it ran but may not have kept up —
+      // Node reads at most 32 datagrams a turn of its loop, so under a burst
+      // of work (a thousand agents registering) beats wait unread in the
+      // socket. Either way that time is excused, up to the ceiling.
       const now = this.now();
-      const late = now - lastTick - CHECK_EVERY_MS;
+      const elapsed = now - lastTick;
+      const use = performance.eventLoopUtilization(lastUse);
       lastTick = now;
-      if (late > CHECK_EVERY_MS) for (const live of this.liveness.values()) live.arrivals.excuse(late);
+      lastUse = performance.eventLoopUtilization();
+      const deaf = elapsed - CHECK_EVERY_MS > CHECK_EVERY_MS ? elapsed - CHECK_EVERY_MS : 0;
+      const excused = use.utilization > SATURATED ? elapsed : deaf;
+      if (excused > 0) for (const live of this.liveness.values()) live.arrivals.excuse(excused);
       void this.checkLiveness().catch(() => undefined);
     }, CHECK_EVERY_MS);
     this.monitor.unref();

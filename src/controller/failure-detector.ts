@@ -80,6 +80,8 @@ export class ArrivalWindow {
   private lastBeat: number | undefined;
   /** When this host becomes suspect if no beat comes first. */
   private deadline = Number.POSITIVE_INFINITY;
+  /** Excused since the last beat (see {@link excuse}). */
+  private excused = 0;
   private readonly deviations: number;
 
   constructor(private readonly options: PhiAccrualOptions) {
@@ -103,6 +105,7 @@ export class ArrivalWindow {
     }
     this.lastBeat = now;
     this.deadline = now + this.timeoutMs();
+    this.excused = 0;
   }
 
   /** Starts over (a new registration): the history of a previous boot says nothing of this one. */
@@ -146,10 +149,15 @@ export class ArrivalWindow {
 
   /**
    * Pushes the deadline back by `ms`: time during which the detector itself
-   * could not listen (its process stalled) is not the host's silence.
+   * could not listen (its process stalled) is not the host's silence. At
+   * most `maxSilenceMs` per silence: a detector that is never well must still
+   * suspect a dead host in the end.
    */
   excuse(ms: number): void {
-    this.deadline += ms;
+    const granted = Math.min(ms, this.options.maxSilenceMs - this.excused);
+    if (granted <= 0) return;
+    this.excused += granted;
+    this.deadline += granted;
   }
 
   /** Milliseconds since the last beat (null before the first). */

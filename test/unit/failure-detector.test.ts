@@ -68,3 +68,13 @@ test('time the detector could not listen is excused', () => {
   assert.equal(window.suspectAt(last + 800), false);
   assert.equal(window.suspectAt(last + 850), true);
 });
+
+test('a detector that is never well still suspects in the end: excuses stop at the ceiling', () => {
+  const { window, last } = steady(100, 2);
+  for (let i = 0; i < 100; i++) window.excuse(100);
+  assert.equal(window.suspectAt(last + 350 + 999), false);
+  assert.equal(window.suspectAt(last + 350 + 1000), true);
+  window.beat(last + 2000);
+  window.excuse(300);
+  assert.equal(window.suspectAt(last + 2000 + 640), false, 'a beat starts a new allowance');
+});
