@@ -1335,6 +1335,33 @@ export class Controller {
     action: 'stop' | 'checkpoint' | 'restore' | 'logs' | 'inspect',
     body?: unknown,
   ): Promise<T> {
+    if (action === 'stop') {
+      // Stopped on purpose: first the intent says so and no recovery may run,
+      // so the exit the host reports meanwhile is not taken for a crash.
+      const release = await this.claim(name);
+      try {
+        const { intent } = await this.agentOf(name);
+        await this.options.store.updateContainer(name, intent.generation, { desired: 'stopped' });
+        try {
+          return await this.forwardClaimed<T>(name, action, body);
+        } catch (error) {
+          const now = await this.options.store.getContainer(name);
+          if (now)
+            await this.options.store.updateContainer(name, now.generation, { desired: intent.desired });
+          throw error;
+        }
+      } finally {
+        release();
+      }
+    }
+    return this.forwardClaimed<T>(name, action, body);
+  }
+
+  private async forwardClaimed<T>(
+    name: string,
+    action: 'stop' | 'checkpoint' | 'restore' | 'logs' | 'inspect',
+    body?: unknown,
+  ): Promise<T> {
     const { intent, host } = await this.agentOf(name);
     const path = `/v1/containers/${encodeURIComponent(name)}${action === 'inspect' ? '' : `/${action}`}`;
     const result = await this.options.callAgent<T>(
@@ -1344,7 +1371,8 @@ export class Controller {
     );
     if (action === 'stop' || action === 'restore') {
       const desired = action === 'stop' ? 'stopped' : 'running';
-      await this.options.store.updateContainer(name, intent.generation, { desired });
+      if (intent.desired !== desired)
+        await this.options.store.updateContainer(name, intent.generation, { desired });
       await this.emit(action === 'stop' ? 'container.stopped' : 'container.restored', name, {
         host: host.name,
       });
@@ -1363,6 +1391,41 @@ export class Controller {
    * With `force`, a container whose host is down or gone is forgotten anyway.
    */
   async removeContainer(name: string, force: boolean): Promise<void> {
+    const release = await this.claim(name);
+    try {
+      await this.removeClaimed(name, force);
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * Takes the container's slot in `failingOver` (one thing at a time per
+   * container): waits up to 30 s for a recovery, failover or switchover in
+   * flight to finish, then holds the slot so that none starts — a host
+   * reporting the container exited while the operator removes or stops it
+   * must not bring it back. Past 30 s it goes ahead: an operation that finds
+   * its intent gone or changed abandons its copy.
+   */
+  private async claim(name: string): Promise<() => void> {
+    const deadline = Date.now() + 30_000;
+    for (
+      let busy = this.failingOver.get(name);
+      busy && Date.now() < deadline;
+      busy = this.failingOver.get(name)
+    ) {
+      await Promise.race([busy.catch(() => undefined), sleep(1000)]);
+    }
+    let release = (): void => undefined;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    this.failingOver.set(name, held);
+    return () => {
+      if (this.failingOver.get(name) === held) this.failingOver.delete(name);
+      release();
+    };
+  }
+
+  private async removeClaimed(name: string, force: boolean): Promise<void> {
     const intent = await this.intent(name);
     const host = intent.host ? await this.options.store.getHost(intent.host) : undefined;
     const hostUp = host && this.liveness.get(host.name)?.state !== 'down';

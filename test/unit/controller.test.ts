@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CachedStore } from '../../src/controller/cached-store.js';
 import { Controller, type AgentCaller } from '../../src/controller/controller.js';
 import { ImageRegistry } from '../../src/controller/image-registry.js';
@@ -32,6 +33,8 @@ interface Rig {
   calls: Array<{ host: string; path: string; method: string }>;
   clock: { now: number };
   failOn: Set<string>;
+  /** Methods whose calls answer only after 50 ms (an agent at work). */
+  slow: Set<string>;
 }
 
 async function rig(): Promise<Rig> {
@@ -40,6 +43,7 @@ async function rig(): Promise<Rig> {
   await images.put(Readable.from([Buffer.from('a tiny image tar')]), { name: 'tiny' });
   const calls: Rig['calls'] = [];
   const failOn = new Set<string>();
+  const slow = new Set<string>();
   let pid = 100;
   const callAgent: AgentCaller = <T>(
     host: { name: string },
@@ -48,16 +52,13 @@ async function rig(): Promise<Rig> {
   ) => {
     calls.push({ host: host.name, path, method: options.method ?? 'GET' });
     const body = options.body as { name?: string; ip?: string } | undefined;
+    const delay = slow.has(options.method ?? 'GET') ? sleep(50) : Promise.resolve();
     if (body?.name && failOn.has(body.name))
       return Promise.reject(new RuntimeFailedError('runc create failed', 'runc', []));
     if (options.method === 'DELETE' && path.includes('gone'))
       return Promise.reject(new NotFoundError('no such container'));
-    return Promise.resolve({
-      name: body?.name,
-      state: 'running',
-      pid: ++pid,
-      ip: body?.ip?.split('/')[0],
-    } as T);
+    const answer = { name: body?.name, state: 'running', pid: ++pid, ip: body?.ip?.split('/')[0] } as T;
+    return delay.then(() => answer);
   };
   const clock = { now: 1_000_000 };
   const controller = new Controller({
@@ -67,7 +68,7 @@ async function rig(): Promise<Rig> {
     failureAfterMs: 3000,
     now: () => clock.now,
   });
-  return { controller, backend, calls, clock, failOn };
+  return { controller, backend, calls, clock, failOn, slow };
 }
 
 function host(
@@ -220,4 +221,40 @@ test('the cache agrees with its backend after every kind of change', async () =>
   assert.deepEqual(await reopened.listHosts(), await backend.listHosts());
   assert.equal((await backend.getContainer('y'))?.desired, 'stopped');
   assert.equal((await backend.getHost('h1'))?.cordoned, true);
+});
+
+test('a container removed or stopped while its host reports it exited is not brought back', async () => {
+  const { controller, calls, slow } = await rig();
+  await controller.registerHost(host('h1'));
+  await controller.registerHost(host('h2'));
+  const exited = (name: string, seq: number): void => {
+    controller.heartbeat('h1', {
+      seq,
+      bootId: 'b00710aa',
+      containers: [{ name, state: 'exited', pid: 0, ip: '' }],
+    });
+  };
+  await controller.runContainer(request('gone-soon', { ha: 'restart', host: 'h1' }));
+  await controller.runContainer(request('resting', { ha: 'restart', host: 'h1' }));
+  const started = calls.length;
+  slow.add('DELETE');
+  slow.add('POST');
+  // The host reports the exit while the agent is still removing / stopping it.
+  const removing = controller.removeContainer('gone-soon', true);
+  const stopping = controller.forward('resting', 'stop');
+  await sleep(10);
+  exited('gone-soon', 1);
+  exited('resting', 2);
+  await Promise.all([removing, stopping]);
+  await sleep(100);
+  const kinds = (await controller.eventsSince(0, 100)).map((e) => e.kind);
+  assert.ok(!kinds.includes('container.failed-over'), kinds.join(', '));
+  assert.ok(!kinds.includes('container.exited'), 'a stop on purpose is no crash');
+  assert.deepEqual(
+    calls.slice(started).filter((c) => c.host === 'h2'),
+    [],
+    'nothing was started elsewhere',
+  );
+  await assert.rejects(controller.getContainer('gone-soon'), NotFoundError);
+  assert.equal((await controller.getContainer('resting')).desired, 'stopped');
 });
