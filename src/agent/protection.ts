@@ -50,10 +50,21 @@ export interface HandoverReport extends EpochResult {
 /**
  * A host that has heard nothing from the controller for this long, and
  * reaches none of its backups either, freezes its protected primaries: it may
- * be the one cut off, and the controller fails a host over only after
- * 1 s of silence (the controller's default `--failure-ms`), so the old copy stops first.
+ * be the one cut off. The controller restores a failed host's containers
+ * elsewhere only after this lease (+ a margin) from the host's last beat, so
+ * the old copy stops first.
  */
 export const LEASE_MS = 500;
+
+/** How often the lease is looked at: the freeze comes at most this late. */
+const LEASE_CHECK_MS = 25;
+
+/**
+ * Backups are asked whether they are reachable from this long before the
+ * lease runs out (the ask times out after 150 ms), so that the answer is in
+ * when it does and the freeze is not held back by it.
+ */
+const PEER_ASK_LEAD_MS = 200;
 
 /** Protection on one host. */
 export class Protection {
@@ -63,6 +74,8 @@ export class Protection {
   private readonly fenced = new Set<string>();
   private fenceTimer: NodeJS.Timeout | undefined;
   private fencing = false;
+  /** The latest ask of the backups during this silence (keyed by the acknowledgement it began after). */
+  private peerAsk: { after: number; at: number; reachable: boolean | undefined } | undefined;
 
   constructor(
     private readonly host: ContainerHost,
@@ -118,42 +131,70 @@ export class Protection {
 
   /**
    * Watches the lease: `lastAckAt` is when the controller last acknowledged a
-   * heartbeat. Checked every 100 ms.
+   * heartbeat. Checked every {@link LEASE_CHECK_MS}.
    */
   startFencing(lastAckAt: () => number): void {
     this.fenceTimer ??= setInterval(() => {
       if (this.fencing) return;
       this.fencing = true;
       void this.checkLease(lastAckAt()).finally(() => (this.fencing = false));
-    }, 100);
+    }, LEASE_CHECK_MS);
     this.fenceTimer.unref();
   }
 
   private async checkLease(lastAckAt: number): Promise<void> {
-    if (Date.now() - lastAckAt <= LEASE_MS) return;
+    const silentMs = Date.now() - lastAckAt;
+    if (silentMs <= LEASE_MS - PEER_ASK_LEAD_MS) return;
     const primaries = [...this.replicators.values()].filter((r) => !this.fenced.has(r.name));
     if (primaries.length === 0) return;
-    // Cut off from the controller only (its link, or it is down)? Then a peer answers:
-    // the controller cannot fail this host over without a peer agreeing it is gone.
+    // Cut off from the controller only (its link, or it is down)? Then a peer
+    // answers: the controller cannot fail this host over without a peer
+    // agreeing it is gone. Asked ahead of the lease's end, and again every
+    // PEER_ASK_LEAD_MS while the silence lasts.
+    const ask = this.peerAsk;
+    if (!ask || ask.after !== lastAckAt || Date.now() - ask.at >= PEER_ASK_LEAD_MS) {
+      this.askPeers(primaries, lastAckAt);
+    }
+    if (silentMs <= LEASE_MS) return;
+    // The lease has run out: only a backup's answer already in keeps the primaries running.
+    if (this.peerAsk?.after === lastAckAt && this.peerAsk.reachable === true) return;
+    await this.fence(primaries, lastAckAt);
+  }
+
+  /** Asks the backups of `primaries` whether they are reachable; the answer lands in `peerAsk`. */
+  private askPeers(primaries: readonly Replicator[], lastAckAt: number): void {
+    const ask: { after: number; at: number; reachable: boolean | undefined } = {
+      after: lastAckAt,
+      at: Date.now(),
+      reachable: this.peerAsk?.after === lastAckAt ? this.peerAsk.reachable : undefined,
+    };
+    this.peerAsk = ask;
     const peers = [...new Set(primaries.map((r) => r.spec.backup.address))];
-    const reachable = await Promise.all(
+    void Promise.all(
       peers.map((address) =>
         callJson(address, '/v1/health', this.token, { timeoutMs: 150 }).then(
           () => true,
           () => false,
         ),
       ),
+    ).then((answers) => {
+      if (this.peerAsk === ask) ask.reachable = answers.some(Boolean);
+    });
+  }
+
+  /** Freezes every one of `primaries` at once (the controller's restore elsewhere is at most a margin away). */
+  private async fence(primaries: readonly Replicator[], lastAckAt: number): Promise<void> {
+    await Promise.all(
+      primaries.map(async (r) => {
+        try {
+          await this.host.pause(r.name);
+          this.fenced.add(r.name);
+          this.log(`fencing: no controller for ${Date.now() - lastAckAt} ms and no peer: froze ${r.name}`);
+        } catch (error) {
+          this.log(`fencing: cannot freeze ${r.name}: ${(error as Error).message}`);
+        }
+      }),
     );
-    if (reachable.some(Boolean)) return;
-    for (const r of primaries) {
-      try {
-        await this.host.pause(r.name);
-        this.fenced.add(r.name);
-        this.log(`fencing: no controller for ${Date.now() - lastAckAt} ms and no peer: froze ${r.name}`);
-      } catch (error) {
-        this.log(`fencing: cannot freeze ${r.name}: ${(error as Error).message}`);
-      }
-    }
   }
 
   /**
