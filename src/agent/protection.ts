@@ -18,6 +18,7 @@ import {
 import { callJson } from '../core/http-client.js';
 import type { ContainerHost, ContainerView } from '../host/container-host.js';
 import { assembleDirectory, type EpochManifest } from '../replication/chunks.js';
+import { MigrationSource } from '../replication/migration-source.js';
 import { ReplicaStore } from '../replication/replica-store.js';
 import type { Prober } from './probes.js';
 import {
@@ -69,6 +70,8 @@ const PEER_ASK_LEAD_MS = 200;
 /** Protection on one host. */
 export class Protection {
   readonly replicas: ReplicaStore;
+  /** This host as the source of live migrations (their rounds; see migration-source.ts). */
+  readonly migrations: MigrationSource;
   private readonly replicators = new Map<string, Replicator>();
   /** Primaries this host froze because it lost its lease. */
   private readonly fenced = new Set<string>();
@@ -84,6 +87,7 @@ export class Protection {
     private readonly prober?: Prober,
   ) {
     this.replicas = new ReplicaStore(join(host.config.stateDir, 'replicas'));
+    this.migrations = new MigrationSource(host, token, log);
   }
 
   private get specDir(): string {

@@ -143,3 +143,26 @@ export const promoteRequestSchema = z
 
 /** `POST /v1/containers/:name/handover`: a planned switchover's final epoch (no options yet). */
 export const handoverRequestSchema = z.object({}).strict();
+
+/** `POST /v1/containers/:name/migrate`: one round of a live migration, on its source host. */
+export const migrateRoundSchema = z
+  .object({
+    /** The migration's ID: a final round ordered again with it joins or reports the one done. */
+    id: z.string().regex(/^[0-9a-z-]{1,80}$/, 'a migration ID'),
+    round: z.number().int().min(1).max(1000),
+    /** Final: the container stops in this round's checkpoint, which is committed on the destination. */
+    final: z.boolean(),
+    to: z
+      .object({
+        host: nameSchema,
+        address: z
+          .string()
+          .max(200)
+          .regex(/^http:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http://HOST:PORT'),
+      })
+      .strict(),
+  })
+  .strict();
+
+/** `POST /v1/replicas/:name/prepare`: a migration's destination fetches the image before anything stops. */
+export const prepareReplicaSchema = z.object({ image: imageIdSchema }).strict();

@@ -13,6 +13,8 @@
  *   POST   /v1/containers/:name/restore        (restoreRequestSchema)
  *   POST   /v1/containers/:name/stop           (stopRequestSchema)
  *   POST   /v1/containers/:name/handover       a switchover's final epoch, shipped to the backup
+ *   POST   /v1/containers/:name/migrate        (migrateRoundSchema) one round of a live migration, as its source
+ *   POST   /v1/replicas/:name/prepare          (prepareReplicaSchema) a migration's destination: fetch the image
  *   DELETE /v1/containers/:name[?force=true]
  *
  * The agent holds no state of its own: records live on the host's disk and
@@ -41,8 +43,10 @@ import {
   checkpointRequestSchema,
   handoverRequestSchema,
   imageIdSchema,
+  migrateRoundSchema,
   missingChunksSchema,
   nameSchema,
+  prepareReplicaSchema,
   probeRequestSchema,
   promoteRequestSchema,
   protectRequestSchema,
@@ -165,6 +169,10 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
       decode(handoverRequestSchema, raw);
       return send(res, 200, await options.protection.handover(name));
     }
+    if (action === 'migrate' && options.protection) {
+      const body = decode(migrateRoundSchema, raw);
+      return send(res, 200, await options.protection.migrations.round(name, body));
+    }
     if (action === 'stop') {
       const body = decode(stopRequestSchema, raw);
       return send(res, 200, await host.stop(name, body.graceSeconds * 1000));
@@ -226,6 +234,14 @@ async function replicaRoute(
     await ensureImage(options, decode(imageIdSchema, image));
     await protection.replicas.commit(manifest);
     return send(res, 200, { name, epoch: manifest.epoch, committed: true });
+  }
+  if (action === 'prepare') {
+    // A migration's destination: the image now, so that no final round waits on its download.
+    const body = decode(prepareReplicaSchema, await readJsonBody(req));
+    await ensureImage(options, body.image);
+    const here = await options.host.inspect(name).catch(() => undefined);
+    if (here) throw new HttpError(409, `a container "${name}" already exists on this host (${here.state})`);
+    return send(res, 200, { name, ready: true });
   }
   if (action === 'promote') {
     const body = decode(promoteRequestSchema, await readJsonBody(req));

@@ -19,6 +19,7 @@ import type { ImageRegistry } from './image-registry.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { LEASE_MS as AGENT_LEASE_MS } from '../agent/protection.js';
 import { ArrivalWindow, phiAccrualDefaults } from './failure-detector.js';
+import { MigrationFailedError, Migrations, type MigrationContext } from './migration.js';
 import { place, type ClusterSnapshot, type PlacementRequest } from './placement.js';
 import type {
   ClusterRunRequest,
@@ -198,6 +199,42 @@ export class Controller {
     this.now = options.now ?? Date.now;
     this.subnet = options.subnet ?? { a: 10, b: 88, prefix: 16 };
     this.events.setMaxListeners(0);
+    this.migrations = new Migrations(this.migrationContext());
+  }
+
+  /** Live migration and drain (migration.ts holds their logic). */
+  readonly migrations: Migrations;
+
+  /** What migration.ts uses of the controller: its store, agents, liveness and shared operation steps. */
+  private migrationContext(): MigrationContext {
+    return {
+      store: this.options.store,
+      callAgent: this.options.callAgent,
+      now: this.now,
+      emit: (kind, subject, data) => this.emit(kind, subject, data),
+      isUp: (host) => this.liveness.get(host)?.state === 'up',
+      upHost: (name) => this.upHost(name),
+      claim: (name) => {
+        if (this.failingOver.has(name)) return undefined;
+        let release = (): void => undefined;
+        this.failingOver.set(name, new Promise<void>((resolve) => (release = resolve)));
+        return () => {
+          this.failingOver.delete(name);
+          release();
+        };
+      },
+      snapshot: () => this.snapshot(),
+      placementOf,
+      backupSlot,
+      moveIntent: (op) => this.moveIntent(op),
+      removeCopy: (host, name) => this.removeCopy(host, name),
+      orderProtection: (intent) => this.orderProtection(intent),
+      reprotect: (name) => this.reprotect(name),
+      orderProbe: (intent) => this.orderProbe(intent),
+      noteReported: (host, container) => this.noteReported(host, container),
+      setCordon: (name, cordoned) => this.setCordon(name, cordoned),
+      failpoint: (step) => this.failpoint(step),
+    };
   }
 
   /** Starts the failure detector (checks liveness every quarter of the failure time). */
@@ -730,6 +767,11 @@ export class Controller {
     void (async () => {
       try {
         if (op.kind === 'switchover') await this.driveSwitchover(op, resumed);
+        else if (op.kind === 'migration')
+          // A migration rolled back has said so itself (container.migration-failed).
+          await this.migrations.drive(op, resumed).catch((error: unknown) => {
+            if (!(error instanceof MigrationFailedError)) throw error;
+          });
         else await this.driveFailover(op, resumed);
         this.operationErrors.delete(op.container);
       } catch (error) {
@@ -755,7 +797,11 @@ export class Controller {
     if (this.operationErrors.get(op.container) === message && retryable) return;
     this.operationErrors.set(op.container, message);
     await this.emit(
-      op.kind === 'switchover' ? 'container.switchover-failed' : 'container.failover-failed',
+      op.kind === 'switchover'
+        ? 'container.switchover-failed'
+        : op.kind === 'migration'
+          ? 'container.migration-failed'
+          : 'container.failover-failed',
       op.container,
       {
         from: op.from,

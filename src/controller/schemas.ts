@@ -107,6 +107,21 @@ export const clusterRunSchema = runRequestSchema
   })
   .strict();
 
+/** How a live migration moves a container, and the pause it may cost (shared by migrate and drain). */
+const migrationOptions = {
+  strategy: z.enum(['auto', 'stop-copy', 'pre-copy']).default('auto'),
+  /** The pause accepted: pre-copy rounds go on until what is left fits it. */
+  maxDowntimeMs: z.number().int().min(1).max(600_000).default(300),
+  /** Pre-copy rounds at most, before the final one. */
+  maxRounds: z.number().int().min(1).max(30).default(8),
+};
+
+/** `POST /v1/containers/:name/migrate`: live migration; `to` absent lets placement choose. */
+export const migrateRequestSchema = z.object({ to: hostNameSchema.optional(), ...migrationOptions }).strict();
+
+/** `POST /v1/hosts/:name/drain`: cordon, then migrate every container off it, one at a time. */
+export const drainRequestSchema = z.object(migrationOptions).strict();
+
 /** `POST /v1/hosts/:name/cordon`. */
 export const cordonSchema = z.object({ cordoned: z.boolean() }).strict();
 

@@ -19,6 +19,8 @@
  *   GET    /v1/containers/:name/logs              → text
  *   POST   /v1/containers/:name/checkpoint|restore|stop
  *   POST   /v1/containers/:name/failover          planned switchover to its backup → SwitchoverReport
+ *   POST   /v1/containers/:name/migrate           (migrateRequestSchema) live migration → MigrationReport
+ *   POST   /v1/hosts/:name/drain                  (drainRequestSchema) cordon, migrate all off → DrainReport
  *   DELETE /v1/containers/:name[?force=true]
  *   GET    /v1/events[?since=N][&follow=true]     → JSON, or server-sent events when following
  *
@@ -51,9 +53,11 @@ import type { ImageRegistry } from './image-registry.js';
 import {
   clusterRunSchema,
   cordonSchema,
+  drainRequestSchema,
   eventsQuerySchema,
   heartbeatSchema,
   hostNameSchema,
+  migrateRequestSchema,
   registerHostSchema,
 } from './schemas.js';
 import type { StoredEvent } from './store.js';
@@ -142,6 +146,10 @@ async function handle(
         await readJsonBody(req);
         return sendJson(res, 200, await controller.setCordon(name, action === 'cordon'));
       }
+      if (action === 'drain' && method === 'POST') {
+        const body = decode(drainRequestSchema, await readJsonBody(req));
+        return sendJson(res, 200, await controller.migrations.drain(name, body));
+      }
       if (action === 'cordon' && method === 'PUT') {
         const body = decode(cordonSchema, await readJsonBody(req));
         return sendJson(res, 200, await controller.setCordon(name, body.cordoned));
@@ -224,6 +232,10 @@ async function handle(
     if (action === 'failover') {
       decode(failoverRequestSchema, raw);
       return sendJson(res, 200, await controller.switchover(name));
+    }
+    if (action === 'migrate') {
+      const body = decode(migrateRequestSchema, raw);
+      return sendJson(res, 200, await controller.migrations.migrate(name, body));
     }
   }
   throw new HttpError(404, `no route ${method} ${url.pathname}`);

@@ -52,7 +52,7 @@ export interface StoredEvent {
  */
 export interface OperationRecord {
   container: string;
-  kind: 'failover' | 'switchover';
+  kind: 'failover' | 'switchover' | 'migration';
   /** The host the container leaves, and the one it goes to. */
   from: string;
   to: string;

@@ -10,11 +10,11 @@
  * again. The controller is not on this path: it learns of commits from the
  * agent's heartbeat reports.
  */
-import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { callJson, errorFrom, openRequest } from '../core/http-client.js';
+import { epochCommitted, epochFailed } from '../agent/metrics.js';
 import type { ContainerHost } from '../host/container-host.js';
 import { chunkDirectory, chunkHashes, EPOCH_MANIFEST_VERSION, type EpochManifest } from './chunks.js';
+import { commitEpoch, sendChunks } from './transfer.js';
 
 /** Where and how often a container is protected. */
 export interface ProtectionSpec {
@@ -103,6 +103,7 @@ export class Replicator {
             this.status.lastError = null;
           },
           (error: unknown) => {
+            epochFailed();
             const message = error instanceof Error ? error.message : String(error);
             if (message !== this.status.lastError) this.log(`replication of ${this.name}: ${message}`);
             this.status.lastError = message;
@@ -139,37 +140,16 @@ export class Replicator {
       skeleton: chunked.skeleton,
       files: chunked.files,
     };
-    const base = `/v1/replicas/${encodeURIComponent(this.name)}`;
+    // The transfer shared with migration: only the chunks the backup lacks travel.
     const backup = this.spec.backup.address;
-    const { missing } = await callJson<{ missing: string[] }>(backup, `${base}/missing`, this.token, {
-      body: { hashes: chunkHashes(manifest) },
-      timeoutMs: 30_000,
-    });
-    let sent = 0;
-    if (missing.length > 0) {
-      const read = chunked.read;
-      const frames = Readable.from(
-        (async function* () {
-          for (const hash of missing) {
-            const data = await read(hash);
-            const header = Buffer.alloc(36);
-            header.writeUInt32BE(data.length, 0);
-            Buffer.from(hash, 'hex').copy(header, 4);
-            sent += data.length;
-            yield Buffer.concat([header, data]);
-          }
-        })(),
-      );
-      const res = await openRequest(backup, `${base}/chunks`, this.token, {
-        method: 'POST',
-        payload: frames,
-        headers: { 'content-type': 'application/octet-stream' },
-        timeoutMs: 120_000,
-      });
-      if ((res.statusCode ?? 500) >= 300) throw await errorFrom(res);
-      res.resume();
-    }
-    await callJson(backup, `${base}/epochs`, this.token, { body: manifest, timeoutMs: 120_000 });
+    const { sentBytes: sent } = await sendChunks(
+      backup,
+      this.token,
+      this.name,
+      chunkHashes(manifest),
+      chunked.read,
+    );
+    await commitEpoch(backup, this.token, manifest);
     Object.assign(this.status, {
       committedEpoch: manifest.epoch,
       committedAt: manifest.createdAt,
@@ -179,6 +159,7 @@ export class Replicator {
       epochMs: performance.now() - started,
       epochsCommitted: this.status.epochsCommitted + 1,
     });
+    epochCommitted(this.status);
     return {
       epoch: manifest.epoch,
       takenAt,

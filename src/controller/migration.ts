@@ -1,0 +1,702 @@
+/**
+ * Live migration (`haven migrate NAME --to HOST`, `haven drain HOST`): a
+ * running container moves to another host with a short pause, its IP, MAC
+ * and established TCP connections kept. The controller decides and records;
+ * the data goes agent to agent as content-addressed chunks — the transfer
+ * replication uses, into the destination's replica store, where the
+ * container is a temporary replica exactly as on a backup.
+ *
+ * A migration is an operation (`OperationRecord`, kind `migration`),
+ * recorded step by step like a switchover, so a controller killed half-way
+ * finishes it after its restart:
+ *
+ * ```
+ *   decided ─prepare: the destination fetches the image; protection pauses─▶
+ *           ─pre-copy rounds (leave-running; only changed chunks travel)─▶ …
+ *           ─final round: frozen, checkpoint stored, the rest sent, epoch committed─▶ shipped
+ *           ─the destination restores exactly that epoch, connections kept─▶ promoted
+ *           ─intent moves, the source copy goes, protection resumes─▶ done
+ *   any failure before `promoted`: rolled back — the source runs on (from its
+ *   final checkpoint if it had stopped), the destination's temporary replica
+ *   goes, and `container.migration-failed` names the phase
+ * ```
+ *
+ * **Pre-copy on a kernel without dirty-page tracking** (no soft-dirty here,
+ * so CRIU's pre-dump cannot work): each round is a full leave-running dump,
+ * so it stalls the workload as long as a whole checkpoint does, and only its
+ * chunks whose content changed since the previous round travel. Pre-copy
+ * shrinks the one part of the downtime that rounds can shrink — the transfer
+ * inside the final freeze — and pays for it with one stall per round; every
+ * round's stall is measured and reported (`container.migration-progress`).
+ * When to stop is {@link nextStep}, a pure function of the rounds so far;
+ * `auto` is {@link chooseStrategy}, from one measured round.
+ */
+import { randomBytes } from 'node:crypto';
+import { FailedPreconditionError, HavenError, NotFoundError } from '../core/errors.js';
+import type { ContainerView } from '../host/container-host.js';
+import type { MigrationRoundReport } from '../replication/migration-source.js';
+import { place, type ClusterSnapshot, type PlacementRequest } from './placement.js';
+import type { ClusterStore, ContainerIntent, HostRecord, OperationRecord, StoredEvent } from './store.js';
+
+/** How a container moves. */
+export type MigrationStrategy = 'stop-copy' | 'pre-copy' | 'auto';
+
+/** What a migration is asked to do (see `migrateRequestSchema`). */
+export interface MigrationRequest {
+  /** Destination; placement chooses when absent (drain). */
+  to?: string;
+  strategy: MigrationStrategy;
+  /** The pause the operator accepts: pre-copy rounds go on until what is left fits it. */
+  maxDowntimeMs: number;
+  /** Pre-copy rounds at most (the final round not counted). */
+  maxRounds: number;
+}
+
+/** What a finished migration reports (and `container.migrated` carries). */
+export interface MigrationReport {
+  name: string;
+  from: string;
+  to: string;
+  strategy: 'stop-copy' | 'pre-copy';
+  /** Why that strategy (auto), or "asked". */
+  why: string;
+  /** Pre-copy rounds, each with its stall. */
+  rounds: Array<Pick<RoundStats, 'round' | 'frozenMs' | 'checkpointBytes' | 'sentBytes' | 'wallMs'>>;
+  /** Why the rounds stopped (pre-copy). */
+  stopped: string;
+  /** The final round: frozen (checkpoint stored), bytes sent then, and the whole checkpoint. */
+  finalFrozenMs: number;
+  finalSentBytes: number;
+  checkpointBytes: number;
+  /** Bytes sent over every round. */
+  totalSentBytes: number;
+  /** On the destination: assembling the epoch from chunks, and the restore. */
+  assembleMs: number;
+  restoreMs: number;
+  /**
+   * The container's downtime as the controller measures it: from the final
+   * checkpoint's start to the destination's restore done (a client also
+   * waits for its next TCP retransmission).
+   */
+  downtimeMs: number;
+  totalMs: number;
+  connections: 'kept';
+  resumed?: boolean;
+}
+
+// ------------------------------------------------------------------ decisions (pure)
+
+/** One pre-copy round as the decisions see it (from the source's round report). */
+export interface RoundStats {
+  round: number;
+  /** The workload's stall in this round (its checkpoint's freeze). */
+  frozenMs: number;
+  /** The whole checkpoint call (freeze, dump, hashing, store): how long a final round's freeze lasts. */
+  checkpointMs: number;
+  /** Cutting it into chunks (hashing): also inside a final round's downtime. */
+  chunkMs: number;
+  checkpointBytes: number;
+  /** What travelled: the chunks that changed since the previous round (round 1: everything). */
+  sentBytes: number;
+  sendMs: number;
+  wallMs: number;
+}
+
+/** Limits of pre-copy. */
+export interface PrecopyLimits {
+  maxDowntimeMs: number;
+  maxRounds: number;
+}
+
+/** The next step of a pre-copy, and why. */
+export interface StepDecision {
+  next: 'round' | 'final';
+  why: string;
+  /** Estimated downtime of a final round now, and its parts (milliseconds). */
+  estimate: DowntimeEstimate;
+}
+
+/** A final round's downtime, estimated. */
+export interface DowntimeEstimate {
+  /** What no round can shrink: the final checkpoint (freeze to stored), hashing it, restore. */
+  fixedMs: number;
+  /** Sending what is left. */
+  transferMs: number;
+  totalMs: number;
+}
+
+/** A link assumed when nothing has measured one yet: 1 Gbit/s, in bytes per millisecond. */
+export const DEFAULT_LINK_BYTES_PER_MS = 125_000;
+
+/**
+ * The destination's part of the downtime, estimated before it is measured:
+ * assembling the epoch and `runc restore` (~0.4 s for Redis in the lab
+ * switchover test) plus ~2 ms per MB of checkpoint.
+ */
+export function restoreEstimateMs(checkpointBytes: number): number {
+  return 350 + (2 * checkpointBytes) / 1e6;
+}
+
+/**
+ * Bytes per millisecond the link carried, from the rounds that sent enough
+ * to tell (≥ 1 MB); the best of them (a round slowed by its own hashing
+ * understates the link, never overstates it). Default: 1 Gbit/s.
+ */
+export function measuredLinkRate(rounds: readonly RoundStats[]): number {
+  const rates = rounds.filter((r) => r.sentBytes >= 1e6 && r.sendMs > 0).map((r) => r.sentBytes / r.sendMs);
+  return rates.length > 0 ? Math.max(...rates) : DEFAULT_LINK_BYTES_PER_MS;
+}
+
+/** Estimated downtime of a final round that must send `leftBytes`. */
+export function estimateDowntime(
+  last: RoundStats,
+  leftBytes: number,
+  linkBytesPerMs: number,
+): DowntimeEstimate {
+  const fixedMs = last.checkpointMs + last.chunkMs + restoreEstimateMs(last.checkpointBytes);
+  const transferMs = leftBytes / Math.max(1, linkBytesPerMs);
+  return { fixedMs, transferMs, totalMs: fixedMs + transferMs };
+}
+
+/** Rounds whose changed bytes shrink by less than this are not converging. */
+const CONVERGING = 0.9;
+/** A transfer this small beside the fixed part is not worth another round's stall. */
+const NEGLIGIBLE = 0.1;
+
+/**
+ * After a pre-copy round: another round, or the final one? What the final
+ * round will send is estimated by what the last round sent (what changed in
+ * one round's time). Stop when
+ *   - the estimated downtime fits the target;
+ *   - the transfer left is negligible beside the fixed part (final
+ *     checkpoint and restore), which no round can shrink: another round
+ *     would only add a stall;
+ *   - rounds stop converging (a round sent ≥ 90% of the one before);
+ *   - the round limit is reached.
+ */
+export function nextStep(rounds: readonly RoundStats[], limits: PrecopyLimits): StepDecision {
+  const last = rounds.at(-1);
+  if (!last) {
+    return { next: 'round', why: 'no round yet', estimate: { fixedMs: 0, transferMs: 0, totalMs: 0 } };
+  }
+  const link = measuredLinkRate(rounds);
+  const estimate = estimateDowntime(last, last.sentBytes, link);
+  const ms = (n: number): string => `${Math.round(n)} ms`;
+  if (estimate.totalMs <= limits.maxDowntimeMs)
+    return {
+      next: 'final',
+      why: `fits: estimated downtime ${ms(estimate.totalMs)} ≤ ${ms(limits.maxDowntimeMs)}`,
+      estimate,
+    };
+  if (rounds.length >= 2 && estimate.transferMs <= NEGLIGIBLE * estimate.fixedMs)
+    return {
+      next: 'final',
+      why:
+        `what is left sends in ${ms(estimate.transferMs)}, little beside the ${ms(estimate.fixedMs)} ` +
+        `no round can shrink (final checkpoint, restore): another round would only stall the workload`,
+      estimate,
+    };
+  const previous = rounds.at(-2);
+  if (previous && last.sentBytes >= CONVERGING * previous.sentBytes)
+    return {
+      next: 'final',
+      why: `not converging: round ${last.round} changed ${last.sentBytes} bytes, round ${previous.round} ${previous.sentBytes}`,
+      estimate,
+    };
+  if (rounds.length >= limits.maxRounds)
+    return { next: 'final', why: `round limit (${limits.maxRounds})`, estimate };
+  return {
+    next: 'round',
+    why: `estimated downtime ${ms(estimate.totalMs)} > ${ms(limits.maxDowntimeMs)}`,
+    estimate,
+  };
+}
+
+/**
+ * `auto`, from one measured leave-running round (its stall is that of a
+ * full dump on this kernel): stop-and-copy when sending the whole checkpoint
+ * inside the freeze would fit the target, or cost little beside the part no
+ * round can shrink — more rounds would only add stalls; otherwise pre-copy.
+ */
+export function chooseStrategy(
+  measured: RoundStats,
+  maxDowntimeMs: number,
+): { strategy: 'stop-copy' | 'pre-copy'; why: string; estimate: DowntimeEstimate } {
+  const link = measuredLinkRate([measured]);
+  const all = estimateDowntime(measured, measured.checkpointBytes, link);
+  const facts =
+    `checkpoint ${(measured.checkpointBytes / 1e6).toFixed(1)} MB, round stall ${Math.round(measured.frozenMs)} ms, ` +
+    `link ${((link * 1000) / 1e6).toFixed(0)} MB/s${measured.sentBytes >= 1e6 ? '' : ' (assumed: too little sent to measure)'}, ` +
+    `no dirty-page tracking on this kernel (each round is a full dump)`;
+  if (all.totalMs <= maxDowntimeMs)
+    return {
+      strategy: 'stop-copy',
+      why: `${facts}: sending all of it frozen fits (${Math.round(all.totalMs)} ms ≤ ${maxDowntimeMs} ms)`,
+      estimate: all,
+    };
+  if (all.transferMs <= NEGLIGIBLE * all.fixedMs)
+    return {
+      strategy: 'stop-copy',
+      why: `${facts}: the transfer (${Math.round(all.transferMs)} ms) is small beside what no round can shrink (${Math.round(all.fixedMs)} ms)`,
+      estimate: all,
+    };
+  return {
+    strategy: 'pre-copy',
+    why: `${facts}: sending all of it frozen would take ${Math.round(all.transferMs)} ms; rounds shrink that`,
+    estimate: all,
+  };
+}
+
+/** A round report as the decisions see it. */
+export function statsOf(report: MigrationRoundReport): RoundStats {
+  return {
+    round: report.round,
+    frozenMs: report.frozenMs,
+    checkpointMs: report.checkpointMs,
+    chunkMs: report.chunkMs,
+    checkpointBytes: report.checkpointBytes,
+    sentBytes: report.sentBytes,
+    sendMs: report.sendMs,
+    wallMs: report.wallMs,
+  };
+}
+
+// ------------------------------------------------------------------ the operation
+
+/** What the controller lends the migration logic (its store, agents, liveness, events, shared steps). */
+export interface MigrationContext {
+  store: ClusterStore;
+  /** The controller's `AgentCaller`. */
+  callAgent: <T>(
+    host: HostRecord,
+    path: string,
+    options?: { method?: string; body?: unknown; timeoutMs?: number },
+  ) => Promise<T>;
+  now: () => number;
+  emit(kind: string, subject: string, data: Record<string, unknown>): Promise<StoredEvent>;
+  /** Whether the controller sees the host up. */
+  isUp(host: string): boolean;
+  /** A host the step needs, waited for (after a restart) or a retryable error. */
+  upHost(name: string): Promise<HostRecord>;
+  /** Claims a container for an operation; undefined if one already holds it. */
+  claim(name: string): (() => void) | undefined;
+  snapshot(): Promise<ClusterSnapshot>;
+  placementOf(intent: ContainerIntent): PlacementRequest;
+  /** The name a container's backup reserves room under on its backup host. */
+  backupSlot(name: string): string;
+  moveIntent(op: OperationRecord): Promise<ContainerIntent | undefined>;
+  removeCopy(host: HostRecord, name: string): Promise<void>;
+  orderProtection(intent: ContainerIntent): Promise<void>;
+  reprotect(name: string): Promise<void>;
+  orderProbe(intent: ContainerIntent): Promise<void>;
+  noteReported(host: string, container: Pick<ContainerView, 'name' | 'state' | 'pid' | 'ip'>): void;
+  setCordon(name: string, cordoned: boolean): Promise<unknown>;
+  failpoint(step: string): void;
+}
+
+/**
+ * A migration that failed and was rolled back (and reported as
+ * `container.migration-failed`): the container runs on its source.
+ */
+export class MigrationFailedError extends HavenError {
+  constructor(
+    readonly phase: string,
+    readonly round: number,
+    from: string,
+    cause: unknown,
+  ) {
+    const message = cause instanceof Error ? cause.message : String(cause);
+    super(
+      `migration failed in phase ${phase}${round > 0 ? ` (round ${round})` : ''}: ${message}; ` +
+        `rolled back: it runs on ${from}`,
+      cause instanceof HavenError ? cause.code : 'internal',
+      false,
+    );
+  }
+}
+
+/** What `haven drain` reports per container. */
+export interface DrainReport {
+  host: string;
+  migrated: MigrationReport[];
+  failed: Array<{ name: string; error: string }>;
+}
+
+/** Live migrations, driven for the {@link Controller}. */
+export class Migrations {
+  constructor(private readonly ctx: MigrationContext) {}
+
+  /**
+   * Migrates `name` (see the module comment). Resolves when it runs on the
+   * destination; rejects — after the rollback — with the phase that failed.
+   */
+  async migrate(name: string, request: MigrationRequest): Promise<MigrationReport> {
+    const release = this.ctx.claim(name);
+    if (!release) throw new FailedPreconditionError(`an operation on "${name}" is already in progress`);
+    try {
+      const { ctx } = this;
+      const intent = await ctx.store.getContainer(name);
+      if (!intent) throw new NotFoundError(`container "${name}" does not exist in the cluster`);
+      if (!intent.host || intent.desired !== 'running')
+        throw new FailedPreconditionError(`"${name}" is not meant to be running: nothing to migrate`);
+      const from = intent.host;
+      if (!ctx.isUp(from)) throw new HavenError(`host "${from}" of "${name}" is not up`, 'unavailable', true);
+      if (request.to === from) throw new FailedPreconditionError(`"${name}" already runs on ${from}`);
+      const to = await this.destination(intent, request.to);
+      const op = await ctx.store.putOperation({
+        container: name,
+        kind: 'migration',
+        from,
+        to,
+        step: 'decided',
+        generation: intent.generation,
+        epoch: null,
+        detail: {
+          id: `m-${ctx.now().toString(36)}-${randomBytes(3).toString('hex')}`,
+          strategy: request.strategy,
+          maxDowntimeMs: request.maxDowntimeMs,
+          maxRounds: request.maxRounds,
+          backup: typeof intent.spec.backup === 'string' ? intent.spec.backup : null,
+        },
+        startedAt: new Date(ctx.now()).toISOString(),
+      });
+      await ctx.emit('container.migration-started', name, {
+        from,
+        to,
+        strategy: request.strategy,
+        maxDowntimeMs: request.maxDowntimeMs,
+      });
+      ctx.failpoint('migration.decided');
+      return await this.drive(op, false);
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * The destination: the one asked for, if placement allows it there, or the
+   * one placement chooses. The container's own room (on its host) and its
+   * backup's reservation (if the destination is its backup) are not counted
+   * against it: both move with it.
+   */
+  private async destination(intent: ContainerIntent, asked: string | undefined): Promise<string> {
+    const snapshot = await this.ctx.snapshot();
+    const mine = new Set([intent.name, this.ctx.backupSlot(intent.name)]);
+    const decision = place(
+      { ...snapshot, containers: snapshot.containers.filter((c) => !mine.has(c.name)) },
+      {
+        ...this.ctx.placementOf(intent),
+        ...(asked ? { host: asked } : {}),
+        excludeHosts: [intent.host!],
+      },
+    );
+    if (!decision.ok) {
+      const why = Object.entries(decision.reasons)
+        .filter(([h]) => h !== intent.host)
+        .map(([h, r]) => `${h}: ${r}`)
+        .join('; ');
+      throw new FailedPreconditionError(
+        asked
+          ? `cannot migrate "${intent.name}" to ${asked}: ${why}`
+          : `no host can take "${intent.name}": ${why || 'no other host'}`,
+      );
+    }
+    return decision.host;
+  }
+
+  /** Runs a migration from the step it reached (`resumed`: by a restarted controller). */
+  async drive(operation: OperationRecord, resumed: boolean): Promise<MigrationReport> {
+    const { ctx } = this;
+    const { store } = ctx;
+    let op = operation;
+    const name = op.container;
+    const id = String(op.detail.id);
+    let strategy: 'stop-copy' | 'pre-copy' =
+      op.detail.strategy === 'pre-copy' || op.detail.strategy === 'auto' ? 'pre-copy' : 'stop-copy';
+    let why = op.detail.strategy === 'auto' ? '' : 'asked';
+    const rounds: RoundStats[] = [];
+    let stopped = '';
+    if (op.step === 'decided') {
+      let phase = 'prepare';
+      let round = 0;
+      try {
+        const from = await ctx.upHost(op.from);
+        const to = await ctx.upHost(op.to);
+        const intent = await store.getContainer(name);
+        if (!intent) throw new NotFoundError(`"${name}" was removed`);
+        await this.progress(name, { phase, from: op.from, to: op.to });
+        // Protection pauses: its epochs would dump the container beside the rounds.
+        if (intent.spec.ha === 'checkpoint')
+          await ctx.callAgent(from, `/v1/containers/${encodeURIComponent(name)}/protect`, {
+            method: 'POST',
+            body: { backup: null },
+          });
+        // The image now, so that no final round waits on its download.
+        await ctx.callAgent(to, `/v1/replicas/${encodeURIComponent(name)}/prepare`, {
+          method: 'POST',
+          body: { image: intent.spec.image },
+          timeoutMs: 600_000,
+        });
+        const order = (final: boolean): Promise<MigrationRoundReport> =>
+          ctx.callAgent<MigrationRoundReport>(from, `/v1/containers/${encodeURIComponent(name)}/migrate`, {
+            method: 'POST',
+            body: { id, round, final, to: { host: to.name, address: to.address } },
+            timeoutMs: 600_000,
+          });
+        // A resumed migration does not start rounds over: it goes to its final round
+        // (which the source joins, or reports, if it began it already).
+        if (!resumed && op.detail.strategy !== 'stop-copy') {
+          const limits = {
+            maxDowntimeMs: Number(op.detail.maxDowntimeMs),
+            maxRounds: Number(op.detail.maxRounds),
+          };
+          for (;;) {
+            phase = 'pre-copy';
+            round++;
+            const report = statsOf(await order(false));
+            rounds.push(report);
+            if (op.detail.strategy === 'auto' && round === 1) {
+              const choice = chooseStrategy(report, limits.maxDowntimeMs);
+              strategy = choice.strategy;
+              why = choice.why;
+              await ctx.emit('container.migration-strategy', name, {
+                strategy,
+                why,
+                estimatedDowntimeMs: Math.round(choice.estimate.totalMs),
+              });
+            }
+            const decision =
+              strategy === 'stop-copy'
+                ? {
+                    next: 'final' as const,
+                    why: 'auto chose stop-and-copy',
+                    estimate: estimateDowntime(report, report.sentBytes, measuredLinkRate(rounds)),
+                  }
+                : nextStep(rounds, limits);
+            await this.progress(name, {
+              phase,
+              round,
+              stallMs: Math.round(report.frozenMs),
+              sentBytes: report.sentBytes,
+              checkpointBytes: report.checkpointBytes,
+              leftBytes: report.sentBytes,
+              roundMs: Math.round(report.wallMs),
+              estimatedDowntimeMs: Math.round(decision.estimate.totalMs),
+              next: decision.next,
+              why: decision.why,
+            });
+            if (decision.next === 'final') {
+              stopped = decision.why;
+              break;
+            }
+          }
+        }
+        phase = 'final';
+        round++;
+        await this.progress(name, { phase, round, frozen: true });
+        const final = await order(true);
+        op = await store.putOperation({
+          ...op,
+          step: 'shipped',
+          epoch: final.epoch ?? null,
+          detail: {
+            ...op.detail,
+            strategy,
+            why,
+            stopped,
+            rounds: rounds.map((r) => ({
+              round: r.round,
+              frozenMs: Math.round(r.frozenMs),
+              checkpointBytes: r.checkpointBytes,
+              sentBytes: r.sentBytes,
+              wallMs: Math.round(r.wallMs),
+            })),
+            takenAt: final.takenAt,
+            finalFrozenMs: Math.round(final.frozenMs),
+            finalSentBytes: final.sentBytes,
+            checkpointBytes: final.checkpointBytes,
+            finalRoundMs: Math.round(final.wallMs),
+            totalSentBytes: rounds.reduce((s, r) => s + r.sentBytes, 0) + final.sentBytes,
+          },
+        });
+        await this.progress(name, {
+          phase,
+          round,
+          stallMs: Math.round(final.frozenMs),
+          roundMs: Math.round(final.wallMs),
+          sentBytes: final.sentBytes,
+          checkpointBytes: final.checkpointBytes,
+          leftBytes: 0,
+        });
+      } catch (error) {
+        await this.rollBack(op, phase, round, error);
+        throw new MigrationFailedError(phase, round, op.from, error);
+      }
+      if (!resumed) ctx.failpoint('migration.shipped');
+    }
+    if (op.step === 'shipped') {
+      const to = await ctx.upHost(op.to);
+      await this.progress(name, { phase: 'restore', to: op.to });
+      let promoted: { assembleMs: number; restoreMs: number; view: ContainerView };
+      try {
+        promoted = await ctx.callAgent(to, `/v1/replicas/${encodeURIComponent(name)}/promote`, {
+          method: 'POST',
+          body: { tcpClose: false, epoch: op.epoch },
+          timeoutMs: 600_000,
+        });
+      } catch (error) {
+        // Not restored there: it must not run there either before the source runs again.
+        await ctx.removeCopy(to, name).catch((e: unknown) => {
+          if (ctx.isUp(op.to)) throw e; // alive and refusing: try again later, never two copies
+        });
+        await this.rollBack(op, 'restore', 0, error);
+        throw new MigrationFailedError('restore', 0, op.from, error);
+      }
+      ctx.noteReported(to.name, {
+        name,
+        state: promoted.view.state,
+        pid: promoted.view.pid,
+        ip: promoted.view.ip,
+      });
+      op = await store.putOperation({
+        ...op,
+        step: 'promoted',
+        detail: {
+          ...op.detail,
+          assembleMs: Math.round(promoted.assembleMs),
+          restoreMs: Math.round(promoted.restoreMs),
+          downtimeMs: ctx.now() - Date.parse(String(op.detail.takenAt)),
+        },
+      });
+      if (!resumed) ctx.failpoint('migration.promoted');
+    }
+    const moved = await ctx.moveIntent(op);
+    if (!moved)
+      throw new FailedPreconditionError(`the migration of "${name}" was overtaken by another change`);
+    const from = await store.getHost(op.from);
+    if (from && ctx.isUp(from.name)) await ctx.removeCopy(from, name);
+    const d = op.detail;
+    const report: MigrationReport = {
+      name,
+      from: op.from,
+      to: op.to,
+      strategy: d.strategy === 'pre-copy' ? 'pre-copy' : 'stop-copy',
+      why: typeof d.why === 'string' ? d.why : '',
+      rounds: Array.isArray(d.rounds) ? (d.rounds as MigrationReport['rounds']) : [],
+      stopped: typeof d.stopped === 'string' ? d.stopped : '',
+      finalFrozenMs: num(d.finalFrozenMs),
+      finalSentBytes: num(d.finalSentBytes),
+      checkpointBytes: num(d.checkpointBytes),
+      totalSentBytes: num(d.totalSentBytes),
+      assembleMs: num(d.assembleMs),
+      restoreMs: num(d.restoreMs),
+      downtimeMs: num(d.downtimeMs),
+      totalMs: ctx.now() - Date.parse(op.startedAt),
+      connections: 'kept',
+      ...(resumed ? { resumed: true } : {}),
+    };
+    await ctx.emit('container.migrated', name, { ...report });
+    await store.deleteOperation(name);
+    await ctx.orderProbe(moved);
+    await this.protectAfter(moved, d.backup);
+    return report;
+  }
+
+  /**
+   * Protection after the move: the old backup stays if it is still another
+   * host than the new primary and up (its chunks are mostly still right);
+   * otherwise — the destination was the backup, or it is gone — a new
+   * backup is placed. The intent moved with `backup: null`.
+   */
+  private async protectAfter(intent: ContainerIntent, oldBackup: unknown): Promise<void> {
+    if (intent.spec.ha !== 'checkpoint') return;
+    const { ctx } = this;
+    if (typeof oldBackup === 'string' && oldBackup !== intent.host && ctx.isUp(oldBackup)) {
+      const kept = await ctx.store.updateContainer(intent.name, intent.generation, {
+        spec: { ...intent.spec, backup: oldBackup },
+      });
+      if (kept) {
+        await ctx.orderProtection(kept);
+        await ctx.emit('container.protected', intent.name, { primary: intent.host, backup: oldBackup });
+        return;
+      }
+    }
+    await ctx.reprotect(intent.name);
+  }
+
+  /**
+   * Before `promoted`, any failure rolls back: the source runs on — restored
+   * from its final checkpoint, connections kept, if it had stopped — the
+   * destination's temporary replica goes (unless it is the backup's), and
+   * protection resumes. The source host must be up; if it is not, the
+   * operation stays and is tried again.
+   */
+  private async rollBack(op: OperationRecord, phase: string, round: number, cause: unknown): Promise<void> {
+    const { ctx } = this;
+    const name = op.container;
+    const from = await ctx.upHost(op.from);
+    const path = `/v1/containers/${encodeURIComponent(name)}`;
+    const view = await ctx.callAgent<ContainerView>(from, path);
+    let restored = false;
+    if (view.state === 'checkpointed') {
+      await ctx.callAgent(from, `${path}/restore`, { method: 'POST', body: { tcpClose: false } });
+      restored = true;
+    }
+    if (op.to !== op.detail.backup && ctx.isUp(op.to)) {
+      const to = await ctx.store.getHost(op.to);
+      if (to)
+        await ctx
+          .callAgent(to, `/v1/replicas/${encodeURIComponent(name)}`, { method: 'DELETE' })
+          .catch(() => undefined);
+    }
+    const intent = await ctx.store.getContainer(name);
+    if (intent?.host === op.from && intent.spec.ha === 'checkpoint') await ctx.orderProtection(intent);
+    await ctx.store.deleteOperation(name);
+    await ctx.emit('container.migration-failed', name, {
+      from: op.from,
+      to: op.to,
+      phase,
+      ...(round > 0 ? { round } : {}),
+      error: cause instanceof Error ? cause.message : String(cause),
+      rolledBack: true,
+      restoredFromFinalCheckpoint: restored,
+    });
+  }
+
+  private async progress(name: string, data: Record<string, unknown>): Promise<void> {
+    await this.ctx.emit('container.migration-progress', name, data);
+  }
+
+  /**
+   * `haven drain HOST`: cordons it, then migrates every container placed on
+   * it, one at a time, each to where placement puts it. A container that
+   * cannot move (no room, a rule) is reported and the rest go on.
+   */
+  async drain(host: string, request: Omit<MigrationRequest, 'to'>): Promise<DrainReport> {
+    const { ctx } = this;
+    if (!(await ctx.store.getHost(host))) throw new NotFoundError(`host "${host}" is not in the cluster`);
+    await ctx.setCordon(host, true);
+    await ctx.emit('host.draining', host, {});
+    const report: DrainReport = { host, migrated: [], failed: [] };
+    const names = (await ctx.store.listContainers())
+      .filter((c) => c.host === host && c.desired === 'running')
+      .map((c) => c.name)
+      .sort();
+    for (const name of names) {
+      try {
+        report.migrated.push(await this.migrate(name, request));
+      } catch (error) {
+        report.failed.push({ name, error: error instanceof Error ? error.message : String(error) });
+      }
+    }
+    await ctx.emit('host.drained', host, {
+      migrated: report.migrated.map((m) => `${m.name}→${m.to}`),
+      failed: report.failed,
+    });
+    return report;
+  }
+}
+
+function num(value: unknown): number {
+  return typeof value === 'number' ? value : 0;
+}

@@ -1,0 +1,197 @@
+/**
+ * Live migration, the source host's part: rounds ordered by the controller
+ * (`POST /v1/containers/:name/migrate`), each a checkpoint of the container
+ * cut into chunks of which only those the destination lacks travel — the
+ * transfer replication uses, into the destination's replica store, where the
+ * container is a temporary replica exactly as on a backup.
+ *
+ *   pre-copy round   checkpoint with leave-running (the container stalls for
+ *                    the dump, then runs on) ─▶ chunks the destination lacks
+ *   final round      checkpoint that stops the container (frozen, network
+ *                    locked, until the checkpoint is stored; then killed) ─▶
+ *                    the chunks that changed ─▶ epoch committed on the destination
+ *
+ * This kernel has no soft-dirty tracking, so every round dumps all memory
+ * (its stall is that of a full dump); what pre-copy saves is the transfer:
+ * the final round, the one inside the downtime, sends only what changed
+ * since the previous round. The controller decides how many rounds.
+ *
+ * Rollback: a final round that fails after the container stopped — the
+ * destination dies, the link is cut, its disk is full — restores the
+ * container here from the checkpoint it just took, connections kept. Until
+ * the destination has restored it, that checkpoint stays: the controller
+ * rolls back to it (see `controller/migration.ts`) if anything later fails.
+ */
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { FailedPreconditionError, HavenError } from '../core/errors.js';
+import type { ContainerHost } from '../host/container-host.js';
+import { chunkDirectory, chunkHashes, EPOCH_MANIFEST_VERSION, type EpochManifest } from './chunks.js';
+import { commitEpoch, sendChunks } from './transfer.js';
+
+/**
+ * Silence on a migration transfer after which it is given up: a dead
+ * destination or a cut link sends no reset, and every second the container
+ * is frozen in a final round counts as downtime.
+ */
+export const MIGRATION_IDLE_MS = 5000;
+
+/** One round as ordered. */
+export interface MigrationRoundOrder {
+  /** The migration's ID (the controller's operation): a final round ordered again with it joins or reports. */
+  id: string;
+  round: number;
+  final: boolean;
+  to: { host: string; address: string };
+}
+
+/** What one round did (milliseconds and bytes). */
+export interface MigrationRoundReport {
+  id: string;
+  round: number;
+  final: boolean;
+  checkpointId: string;
+  /** When the checkpoint began. */
+  takenAt: string;
+  /** How long the container was frozen by this round's checkpoint. */
+  frozenMs: number;
+  /** The whole checkpoint, and what of it travelled (the chunks the destination lacked: what changed). */
+  checkpointBytes: number;
+  sentBytes: number;
+  sentChunks: number;
+  /** Where the time went: checkpoint, chunking (hashing), the transfer, the commit (final only). */
+  checkpointMs: number;
+  chunkMs: number;
+  sendMs: number;
+  commitMs: number;
+  wallMs: number;
+  /** Final round: the epoch committed on the destination, to be restored there. */
+  epoch?: number;
+  /** Reported from an earlier order with the same ID (a controller that restarted). */
+  already?: boolean;
+}
+
+/** A migration's rounds on its source host. */
+export class MigrationSource {
+  private readonly inFlight = new Map<string, Promise<MigrationRoundReport>>();
+
+  constructor(
+    private readonly host: ContainerHost,
+    private readonly token: string,
+    private readonly log: (line: string) => void = (l) => process.stderr.write(`${l}\n`),
+  ) {}
+
+  private doneFile(name: string): string {
+    return join(this.host.config.stateDir, 'migrations', `${name}.json`);
+  }
+
+  /**
+   * Runs one round. One round at a time per container; a final round ordered
+   * again with the same ID joins the one in flight, or reports the one done
+   * while the container is still stopped by it.
+   */
+  async round(name: string, order: MigrationRoundOrder): Promise<MigrationRoundReport> {
+    const running = this.inFlight.get(name);
+    if (running) {
+      if (order.final) {
+        const report = await running;
+        if (report.id === order.id && report.final) return { ...report, already: true };
+      }
+      throw new FailedPreconditionError(`a migration round of "${name}" is already running`);
+    }
+    if (order.final) {
+      const done = await readFile(this.doneFile(name), 'utf8')
+        .then((text) => JSON.parse(text) as MigrationRoundReport)
+        .catch(() => undefined);
+      const view = await this.host.inspect(name).catch(() => undefined);
+      if (done?.id === order.id && view?.state === 'checkpointed') return { ...done, already: true };
+    }
+    const work = this.runRound(name, order).finally(() => this.inFlight.delete(name));
+    this.inFlight.set(name, work);
+    return work;
+  }
+
+  private async runRound(name: string, order: MigrationRoundOrder): Promise<MigrationRoundReport> {
+    const started = performance.now();
+    const view = await this.host.inspect(name);
+    if (view.state !== 'running')
+      throw new FailedPreconditionError(`"${name}" is ${view.state}, not running: nothing to migrate`);
+    const takenAt = new Date().toISOString();
+    const checkpoint = await this.host.checkpoint(name, { leaveRunning: !order.final, keep: 2 });
+    const checkpointMs = performance.now() - started;
+    try {
+      if (!checkpoint.dir) throw new Error('the checkpoint was not kept locally');
+      const chunking = performance.now();
+      const chunked = await chunkDirectory(checkpoint.dir);
+      const manifest: EpochManifest = {
+        version: EPOCH_MANIFEST_VERSION,
+        container: name,
+        epoch: Date.now(),
+        checkpointId: checkpoint.id,
+        takenAt,
+        createdAt: new Date().toISOString(),
+        record: await this.host.record(name),
+        skeleton: chunked.skeleton,
+        files: chunked.files,
+      };
+      const chunkMs = performance.now() - chunking;
+      const sent = await sendChunks(order.to.address, this.token, name, chunkHashes(manifest), chunked.read, {
+        idleTimeoutMs: MIGRATION_IDLE_MS,
+      });
+      let commitMs = 0;
+      if (order.final) {
+        const committing = performance.now();
+        await commitEpoch(order.to.address, this.token, manifest, MIGRATION_IDLE_MS * 4);
+        commitMs = performance.now() - committing;
+      }
+      const report: MigrationRoundReport = {
+        id: order.id,
+        round: order.round,
+        final: order.final,
+        checkpointId: checkpoint.id,
+        takenAt,
+        frozenMs: checkpoint.frozenMs,
+        checkpointBytes: manifest.files.reduce((s, f) => s + f.size, 0),
+        sentBytes: sent.sentBytes,
+        sentChunks: sent.sentChunks,
+        checkpointMs,
+        chunkMs,
+        sendMs: sent.askMs + sent.sendMs,
+        commitMs,
+        wallMs: performance.now() - started,
+        ...(order.final ? { epoch: manifest.epoch } : {}),
+      };
+      if (order.final) {
+        await mkdir(join(this.host.config.stateDir, 'migrations'), { recursive: true });
+        await writeFile(this.doneFile(name), JSON.stringify(report));
+      }
+      return report;
+    } catch (error) {
+      if (order.final) await this.rollBack(name, error);
+      throw error;
+    }
+  }
+
+  /**
+   * The final round failed after the container stopped: it runs on here from
+   * the checkpoint just taken, with its connections (nothing newer exists).
+   */
+  private async rollBack(name: string, cause: unknown): Promise<void> {
+    const view = await this.host.inspect(name).catch(() => undefined);
+    if (view?.state !== 'checkpointed') return;
+    try {
+      await this.host.restore(name, { tcpClose: false });
+      this.log(`migration of ${name}: ${String(cause)}; restored here from its final checkpoint`);
+    } catch (error) {
+      throw new HavenError(
+        `migration failed (${String(cause)}) and so did the restore here: ${String(error)}`,
+        'internal',
+      );
+    }
+  }
+
+  /** Forgets a finished migration's record (the container left this host, or runs on here). */
+  async forget(name: string): Promise<void> {
+    await rm(this.doneFile(name), { force: true });
+  }
+}
