@@ -12,9 +12,11 @@ import { failoverCommand } from './commands/failover.js';
 import { hostCommand } from './commands/host.js';
 import { imageCommand } from './commands/image.js';
 import { doctorCommand } from './commands/doctor.js';
+import { drainCommand } from './commands/drain.js';
 import { inspectCommand } from './commands/inspect.js';
 import { labCommand } from './commands/lab.js';
 import { logsCommand } from './commands/logs.js';
+import { migrateCommand } from './commands/migrate.js';
 import { psCommand } from './commands/ps.js';
 import { restoreCommand } from './commands/restore.js';
 import { rmCommand } from './commands/rm.js';
@@ -32,6 +34,8 @@ const COMMANDS: readonly Command[] = [
   stopCommand,
   rmCommand,
   failoverCommand,
+  migrateCommand,
+  drainCommand,
   hostCommand,
   imageCommand,
   eventsCommand,
