@@ -8,6 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
 import type { ZodType, ZodTypeDef } from 'zod';
 import { HavenError } from './errors.js';
+import { logger } from './log.js';
 
 /** Largest JSON request body accepted. */
 export const MAX_JSON_BODY_BYTES = 64 * 1024;
@@ -98,8 +99,11 @@ export function sendError(res: ServerResponse, error: unknown, label: string): v
   const status = statusFor(error);
   const message = status === 500 ? 'internal error' : error instanceof Error ? error.message : String(error);
   if (status === 500) {
-    process.stderr.write(
-      `${label}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    logger(`${label}.http`).error(
+      `internal error: ${error instanceof Error ? error.message : String(error)}`,
+      {
+        stack: error instanceof Error ? error.stack : undefined,
+      },
     );
   }
   if (res.headersSent) {
