@@ -21,9 +21,12 @@ import { request } from 'node:http';
 import { isIPv6 } from 'node:net';
 import { CorruptCheckpointError, type HavenError } from '../core/errors.js';
 import { encodeHeartbeatDatagram, parseHeartbeatAnswer } from '../core/heartbeat-datagram.js';
+import { lineLogger, logger, type Logger } from '../core/log.js';
+import type { HistogramChild } from '../core/metrics.js';
 import { RecordSplitter } from '../core/records.js';
 import { callJson, errorFrom, openRequest, requestOptions, type Endpoint } from '../core/http-client.js';
 import type { ContainerHost } from '../host/container-host.js';
+import { heartbeatMetrics } from './metrics.js';
 import type { Prober } from './probes.js';
 import type { Protection } from './protection.js';
 
@@ -56,8 +59,12 @@ export interface ClusterLinkOptions {
   prober?: Prober;
   /** Called with the containers the controller says this host may run, after each report. */
   onPrimaries?: (names: readonly string[]) => void;
+  /** Takes the link's log as readable lines (tests); by default it goes to the structured log as `agent.link`. */
   log?: (line: string) => void;
 }
+
+/** Heartbeats remembered for their round trip: an acknowledgement names the seq of the beat it answers. */
+const RTT_SLOTS = 16;
 
 /** A host's connection to its controller. */
 export class ClusterLink {
@@ -75,8 +82,14 @@ export class ClusterLink {
    * fence too, not wait for a first acknowledgement that never comes.
    */
   lastAckAt = Date.now();
+  private readonly log: Logger;
+  /** Send times (performance.now()) of the last RTT_SLOTS beats and their seqs, by seq modulo RTT_SLOTS: no allocation per beat. */
+  private readonly sentAt = new Float64Array(RTT_SLOTS);
+  private readonly sentSeq = new Float64Array(RTT_SLOTS).fill(-1);
 
-  constructor(private readonly options: ClusterLinkOptions) {}
+  constructor(private readonly options: ClusterLinkOptions) {
+    this.log = options.log ? lineLogger('agent.link', options.log) : logger('agent.link');
+  }
 
   /** Starts registering and heartbeating in the background. */
   async start(): Promise<void> {
@@ -91,8 +104,21 @@ export class ClusterLink {
     this.closeBeats?.();
   }
 
-  private log(line: string): void {
-    (this.options.log ?? ((l: string) => process.stderr.write(`${l}\n`)))(line);
+  /** Notes when beat `seq` left, for its round trip. */
+  private sent(seq: number): void {
+    const slot = seq % RTT_SLOTS;
+    this.sentSeq[slot] = seq;
+    this.sentAt[slot] = performance.now();
+  }
+
+  /** The controller acknowledged beat `seq`: its round trip, once, if it is still remembered. */
+  private acknowledged(seq: number | undefined, rtt: HistogramChild): void {
+    this.lastAckAt = Date.now();
+    if (seq === undefined) return;
+    const slot = seq % RTT_SLOTS;
+    if (this.sentSeq[slot] !== seq) return;
+    this.sentSeq[slot] = -1;
+    rtt.observe((performance.now() - this.sentAt[slot]!) / 1000);
   }
 
   private async connect(): Promise<void> {
@@ -116,7 +142,7 @@ export class ClusterLink {
           },
         },
       );
-      this.log(`agent: registered with ${this.options.controller}`);
+      this.log.info(`registered with ${this.options.controller}`, { controller: this.options.controller });
       this.backoffMs = 200;
       this.lastDigest = '';
       // Datagrams where the controller takes them and is reached over the
@@ -125,7 +151,10 @@ export class ClusterLink {
       if (target && this.options.transport !== 'stream') this.beatByDatagram(target);
       else this.beatOnStream();
     } catch (error) {
-      this.log(`agent: cannot register with ${this.options.controller}: ${(error as Error).message}`);
+      this.log.warn(`cannot register with ${this.options.controller}: ${(error as Error).message}`, {
+        controller: this.options.controller,
+        retryInMs: this.backoffMs,
+      });
       this.retry();
     }
   }
@@ -151,7 +180,7 @@ export class ClusterLink {
       this.lastDigest = digest;
       return report;
     } catch (error) {
-      this.log(`agent: cannot list containers: ${(error as Error).message}`);
+      this.log.warn(`cannot list containers: ${(error as Error).message}`);
       return null;
     }
   }
@@ -167,7 +196,8 @@ export class ClusterLink {
     const end = (why: string): void => {
       if (ended) return;
       ended = true;
-      if (!this.stopped) this.log(`agent: heartbeats stopped (${why}); registering again`);
+      if (!this.stopped)
+        this.log.warn(`heartbeats stopped (${why}); registering again`, { transport: 'datagram' });
       socket.close();
       this.retry();
     };
@@ -176,10 +206,10 @@ export class ClusterLink {
       const answer = parseHeartbeatAnswer(bytes);
       if (!answer) return;
       if ('error' in answer) end('the controller does not know this registration');
-      else this.lastAckAt = Date.now();
+      else this.acknowledged(answer.ack, heartbeatMetrics.datagram.rtt);
     });
     // Unconnected UDP sends fail only locally (no route, buffer full): the next beat tries again.
-    socket.on('error', (error) => this.log(`agent: heartbeat datagram: ${error.message}`));
+    socket.on('error', (error) => this.log.warn(`heartbeat datagram: ${error.message}`));
     const host = this.options.host.config.hostName;
     let reporting = false;
     const beat = async (): Promise<void> => {
@@ -190,6 +220,8 @@ export class ClusterLink {
         target.port,
         target.address,
       );
+      this.sent(seq);
+      heartbeatMetrics.datagram.sent.inc();
       this.timer = setTimeout(() => void beat(), this.options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS);
       // One report in flight at most: a slow controller gets fewer, not a pile.
       if (reporting) return;
@@ -200,7 +232,7 @@ export class ClusterLink {
       } catch (error) {
         this.lastDigest = ''; // not delivered: send it again next time
         if ((error as HavenError).code === 'failed_precondition') end((error as Error).message);
-        else this.log(`agent: report not delivered: ${(error as Error).message}`);
+        else this.log.warn(`report not delivered: ${(error as Error).message}`);
       } finally {
         reporting = false;
       }
@@ -236,7 +268,8 @@ export class ClusterLink {
     const end = (why: string): void => {
       if (ended) return;
       ended = true;
-      if (!this.stopped) this.log(`agent: heartbeat stream ended (${why}); reconnecting`);
+      if (!this.stopped)
+        this.log.warn(`heartbeat stream ended (${why}); reconnecting`, { transport: 'stream' });
       stream.destroy();
       this.retry();
     };
@@ -259,7 +292,7 @@ export class ClusterLink {
             end(ack.error);
             return false;
           }
-          this.lastAckAt = Date.now();
+          this.acknowledged(ack.ack, heartbeatMetrics.stream.rtt);
           if (ack.primaries) this.options.onPrimaries?.(ack.primaries);
           return true;
         } catch {
@@ -279,6 +312,8 @@ export class ClusterLink {
       const report = await this.reportFor(seq);
       if (ended || this.stopped) return;
       stream.write(`${JSON.stringify({ seq, bootId: this.bootId, ...report })}\n`);
+      this.sent(seq);
+      heartbeatMetrics.stream.sent.inc();
       this.timer = setTimeout(() => void beat(), this.options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS);
     };
     void beat();
@@ -348,7 +383,7 @@ export class ClusterLink {
         throw new CorruptCheckpointError(`image ${id} arrived as ${got}: refused`);
       }
       await this.options.host.images.import(temp);
-      this.log(`agent: pulled image ${got}`);
+      this.log.info(`pulled image ${got}`, { image: got });
     } finally {
       await rm(temp, { force: true });
     }

@@ -35,6 +35,7 @@ import { z } from 'zod';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { run } from '../core/exec.js';
 import type { ContainerHost, WatchdogConfig } from '../host/container-host.js';
+import { probeChecked } from './metrics.js';
 
 /** A probe, as given to `haven run` and stored with the container. */
 export const probeSpecSchema = z
@@ -139,6 +140,11 @@ interface Watch {
   timer?: NodeJS.Timeout;
   /** When the container was last seen frozen (CLOCK_MONOTONIC ns). */
   notBeforeNs: bigint;
+}
+
+/** Which of the three a probe is (the schema admits exactly one). */
+function probeKind(spec: ProbeSpec): 'exec' | 'tcpSocket' | 'httpGet' {
+  return spec.exec ? 'exec' : spec.tcpSocket ? 'tcpSocket' : 'httpGet';
 }
 
 /** Runs the probes and application watchdogs of this host's containers. */
@@ -267,6 +273,7 @@ export class Prober {
       this.check(name, spec).catch(() => 'error'),
       sleep(limit).then(() => 'timeout'),
     ]);
+    probeChecked(probeKind(spec), error === null);
     return error === null;
   }
 
@@ -309,6 +316,7 @@ export class Prober {
         sleep(limit).then(() => `no answer within ${limit} ms`),
       ]);
       if (!this.status.has(name)) return; // removed meanwhile
+      probeChecked(probeKind(spec), error === null);
       if (error === null) {
         status.failures = 0;
         status.health = 'healthy';

@@ -4,6 +4,7 @@
  * call the host, and encode; errors map to status codes by their `code` (as
  * containerd's errdefs do). Every request must carry the cluster token.
  *
+ *   GET    /metrics                            Prometheus text format (agent/metrics.ts)
  *   GET    /v1/health
  *   GET    /v1/containers                      → ContainerView[]
  *   POST   /v1/containers                      (runRequestSchema) → ContainerView
@@ -25,6 +26,8 @@ import { createReadStream } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import { NotFoundError } from '../core/errors.js';
+import { sendMetrics } from '../core/metrics.js';
+import { agentMetrics, freezeOfRequest } from './metrics.js';
 import {
   decode,
   HttpError,
@@ -80,6 +83,9 @@ export function createAgentServer(options: AgentServerOptions): Server {
 
 async function handle(req: IncomingMessage, res: ServerResponse, options: AgentServerOptions): Promise<void> {
   requireToken(req, options.token);
+  // Prometheus scrapes /metrics by convention, outside the versioned API.
+  if (req.method === 'GET' && (req.url ?? '').split('?', 1)[0] === '/metrics')
+    return sendMetrics(res, agentMetrics);
   const { host } = options;
   const { parts, url, method } = routeParts(req);
 
@@ -134,14 +140,12 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     const raw = await readJsonBody(req);
     if (action === 'checkpoint') {
       const body = decode(checkpointRequestSchema, raw);
-      return send(
-        res,
-        200,
-        await host.checkpoint(name, {
-          leaveRunning: body.leaveRunning,
-          ...(body.keep ? { keep: body.keep } : {}),
-        }),
-      );
+      const report = await host.checkpoint(name, {
+        leaveRunning: body.leaveRunning,
+        ...(body.keep ? { keep: body.keep } : {}),
+      });
+      freezeOfRequest.observe(report.frozenMs / 1000);
+      return send(res, 200, report);
     }
     if (action === 'restore') {
       const body = decode(restoreRequestSchema, raw);

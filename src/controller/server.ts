@@ -23,6 +23,7 @@
  *   POST   /v1/hosts/:name/drain                  (drainRequestSchema) cordon, migrate all off → DrainReport
  *   DELETE /v1/containers/:name[?force=true]
  *   GET    /v1/events[?since=N][&follow=true]     → JSON, or server-sent events when following
+ *   GET    /metrics                               Prometheus text format (controller/metrics.ts)
  *
  * Plain heartbeats travel as UDP datagrams (heartbeat-udp.ts), reports as
  * one request each every tenth beat at most; where datagrams cannot go (a
@@ -47,8 +48,10 @@ import {
   sendError,
   sendJson,
 } from '../core/http.js';
+import { sendMetrics } from '../core/metrics.js';
 import { RecordSplitter } from '../core/records.js';
 import type { Controller } from './controller.js';
+import { controllerMetrics, countRequest, heartbeatsByRequest, heartbeatsOnStream } from './metrics.js';
 import type { ImageRegistry } from './image-registry.js';
 import {
   clusterRunSchema,
@@ -95,6 +98,10 @@ const imageQuerySchema = z.object({
 /** Builds the controller's HTTP server (not yet listening; listen on TCP and/or a Unix socket). */
 export function createControllerServer(options: ControllerServerOptions): Server {
   const server = createServer((req, res) => {
+    // Counted once answered (or cut off: a heartbeat stream ends by closing), by route template.
+    res.once('close', () =>
+      countRequest(req.method, (req.url ?? '/').split('?', 1)[0] ?? '/', res.statusCode),
+    );
     handle(req, res, options).catch((error: unknown) => sendError(res, error, 'controller'));
   });
   // Heartbeat streams and event followers stay open for as long as their peer does.
@@ -110,6 +117,9 @@ async function handle(
   options: ControllerServerOptions,
 ): Promise<void> {
   requireToken(req, options.token);
+  // Prometheus scrapes /metrics by convention, outside the versioned API.
+  if (req.method === 'GET' && (req.url ?? '').split('?', 1)[0] === '/metrics')
+    return sendMetrics(res, controllerMetrics);
   const { controller, images } = options;
   const { parts, url, method } = routeParts(req);
   const [resource, id, action, ...extra] = parts;
@@ -139,6 +149,7 @@ async function handle(
         const beat = decode(heartbeatSchema, await readJsonBody(req));
         if (!controller.heartbeat(name, beat))
           throw new HttpError(409, `host "${name}" must register (again) first`);
+        heartbeatsByRequest.inc();
         const primaries = beat.containers ? await controller.primariesOf(name) : undefined;
         return sendJson(res, 200, { ok: true, ack: beat.seq, primaries });
       }
@@ -292,6 +303,7 @@ function heartbeatStream(
         fail(409, `host "${host}" must register (again) first`);
         return false;
       }
+      heartbeatsOnStream.inc();
       if (beat.containers) {
         const seq = beat.seq;
         void controller.primariesOf(host).then((primaries) => ack({ ack: seq, primaries }, true));

@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { InvalidArgumentError } from '../../core/errors.js';
+import { logger } from '../../core/log.js';
 import { ClusterLink } from '../../agent/cluster-link.js';
+import { instrumentAgent } from '../../agent/metrics.js';
 import { Prober } from '../../agent/probes.js';
 import { Protection } from '../../agent/protection.js';
 import { createAgentServer } from '../../agent/server.js';
@@ -63,8 +65,11 @@ export const agentCommand: Command = {
     const listen = parseListen(listenText);
     const token = readToken(inv.values['token-file']);
     const host = inv.host();
-    const prober = new Prober(host);
-    const protection = new Protection(host, token, undefined, prober);
+    // Their notices (an unhealthy container, fencing, a failed epoch) all call for attention: warnings.
+    const probeLog = logger('agent.probes');
+    const protectionLog = logger('agent.protection');
+    const prober = new Prober(host, (line) => probeLog.warn(line));
+    const protection = new Protection(host, token, (line) => protectionLog.warn(line), prober);
     let link: ClusterLink | undefined;
     if (typeof inv.values.controller === 'string') {
       const labels = Object.fromEntries(
@@ -108,7 +113,12 @@ export const agentCommand: Command = {
       server.once('error', reject);
       server.listen(listen.port, listen.host, () => resolve());
     });
-    process.stdout.write(`haven agent for host ${host.config.hostName} listening on ${listenText}\n`);
+    logger('agent').info(`host ${host.config.hostName} listening on ${listenText}`, {
+      host: host.config.hostName,
+      listen: listenText,
+    });
+    const cluster = link;
+    instrumentAgent({ host, protection, prober, ...(cluster ? { lastAckAt: () => cluster.lastAckAt } : {}) });
     await link?.start();
     await protection.resume();
     await prober.resume();

@@ -3,14 +3,19 @@ import { dirname, join } from 'node:path';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { callJson } from '../../core/http-client.js';
+import { logger } from '../../core/log.js';
 import { CachedStore } from '../../controller/cached-store.js';
 import { Controller, DEFAULT_FAILURE_MS } from '../../controller/controller.js';
 import { ImageRegistry } from '../../controller/image-registry.js';
-import { receiveHeartbeatDatagrams } from '../../controller/heartbeat-udp.js';
+import { receiveHeartbeatDatagrams, type DatagramStats } from '../../controller/heartbeat-udp.js';
+import { instrumentController } from '../../controller/metrics.js';
 import { createControllerServer, type ControllerServerOptions } from '../../controller/server.js';
 import { SqliteStore } from '../../controller/sqlite-store.js';
+import type { StoredEvent } from '../../controller/store.js';
 import type { Command } from '../command.js';
 import { parseListen, readToken } from './agent.js';
+
+const log = logger('controller');
 
 const usage =
   'haven controller [--listen HOST:PORT] [--socket PATH] [--state-dir DIR] [--token-file FILE] [--failure-ms MS]';
@@ -50,7 +55,7 @@ export const controllerCommand: Command = {
     // Before the API listens: a failover cut short by the last controller is
     // claimed before any heartbeat could take its promoted copy for a stray.
     const resumed = await controller.resumeOperations();
-    if (resumed > 0) process.stdout.write(`haven controller: resuming ${resumed} unfinished operation(s)\n`);
+    if (resumed > 0) log.info(`resuming ${resumed} unfinished operation(s)`, { operations: resumed });
     controller.start();
     const servers: Server[] = [];
     const listenText = typeof inv.values.listen === 'string' ? inv.values.listen : '127.0.0.1:7070';
@@ -65,7 +70,11 @@ export const controllerCommand: Command = {
     });
     servers.push(tcp);
     const port = (tcp.address() as AddressInfo).port;
-    const datagrams = await receiveHeartbeatDatagrams(controller, { host: listen.host, port });
+    const stats: DatagramStats = { beats: 0, refused: 0, malformed: 0 };
+    const datagrams = await receiveHeartbeatDatagrams(controller, { host: listen.host, port }, stats);
+    // Once per process (both servers serve the same registry): events counted, hosts read at each scrape.
+    instrumentController(controller, stats);
+    controller.events.on('event', logEvent);
     tcpOptions.datagramPort = port;
     const socket = typeof inv.values.socket === 'string' ? inv.values.socket : undefined;
     if (socket) {
@@ -79,8 +88,9 @@ export const controllerCommand: Command = {
       await chmod(socket, 0o600);
       servers.push(unix);
     }
-    process.stdout.write(
-      `haven controller listening on ${listenText}${socket ? ` and ${socket}` : ''}, heartbeat datagrams on udp ${port} (state in ${stateDir})\n`,
+    log.info(
+      `listening on ${listenText}${socket ? ` and ${socket}` : ''}, heartbeat datagrams on udp ${port} (state in ${stateDir})`,
+      { listen: listenText, socket, udpPort: port, stateDir },
     );
     await new Promise<void>((resolve) => {
       const stop = (): void => {
@@ -101,6 +111,32 @@ export const controllerCommand: Command = {
   },
 };
 
+const hostLog = logger('controller.hosts');
+const failoverLog = logger('controller.failover');
+const containerLog = logger('controller.containers');
+
+/**
+ * Every cluster event also goes to the log (the store keeps them for `haven
+ * events`; the log is what journald or Loki collect), under the module of
+ * what it concerns, as a warning when something went wrong.
+ */
+function logEvent(event: StoredEvent): void {
+  const log = event.kind.startsWith('host.')
+    ? hostLog
+    : /failed-over|failover|switch|operation|epoch-damaged|fenced/.test(event.kind)
+      ? failoverLog
+      : containerLog;
+  const level = /failed|damaged|crash-loop|down|abandoned|unhealthy|exited/.test(event.kind)
+    ? 'warn'
+    : 'info';
+  log[level](`${event.kind} ${event.subject}`, {
+    ...event.data,
+    event: event.kind,
+    subject: event.subject,
+    seq: event.seq,
+  });
+}
+
 /**
  * Test-only failpoints: `HAVEN_FAILPOINTS=failover.promoted,...` makes the
  * controller SIGKILL itself right after recording that step of an operation
@@ -113,7 +149,7 @@ function failpointsFrom(value: string | undefined): { failpoint?: (step: string)
   return {
     failpoint: (step) => {
       if (!steps.has(step)) return;
-      process.stderr.write(`haven controller: failpoint ${step}: killing myself\n`);
+      log.warn(`failpoint ${step}: killing myself`, { failpoint: step });
       process.kill(process.pid, 'SIGKILL');
     },
   };
