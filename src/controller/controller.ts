@@ -405,7 +405,12 @@ export class Controller {
       if (live.state === 'up' && live.arrivals.suspectAt(now)) {
         live.state = 'down';
         const lost = [...live.containers.keys()];
-        await this.emit('host.down', name, { silentMs: now - live.lastSeen, containers: lost });
+        await this.emit('host.down', name, {
+          silentMs: now - live.lastSeen,
+          // Of the silence, how much the controller excused itself for (it was not listening).
+          excusedMs: Math.round(live.arrivals.excusedMs),
+          containers: lost,
+        });
         this.onHostDown(name, now - live.lastSeen);
       } else if (live.state === 'down' && (this.suspects.get(name) ?? Infinity) < now - 1000) {
         this.suspects.set(name, now);

@@ -160,6 +160,11 @@ export class ArrivalWindow {
     this.deadline += granted;
   }
 
+  /** Milliseconds of this silence excused so far (the detector's own deafness). */
+  get excusedMs(): number {
+    return this.excused;
+  }
+
   /** Milliseconds since the last beat (null before the first). */
   silenceAt(now: number): number | null {
     return this.lastBeat === undefined ? null : now - this.lastBeat;

@@ -247,6 +247,10 @@ test(
     const probeGap = largestGap(okProbes);
     const unavailableMs = okProbes[probeGap + 1]! - okProbes[probeGap]!;
     const detectMs = Number(failedOver.data.detectMs);
+    const down = (await events()).find((e) => e.kind === 'host.down' && e.subject === before.host);
+    process.stdout.write(
+      `# host.down: silent ${String(down?.data.silentMs)} ms, of which the controller excused ${String(down?.data.excusedMs)} ms\n`,
+    );
     process.stdout.write(
       `# failover: detection ${detectMs} ms, failover ${String(failedOver.data.failoverMs)} ms ` +
         `(assemble ${String(failedOver.data.assembleMs)} ms, restore ${String(failedOver.data.restoreMs)} ms); ` +
