@@ -268,7 +268,10 @@ export class RuncDriver implements RuntimeDriver {
       ?.slice('org.criu.config='.length);
     if (criuConfig && existsSync(criuConfig)) argv.push('--config', criuConfig);
     if (options.leaveRunning) argv.push('--leave-running');
-    if (options.tcpEstablished) argv.push('--tcp-established');
+    // A connection still in the listen backlog (a client connecting just
+    // then) would fail the whole dump: it is skipped, and that client's
+    // handshake is reset (it retries) — CRIU's --skip-in-flight.
+    if (options.tcpEstablished) argv.push('--tcp-established', '--skip-in-flight');
     if (options.parentImageDir) argv.push('--prev-images-dir', options.parentImageDir, '--track-mem');
     if (options.lazyPages) argv.push('--lazy-pages');
     if (options.pageServer) {
