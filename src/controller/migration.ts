@@ -309,7 +309,8 @@ export class MigrationFailedError extends HavenError {
     super(
       `migration failed in phase ${phase}${round > 0 ? ` (round ${round})` : ''}: ${message}; ` +
         `rolled back: it runs on ${from}`,
-      cause instanceof HavenError ? cause.code : 'internal',
+      // Never a 500 code: the API would hide the message, and this one is for the operator.
+      cause instanceof HavenError && cause.retryable ? 'unavailable' : 'failed_precondition',
       false,
     );
   }

@@ -117,7 +117,11 @@ export class MigrationSource {
     if (view.state !== 'running')
       throw new FailedPreconditionError(`"${name}" is ${view.state}, not running: nothing to migrate`);
     const takenAt = new Date().toISOString();
-    const checkpoint = await this.host.checkpoint(name, { leaveRunning: !order.final, keep: 2 });
+    const checkpoint = await this.host
+      .checkpoint(name, { leaveRunning: !order.final, keep: 2 })
+      .catch((error: unknown) => {
+        throw reportable(error);
+      });
     const checkpointMs = performance.now() - started;
     try {
       if (!checkpoint.dir) throw new Error('the checkpoint was not kept locally');
@@ -168,7 +172,7 @@ export class MigrationSource {
       return report;
     } catch (error) {
       if (order.final) await this.rollBack(name, error);
-      throw error;
+      throw reportable(error);
     }
   }
 
@@ -185,7 +189,7 @@ export class MigrationSource {
     } catch (error) {
       throw new HavenError(
         `migration failed (${String(cause)}) and so did the restore here: ${String(error)}`,
-        'internal',
+        'failed_precondition',
       );
     }
   }
@@ -194,4 +198,19 @@ export class MigrationSource {
   async forget(name: string): Promise<void> {
     await rm(this.doneFile(name), { force: true });
   }
+}
+
+/**
+ * A round's failure as the controller should see it: the agent's API
+ * answers unexpected errors with "internal error" only, but a migration's
+ * failure (CRIU's refusal, a cut transfer) is the operator's to read, in
+ * `container.migration-failed`. CRIU's error lines are kept, its log not.
+ */
+function reportable(error: unknown): HavenError {
+  if (error instanceof HavenError && ['unavailable', 'failed_precondition', 'not_found'].includes(error.code))
+    return error;
+  const message = error instanceof Error ? error.message : String(error);
+  const lines = message.split('\n');
+  const kept = [lines[0] ?? '', ...lines.slice(1).filter((l) => /Error|error/.test(l))].join('\n');
+  return new HavenError(kept.slice(0, 2000), 'failed_precondition');
 }

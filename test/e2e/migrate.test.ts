@@ -1,0 +1,279 @@
+/**
+ * Live migration on a 3-host lab with real Redis (issue 6): keys written
+ * beforehand and a write load on one open connection from the lab's
+ * `client` while the container moves.
+ *
+ * 1. **stop-and-copy** h1 → h2 and 2. **pre-copy** h2 → h3: every key is
+ *    there, the load's counter runs on without a gap (no acknowledged write
+ *    lost), its one connection never broke, the container runs on the
+ *    destination at the same address, and exactly one copy exists.
+ * 3. **The destination killed mid-transfer** (`lab kill-host`, during the
+ *    final round over a link shaped slow enough to catch it): the migration
+ *    rolls back — the source restores its final checkpoint — and reports
+ *    the phase; Redis runs on exactly one host with its keys and counter.
+ *
+ * Measured figures are printed as `# ...` lines.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, test } from 'node:test';
+import { REPO_ROOT } from '../../src/core/config.js';
+import { run } from '../../src/core/exec.js';
+import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
+import { runHaven } from '../../src/lab/cli-driver.js';
+import { CLIENT_NETNS } from '../../src/lab/index.js';
+import { haven, ok, waitFor } from '../support/lab-cli.js';
+
+interface View {
+  name: string;
+  host: string;
+  state: string;
+  ip: string;
+  pid: number;
+}
+interface Event {
+  seq: number;
+  kind: string;
+  subject: string;
+  data: Record<string, unknown>;
+}
+interface Report {
+  from: string;
+  to: string;
+  strategy: string;
+  rounds: Array<{ round: number; frozenMs: number; sentBytes: number }>;
+  stopped: string;
+  finalFrozenMs: number;
+  finalSentBytes: number;
+  checkpointBytes: number;
+  totalSentBytes: number;
+  restoreMs: number;
+  downtimeMs: number;
+  totalMs: number;
+}
+interface Load {
+  acks: Array<[number, number]>;
+  errors: Array<[number, string]>;
+}
+
+const inspect = async (name: string): Promise<View> =>
+  JSON.parse(await ok(['inspect', name, '--json'])) as View;
+const events = async (): Promise<Event[]> =>
+  (await ok(['events', '--json']))
+    .trim()
+    .split('\n')
+    .filter((l) => l.length > 0)
+    .map((l) => JSON.parse(l) as Event);
+
+/** The containers a host's own agent has (asked inside its namespaces). */
+async function copiesOn(host: string): Promise<Array<{ name: string; state: string }>> {
+  const out = await ok(['lab', 'exec', host, '--', join(REPO_ROOT, 'bin', 'haven'), 'ps', '--json']);
+  return JSON.parse(out) as Array<{ name: string; state: string }>;
+}
+
+function redis(ip: string, ...command: string[]): Promise<string> {
+  return run(['nsenter', `--net=/run/netns/${CLIENT_NETNS}`, 'redis-cli', '-h', ip, ...command]).then((r) =>
+    r.stdout.trim(),
+  );
+}
+
+/** `count` keys `k:<i>` of ~1 KB each, distinct (so chunks do not deduplicate). */
+async function fill(ip: string, count: number): Promise<void> {
+  const script =
+    "for i=1,tonumber(ARGV[1]) do redis.call('SET','k:'..i,string.rep(redis.sha1hex(tostring(i)),25)) end return 1";
+  assert.equal(await redis(ip, 'EVAL', script, '0', String(count)), '1');
+}
+
+/** The write load: `INCR counter` back to back on one connection, from the lab's client. */
+function writeLoad(ip: string, ms: number): Promise<Load> {
+  return run(
+    [
+      'nsenter',
+      `--net=/run/netns/${CLIENT_NETNS}`,
+      process.execPath,
+      join(REPO_ROOT, 'fixtures', 'clients', 'write-load.mjs'),
+      ip,
+      '6379',
+      String(ms),
+    ],
+    { timeoutMs: ms + 60_000 },
+  ).then((r) => JSON.parse(r.stdout) as Load);
+}
+
+/** Every write acknowledged once, in order; the connection never broke; the longest wait for a reply. */
+function checkLoad(load: Load, what: string): number {
+  assert.ok(load.acks.length > 0, `${what}: the load ran`);
+  const broken = load.errors.filter(([, message]) => message !== 'timeout');
+  assert.deepEqual(broken, [], `${what}: the load's connection survived`);
+  // The load's own deadline can cut its last write off (done, never answered)
+  // a millisecond before its loop ends and it writes once more: the last
+  // 50 ms of the run are not counted.
+  const end = load.acks.at(-1)![1] - 50;
+  const steps = load.acks
+    .map(([v, t], i) => ({ i, v, t }))
+    .filter(({ i, v, t }) => i > 0 && t < end && v !== load.acks[i - 1]![0] + 1)
+    .map(({ i }) => load.acks.slice(Math.max(0, i - 2), i + 3));
+  assert.deepEqual(
+    steps,
+    [],
+    `${what}: every acknowledged write is there, once (around each step: [value, ms])`,
+  );
+  let gap = 0;
+  for (let i = 1; i < load.acks.length; i++) gap = Math.max(gap, load.acks[i]![1] - load.acks[i - 1]![1]);
+  return gap;
+}
+
+/** Exactly one copy of `name`, running on `host`. */
+async function oneCopyOn(name: string, host: string, hosts: readonly string[]): Promise<void> {
+  for (const h of hosts) {
+    const copies = (await copiesOn(h)).filter((c) => c.name === name).map((c) => c.state);
+    assert.deepEqual(copies, h === host ? ['running'] : [], `copies of ${name} on ${h}`);
+  }
+}
+
+const KEYS = 3000;
+
+before(async () => {
+  await haven(['lab', 'down']);
+  const up = await runHaven(['lab', 'up', '--hosts', '3'], {}, 180_000);
+  assert.equal(up.code, 0, up.stderr);
+  await waitFor('three hosts up', async () => {
+    const hosts = JSON.parse(await ok(['host', 'ls', '--json'])) as Array<{ state: string }>;
+    return hosts.filter((h) => h.state === 'up').length === 3 ? true : undefined;
+  });
+  await ok(['image', 'push', await redisImage(), '--name', 'redis']);
+  await ok(['run', 'kv', '--image', 'redis', '--host', 'h1', '--memory', '256m', '--', ...REDIS_ARGS]);
+  const view = await waitFor('kv running', async () => {
+    const v = await inspect('kv');
+    return v.state === 'running' ? v : undefined;
+  });
+  await waitFor('redis answers', async () => ((await redis(view.ip, 'PING')) === 'PONG' ? true : undefined));
+  await fill(view.ip, KEYS);
+});
+
+after(async () => {
+  // For diagnosis: the lab's logs, before they go with it.
+  if (process.env.HAVEN_KEEP_LAB_LOGS)
+    await run(['cp', '-r', '/var/lib/haven-lab/logs', process.env.HAVEN_KEEP_LAB_LOGS], {
+      allowFailure: true,
+    });
+  await haven(['lab', 'down']);
+});
+
+async function migrateUnderLoad(to: string, strategy: string): Promise<{ report: Report; gap: number }> {
+  const before = await inspect('kv');
+  const load = writeLoad(before.ip, 9000);
+  await sleep(2500);
+  const report = JSON.parse(
+    await ok(['migrate', 'kv', '--to', to, '--strategy', strategy, '--max-downtime', '300ms', '--json']),
+  ) as Report;
+  const result = await load;
+  assert.equal(report.from, before.host);
+  assert.equal(report.to, to);
+  const after = await inspect('kv');
+  assert.equal(after.host, to, 'it runs on the destination');
+  assert.equal(after.ip, before.ip, 'at the same address');
+  assert.equal(after.state, 'running');
+  const gap = checkLoad(result, strategy);
+  // The load's last INCR may be in flight at its deadline: done, never answered.
+  const counter = Number(await redis(after.ip, 'GET', 'counter'));
+  const last = result.acks.at(-1)![0];
+  assert.ok(
+    counter === last || counter === last + 1,
+    `the counter (${counter}) as last acknowledged (${last})`,
+  );
+  assert.equal(await redis(after.ip, 'DBSIZE'), String(KEYS + 1), 'every key');
+  assert.equal(
+    await redis(after.ip, 'GET', `k:${KEYS}`),
+    await redis(after.ip, 'EVAL', `return string.rep(redis.sha1hex('${KEYS}'),25)`, '0'),
+    'a key intact',
+  );
+  await oneCopyOn('kv', to, ['h1', 'h2', 'h3']);
+  process.stdout.write(
+    `# ${strategy} ${report.from} → ${report.to}: downtime ${report.downtimeMs} ms (final round frozen ` +
+      `${report.finalFrozenMs} ms, ${report.finalSentBytes} bytes sent then; restore ${report.restoreMs} ms), ` +
+      `total ${report.totalMs} ms, ${report.totalSentBytes} bytes sent of a ${report.checkpointBytes}-byte ` +
+      `checkpoint; rounds ${JSON.stringify(report.rounds)}${report.stopped ? ` (${report.stopped})` : ''}; ` +
+      `longest wait for a write reply ${gap} ms; ${result.acks.length} writes, 0 lost, connection kept\n`,
+  );
+  return { report, gap };
+}
+
+test(
+  'stop-and-copy under a write load: keys intact, connection kept, one copy',
+  { timeout: 120_000 },
+  async () => {
+    const { report } = await migrateUnderLoad('h2', 'stop-copy');
+    assert.equal(report.strategy, 'stop-copy');
+    assert.deepEqual(report.rounds, []);
+  },
+);
+
+test(
+  'pre-copy under a write load: rounds, then the rest; keys intact, connection kept, one copy',
+  { timeout: 120_000 },
+  async () => {
+    const { report } = await migrateUnderLoad('h3', 'pre-copy');
+    assert.equal(report.strategy, 'pre-copy');
+    assert.ok(report.rounds.length >= 1, 'at least one pre-copy round');
+    assert.ok(report.rounds[0]!.sentBytes > 0, 'the first round sent the checkpoint');
+    assert.ok(report.finalSentBytes < report.checkpointBytes, 'the final round sent only what changed');
+    const progress = (await events()).filter(
+      (e) => e.kind === 'container.migration-progress' && e.data.phase === 'pre-copy',
+    );
+    assert.ok(
+      progress.length >= 1 && progress.every((e) => typeof e.data.stallMs === 'number'),
+      "each round's stall reported",
+    );
+  },
+);
+
+test(
+  'the destination killed mid-transfer: rolled back, runs on exactly one host with its state',
+  { timeout: 120_000 },
+  async () => {
+    const before = await inspect('kv');
+    assert.equal(before.host, 'h3');
+    // Slow enough that the final round's transfer (a few MB) is still under way when the host dies.
+    await ok(['lab', 'shape', 'h1', '--rate', '8mbit']);
+    const seen = (await events()).at(-1)?.seq ?? 0;
+    const load = writeLoad(before.ip, 20_000);
+    await sleep(1500);
+    const migrating = haven(['migrate', 'kv', '--to', 'h1', '--strategy', 'stop-copy', '--json']);
+    await waitFor(
+      'the final round under way',
+      async () =>
+        (await events()).find(
+          (e) => e.seq > seen && e.kind === 'container.migration-progress' && e.data.frozen === true,
+        ),
+      60_000,
+    );
+    await sleep(1000);
+    await ok(['lab', 'kill-host', 'h1']);
+    const result = await migrating;
+    assert.notEqual(result.code, 0, 'the migration failed');
+    assert.match(result.stderr, /rolled back/);
+    const failed = (await events()).find((e) => e.seq > seen && e.kind === 'container.migration-failed');
+    assert.ok(failed, 'container.migration-failed');
+    assert.equal(failed.data.rolledBack, true);
+    assert.equal(typeof failed.data.phase, 'string');
+    const loaded = await load;
+
+    const after = await waitFor('kv running again', async () => {
+      const v = await inspect('kv');
+      return v.state === 'running' ? v : undefined;
+    });
+    assert.equal(after.host, 'h3', 'still placed on the source');
+    await oneCopyOn('kv', 'h3', ['h2', 'h3']);
+    assert.equal(await redis(after.ip, 'DBSIZE'), String(KEYS + 1), 'every key');
+    const counter = Number(await redis(after.ip, 'GET', 'counter'));
+    const gap = checkLoad(loaded, 'rollback');
+    assert.ok(counter >= loaded.acks.at(-1)![0], 'no acknowledged write lost');
+    process.stdout.write(
+      `# destination killed in phase ${String(failed.data.phase)}: rolled back (restored from the final ` +
+        `checkpoint: ${String(failed.data.restoredFromFinalCheckpoint)}); longest wait for a write reply ${gap} ms; ` +
+        `error: ${String(failed.data.error)}\n`,
+    );
+  },
+);
