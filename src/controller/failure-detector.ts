@@ -91,7 +91,11 @@ export class ArrivalWindow {
 
   /** A heartbeat arrived at `now`. */
   beat(now: number): void {
-    if (this.lastBeat !== undefined) {
+    // A beat after the host was already suspected ends an outage (a
+    // partition, an agent restart, the controller's own cut link): that gap is
+    // not the host's rhythm, and counting it would make the detector slow to
+    // suspect for the next hundred beats.
+    if (this.lastBeat !== undefined && now < this.deadline) {
       const interval = now - this.lastBeat;
       if (this.count === this.intervals.length) {
         const old = this.intervals[this.next]!;

@@ -78,3 +78,11 @@ test('a detector that is never well still suspects in the end: excuses stop at t
   window.excuse(300);
   assert.equal(window.suspectAt(last + 2000 + 640), false, 'a beat starts a new allowance');
 });
+
+test('an outage is not rhythm: the gap that made a host suspect does not slow the next detection', () => {
+  const { window, last } = steady(100, 2);
+  const before = window.timeoutMs();
+  window.beat(last + 3000); // back after a 3 s partition
+  for (let i = 1; i <= 5; i++) window.beat(last + 3000 + i * 100);
+  assert.equal(window.timeoutMs(), before);
+});
