@@ -242,6 +242,20 @@ export class Prober {
     }
   }
 
+  /**
+   * Starts a container's probe and watchdog over, as for a fresh start (after
+   * it was restored in place: the failures of the copy that died are not the
+   * new copy's).
+   */
+  async restart(name: string): Promise<void> {
+    const spec = this.specs.get(name);
+    if (spec) {
+      this.stopOne(name);
+      this.start(name, spec, spec.initialDelaySeconds * 1000);
+    }
+    await this.watch(name);
+  }
+
   /** Sets (or, with null, removes) a container's probe. */
   async set(name: string, spec: ProbeSpec | null): Promise<void> {
     this.stopOne(name);

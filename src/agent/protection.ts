@@ -9,6 +9,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   CorruptCheckpointError,
   FailedPreconditionError,
@@ -38,6 +39,16 @@ export interface PromotionReport {
   skipped: Array<{ epoch: number; error: string; ms: number }>;
   /** Milliseconds: assembling the epoch from chunks, the restore, and the whole. */
   assembleMs: number;
+  restoreMs: number;
+  totalMs: number;
+}
+
+/** What a recovery in place did (see {@link Protection.recoverInPlace}). */
+export interface RecoveryReport {
+  view: ContainerView;
+  /** The local checkpoint restored: that of the newest committed epoch, begun at `takenAt`. */
+  checkpoint: string;
+  takenAt: string;
   restoreMs: number;
   totalMs: number;
 }
@@ -215,6 +226,40 @@ export class Protection {
       this.fenced.delete(name);
       this.log(`fencing: the controller still places ${name} here: thawed`);
     }
+  }
+
+  /**
+   * A protected container died (exit, OOM kill) or hung (failing its probe or
+   * watchdog) on this live host: whatever is left of it is killed and it is
+   * restored here from the local checkpoint of its newest committed epoch —
+   * the same state its backup holds, without moving its address. Connections
+   * are closed (their sequence numbers are older than what clients saw).
+   * Protection goes on from the restored copy.
+   * @throws FailedPreconditionError if that checkpoint is not kept here (the
+   * controller then restores it on the backup).
+   */
+  async recoverInPlace(name: string): Promise<RecoveryReport> {
+    const replicator = this.replicators.get(name);
+    const checkpoint = replicator?.status.committedCheckpoint;
+    const takenAt = replicator?.status.committedTakenAt;
+    if (!replicator || !checkpoint || !takenAt) {
+      throw new FailedPreconditionError(`no committed epoch of "${name}" is kept on this host`);
+    }
+    const started = performance.now();
+    await this.host.stop(name, 0); // a hung process is killed; a dead one leaves nothing to stop
+    // SIGKILL is not instant: the restore needs it gone.
+    for (let waited = 0; waited < 2000 && (await this.host.inspect(name)).state === 'running'; waited += 20) {
+      await sleep(20);
+    }
+    const restore = await this.host.restore(name, { checkpoint, tcpClose: true });
+    await this.prober?.restart(name);
+    return {
+      view: await this.host.inspect(name),
+      checkpoint,
+      takenAt,
+      restoreMs: restore.wallMs,
+      totalMs: performance.now() - started,
+    };
   }
 
   /** Stops every replicator (agent shutdown; protection resumes on restart). */

@@ -144,6 +144,9 @@ export const promoteRequestSchema = z
 /** `POST /v1/containers/:name/handover`: a planned switchover's final epoch (no options yet). */
 export const handoverRequestSchema = z.object({}).strict();
 
+/** `POST /v1/containers/:name/recover`: restore a dead or hung protected container here, from its newest committed epoch. */
+export const recoverRequestSchema = z.object({}).strict();
+
 /** `POST /v1/containers/:name/migrate`: one round of a live migration, on its source host. */
 export const migrateRoundSchema = z
   .object({

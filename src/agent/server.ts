@@ -14,6 +14,7 @@
  *   POST   /v1/containers/:name/restore        (restoreRequestSchema)
  *   POST   /v1/containers/:name/stop           (stopRequestSchema)
  *   POST   /v1/containers/:name/handover       a switchover's final epoch, shipped to the backup
+ *   POST   /v1/containers/:name/recover        restore it here from its newest committed epoch
  *   POST   /v1/containers/:name/migrate        (migrateRoundSchema) one round of a live migration, as its source
  *   POST   /v1/replicas/:name/prepare          (prepareReplicaSchema) a migration's destination: fetch the image
  *   DELETE /v1/containers/:name[?force=true]
@@ -45,6 +46,7 @@ import { z } from 'zod';
 import {
   checkpointRequestSchema,
   handoverRequestSchema,
+  recoverRequestSchema,
   imageIdSchema,
   migrateRoundSchema,
   missingChunksSchema,
@@ -172,6 +174,10 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     if (action === 'handover' && options.protection) {
       decode(handoverRequestSchema, raw);
       return send(res, 200, await options.protection.handover(name));
+    }
+    if (action === 'recover' && options.protection) {
+      decode(recoverRequestSchema, raw);
+      return send(res, 200, await options.protection.recoverInPlace(name));
     }
     if (action === 'migrate' && options.protection) {
       const body = decode(migrateRoundSchema, raw);

@@ -1038,10 +1038,60 @@ export class Controller {
       return;
     }
     this.recoveries.set(name, [...recent, now]);
+    // Back-off: each recovery within the minute waits twice as long as the one before (0, 1 s, 2 s).
+    const backoffMs = recent.length === 0 ? 0 : 1000 * 2 ** (recent.length - 1);
     await this.emit(reason === 'container exited' ? 'container.exited' : 'container.unhealthy', name, {
       host: hostName,
+      backoffMs,
     });
-    await this.failover(intent, hostName, 0, reason);
+    if (backoffMs > 0) {
+      await sleep(backoffMs);
+      const now = await this.options.store.getContainer(name);
+      if (now?.generation !== intent.generation || now.desired !== 'running') return; // moved, stopped or removed meanwhile
+    }
+    // The first failure in a minute: restored where it was, from the local
+    // copy of its newest committed epoch — the state its backup holds, without
+    // moving it. One that keeps failing there goes to its backup.
+    let inPlaceError: string | undefined;
+    if (haOf(intent) === 'checkpoint' && recent.length === 0) {
+      try {
+        await this.recoverInPlace(intent, hostName, reason);
+        return;
+      } catch (error) {
+        inPlaceError = error instanceof Error ? error.message : String(error);
+      }
+    }
+    await this.failover(intent, hostName, 0, inPlaceError ? `${reason} (in place: ${inPlaceError})` : reason);
+  }
+
+  /** Asks the container's own host to restore it from its newest committed epoch (see Protection.recoverInPlace). */
+  private async recoverInPlace(intent: ContainerIntent, hostName: string, reason: string): Promise<void> {
+    const host = await this.options.store.getHost(hostName);
+    if (!host) throw new NotFoundError(`host "${hostName}" is not in the cluster`);
+    const started = this.now();
+    const report = await this.options.callAgent<{
+      view: ContainerView;
+      checkpoint: string;
+      takenAt: string;
+      restoreMs: number;
+    }>(host, `/v1/containers/${encodeURIComponent(intent.name)}/recover`, { method: 'POST', body: {} });
+    this.noteReported(hostName, {
+      name: intent.name,
+      state: report.view.state,
+      pid: report.view.pid,
+      ip: report.view.ip,
+    });
+    // Its probe starts over on the agent; the failures reported before are the dead copy's.
+    this.liveness.get(hostName)?.health.set(intent.name, 'starting');
+    await this.emit('container.recovered', intent.name, {
+      host: hostName,
+      reason,
+      where: 'in place',
+      checkpoint: report.checkpoint,
+      takenAt: report.takenAt,
+      restoreMs: Math.round(report.restoreMs),
+      totalMs: this.now() - started,
+    });
   }
 
   /** Chooses a (new) backup for a checkpoint-protected container and tells its primary. */

@@ -28,6 +28,13 @@ export interface ProtectionStatus extends ProtectionSpec {
   /** Newest epoch the backup acknowledged. */
   committedEpoch: number | null;
   committedAt: string | null;
+  /**
+   * The local checkpoint that epoch was made from, and when it began: kept
+   * here (the newest two are), so a container that dies on a live host can be
+   * restored in place without waiting for its backup.
+   */
+  committedCheckpoint: string | null;
+  committedTakenAt: string | null;
   /** Of the newest committed epoch: bytes that travelled, total checkpoint bytes, milliseconds frozen, milliseconds end to end. */
   sentBytes: number;
   totalBytes: number;
@@ -68,6 +75,8 @@ export class Replicator {
       ...spec,
       committedEpoch: null,
       committedAt: null,
+      committedCheckpoint: null,
+      committedTakenAt: null,
       sentBytes: 0,
       totalBytes: 0,
       frozenMs: 0,
@@ -153,6 +162,8 @@ export class Replicator {
     Object.assign(this.status, {
       committedEpoch: manifest.epoch,
       committedAt: manifest.createdAt,
+      committedCheckpoint: report.id,
+      committedTakenAt: takenAt,
       sentBytes: sent,
       totalBytes: manifest.files.reduce((s, f) => s + f.size, 0),
       frozenMs: report.frozenMs,

@@ -247,9 +247,13 @@ test(
     const probeGap = largestGap(okProbes);
     const unavailableMs = okProbes[probeGap + 1]! - okProbes[probeGap]!;
     const detectMs = Number(failedOver.data.detectMs);
-    const down = (await events()).find((e) => e.kind === 'host.down' && e.subject === before.host);
+    const hostEvents = (await events()).filter(
+      (e) => e.kind.startsWith('host.') && e.subject === before.host,
+    );
+    const down = hostEvents.find((e) => e.kind === 'host.down');
     process.stdout.write(
-      `# host.down: silent ${String(down?.data.silentMs)} ms, of which the controller excused ${String(down?.data.excusedMs)} ms\n`,
+      `# host.down: silent ${String(down?.data.silentMs)} ms, of which the controller excused ${String(down?.data.excusedMs)} ms; ` +
+        `host events: ${hostEvents.map((e) => `${e.kind} ${JSON.stringify(e.data)}`).join('; ')}\n`,
     );
     process.stdout.write(
       `# failover: detection ${detectMs} ms, failover ${String(failedOver.data.failoverMs)} ms ` +
@@ -336,41 +340,60 @@ test(
 );
 
 test(
-  'the container dies on a live host (SIGKILL): restored from the newest epoch on its backup, with its data',
+  'the container dies on a live host (SIGKILL): restored in place from its newest committed epoch; dying again within the minute, on its backup',
   { timeout: 120_000 },
   async () => {
     const before = await waitFor('kv protected', async () => {
       const v = await inspect('kv');
       return v.protection.backup && v.protection.committedEpoch ? v : undefined;
     });
+    const getKey = async (ip: string, key: string): Promise<string> =>
+      (
+        await run(['nsenter', `--net=/run/netns/${CLIENT_NETNS}`, 'redis-cli', '-h', ip, 'GET', key])
+      ).stdout.trim();
+
+    // First death: restored where it was, from the local copy of the newest committed epoch.
     await writeAndCommit('kv', before.ip, 'before-crash');
-    const seen = (await events()).length;
+    let seen = (await events()).length;
     process.kill((await kvRow()).pid, 'SIGKILL'); // Redis itself: the host and its agent stay up
-    const recovered = await waitFor('the recovery', async () =>
-      (await events()).slice(seen).find((e) => e.kind === 'container.failed-over' && e.subject === 'kv'),
+    const inPlace = await waitFor('the recovery in place', async () =>
+      (await events()).slice(seen).find((e) => e.kind === 'container.recovered' && e.subject === 'kv'),
     );
-    assert.equal(recovered.data.reason, 'container exited');
-    assert.equal(recovered.data.to, before.protection.backup);
-    const after = await waitFor('kv running', async () => {
+    assert.equal(inPlace.data.reason, 'container exited');
+    assert.equal(inPlace.data.host, before.host);
+    const restored = await waitFor('kv running again', async () => {
       const row = await kvRow();
       return row.state === 'running' ? row : undefined;
     });
+    assert.equal(restored.host, before.host, 'restored on the same host');
+    assert.equal(restored.ip, before.ip);
+    assert.equal(await getKey(restored.ip, 'before-crash'), 'kept');
+    process.stdout.write(`# in place: restored in ${String(inPlace.data.totalMs)} ms\n`);
+
+    // Dying again within the minute: the host is not trusted with it, its backup restores it (after a back-off).
+    await writeAndCommit('kv', before.ip, 'before-second-crash');
+    seen = (await events()).length;
+    process.kill((await kvRow()).pid, 'SIGKILL');
+    const moved = await waitFor('the failover to the backup', async () =>
+      (await events()).slice(seen).find((e) => e.kind === 'container.failed-over' && e.subject === 'kv'),
+    );
+    assert.equal(moved.data.reason, 'container exited');
+    assert.equal(moved.data.to, before.protection.backup);
+    const exited = (await events())
+      .slice(seen)
+      .find((e) => e.kind === 'container.exited' && e.subject === 'kv');
+    assert.equal(exited?.data.backoffMs, 1000, 'the second recovery in a minute waits 1 s');
+    const after = await waitFor('kv running on the backup', async () => {
+      const row = await kvRow();
+      return row.state === 'running' && row.host === before.protection.backup ? row : undefined;
+    });
     assert.equal(after.ip, before.ip);
-    const get = await run([
-      'nsenter',
-      `--net=/run/netns/${CLIENT_NETNS}`,
-      'redis-cli',
-      '-h',
-      after.ip,
-      'GET',
-      'before-crash',
-    ]);
-    assert.equal(get.stdout.trim(), 'kept');
+    assert.equal(await getKey(after.ip, 'before-second-crash'), 'kept');
   },
 );
 
 test(
-  'application failure: Redis stopped with SIGSTOP fails its exec probe and is restored from its last healthy epoch',
+  'application failure: Redis stopped with SIGSTOP fails its exec probe and is restored in place from its last healthy epoch',
   { timeout: 120_000 },
   async () => {
     await ok([
@@ -404,9 +427,10 @@ test(
     )!.pid;
     process.kill(pid, 'SIGSTOP'); // hung: its port still accepts connections, it answers nothing
     const recovered = await waitFor('the recovery', async () =>
-      (await events()).slice(seen).find((e) => e.kind === 'container.failed-over' && e.subject === 'app'),
+      (await events()).slice(seen).find((e) => e.kind === 'container.recovered' && e.subject === 'app'),
     );
     assert.equal(recovered.data.reason, 'application unhealthy');
+    assert.equal(recovered.data.where, 'in place');
     assert.ok(
       (await events()).slice(seen).some((e) => e.kind === 'container.unhealthy' && e.subject === 'app'),
     );
