@@ -93,7 +93,11 @@ export async function createContainerNetwork(config: HostConfig, spec: Container
     `link set eth0 address ${spec.mac}`,
     `addr add ${spec.address}/${spec.prefix} dev eth0`,
     'IP',
-    `nsenter --net=${netnsPath(spec.netns)} nft -f - <<'RULES'`,
+    // arp_notify: bringing eth0 up announces the address with a gratuitous
+    // ARP, so a container restored on another host (same IP, same MAC) is
+    // found there at once — switches learn its new port, neighbours refresh —
+    // rather than when it next happens to send.
+    `nsenter --net=${netnsPath(spec.netns)} sh -c 'echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_notify && exec nft -f -' <<'RULES'`,
     lockTableRuleset(spec.locked ?? false).trimEnd(),
     'RULES',
     `ip -n ${spec.netns} link set eth0 up`,
