@@ -38,6 +38,11 @@ export function attachScript(name: string, netns: string, address: string): stri
   const link = bridgeLink(name);
   return [
     `ip netns add ${netns}`,
+    // A namespace just deleted is torn down by the kernel in the background,
+    // its veth with it: the old bridge end may still hold the name (revive
+    // right after kill-host failed with "File exists"). Deleting that end
+    // takes the pair at once.
+    `ip -n ${BRIDGE_NETNS} link del ${link} 2>/dev/null || true`,
     `ip -n ${BRIDGE_NETNS} link add ${link} type veth peer name eth0 netns ${netns}`,
     `ip -n ${BRIDGE_NETNS} link set ${link} master ${BRIDGE} up`,
     `ip -n ${netns} -batch - <<'IP'`,
