@@ -24,6 +24,12 @@
  *   DELETE /v1/containers/:name[?force=true]
  *   GET    /v1/events[?since=N][&follow=true]     → JSON, or server-sent events when following
  *   GET    /metrics                               Prometheus text format (controller/metrics.ts)
+ *   POST   /v1/dashboard/logins                   (cluster token only) a one-time login URL → LoginGrant
+ *   GET    /ui/…                                  the dashboard: its files, login and session (dashboard.ts)
+ *
+ * The dashboard's page calls these routes with a session cookie instead of
+ * the token: any GET, and its actions (failover, migrate, drain, cordon)
+ * with a CSRF header — see dashboard.ts.
  *
  * Plain heartbeats travel as UDP datagrams (heartbeat-udp.ts), reports as
  * one request each every tenth beat at most; where datagrams cannot go (a
@@ -39,18 +45,11 @@ import {
   restoreRequestSchema,
   stopRequestSchema,
 } from '../agent/schemas.js';
-import {
-  decode,
-  HttpError,
-  readJsonBody,
-  requireToken,
-  routeParts,
-  sendError,
-  sendJson,
-} from '../core/http.js';
+import { decode, HttpError, readJsonBody, routeParts, sendError, sendJson } from '../core/http.js';
 import { sendMetrics } from '../core/metrics.js';
 import { RecordSplitter } from '../core/records.js';
 import type { Controller } from './controller.js';
+import { authenticate, dashboardAuthFor, handleUi, isUiPath } from './dashboard.js';
 import { controllerMetrics, countRequest, heartbeatsByRequest, heartbeatsOnStream } from './metrics.js';
 import type { ImageRegistry } from './image-registry.js';
 import {
@@ -68,6 +67,9 @@ import { z } from 'zod';
 
 /** `POST /v1/containers/:name/failover` takes no options (yet): an empty object. */
 const failoverRequestSchema = z.object({}).strict();
+
+/** `POST /v1/dashboard/logins` takes no options: an empty object. */
+const loginRequestSchema = z.object({}).strict();
 
 /** Options of {@link createControllerServer}. */
 export interface ControllerServerOptions {
@@ -116,7 +118,10 @@ async function handle(
   res: ServerResponse,
   options: ControllerServerOptions,
 ): Promise<void> {
-  requireToken(req, options.token);
+  const dashboard = dashboardAuthFor(options.controller, options.token);
+  // The dashboard's files and login come before authentication: they are how a browser gets a session.
+  if (isUiPath((req.url ?? '/').split('?', 1)[0] ?? '/')) return handleUi(req, res, dashboard);
+  const principal = authenticate(req, options.token, dashboard);
   // Prometheus scrapes /metrics by convention, outside the versioned API.
   if (req.method === 'GET' && (req.url ?? '').split('?', 1)[0] === '/metrics')
     return sendMetrics(res, controllerMetrics);
@@ -127,6 +132,13 @@ async function handle(
 
   if (resource === 'health' && !id && method === 'GET')
     return sendJson(res, 200, { ok: true, role: 'controller' });
+
+  if (resource === 'dashboard' && id === 'logins' && !action && method === 'POST') {
+    // Only the holder of the cluster token hands out logins; a session cannot mint more.
+    if (principal !== 'token') throw new HttpError(403, 'a login URL needs the cluster token');
+    decode(loginRequestSchema, await readJsonBody(req));
+    return sendJson(res, 201, dashboard.mintLogin());
+  }
 
   if (resource === 'hosts') {
     if (!id) {
@@ -336,6 +348,8 @@ async function followEvents(
     'cache-control': 'no-cache',
     connection: 'keep-alive',
   });
+  // Headers now, not with the first event: a follower (the dashboard) knows at once it is connected.
+  res.flushHeaders();
   let last = since;
   const write = (event: StoredEvent): void => {
     if (event.seq <= last) return;
