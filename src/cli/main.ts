@@ -7,6 +7,7 @@ import { parseInvocation, type Command } from './command.js';
 import { agentCommand } from './commands/agent.js';
 import { checkpointCommand } from './commands/checkpoint.js';
 import { controllerCommand } from './commands/controller.js';
+import { dashboardCommand } from './commands/dashboard.js';
 import { eventsCommand } from './commands/events.js';
 import { failoverCommand } from './commands/failover.js';
 import { hostCommand } from './commands/host.js';
@@ -39,6 +40,7 @@ const COMMANDS: readonly Command[] = [
   hostCommand,
   imageCommand,
   eventsCommand,
+  dashboardCommand,
   doctorCommand,
   agentCommand,
   controllerCommand,

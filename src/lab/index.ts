@@ -16,6 +16,7 @@
 export {
   UP_STAGES,
   checkHostCount,
+  labDashboardLogin,
   labDown,
   labExecArgv,
   labHeal,
@@ -38,6 +39,8 @@ export {
   CONTROLLER_ADDRESS,
   CONTROLLER_NETNS,
   CONTROLLER_URL,
+  DASHBOARD_PORT,
+  DASHBOARD_URL,
   HOST_VIEW,
   LAB_CGROUP,
   LAB_PATHS,

@@ -16,6 +16,7 @@ import { rm } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FailedPreconditionError, HavenError, InvalidArgumentError, NotFoundError } from '../core/errors.js';
 import { lastLines } from '../core/exec.js';
+import { callJson } from '../core/http-client.js';
 import { netnsPath } from '../runtime/network.js';
 import {
   ensureCgroup,
@@ -45,6 +46,7 @@ import {
   CONTROLLER_ADDRESS,
   CONTROLLER_NETNS,
   CONTROLLER_URL,
+  DASHBOARD_URL,
   HOST_VIEW,
   LAB_CGROUP,
   LAB_PATHS,
@@ -61,6 +63,7 @@ import {
   newLabSpec,
   readLabSpec,
   readSupervisorStatus,
+  readToken,
   requireLabSpec,
   writeLabSpec,
   writeNewToken,
@@ -99,6 +102,14 @@ export interface LabStatus {
   hosts: LabHostStatus[];
   token: string;
   supervisorPid: number | null;
+  /** The dashboard's loopback forwarder to the controller's socket (see forward.ts). */
+  forward: { url: string; pid: number | null };
+  /**
+   * A one-time login URL of the dashboard (`…/ui/login?token=…`, valid for
+   * two minutes), added by {@link labDashboardLogin}; null when the
+   * controller could not be asked.
+   */
+  dashboard?: string | null;
 }
 
 /** Mount points `up` needs outside the lab's own paths (a host's view of its disk and runc root). */
@@ -331,7 +342,28 @@ export function labStatus(): LabStatus | { up: false } {
     })),
     token: LAB_PATHS.token,
     supervisorPid: supervisor ?? null,
+    forward: { url: DASHBOARD_URL, pid: live(status?.forward?.pid, LAB_CGROUP) },
   };
+}
+
+/**
+ * A one-time login URL of the lab's dashboard, on the loopback forwarder:
+ * asked of the controller through its socket (a login token is the
+ * controller's to give). Null when the controller does not answer within
+ * `timeoutMs` (partitioned, restarting).
+ */
+export async function labDashboardLogin(timeoutMs = 3_000): Promise<string | null> {
+  try {
+    const grant = await callJson<{ path: string }>(
+      `unix:${LAB_PATHS.controllerSocket}`,
+      '/v1/dashboard/logins',
+      readToken(),
+      { method: 'POST', body: {}, timeoutMs },
+    );
+    return `${DASHBOARD_URL}${grant.path}`;
+  } catch {
+    return null;
+  }
 }
 
 function findHost(spec: LabSpec, name: string): LabHost {

@@ -49,6 +49,12 @@ export const CONTROLLER_NETNS = 'hvlab-ctl';
 export const CONTROLLER_ADDRESS = '10.88.0.2';
 export const CONTROLLER_PORT = 7070;
 export const CONTROLLER_URL = `http://${CONTROLLER_ADDRESS}:${CONTROLLER_PORT}`;
+/**
+ * The machine's loopback port where the lab forwards to the controller's
+ * socket, for a browser (the dashboard): `http://127.0.0.1:7080/ui/`.
+ */
+export const DASHBOARD_PORT = 7080;
+export const DASHBOARD_URL = `http://127.0.0.1:${DASHBOARD_PORT}`;
 export const CLIENT_NETNS = 'hvlab-client';
 export const CLIENT_ADDRESS = '10.88.255.10';
 export const AGENT_PORT = 7070;

@@ -58,6 +58,8 @@ const statusSchema = z.object({
   generation: z.number().int(),
   updatedAt: z.string(),
   controller: processSchema,
+  /** The dashboard's loopback forwarder (absent in a status written before it existed). */
+  forward: processSchema.optional(),
   hosts: z.record(processSchema),
 });
 

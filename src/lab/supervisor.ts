@@ -1,7 +1,8 @@
 /**
  * The lab's supervisor: what systemd's `Restart=always` would be on real
- * hosts. It runs the controller and each host's agent, restarts whichever
- * exits, and writes what it runs to status.json.
+ * hosts. It runs the controller, each host's agent and the dashboard's
+ * loopback forwarder (forward.ts), restarts whichever exits, and writes
+ * what it runs to status.json.
  *
  *              spawn                    exit (host not killed)
  *   waiting ─────────► running ──────────────────────────────► waiting
@@ -32,6 +33,7 @@ import {
   CONTROLLER_NETNS,
   CONTROLLER_PORT,
   CONTROLLER_URL,
+  DASHBOARD_PORT,
   HOST_VIEW,
   LAB_CGROUP,
   LAB_PATHS,
@@ -109,6 +111,19 @@ export function controllerProgram(token: string): Program {
   };
 }
 
+/**
+ * The dashboard's forwarder (`haven lab forward`): in the root namespace,
+ * 127.0.0.1:DASHBOARD_PORT to the controller's socket; no token needed.
+ */
+export function forwardProgram(): Program {
+  return {
+    argv: [process.execPath, CLI_MAIN, 'lab', 'forward', '--port', String(DASHBOARD_PORT)],
+    env: cleanEnv(),
+    cgroup: `${LAB_CGROUP}/forward`,
+    log: join(LAB_PATHS.logsDir, 'forward.log'),
+  };
+}
+
 /** A host's agent command line: in the host's namespaces, seeing its own disk as /var/lib/haven. */
 export function agentProgram(host: string, token: string): Program {
   const address = hostAddress(host);
@@ -183,12 +198,16 @@ export async function runSupervisor(): Promise<number> {
   writeFileSync(LAB_PATHS.supervisorPid, `${process.pid}\n`);
 
   const programOf = (key: string): Program =>
-    key === 'controller' ? controllerProgram(token) : agentProgram(key, token);
+    key === 'controller'
+      ? controllerProgram(token)
+      : key === 'forward'
+        ? forwardProgram()
+        : agentProgram(key, token);
 
   /** Whether `key` should be running according to the newest lab.json. */
   const wanted = (key: string): boolean => {
     if (stopping || !spec) return false;
-    if (key === 'controller') return true;
+    if (key === 'controller' || key === 'forward') return true;
     const host = spec.hosts.find((h) => h.name === key);
     return host !== undefined && host.state !== 'killed';
   };
@@ -216,6 +235,7 @@ export async function runSupervisor(): Promise<number> {
         generation: applied,
         updatedAt: new Date().toISOString(),
         controller: view('controller'),
+        forward: view('forward'),
         hosts: Object.fromEntries((spec?.hosts ?? []).map((h) => [h.name, view(h.name)])),
       });
     } catch (error) {
@@ -294,7 +314,7 @@ export async function runSupervisor(): Promise<number> {
   /** Brings the running set in line with lab.json. */
   const apply = (): void => {
     if (!spec) return;
-    for (const key of ['controller', ...spec.hosts.map((h) => h.name)]) {
+    for (const key of ['controller', 'forward', ...spec.hosts.map((h) => h.name)]) {
       const entry = entryOf(key);
       if (wanted(key)) {
         if (!entry.child && !entry.timer) {
@@ -364,6 +384,7 @@ async function killOrphans(): Promise<void> {
   const killed: number[] = [];
   const candidates: [number | null, string][] = [
     [previous.controller.pid, `${LAB_CGROUP}/controller`],
+    [previous.forward?.pid ?? null, `${LAB_CGROUP}/forward`],
     ...Object.entries(previous.hosts).map(([host, p]): [number | null, string] => [
       p.pid,
       `${hostCgroup(host)}/agent`,

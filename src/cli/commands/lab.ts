@@ -3,6 +3,7 @@ import { constants } from 'node:os';
 import { InvalidArgumentError } from '../../core/errors.js';
 import {
   checkHostCount,
+  labDashboardLogin,
   labDown,
   labExecArgv,
   labHeal,
@@ -13,8 +14,10 @@ import {
   labStatus,
   labUp,
   LAB_PATHS,
+  DASHBOARD_PORT,
   type LabStatus,
 } from '../../lab/index.js';
+import { runForwarder } from '../../lab/forward.js';
 import { runSupervisor } from '../../lab/supervisor.js';
 import { printJson, type Command, type Invocation } from '../command.js';
 
@@ -24,6 +27,7 @@ const usage = [
   '       haven lab partition H [--keep-client] | partition controller | heal H|controller',
   '       haven lab shape H [--rate RATE|off] [--loss PERCENT|off]',
   '       haven lab exec H|client|controller -- CMD...',
+  '       (status --json: `dashboard` is a one-time login URL of the dashboard; haven dashboard makes more)',
 ].join('\n');
 
 /** `haven lab`: several Haven hosts on one machine, with faults on demand. */
@@ -37,6 +41,7 @@ export const labCommand: Command = {
     'keep-client': { type: 'boolean' },
     rate: { type: 'string' },
     loss: { type: 'string' },
+    port: { type: 'string' },
   },
   async run(inv) {
     const [sub, ...args] = inv.positionals;
@@ -63,7 +68,8 @@ export const labCommand: Command = {
       case 'status': {
         noArgs(args);
         const status = labStatus();
-        if (inv.values.json) printJson(status);
+        if (inv.values.json)
+          printJson(status.up ? { ...status, dashboard: await labDashboardLogin() } : status);
         else if (status.up) printTable(status);
         else process.stdout.write('no lab is up\n');
         return 0;
@@ -97,6 +103,14 @@ export const labCommand: Command = {
       case 'supervise': // internal: what `up` starts, detached
         noArgs(args);
         return runSupervisor();
+      case 'forward': {
+        // internal: what the supervisor runs for the dashboard (src/lab/forward.ts)
+        noArgs(args);
+        const port = Number(typeof inv.values.port === 'string' ? inv.values.port : DASHBOARD_PORT);
+        if (!Number.isInteger(port) || port < 1 || port > 65_535)
+          throw new InvalidArgumentError(`--port must be a TCP port, not ${String(inv.values.port)}`);
+        return runForwarder(port, LAB_PATHS.controllerSocket);
+      }
       default:
         throw new InvalidArgumentError(
           `${sub === undefined ? 'a subcommand is required' : `unknown subcommand "${sub}"`}\nusage: ${usage}`,
@@ -173,6 +187,7 @@ function printTable(status: LabStatus): void {
   process.stdout.write(
     `\ncontroller socket ${status.controller.socket}; token ${status.token}; ` +
       `supervisor ${status.supervisorPid === null ? 'not running' : `pid ${status.supervisorPid}`}; ` +
-      `logs ${LAB_PATHS.logsDir}\n`,
+      `logs ${LAB_PATHS.logsDir}\n` +
+      `dashboard ${status.forward.url}/ui/ (haven dashboard prints a login URL)\n`,
   );
 }
