@@ -13,10 +13,17 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
-import { REPO_ROOT } from '../../src/core/config.js';
 import { run } from '../../src/core/exec.js';
-import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
-import { haven, ok, waitFor } from '../support/lab-cli.js';
+import { REDIS_ARGS } from '../../src/fixtures/images.js';
+import {
+  events,
+  haven,
+  inspect as inspectAs,
+  labWithRedis,
+  ok,
+  waitFor,
+  writeLoad,
+} from '../support/lab-cli.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
 import { shortHash } from '../../src/runtime/network.js';
 
@@ -35,21 +42,7 @@ interface View {
   ip: string;
   protection: { backup: string | null; committedEpoch: number | null };
 }
-interface Event {
-  seq: number;
-  at: string;
-  kind: string;
-  subject: string;
-  data: Record<string, unknown>;
-}
-const inspect = async (name: string): Promise<View> =>
-  JSON.parse(await ok(['inspect', name, '--json'])) as View;
-const events = async (): Promise<Event[]> =>
-  (await ok(['events', '--json']))
-    .trim()
-    .split('\n')
-    .filter((l) => l.length > 0)
-    .map((l) => JSON.parse(l) as Event);
+const inspect = (name: string): Promise<View> => inspectAs<View>(name);
 
 /** Writes KEY=kept to Redis at `ip` and waits until an epoch that began after the write is committed. */
 async function writeAndCommit(name: string, ip: string, key: string): Promise<void> {
@@ -71,13 +64,7 @@ async function writeAndCommit(name: string, ip: string, key: string): Promise<vo
 }
 
 before(async () => {
-  await haven(['lab', 'down']);
-  await ok(['lab', 'up', '--hosts', '3']);
-  await waitFor('three hosts up', async () => {
-    const hosts = JSON.parse(await ok(['host', 'ls', '--json'])) as Array<{ state: string }>;
-    return hosts.filter((h) => h.state === 'up').length === 3 ? true : undefined;
-  });
-  await ok(['image', 'push', await redisImage(), '--name', 'redis']);
+  await labWithRedis();
 });
 
 after(async () => {
@@ -187,26 +174,11 @@ test(
       (await inspect('kv')).protection.committedEpoch ? true : undefined,
     );
 
-    const load = run(
-      [
-        'nsenter',
-        `--net=/run/netns/${CLIENT_NETNS}`,
-        process.execPath,
-        join(REPO_ROOT, 'fixtures', 'clients', 'write-load.mjs'),
-        before.ip,
-        '6379',
-        '12000',
-      ],
-      { timeoutMs: 60_000 },
-    );
+    const load = writeLoad(before.ip, 12000);
     await sleep(4000);
     const killedAt = Date.now();
     await ok(['lab', 'kill-host', before.host]);
-    const result = JSON.parse((await load).stdout) as {
-      acks: Array<[number, number]>;
-      errors: Array<[number, string]>;
-      probes: Array<[number, boolean]>;
-    };
+    const result = await load;
 
     const failedOver = await waitFor('the failover event', async () =>
       (await events()).find((e) => e.kind === 'container.failed-over' && e.subject === 'kv'),

@@ -20,10 +20,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { REPO_ROOT } from '../../src/core/config.js';
 import { run } from '../../src/core/exec.js';
-import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
-import { runHaven } from '../../src/lab/cli-driver.js';
+import { REDIS_ARGS } from '../../src/fixtures/images.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
-import { haven, ok, waitFor } from '../support/lab-cli.js';
+import {
+  events,
+  haven,
+  inspect as inspectAs,
+  labWithRedis,
+  ok,
+  waitFor,
+  writeLoad,
+} from '../support/lab-cli.js';
 
 interface View {
   name: string;
@@ -31,12 +38,6 @@ interface View {
   state: string;
   ip: string;
   pid: number;
-}
-interface Event {
-  seq: number;
-  kind: string;
-  subject: string;
-  data: Record<string, unknown>;
 }
 interface Report {
   from: string;
@@ -57,14 +58,7 @@ interface Load {
   errors: Array<[number, string]>;
 }
 
-const inspect = async (name: string): Promise<View> =>
-  JSON.parse(await ok(['inspect', name, '--json'])) as View;
-const events = async (): Promise<Event[]> =>
-  (await ok(['events', '--json']))
-    .trim()
-    .split('\n')
-    .filter((l) => l.length > 0)
-    .map((l) => JSON.parse(l) as Event);
+const inspect = (name: string): Promise<View> => inspectAs<View>(name);
 
 /** The containers a host's own agent has (asked inside its namespaces). */
 async function copiesOn(host: string): Promise<Array<{ name: string; state: string }>> {
@@ -83,22 +77,6 @@ async function fill(ip: string, count: number): Promise<void> {
   const script =
     "for i=1,tonumber(ARGV[1]) do redis.call('SET','k:'..i,string.rep(redis.sha1hex(tostring(i)),25)) end return 1";
   assert.equal(await redis(ip, 'EVAL', script, '0', String(count)), '1');
-}
-
-/** The write load: `INCR counter` back to back on one connection, from the lab's client. */
-function writeLoad(ip: string, ms: number): Promise<Load> {
-  return run(
-    [
-      'nsenter',
-      `--net=/run/netns/${CLIENT_NETNS}`,
-      process.execPath,
-      join(REPO_ROOT, 'fixtures', 'clients', 'write-load.mjs'),
-      ip,
-      '6379',
-      String(ms),
-    ],
-    { timeoutMs: ms + 60_000 },
-  ).then((r) => JSON.parse(r.stdout) as Load);
 }
 
 /** Every write acknowledged once, in order; the connection never broke; the longest wait for a reply. */
@@ -135,14 +113,7 @@ async function oneCopyOn(name: string, host: string, hosts: readonly string[]): 
 const KEYS = 3000;
 
 before(async () => {
-  await haven(['lab', 'down']);
-  const up = await runHaven(['lab', 'up', '--hosts', '3'], {}, 180_000);
-  assert.equal(up.code, 0, up.stderr);
-  await waitFor('three hosts up', async () => {
-    const hosts = JSON.parse(await ok(['host', 'ls', '--json'])) as Array<{ state: string }>;
-    return hosts.filter((h) => h.state === 'up').length === 3 ? true : undefined;
-  });
-  await ok(['image', 'push', await redisImage(), '--name', 'redis']);
+  await labWithRedis();
   await ok(['run', 'kv', '--image', 'redis', '--host', 'h1', '--memory', '256m', '--', ...REDIS_ARGS]);
   const view = await waitFor('kv running', async () => {
     const v = await inspect('kv');

@@ -33,11 +33,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
-import { REPO_ROOT } from '../../src/core/config.js';
 import { run } from '../../src/core/exec.js';
-import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
-import { CLIENT_NETNS } from '../../src/lab/index.js';
-import { haven, ok, waitFor } from '../support/lab-cli.js';
+import { REDIS_ARGS } from '../../src/fixtures/images.js';
+import {
+  events,
+  haven,
+  inspect as inspectAs,
+  labWithRedis,
+  ok,
+  waitFor,
+  writeLoad,
+} from '../support/lab-cli.js';
 
 interface View {
   name: string;
@@ -47,27 +53,13 @@ interface View {
   pid: number;
   protection: { backup: string | null; committedEpoch: number | null };
 }
-interface Event {
-  seq: number;
-  at: string;
-  kind: string;
-  subject: string;
-  data: Record<string, unknown>;
-}
 interface LabStatus {
   hosts: Array<{ name: string; agentPid: number | null }>;
 }
 
-const inspect = async (name: string): Promise<View> =>
-  JSON.parse(await ok(['inspect', name, '--json'])) as View;
+const inspect = (name: string): Promise<View> => inspectAs<View>(name);
 const row = async (name: string): Promise<View> =>
   (JSON.parse(await ok(['ps', '--json'])) as View[]).find((c) => c.name === name)!;
-const events = async (): Promise<Event[]> =>
-  (await ok(['events', '--json']))
-    .trim()
-    .split('\n')
-    .filter((l) => l.length > 0)
-    .map((l) => JSON.parse(l) as Event);
 const agentPid = async (host: string): Promise<number | null> =>
   (JSON.parse(await ok(['lab', 'status', '--json'])) as LabStatus).hosts.find((h) => h.name === host)
     ?.agentPid ?? null;
@@ -92,25 +84,6 @@ async function protectedRedis(name: string, interval: string): Promise<View> {
     const v = await inspect(name);
     return v.protection.backup && v.protection.committedEpoch ? v : undefined;
   });
-}
-
-/** The lab client's write load (fixtures/clients/write-load.mjs) against `ip` for `ms`. */
-function writeLoad(
-  ip: string,
-  ms: number,
-): Promise<{ acks: Array<[number, number]>; errors: Array<[number, string]> }> {
-  return run(
-    [
-      'nsenter',
-      `--net=/run/netns/${CLIENT_NETNS}`,
-      process.execPath,
-      join(REPO_ROOT, 'fixtures', 'clients', 'write-load.mjs'),
-      ip,
-      '6379',
-      String(ms),
-    ],
-    { timeoutMs: ms + 30_000 },
-  ).then((r) => JSON.parse(r.stdout) as { acks: Array<[number, number]>; errors: Array<[number, string]> });
 }
 
 /**
@@ -163,13 +136,7 @@ console.log(JSON.stringify({
 `;
 
 before(async () => {
-  await haven(['lab', 'down']);
-  await ok(['lab', 'up', '--hosts', '3']);
-  await waitFor('three hosts up', async () => {
-    const hosts = JSON.parse(await ok(['host', 'ls', '--json'])) as Array<{ state: string }>;
-    return hosts.filter((h) => h.state === 'up').length === 3 ? true : undefined;
-  });
-  await ok(['image', 'push', await redisImage(), '--name', 'redis']);
+  await labWithRedis();
 });
 
 let failed = false;

@@ -12,13 +12,17 @@
  * and the longest pause the load saw.
  */
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { REPO_ROOT } from '../../src/core/config.js';
-import { run } from '../../src/core/exec.js';
-import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
-import { CLIENT_NETNS } from '../../src/lab/index.js';
-import { haven, ok, waitFor } from '../support/lab-cli.js';
+import { REDIS_ARGS } from '../../src/fixtures/images.js';
+import {
+  haven,
+  inspect as inspectAs,
+  type LabEvent,
+  labWithRedis,
+  ok,
+  waitFor,
+  writeLoad,
+} from '../support/lab-cli.js';
 
 const FULL = process.env.HAVEN_TEST_TIER === 'full';
 const SOAK_S = FULL ? 600 : 45;
@@ -26,12 +30,6 @@ const SOAK_S = FULL ? 600 : 45;
 const SEGMENT_S = 15;
 const LOSS = '2%';
 
-interface Event {
-  seq: number;
-  kind: string;
-  subject: string;
-  data: Record<string, unknown>;
-}
 interface View {
   host: string;
   ip: string;
@@ -39,26 +37,19 @@ interface View {
   protection: { backup: string | null; committedEpoch: number | null; committedAgeMs: number | null };
 }
 
-const inspect = async (name: string): Promise<View> =>
-  JSON.parse(await ok(['inspect', name, '--json'])) as View;
+const inspect = (name: string): Promise<View> => inspectAs<View>(name);
 
-async function eventsAfter(seq: number): Promise<Event[]> {
+async function eventsAfter(seq: number): Promise<LabEvent[]> {
   return (await ok(['events', '--json']))
     .trim()
     .split('\n')
     .filter((l) => l.length > 0)
-    .map((l) => JSON.parse(l) as Event)
+    .map((l) => JSON.parse(l) as LabEvent)
     .filter((e) => e.seq > seq);
 }
 
 before(async () => {
-  await haven(['lab', 'down']);
-  await ok(['lab', 'up', '--hosts', '3']);
-  await waitFor('three hosts up', async () => {
-    const hosts = JSON.parse(await ok(['host', 'ls', '--json'])) as Array<{ state: string }>;
-    return hosts.filter((h) => h.state === 'up').length === 3 ? true : undefined;
-  });
-  await ok(['image', 'push', await redisImage(), '--name', 'redis']);
+  await labWithRedis();
 });
 
 after(async () => {
@@ -103,19 +94,7 @@ test(
     const until = Date.now() + SOAK_S * 1000;
     while (Date.now() < until) {
       const segmentMs = Math.min(SEGMENT_S * 1000, Math.max(1000, until - Date.now()));
-      const out = await run(
-        [
-          'nsenter',
-          `--net=/run/netns/${CLIENT_NETNS}`,
-          process.execPath,
-          join(REPO_ROOT, 'fixtures', 'clients', 'write-load.mjs'),
-          start.ip,
-          '6379',
-          String(segmentMs),
-        ],
-        { timeoutMs: segmentMs + 30_000 },
-      );
-      const result = JSON.parse(out.stdout) as { acks: Array<[number, number]>; errors: unknown[] };
+      const result = await writeLoad(start.ip, segmentMs);
       writes += result.acks.length;
       loadErrors += result.errors.length;
       for (let i = 1; i < result.acks.length; i++)

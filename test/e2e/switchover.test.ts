@@ -28,10 +28,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { REPO_ROOT } from '../../src/core/config.js';
 import { run } from '../../src/core/exec.js';
-import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
-import { runHaven } from '../../src/lab/cli-driver.js';
+import { REDIS_ARGS } from '../../src/fixtures/images.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
-import { haven, ok, waitFor } from '../support/lab-cli.js';
+import {
+  events,
+  haven,
+  inspect as inspectAs,
+  labWithRedis,
+  ok,
+  waitFor,
+  writeLoad,
+} from '../support/lab-cli.js';
 
 interface View {
   name: string;
@@ -41,26 +48,12 @@ interface View {
   pid: number;
   protection: { backup: string | null; committedEpoch: number | null };
 }
-interface Event {
-  seq: number;
-  at: string;
-  kind: string;
-  subject: string;
-  data: Record<string, unknown>;
-}
 interface LabStatus {
   controller: { pid: number | null };
 }
 
-const inspect = async (name: string): Promise<View> =>
-  JSON.parse(await ok(['inspect', name, '--json'])) as View;
+const inspect = (name: string): Promise<View> => inspectAs<View>(name);
 const rows = async (): Promise<View[]> => JSON.parse(await ok(['ps', '--json'])) as View[];
-const events = async (): Promise<Event[]> =>
-  (await ok(['events', '--json']))
-    .trim()
-    .split('\n')
-    .filter((l) => l.length > 0)
-    .map((l) => JSON.parse(l) as Event);
 const controllerPid = async (): Promise<number | null> =>
   (JSON.parse(await ok(['lab', 'status', '--json'])) as LabStatus).controller.pid;
 
@@ -103,19 +96,8 @@ async function protectedRedis(name: string): Promise<View> {
 }
 
 before(async () => {
-  await haven(['lab', 'down']);
   // Test-only: the controller kills itself once a failover it began has promoted the backup.
-  const up = await runHaven(
-    ['lab', 'up', '--hosts', '3'],
-    { HAVEN_FAILPOINTS: 'failover.promoted' },
-    180_000,
-  );
-  assert.equal(up.code, 0, up.stderr);
-  await waitFor('three hosts up', async () => {
-    const hosts = JSON.parse(await ok(['host', 'ls', '--json'])) as Array<{ state: string }>;
-    return hosts.filter((h) => h.state === 'up').length === 3 ? true : undefined;
-  });
-  await ok(['image', 'push', await redisImage(), '--name', 'redis']);
+  await labWithRedis(3, { HAVEN_FAILPOINTS: 'failover.promoted' });
 });
 
 after(async () => {
@@ -129,26 +111,12 @@ test(
     const before = await protectedRedis('kv');
     const from = before.host;
     const to = before.protection.backup!;
-    const load = run(
-      [
-        'nsenter',
-        `--net=/run/netns/${CLIENT_NETNS}`,
-        process.execPath,
-        join(REPO_ROOT, 'fixtures', 'clients', 'write-load.mjs'),
-        before.ip,
-        '6379',
-        '14000',
-      ],
-      { timeoutMs: 60_000 },
-    );
+    const load = writeLoad(before.ip, 14000);
     await sleep(4000);
     const asked = Date.now();
     const report = JSON.parse(await ok(['failover', 'kv', '--json'])) as Record<string, number | string>;
     const answered = Date.now();
-    const result = JSON.parse((await load).stdout) as {
-      acks: Array<[number, number]>;
-      errors: Array<[number, string]>;
-    };
+    const result = await load;
 
     assert.equal(report.from, from);
     assert.equal(report.to, to);

@@ -1,10 +1,15 @@
 /**
  * The `haven` CLI as the lab's end-to-end tests drive it: against the lab's
- * controller (found by its socket), failing the test on a non-zero exit.
+ * controller (found by its socket), failing the test on a non-zero exit; and
+ * what every lab test needs: a lab with Redis, events, views, a write load.
  */
 import assert from 'node:assert/strict';
-import type { ExecResult } from '../../src/core/exec.js';
+import { join } from 'node:path';
+import { REPO_ROOT } from '../../src/core/config.js';
+import { run, type ExecResult } from '../../src/core/exec.js';
+import { redisImage } from '../../src/fixtures/images.js';
 import { runHaven, waitUntil } from '../../src/lab/cli-driver.js';
+import { CLIENT_NETNS } from '../../src/lab/index.js';
 
 /** `haven ARGS`, whatever its exit status. */
 export function haven(args: string[]): Promise<ExecResult> {
@@ -25,4 +30,67 @@ export function waitFor<T>(
   timeoutMs = 30_000,
 ): Promise<T> {
   return waitUntil(what, probe, timeoutMs);
+}
+
+/** A cluster event, as `haven events --json` prints it. */
+export interface LabEvent {
+  seq: number;
+  at: string;
+  kind: string;
+  subject: string;
+  data: Record<string, unknown>;
+}
+
+/** Every cluster event so far, oldest first. */
+export async function events(): Promise<LabEvent[]> {
+  return (await ok(['events', '--json']))
+    .trim()
+    .split('\n')
+    .filter((l) => l.length > 0)
+    .map((l) => JSON.parse(l) as LabEvent);
+}
+
+/** `haven inspect NAME --json`, as the caller's view type. */
+export async function inspect<T>(name: string): Promise<T> {
+  return JSON.parse(await ok(['inspect', name, '--json'])) as T;
+}
+
+/**
+ * A fresh lab of `hosts` hosts, every one seen up by the controller, with the
+ * Redis image pushed as `redis`. `env` goes to `lab up` (e.g. a failpoint for
+ * the controller it starts).
+ */
+export async function labWithRedis(hosts = 3, env: Record<string, string> = {}): Promise<void> {
+  await haven(['lab', 'down']);
+  const up = await runHaven(['lab', 'up', '--hosts', String(hosts)], env, 180_000);
+  assert.equal(up.code, 0, `haven lab up: ${up.stderr}`);
+  await waitFor(`${hosts} hosts up`, async () => {
+    const list = JSON.parse(await ok(['host', 'ls', '--json'])) as Array<{ state: string }>;
+    return list.filter((h) => h.state === 'up').length === hosts ? true : undefined;
+  });
+  await ok(['image', 'push', await redisImage(), '--name', 'redis']);
+}
+
+/** What fixtures/clients/write-load.mjs reports: writes acknowledged, connection errors, probes. */
+export interface LoadResult {
+  acks: Array<[number, number]>;
+  errors: Array<[number, string]>;
+  probes: Array<[number, boolean]>;
+}
+
+/** The write load (`INCR counter` back to back, and a prober) from the lab's client against Redis at `ip`, for `ms`. */
+export async function writeLoad(ip: string, ms: number): Promise<LoadResult> {
+  const result = await run(
+    [
+      'nsenter',
+      `--net=/run/netns/${CLIENT_NETNS}`,
+      process.execPath,
+      join(REPO_ROOT, 'fixtures', 'clients', 'write-load.mjs'),
+      ip,
+      '6379',
+      String(ms),
+    ],
+    { timeoutMs: ms + 60_000 },
+  );
+  return JSON.parse(result.stdout) as LoadResult;
 }
