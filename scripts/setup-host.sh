@@ -24,7 +24,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 runtime_packages=(runc iptables nftables iproute2 busybox-static iputils-ping redis-server redis-tools zstd
-  gcc libc6-dev make xz-utils ca-certificates procps)
+  gcc libc6-dev make xz-utils ca-certificates procps
+  chromium fonts-dejavu-core) # the dashboard's end-to-end test drives Debian's Chromium (playwright-core)
 criu_build_packages=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev
   protobuf-c-compiler protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev
   libcap-dev libbsd-dev libnftables-dev libgnutls28-dev libaio-dev uuid-dev dpkg-dev)
