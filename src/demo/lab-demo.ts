@@ -10,7 +10,9 @@
  * host dies (the controller sees it, Redis is untouched). Then Redis's own
  * host dies: Redis, protected by a checkpoint every second to a backup host,
  * answers again from the backup at the same address with its data, and the
- * demo prints detection, failover and unavailability times.
+ * demo prints detection, failover and unavailability times. At the start
+ * it prints the dashboard's one-time login URL, so all of it can be
+ * watched in a browser as it happens.
  *
  * It brings the lab down at the end, leaving the machine as it found it.
  */
@@ -64,6 +66,11 @@ async function main(): Promise<void> {
       return states.every((s) => s === 'up') ? true : undefined;
     });
     process.stdout.write(await haven(['host', 'ls']));
+    // A one-time login URL (two minutes to open it), on the lab's loopback forwarder.
+    const dashboard = (await haven(['dashboard'])).trim();
+    say(`watch it live in a browser on this machine: ${dashboard}`);
+    say('  (the dashboard shows hosts, Redis and its epochs, events, and the failover on its timeline;');
+    say('   it goes with the lab at the end of the demo)');
 
     await haven(['image', 'push', await redisImage(), '--name', 'redis']);
     process.stdout.write(
