@@ -41,7 +41,27 @@ export interface PromotionReport {
   assembleMs: number;
   restoreMs: number;
   totalMs: number;
+  /** The epoch was assembled ahead of the order (the controller suspected the primary's host). */
+  staged?: boolean;
 }
+
+/** An epoch assembled into a scratch directory, ready to restore. */
+interface Assembled {
+  epoch: number;
+  /** The newest epoch held when it was assembled: a newer one since makes it stale. */
+  newestHeld: number;
+  manifest: EpochManifest;
+  scratch: string;
+  dir: string;
+  /** Newer epochs found damaged on the way. */
+  skipped: PromotionReport['skipped'];
+  assembleMs: number;
+  /** Assembled ahead of the order (see {@link Protection.stage}). */
+  staged: boolean;
+}
+
+/** How long an epoch assembled ahead of a promotion is kept if no promotion comes. */
+const STAGE_TTL_MS = 10_000;
 
 /** What a recovery in place did (see {@link Protection.recoverInPlace}). */
 export interface RecoveryReport {
@@ -383,29 +403,13 @@ export class Protection {
     options: { tcpClose?: boolean; epoch?: number },
   ): Promise<PromotionReport> {
     const started = performance.now();
-    const held = await this.replicas.epochs(name);
-    const epochs = options.epoch === undefined ? held : held.filter((e) => e === options.epoch);
-    if (epochs.length === 0)
-      throw new NotFoundError(
-        `this host holds no committed epoch${options.epoch === undefined ? '' : ` ${options.epoch}`} of "${name}"`,
-      );
     const skipped: PromotionReport['skipped'] = [];
-    for (const epoch of epochs) {
-      const tried = performance.now();
-      let manifest: EpochManifest;
+    let assembled = await this.takeStaged(name, options.epoch);
+    for (;;) {
+      assembled ??= await this.assembleNewest(name, { epoch: options.epoch, skipped });
+      const { epoch, manifest, scratch, dir } = assembled;
+      skipped.push(...assembled.skipped.filter((s) => !skipped.includes(s)));
       try {
-        manifest = await this.replicas.manifest(name, epoch);
-      } catch (error) {
-        skipped.push({ epoch, error: (error as Error).message, ms: Math.round(performance.now() - tried) });
-        continue;
-      }
-      const bytes = manifest.files.reduce((s, f) => s + f.size, 0);
-      const scratch = await this.host.scratchDir(bytes);
-      try {
-        const assembleStarted = performance.now();
-        const dir = join(scratch, manifest.checkpointId);
-        await assembleDirectory(manifest, this.replicas.chunks, dir);
-        const assembleMs = performance.now() - assembleStarted;
         const restoreStarted = performance.now();
         // Every chunk was hash-checked as it was assembled: no second pass over the files.
         await this.host.adoptCheckpoint(manifest.record, dir, {
@@ -420,21 +424,125 @@ export class Protection {
           epoch,
           takenAt: manifest.takenAt,
           skipped,
-          assembleMs,
+          assembleMs: assembled.assembleMs,
           restoreMs,
           totalMs: performance.now() - started,
+          staged: assembled.staged,
         };
       } catch (error) {
         if (!(error instanceof CorruptCheckpointError)) throw error;
         this.log(`promote ${name}: epoch ${epoch} is damaged (${error.message}); trying an older one`);
-        skipped.push({ epoch, error: error.message, ms: Math.round(performance.now() - tried) });
+        skipped.push({ epoch, error: error.message, ms: 0 });
+        assembled = undefined;
       } finally {
         await rm(scratch, { recursive: true, force: true });
       }
     }
+  }
+
+  /**
+   * Assembles the newest intact committed epoch of `name` (or exactly
+   * `epoch`) into a scratch directory, skipping epochs listed in `skipped`
+   * and any found damaged (added to the result's `skipped`, newest first).
+   * The caller removes `scratch`.
+   */
+  private async assembleNewest(
+    name: string,
+    options: { epoch?: number; skipped?: PromotionReport['skipped'] },
+  ): Promise<Assembled> {
+    const held = await this.replicas.epochs(name);
+    const tried = new Set((options.skipped ?? []).map((s) => s.epoch));
+    const epochs = (options.epoch === undefined ? held : held.filter((e) => e === options.epoch)).filter(
+      (e) => !tried.has(e),
+    );
+    if (epochs.length === 0 && tried.size === 0)
+      throw new NotFoundError(
+        `this host holds no committed epoch${options.epoch === undefined ? '' : ` ${options.epoch}`} of "${name}"`,
+      );
+    const skipped: PromotionReport['skipped'] = [];
+    for (const epoch of epochs) {
+      const began = performance.now();
+      let manifest: EpochManifest;
+      try {
+        manifest = await this.replicas.manifest(name, epoch);
+      } catch (error) {
+        skipped.push({ epoch, error: (error as Error).message, ms: Math.round(performance.now() - began) });
+        continue;
+      }
+      const bytes = manifest.files.reduce((sum, f) => sum + f.size, 0);
+      const scratch = await this.host.scratchDir(bytes);
+      const dir = join(scratch, manifest.checkpointId);
+      try {
+        await assembleDirectory(manifest, this.replicas.chunks, dir);
+      } catch (error) {
+        await rm(scratch, { recursive: true, force: true });
+        if (!(error instanceof CorruptCheckpointError)) throw error;
+        this.log(`promote ${name}: epoch ${epoch} is damaged (${error.message}); trying an older one`);
+        skipped.push({ epoch, error: error.message, ms: Math.round(performance.now() - began) });
+        continue;
+      }
+      return {
+        epoch,
+        newestHeld: held[0] ?? epoch,
+        manifest,
+        scratch,
+        dir,
+        skipped,
+        assembleMs: performance.now() - began,
+        staged: false,
+      };
+    }
+    const all = [...(options.skipped ?? []), ...skipped];
     throw new HavenError(
-      `no intact epoch of "${name}" here: ${skipped.map((s) => `${s.epoch}: ${s.error}`).join('; ')}`,
+      `no intact epoch of "${name}" here: ${all.map((s) => `${s.epoch}: ${s.error}`).join('; ')}`,
       'corrupt_checkpoint',
     );
+  }
+
+  /** Epochs assembled ahead of a likely promotion, by container (see {@link stage}). */
+  private readonly staged = new Map<string, Promise<Assembled>>();
+
+  /**
+   * Assembles the newest intact epoch of `name` now, ahead of a promotion
+   * the controller may order soon: it asks when it suspects the primary's
+   * host, and then spends a few hundred milliseconds making sure (peers
+   * probe the host; its lease must run out). The assembly — at 100 MB a third
+   * of the promotion — is then done by the time the order comes. Kept for
+   * {@link STAGE_TTL_MS}; an epoch committed meanwhile makes it stale (the
+   * promotion then assembles afresh).
+   */
+  async stage(name: string): Promise<{ epoch: number; assembleMs: number; skipped: number }> {
+    let pending = this.staged.get(name);
+    if (!pending) {
+      pending = this.assembleNewest(name, {}).then((assembled) => {
+        const staged = { ...assembled, staged: true };
+        // Not promoted in time (the host was alive after all): let it go.
+        setTimeout(() => {
+          if (this.staged.get(name) !== pending) return;
+          this.staged.delete(name);
+          void rm(staged.scratch, { recursive: true, force: true });
+        }, STAGE_TTL_MS).unref();
+        return staged;
+      });
+      this.staged.set(name, pending);
+      pending.catch(() => {
+        if (this.staged.get(name) === pending) this.staged.delete(name);
+      });
+    }
+    const staged = await pending;
+    return { epoch: staged.epoch, assembleMs: Math.round(staged.assembleMs), skipped: staged.skipped.length };
+  }
+
+  /** The staged assembly of `name`, if there is one and it is still the newest intact epoch (or exactly `epoch`). */
+  private async takeStaged(name: string, epoch?: number): Promise<Assembled | undefined> {
+    const pending = this.staged.get(name);
+    if (!pending) return undefined;
+    this.staged.delete(name);
+    const staged = await pending.catch(() => undefined);
+    if (!staged) return undefined;
+    const newestHeld = (await this.replicas.epochs(name))[0];
+    if (staged.newestHeld === newestHeld && (epoch === undefined || epoch === staged.epoch)) return staged;
+    await rm(staged.scratch, { recursive: true, force: true });
+    return undefined;
   }
 }

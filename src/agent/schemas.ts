@@ -132,6 +132,9 @@ export const missingChunksSchema = z
   .object({ hashes: z.array(z.string().regex(/^[0-9a-f]{64}$/)).max(4_000_000) })
   .strict();
 
+/** `POST /v1/replicas/:name/stage`: assemble the newest intact epoch now (its primary's host is suspected). */
+export const stageRequestSchema = z.object({}).strict();
+
 /** `POST /v1/replicas/:name/promote`. */
 export const promoteRequestSchema = z
   .object({

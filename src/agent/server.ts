@@ -17,6 +17,7 @@
  *   POST   /v1/containers/:name/recover        restore it here from its newest committed epoch
  *   POST   /v1/containers/:name/migrate        (migrateRoundSchema) one round of a live migration, as its source
  *   POST   /v1/replicas/:name/prepare          (prepareReplicaSchema) a migration's destination: fetch the image
+ *   POST   /v1/replicas/:name/stage            assemble the newest intact epoch ahead of a likely promotion
  *   DELETE /v1/containers/:name[?force=true]
  *
  * The agent holds no state of its own: records live on the host's disk and
@@ -47,6 +48,7 @@ import {
   checkpointRequestSchema,
   handoverRequestSchema,
   recoverRequestSchema,
+  stageRequestSchema,
   imageIdSchema,
   migrateRoundSchema,
   missingChunksSchema,
@@ -252,6 +254,11 @@ async function replicaRoute(
     const here = await options.host.inspect(name).catch(() => undefined);
     if (here) throw new HttpError(409, `a container "${name}" already exists on this host (${here.state})`);
     return send(res, 200, { name, ready: true });
+  }
+  if (action === 'stage') {
+    // Its primary's host is suspected: assemble the newest epoch now, so a promotion finds it ready.
+    decode(stageRequestSchema, await readJsonBody(req));
+    return send(res, 200, { name, ...(await protection.stage(name)) });
   }
   if (action === 'promote') {
     const body = decode(promoteRequestSchema, await readJsonBody(req));

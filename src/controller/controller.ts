@@ -404,6 +404,7 @@ export class Controller {
     for (const [name, live] of this.liveness) {
       if (live.state === 'up' && live.arrivals.suspectAt(now)) {
         live.state = 'down';
+        this.stageOnBackups(name);
         const lost = [...live.containers.keys()];
         await this.emit('host.down', name, {
           silentMs: now - live.lastSeen,
@@ -460,6 +461,31 @@ export class Controller {
     );
     if (answers.includes(true)) return 'seen';
     return answers.includes(false) ? 'unseen' : 'no witness';
+  }
+
+  /**
+   * The host is suspected: while peers probe it and its lease runs out, the
+   * backups of its checkpoint-protected primaries assemble their newest epoch
+   * (Protection.stage), so that a failover, if it comes, only restores.
+   * Fire and forget: a backup that cannot stage assembles at promotion.
+   */
+  private stageOnBackups(hostName: string): void {
+    void (async () => {
+      for (const intent of await this.options.store.listContainers()) {
+        if (intent.host !== hostName || intent.desired !== 'running' || haOf(intent) !== 'checkpoint')
+          continue;
+        const backupName = typeof intent.spec.backup === 'string' ? intent.spec.backup : undefined;
+        if (!backupName || this.liveness.get(backupName)?.state !== 'up') continue;
+        const backup = await this.options.store.getHost(backupName);
+        if (!backup) continue;
+        void this.options
+          .callAgent(backup, `/v1/replicas/${encodeURIComponent(intent.name)}/stage`, {
+            method: 'POST',
+            body: {},
+          })
+          .catch(() => undefined);
+      }
+    })().catch(() => undefined);
   }
 
   /** A host died: its protected primaries fail over; primaries whose backup it was get a new one. */
@@ -595,6 +621,7 @@ export class Controller {
           skipped: Array<{ epoch: number; error: string }>;
           assembleMs: number;
           restoreMs: number;
+          staged?: boolean;
           view: ContainerView;
           already?: boolean;
         }>(to, `/v1/replicas/${encodeURIComponent(name)}/promote`, {
@@ -623,6 +650,8 @@ export class Controller {
             skipped: report.skipped,
             assembleMs: Math.round(report.assembleMs),
             restoreMs: Math.round(report.restoreMs),
+            // Assembled while the host was only suspected: off the critical path.
+            staged: report.staged === true,
           },
         });
       } else {
