@@ -5,19 +5,22 @@
  * forwarder. The page lists the hosts and a protected Redis; a migrate
  * action from the page (with its confirmation) moves another container;
  * `haven lab kill-host` of the protected Redis's host puts a failover on
- * the timeline. The page loads nothing but the controller's own origin.
+ * the timeline, and the controller's /metrics counts both. The page loads
+ * nothing but the controller's own origin.
  * Screenshots go to test-artifacts/dashboard-*.png.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { REPO_ROOT } from '../../src/core/config.js';
-import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
-import { DASHBOARD_PORT, DASHBOARD_URL } from '../../src/lab/index.js';
-import { haven, ok, waitFor } from '../support/lab-cli.js';
+import { openRequest, readText } from '../../src/core/http-client.js';
+import { REDIS_ARGS } from '../../src/fixtures/images.js';
+import { DASHBOARD_PORT, DASHBOARD_URL, LAB_PATHS } from '../../src/lab/index.js';
+import { haven, labWithRedis, ok, waitFor } from '../support/lab-cli.js';
+import { parsePrometheusText, sampleValue, type MetricFamily } from '../support/prometheus-text.js';
 
 const ARTIFACTS = join(REPO_ROOT, 'test-artifacts');
 
@@ -37,6 +40,17 @@ let page: Page;
 const origins = new Set<string>();
 const pageErrors: string[] = [];
 
+/** The lab controller's /metrics (through its Unix socket, with the lab's token), parsed. */
+async function controllerMetrics(): Promise<Map<string, MetricFamily>> {
+  const token = readFileSync(LAB_PATHS.token, 'utf8').trim();
+  const res = await openRequest(`unix:${LAB_PATHS.controllerSocket}`, '/metrics', token, {});
+  assert.equal(res.statusCode, 200);
+  return parsePrometheusText(await readText(res));
+}
+
+/** Counters before the page acts. */
+let metricsBefore = { migrated: 0, failedOver: 0 };
+
 async function shot(name: string): Promise<void> {
   await page.screenshot({ path: join(ARTIFACTS, `dashboard-${name}.png`), fullPage: true });
 }
@@ -55,13 +69,7 @@ function listening(port: number): Promise<boolean> {
 
 before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
-  await haven(['lab', 'down']);
-  await ok(['lab', 'up', '--hosts', '3']);
-  await waitFor('three hosts up', async () => {
-    const hosts = JSON.parse(await ok(['host', 'ls', '--json'])) as Array<{ state: string }>;
-    return hosts.filter((h) => h.state === 'up').length === 3 ? true : undefined;
-  });
-  await ok(['image', 'push', await redisImage(), '--name', 'redis']);
+  await labWithRedis();
   // kv is protected (it fails over when its host dies); cache is not (the page migrates it).
   const run = (name: string, ha: string[]): Promise<string> =>
     ok(['run', name, '--image', 'redis', '--memory', '256m', ...ha, '--', ...REDIS_ARGS]);
@@ -70,6 +78,13 @@ before(async () => {
   await waitFor('the first committed epoch of kv', async () =>
     (await inspect('kv')).protection.committedEpoch !== null ? true : undefined,
   );
+  const families = await controllerMetrics();
+  metricsBefore = {
+    migrated: sampleValue(families, 'haven_controller_migrations_total', { result: 'done' }) ?? 0,
+    failedOver:
+      sampleValue(families, 'haven_controller_failovers_total', { cause: 'host down', mode: 'checkpoint' }) ??
+      0,
+  };
   browser = await chromium.launch({
     executablePath: '/usr/bin/chromium',
     headless: true,
@@ -163,6 +178,20 @@ test('kill-host of the protected Redis host puts its failover on the timeline', 
   await page.locator('#events li[data-kind="host.down"]').first().waitFor();
   await shot('4-failover');
   console.log(`# timeline: ${text.replace(/\s+/g, ' ')}`);
+});
+
+test("the controller's /metrics counted the page's migration and the failover", async () => {
+  const families = await controllerMetrics();
+  const count = (name: string, labels: Record<string, string>): number =>
+    sampleValue(families, name, labels) ?? 0;
+  const migrated = count('haven_controller_migrations_total', { result: 'done' });
+  const failedOver = count('haven_controller_failovers_total', { cause: 'host down', mode: 'checkpoint' });
+  console.log(`# metrics: migrations done ${migrated}, failovers (host down, checkpoint) ${failedOver}`);
+  assert.ok(migrated > metricsBefore.migrated, 'haven_controller_migrations_total{result="done"} moved');
+  assert.ok(
+    failedOver > metricsBefore.failedOver,
+    'haven_controller_failovers_total{cause="host down"} moved',
+  );
 });
 
 test('the page loaded nothing from anywhere but the controller, and threw nothing', () => {
