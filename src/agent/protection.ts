@@ -513,6 +513,16 @@ export class Protection {
    */
   async stage(name: string): Promise<{ epoch: number; assembleMs: number; skipped: number }> {
     let pending = this.staged.get(name);
+    if (pending) {
+      // Staged at an earlier suspicion: still good only if no epoch was committed since.
+      const earlier = await pending.catch(() => undefined);
+      const newest = (await this.replicas.epochs(name))[0];
+      if (!earlier || earlier.newestHeld !== newest) {
+        if (this.staged.get(name) === pending) this.staged.delete(name);
+        if (earlier) await rm(earlier.scratch, { recursive: true, force: true });
+        pending = this.staged.get(name);
+      }
+    }
     if (!pending) {
       pending = this.assembleNewest(name, {}).then((assembled) => {
         const staged = { ...assembled, staged: true };
