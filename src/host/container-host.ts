@@ -193,6 +193,16 @@ export interface CheckpointReport {
   wallMs: number;
 }
 
+/** Options of {@link ContainerHost.checkpoint}. */
+export interface CheckpointOptions {
+  leaveRunning?: boolean;
+  viaRunc?: boolean;
+  /** How many checkpoints to keep, this one included (default {@link DEFAULT_KEEP_CHECKPOINTS}). */
+  keep?: number;
+  /** Also write the checkpoint as a portable archive (see `archive.ts`), from the staging copy. */
+  exportTo?: { file: string; compression?: string; keepLocal?: boolean };
+}
+
 /** Result of a restore. */
 export interface RestoreReport {
   checkpoint: string;
@@ -245,6 +255,13 @@ export class ContainerHost {
 
   /** The public view of one container, its state checked against runc. */
   async inspect(name: string): Promise<ContainerView> {
+    const view = await this.inspectRaw(name);
+    if (view.state === 'paused' && this.checkpointing.has(name)) view.state = 'running';
+    return view;
+  }
+
+  /** As {@link inspect}, but a container frozen by its own checkpoint shows as it is: paused. */
+  private async inspectRaw(name: string): Promise<ContainerView> {
     const record = await this.record(name);
     const view: ContainerView = {
       name: record.name,
@@ -470,19 +487,29 @@ export class ContainerHost {
    * with its network locked, and any failure (a full disk, say) thaws it and
    * leaves it running, so a failed checkpoint never loses the container.
    */
-  async checkpoint(
-    name: string,
-    options: {
-      leaveRunning?: boolean;
-      viaRunc?: boolean;
-      /** How many checkpoints to keep, this one included (default {@link DEFAULT_KEEP_CHECKPOINTS}). */
-      keep?: number;
-      /** Also write the checkpoint as a portable archive (see `archive.ts`), from the staging copy. */
-      exportTo?: { file: string; compression?: string; keepLocal?: boolean };
-    } = {},
-  ): Promise<CheckpointReport> {
+  async checkpoint(name: string, options: CheckpointOptions = {}): Promise<CheckpointReport> {
+    this.checkpointing.set(name, (this.checkpointing.get(name) ?? 0) + 1);
+    try {
+      return await this.checkpointNow(name, options);
+    } finally {
+      const left = (this.checkpointing.get(name) ?? 1) - 1;
+      if (left > 0) this.checkpointing.set(name, left);
+      else this.checkpointing.delete(name);
+    }
+  }
+
+  /**
+   * Containers being checkpointed now (and how many times over). Their own
+   * checkpoint freezes them for milliseconds: anyone asking meanwhile (a
+   * heartbeat report, say) is told `running`, not `paused` — a paused
+   * container is one stopped on purpose (fencing, `pause`).
+   */
+  private readonly checkpointing = new Map<string, number>();
+
+  private async checkpointNow(name: string, options: CheckpointOptions): Promise<CheckpointReport> {
     const record = await this.record(name);
-    const view = await this.inspect(name);
+    // Raw: a container paused by fencing (or frozen by another checkpoint) is not to be dumped and thawed.
+    const view = await this.inspectRaw(name);
     if (view.state !== 'running') {
       throw new FailedPreconditionError(
         `container "${name}" is ${view.state}, not running: nothing to checkpoint`,
