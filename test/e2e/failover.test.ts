@@ -21,6 +21,7 @@ import {
   inspect as inspectAs,
   labWithRedis,
   ok,
+  protectedRedis,
   waitFor,
   writeLoad,
 } from '../support/lab-cli.js';
@@ -91,23 +92,7 @@ test(
   'an agent crash on the primary host is not a host failure: no failover, the same process',
   { timeout: 120_000 },
   async () => {
-    await ok([
-      'run',
-      'kv',
-      '--image',
-      'redis',
-      '--memory',
-      '256m',
-      '--ha',
-      'checkpoint',
-      '--interval',
-      '1s',
-      '--',
-      ...REDIS_ARGS,
-    ]);
-    await waitFor('the first committed epoch', async () =>
-      (await inspect('kv')).protection.committedEpoch ? true : undefined,
-    );
+    await protectedRedis('kv');
     const before = await kvRow();
     const agentPid = (await lab()).hosts.find((h) => h.name === before.host)!.agentPid!;
     process.kill(agentPid, 'SIGKILL');

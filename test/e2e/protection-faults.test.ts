@@ -34,13 +34,13 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { run } from '../../src/core/exec.js';
-import { REDIS_ARGS } from '../../src/fixtures/images.js';
 import {
   events,
   haven,
   inspect as inspectAs,
   labWithRedis,
   ok,
+  protectedRedis,
   waitFor,
   writeLoad,
 } from '../support/lab-cli.js';
@@ -65,27 +65,6 @@ const agentPid = async (host: string): Promise<number | null> =>
     ?.agentPid ?? null;
 
 /** Runs Redis `name` protected by checkpoints every `interval`; resolves once an epoch is committed. */
-async function protectedRedis(name: string, interval: string): Promise<View> {
-  await ok([
-    'run',
-    name,
-    '--image',
-    'redis',
-    '--memory',
-    '256m',
-    '--ha',
-    'checkpoint',
-    '--interval',
-    interval,
-    '--',
-    ...REDIS_ARGS,
-  ]);
-  return waitFor(`${name}'s first committed epoch`, async () => {
-    const v = await inspect(name);
-    return v.protection.backup && v.protection.committedEpoch ? v : undefined;
-  });
-}
-
 /**
  * Run on the backup (inside its mount namespace): waits until two epochs
  * newer than those present at its start are committed, then flips one byte

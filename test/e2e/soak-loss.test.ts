@@ -13,14 +13,13 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { REDIS_ARGS } from '../../src/fixtures/images.js';
 import {
   haven,
   inspect as inspectAs,
   type LabEvent,
   labWithRedis,
   ok,
-  waitFor,
+  protectedRedis,
   writeLoad,
 } from '../support/lab-cli.js';
 
@@ -60,23 +59,7 @@ test(
   `${LOSS} loss on every host's link for ${SOAK_S} s: no failover, epochs keep committing`,
   { timeout: (SOAK_S + 180) * 1000 },
   async () => {
-    await ok([
-      'run',
-      'kv',
-      '--image',
-      'redis',
-      '--memory',
-      '256m',
-      '--ha',
-      'checkpoint',
-      '--interval',
-      '1s',
-      '--',
-      ...REDIS_ARGS,
-    ]);
-    await waitFor('the first committed epoch', async () =>
-      (await inspect('kv')).protection.committedEpoch ? true : undefined,
-    );
+    await protectedRedis('kv');
     const start = await inspect('kv');
     for (const h of ['h1', 'h2', 'h3']) await ok(['lab', 'shape', h, '--loss', LOSS]);
     const status = JSON.parse(await ok(['lab', 'status', '--json'])) as {

@@ -28,7 +28,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { REPO_ROOT } from '../../src/core/config.js';
 import { run } from '../../src/core/exec.js';
-import { REDIS_ARGS } from '../../src/fixtures/images.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
 import {
   events,
@@ -36,6 +35,7 @@ import {
   inspect as inspectAs,
   labWithRedis,
   ok,
+  protectedRedis,
   waitFor,
   writeLoad,
 } from '../support/lab-cli.js';
@@ -70,31 +70,6 @@ function redis(ip: string, ...command: string[]): Promise<string> {
 }
 
 /** Runs Redis `name` protected by checkpoints every second; resolves once an epoch is committed. */
-async function protectedRedis(name: string): Promise<View> {
-  await ok([
-    'run',
-    name,
-    '--image',
-    'redis',
-    '--memory',
-    '256m',
-    '--ha',
-    'checkpoint',
-    '--interval',
-    '1s',
-    '--',
-    ...REDIS_ARGS,
-  ]);
-  return waitFor(
-    `${name} protected`,
-    async () => {
-      const v = await inspect(name);
-      return v.state === 'running' && v.protection.backup && v.protection.committedEpoch ? v : undefined;
-    },
-    60_000,
-  );
-}
-
 before(async () => {
   // Test-only: the controller kills itself once a failover it began has promoted the backup.
   await labWithRedis(3, { HAVEN_FAILPOINTS: 'failover.promoted' });

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../../src/core/config.js';
 import { run, type ExecResult } from '../../src/core/exec.js';
-import { redisImage } from '../../src/fixtures/images.js';
+import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
 import { runHaven, waitUntil } from '../../src/lab/cli-driver.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
 
@@ -93,4 +93,45 @@ export async function writeLoad(ip: string, ms: number): Promise<LoadResult> {
     { timeoutMs: ms + 60_000 },
   );
   return JSON.parse(result.stdout) as LoadResult;
+}
+
+/** What a protected container's view shows of its protection (the part tests wait on). */
+export interface ProtectedView {
+  name: string;
+  host: string;
+  state: string;
+  ip: string;
+  protection: { backup: string | null; committedEpoch: number | null };
+}
+
+/**
+ * Runs Redis as `name` with `--ha checkpoint --interval INTERVAL` and waits
+ * (60 s at most) until it runs with a backup and a first committed epoch.
+ */
+export async function protectedRedis<T extends ProtectedView = ProtectedView>(
+  name: string,
+  interval = '1s',
+): Promise<T> {
+  await ok([
+    'run',
+    name,
+    '--image',
+    'redis',
+    '--memory',
+    '256m',
+    '--ha',
+    'checkpoint',
+    '--interval',
+    interval,
+    '--',
+    ...REDIS_ARGS,
+  ]);
+  return waitFor(
+    `${name} protected, its first epoch committed`,
+    async () => {
+      const v = await inspect<T>(name);
+      return v.state === 'running' && v.protection.backup && v.protection.committedEpoch ? v : undefined;
+    },
+    60_000,
+  );
 }
