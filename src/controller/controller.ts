@@ -214,15 +214,7 @@ export class Controller {
       emit: (kind, subject, data) => this.emit(kind, subject, data),
       isUp: (host) => this.liveness.get(host)?.state === 'up',
       upHost: (name) => this.upHost(name),
-      claim: (name) => {
-        if (this.failingOver.has(name)) return undefined;
-        let release = (): void => undefined;
-        this.failingOver.set(name, new Promise<void>((resolve) => (release = resolve)));
-        return () => {
-          this.failingOver.delete(name);
-          release();
-        };
-      },
+      claim: (name) => this.tryHold(name),
       snapshot: () => this.snapshot(),
       placementOf,
       backupSlot,
@@ -795,9 +787,8 @@ export class Controller {
   }
 
   private driveInBackground(op: OperationRecord, resumed: boolean): void {
-    if (this.failingOver.has(op.container)) return;
-    let release = (): void => undefined;
-    this.failingOver.set(op.container, new Promise<void>((resolve) => (release = resolve)));
+    const release = this.tryHold(op.container);
+    if (!release) return;
     void (async () => {
       try {
         if (op.kind === 'switchover') await this.driveSwitchover(op, resumed);
@@ -813,10 +804,7 @@ export class Controller {
       }
     })()
       .catch(() => undefined)
-      .finally(() => {
-        this.failingOver.delete(op.container);
-        release();
-      });
+      .finally(release);
   }
 
   /**
@@ -856,10 +844,9 @@ export class Controller {
    * epoch cannot be shipped or restored, the primary runs on from it.
    */
   async switchover(name: string): Promise<SwitchoverReport> {
-    if (this.failingOver.has(name))
+    const release = this.tryHold(name);
+    if (!release)
       throw new FailedPreconditionError(`a failover or switchover of "${name}" is already in progress`);
-    let release = (): void => undefined;
-    this.failingOver.set(name, new Promise<void>((resolve) => (release = resolve)));
     try {
       const intent = await this.intent(name);
       if (haOf(intent) !== 'checkpoint')
@@ -888,7 +875,6 @@ export class Controller {
       this.failpoint('switchover.decided');
       return await this.driveSwitchover(operation, false);
     } finally {
-      this.failingOver.delete(name);
       release();
     }
   }
@@ -1034,10 +1020,9 @@ export class Controller {
    */
   private recoverFailed(hostName: string, names: readonly string[], reason: string): void {
     for (const name of names) {
-      if (this.failingOver.has(name)) continue;
-      // Claimed before the first await: a second report cannot start a second recovery.
-      let release = (): void => undefined;
-      this.failingOver.set(name, new Promise<void>((resolve) => (release = resolve)));
+      // Held before the first await: a second report cannot start a second recovery.
+      const release = this.tryHold(name);
+      if (!release) continue;
       void this.recover(hostName, name, reason)
         .catch(async (error: unknown) => {
           await this.emit('container.failover-failed', name, {
@@ -1046,10 +1031,7 @@ export class Controller {
           });
         })
         .catch(() => undefined)
-        .finally(() => {
-          this.failingOver.delete(name);
-          release();
-        });
+        .finally(release);
     }
   }
 
@@ -1546,6 +1528,17 @@ export class Controller {
     ) {
       await Promise.race([busy.catch(() => undefined), sleep(1000)]);
     }
+    this.failingOver.delete(name); // still busy after 30 s: go ahead (see above)
+    return this.tryHold(name)!;
+  }
+
+  /**
+   * Holds the container's slot in `failingOver` if it is free — at once, with
+   * no await between the look and the hold, so two callers cannot both get
+   * it. Returns the release, or undefined if something else holds it.
+   */
+  private tryHold(name: string): (() => void) | undefined {
+    if (this.failingOver.has(name)) return undefined;
     let release = (): void => undefined;
     const held = new Promise<void>((resolve) => (release = resolve));
     this.failingOver.set(name, held);
