@@ -22,6 +22,7 @@ import {
   labWithRedis,
   ok,
   protectedRedis,
+  type ProtectedView,
   waitFor,
   writeLoad,
 } from '../support/lab-cli.js';
@@ -36,13 +37,7 @@ function largestGap(times: readonly number[]): number {
   return at;
 }
 
-interface View {
-  name: string;
-  host: string;
-  state: string;
-  ip: string;
-  protection: { backup: string | null; committedEpoch: number | null };
-}
+type View = ProtectedView;
 const inspect = (name: string): Promise<View> => inspectAs<View>(name);
 
 /** Writes KEY=kept to Redis at `ip` and waits until an epoch that began after the write is committed. */

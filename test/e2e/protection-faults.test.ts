@@ -41,18 +41,12 @@ import {
   labWithRedis,
   ok,
   protectedRedis,
+  type ProtectedView,
   waitFor,
   writeLoad,
 } from '../support/lab-cli.js';
 
-interface View {
-  name: string;
-  host: string;
-  state: string;
-  ip: string;
-  pid: number;
-  protection: { backup: string | null; committedEpoch: number | null };
-}
+type View = ProtectedView;
 interface LabStatus {
   hosts: Array<{ name: string; agentPid: number | null }>;
 }

@@ -36,18 +36,12 @@ import {
   labWithRedis,
   ok,
   protectedRedis,
+  type ProtectedView,
   waitFor,
   writeLoad,
 } from '../support/lab-cli.js';
 
-interface View {
-  name: string;
-  host: string;
-  state: string;
-  ip: string;
-  pid: number;
-  protection: { backup: string | null; committedEpoch: number | null };
-}
+type View = ProtectedView;
 interface LabStatus {
   controller: { pid: number | null };
 }

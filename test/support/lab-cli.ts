@@ -101,6 +101,7 @@ export interface ProtectedView {
   host: string;
   state: string;
   ip: string;
+  pid: number;
   protection: { backup: string | null; committedEpoch: number | null };
 }
 
