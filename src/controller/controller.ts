@@ -80,6 +80,14 @@ export interface ControllerOptions {
    * failover exactly there.
    */
   failpoint?: (step: string) => void;
+  /**
+   * Whether this controller may decide now (default: always). With several
+   * controllers on etcd (leader.ts), false while the leader cannot confirm
+   * its lease with a quorum: it goes on acknowledging heartbeats — agents'
+   * fencing leases depend on them — but declares no host down, fails
+   * nothing over, fences and recovers nothing, until etcd confirms it again.
+   */
+  mayDecide?: () => boolean;
 }
 
 /** What a primary's agent answers to a switchover's handover order. */
@@ -167,7 +175,7 @@ interface Liveness {
 
 /** Protection of a container as the API shows it. */
 export interface ProtectionView {
-  mode: 'none' | 'restart' | 'checkpoint';
+  mode: 'none' | 'restart' | 'checkpoint' | 'continuous';
   intervalMs: number;
   backup: string | null;
   /** Newest epoch the backup acknowledged, and its age in milliseconds. */
@@ -249,6 +257,7 @@ export class Controller {
       const deaf = elapsed - CHECK_EVERY_MS > CHECK_EVERY_MS ? elapsed - CHECK_EVERY_MS : 0;
       const excused = use.utilization > SATURATED ? elapsed : deaf;
       if (excused > 0) for (const live of this.liveness.values()) live.arrivals.excuse(excused);
+      if (this.options.mayDecide && !this.options.mayDecide()) return;
       void this.checkLiveness().catch(() => undefined);
     }, CHECK_EVERY_MS);
     this.monitor.unref();
@@ -337,22 +346,26 @@ export class Controller {
     if (!live || live.bootId !== beat.bootId) return false;
     live.lastSeen = this.now();
     live.arrivals.beat(live.lastSeen);
+    // Without the right to decide (no etcd quorum) reports are taken, but nothing is done about them.
+    const decide = this.options.mayDecide?.() ?? true;
     if (beat.containers) {
       live.containers = new Map(beat.containers.map((c) => [c.name, c]));
-      this.fenceStaleCopies(hostName, beat.containers);
-      this.recoverFailed(
-        hostName,
-        beat.containers.filter((c) => c.state === 'exited').map((c) => c.name),
-        'container exited',
-      );
+      if (decide) this.fenceStaleCopies(hostName, beat.containers);
+      if (decide)
+        this.recoverFailed(
+          hostName,
+          beat.containers.filter((c) => c.state === 'exited').map((c) => c.name),
+          'container exited',
+        );
     }
     if (beat.health) {
       live.health = new Map(beat.health.map((h) => [h.name, h.health]));
-      this.recoverFailed(
-        hostName,
-        beat.health.filter((h) => h.health === 'unhealthy').map((h) => h.name),
-        'application unhealthy',
-      );
+      if (decide)
+        this.recoverFailed(
+          hostName,
+          beat.health.filter((h) => h.health === 'unhealthy').map((h) => h.name),
+          'application unhealthy',
+        );
     }
     if (beat.protection) live.protection = new Map(beat.protection.map((p) => [p.name, p]));
     if (beat.replicas) live.replicas = new Map(beat.replicas.map((r) => [r.name, r.epoch]));
@@ -464,7 +477,7 @@ export class Controller {
   private stageOnBackups(hostName: string): void {
     void (async () => {
       for (const intent of await this.options.store.listContainers()) {
-        if (intent.host !== hostName || intent.desired !== 'running' || haOf(intent) !== 'checkpoint')
+        if (intent.host !== hostName || intent.desired !== 'running' || !replicated(haOf(intent)))
           continue;
         const backupName = typeof intent.spec.backup === 'string' ? intent.spec.backup : undefined;
         if (!backupName || this.liveness.get(backupName)?.state !== 'up') continue;
@@ -508,7 +521,7 @@ export class Controller {
         const mode = haOf(intent);
         let work: Promise<void> | undefined;
         if (intent.host === hostName && mode !== 'none') work = this.failover(intent, hostName, silentMs);
-        else if (intent.spec.backup === hostName && mode === 'checkpoint') work = this.reprotect(intent.name);
+        else if (intent.spec.backup === hostName && replicated(mode)) work = this.reprotect(intent.name);
         if (!work) continue;
         const tracked = work
           .catch(async (error: unknown) => {
@@ -558,7 +571,7 @@ export class Controller {
   ): Promise<void> {
     const mode = haOf(intent);
     let to: string;
-    if (mode === 'checkpoint') {
+    if (replicated(mode)) {
       const backupName = typeof intent.spec.backup === 'string' ? intent.spec.backup : undefined;
       const backup = backupName ? await this.options.store.getHost(backupName) : undefined;
       if (!backup || this.liveness.get(backup.name)?.state !== 'up') {
@@ -606,7 +619,7 @@ export class Controller {
         await this.removeCopy(from, name);
       }
       const to = await this.upHost(op.to);
-      if (op.detail.mode === 'checkpoint') {
+      if (replicated(op.detail.mode)) {
         const report = await this.options.callAgent<{
           epoch: number;
           takenAt: string;
@@ -665,7 +678,7 @@ export class Controller {
     });
     await store.deleteOperation(name);
     await this.orderProbe(moved);
-    if (op.detail.mode === 'checkpoint') await this.reprotect(name);
+    if (replicated(op.detail.mode)) await this.reprotect(name);
   }
 
   /**
@@ -849,9 +862,9 @@ export class Controller {
       throw new FailedPreconditionError(`a failover or switchover of "${name}" is already in progress`);
     try {
       const intent = await this.intent(name);
-      if (haOf(intent) !== 'checkpoint')
+      if (!replicated(haOf(intent)))
         throw new FailedPreconditionError(
-          `"${name}" is not protected with --ha checkpoint: it has no backup to switch over to`,
+          `"${name}" is not protected with --ha checkpoint or continuous: it has no backup to switch over to`,
         );
       if (!intent.host || intent.desired !== 'running')
         throw new FailedPreconditionError(`"${name}" is not meant to be running`);
@@ -999,7 +1012,7 @@ export class Controller {
   /** Checkpoint-protected containers left without a backup (none had room) get one when a host can take it. */
   private async reprotectOrphans(): Promise<void> {
     for (const intent of await this.options.store.listContainers()) {
-      if (haOf(intent) !== 'checkpoint' || intent.spec.backup || !intent.host || intent.desired !== 'running')
+      if (!replicated(haOf(intent)) || intent.spec.backup || !intent.host || intent.desired !== 'running')
         continue;
       if (this.failingOver.has(intent.name) || this.liveness.get(intent.host)?.state !== 'up') continue;
       const work = this.reprotect(intent.name, true)
@@ -1064,7 +1077,7 @@ export class Controller {
     // copy of its newest committed epoch — the state its backup holds, without
     // moving it. One that keeps failing there goes to its backup.
     let inPlaceError: string | undefined;
-    if (haOf(intent) === 'checkpoint' && recent.length === 0) {
+    if (replicated(haOf(intent)) && recent.length === 0) {
       try {
         await this.recoverInPlace(intent, hostName, reason);
         return;
@@ -1280,7 +1293,7 @@ export class Controller {
     // Admission control: a checkpoint-protected container needs a backup host
     // with room for it, other than its primary, before it is admitted.
     let backup: string | null = null;
-    if (request.ha === 'checkpoint') {
+    if (replicated(request.ha)) {
       const withPrimary: ClusterSnapshot = {
         ...snapshot,
         containers: [
@@ -1604,7 +1617,7 @@ function stringsOf(value: unknown): string[] {
 /** A container's protection mode. */
 function haOf(intent: ContainerIntent): ProtectionView['mode'] {
   const ha = intent.spec.ha;
-  return ha === 'restart' || ha === 'checkpoint' ? ha : 'none';
+  return ha === 'restart' || ha === 'checkpoint' || ha === 'continuous' ? ha : 'none';
 }
 
 /**
