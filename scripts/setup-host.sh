@@ -25,7 +25,8 @@ fi
 
 runtime_packages=(runc iptables nftables iproute2 busybox-static iputils-ping redis-server redis-tools zstd
   gcc libc6-dev make xz-utils ca-certificates procps
-  chromium fonts-dejavu-core) # the dashboard's end-to-end test drives Debian's Chromium (playwright-core)
+  chromium fonts-dejavu-core # the dashboard's end-to-end test drives Debian's Chromium (playwright-core)
+  etcd-server etcd-client)     # the control plane of several controllers (haven lab up --store etcd)
 criu_build_packages=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev
   protobuf-c-compiler protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev
   libcap-dev libbsd-dev libnftables-dev libgnutls28-dev libaio-dev uuid-dev dpkg-dev)
@@ -50,6 +51,14 @@ apt_install "${runtime_packages[@]}"
 # redis-server's own service is not ours: Haven runs redis only inside containers.
 if systemctl is-enabled redis-server >/dev/null 2>&1; then
   systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+# Nor is etcd's: Haven starts its members itself, each with a data dir of its own.
+if systemctl is-enabled etcd >/dev/null 2>&1; then
+  systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+# Without systemd (containers, CI) the package's init script may have started one on 2379.
+if pgrep -x etcd >/dev/null 2>&1 && [ -f /etc/init.d/etcd ] && [ ! -d /run/haven/lab ]; then
+  /etc/init.d/etcd stop >/dev/null 2>&1 || true
 fi
 
 # --- CRIU ------------------------------------------------------------------
