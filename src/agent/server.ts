@@ -41,6 +41,7 @@ import {
 } from '../core/http.js';
 import type { ContainerHost } from '../host/container-host.js';
 import { validateEpochManifest } from '../replication/replica-store.js';
+import { FRAMES_HEADER } from '../replication/transfer.js';
 import { probeSpecSchema, type Prober } from './probes.js';
 import type { Protection } from './protection.js';
 import { z } from 'zod';
@@ -234,7 +235,11 @@ async function replicaRoute(
     return send(res, 200, { missing: await protection.replicas.missing(body.hashes) });
   }
   if (action === 'chunks') {
-    const stored = await protection.replicas.receive(req as AsyncIterable<Buffer>);
+    const format = req.headers[FRAMES_HEADER];
+    const stored = await protection.replicas.receive(
+      req as AsyncIterable<Buffer>,
+      typeof format === 'string' ? format : undefined,
+    );
     return send(res, 200, { stored });
   }
   if (action === 'epochs') {

@@ -27,6 +27,7 @@ import {
   CHUNK_BYTES,
   type EpochManifest,
 } from './chunks.js';
+import { readFrames } from './transfer.js';
 
 /** Committed epochs kept per container. */
 export const EPOCHS_KEPT = 2;
@@ -108,28 +109,16 @@ export class ReplicaStore {
   }
 
   /**
-   * Stores chunks from a framed stream — repeated `[u32 length][32-byte hash][bytes]` —
-   * verifying each. Returns how many arrived.
+   * Stores chunks from a framed stream (format 1, or 2 with compressed
+   * chunks: see `transfer.ts`), verifying each against its hash after
+   * decompression. Returns how many arrived.
    */
-  async receive(stream: AsyncIterable<Buffer>): Promise<number> {
-    let pending: Buffer = Buffer.alloc(0);
+  async receive(stream: AsyncIterable<Buffer>, format?: string): Promise<number> {
     let count = 0;
-    for await (const data of stream) {
-      pending = pending.length ? Buffer.concat([pending, data]) : data;
-      for (;;) {
-        if (pending.length < 36) break;
-        const length = pending.readUInt32BE(0);
-        if (length > CHUNK_BYTES)
-          throw new InvalidArgumentError(`chunk frame of ${length} bytes is over ${CHUNK_BYTES}`);
-        if (pending.length < 36 + length) break;
-        const hash = pending.subarray(4, 36).toString('hex');
-        await this.chunks.put(hash, Buffer.from(pending.subarray(36, 36 + length)));
-        pending = pending.subarray(36 + length);
-        count++;
-      }
+    for await (const chunk of readFrames(stream, format)) {
+      await this.chunks.put(chunk.hash, chunk.data);
+      count++;
     }
-    if (pending.length > 0)
-      throw new CorruptCheckpointError('the chunk stream ended in the middle of a chunk');
     return count;
   }
 

@@ -1,19 +1,48 @@
 /**
  * The one chunk transfer, shared by replication (a primary's epochs to its
  * backup) and live migration (a source's rounds to its destination): ask the
- * receiver which chunks it lacks, send only those in one framed stream
- * (`[u32 length][32-byte hash][bytes]`, see `ReplicaStore.receive`), and —
+ * receiver which chunks it lacks, send only those in one framed stream, and —
  * when the caller wants an epoch — commit the manifest, which the receiver
  * acknowledges once it holds all of it on disk.
  *
+ * Two frame formats, told apart by the request header `x-haven-frames`:
+ *
+ *   1 (no header)  [u32 length][32-byte hash][bytes]                    raw
+ *   2              [u32 length][32-byte hash][u8 codec][u32 raw length][payload]
+ *
+ * Format 2 carries each chunk compressed (`compression.ts`), the codec per
+ * frame so `auto` can change its mind mid-stream; the hash is always that of
+ * the raw bytes, checked after decompression. Without `compress` (replication
+ * today) format 1 is sent, byte for byte as before.
+ *
  * ```ts
- * const sent = await sendChunks(address, token, name, hashes, chunked.read, { idleTimeoutMs: 5000 });
+ * const sent = await sendChunks(address, token, name, hashes, chunked.read, { idleTimeoutMs: 5000, compress: 'auto' });
  * await commitEpoch(address, token, manifest);
  * ```
  */
 import { Readable } from 'node:stream';
+import { CorruptCheckpointError, InvalidArgumentError } from '../core/errors.js';
 import { callJson, errorFrom, openRequest } from '../core/http-client.js';
-import type { EpochManifest } from './chunks.js';
+import { CHUNK_BYTES, type EpochManifest } from './chunks.js';
+import {
+  AutoCodec,
+  CODEC_IDS,
+  codecOfId,
+  compress,
+  decompress,
+  type AutoDecision,
+  type Codec,
+  type CompressSetting,
+} from './compression.js';
+
+/** The request header naming the frame format (absent: format 1). */
+export const FRAMES_HEADER = 'x-haven-frames';
+const HEADER_V1 = 36;
+const HEADER_V2 = 41;
+/** Chunks read and compressed ahead of the socket (libuv's pool does the work). */
+const LOOKAHEAD = 3;
+/** Wire bytes between two looks at the link's rate (for `auto`). */
+const LINK_WINDOW_BYTES = 4 << 20;
 
 /** What one transfer moved. */
 export interface TransferResult {
@@ -23,6 +52,14 @@ export interface TransferResult {
   /** Milliseconds: the `missing` question, and the stream of chunks. */
   askMs: number;
   sendMs: number;
+  /** Bytes on the wire (frames' payloads): `sentBytes` after compression. */
+  wireBytes: number;
+  /** The setting used, and how many chunks travelled in each codec. */
+  compress: CompressSetting | 'off';
+  codecs: Partial<Record<Codec, number>>;
+  /** `auto`: its decisions in order, and its final estimate of the link (wire bytes/s). */
+  decisions?: AutoDecision[];
+  linkBps?: number;
 }
 
 /** Options of {@link sendChunks}. */
@@ -35,6 +72,13 @@ export interface TransferOptions {
   idleTimeoutMs?: number;
   /** Called after each chunk is handed to the socket, with the bytes so far. */
   onProgress?: (sentBytes: number) => void;
+  /**
+   * Compress each chunk (frame format 2). Absent: format 1, uncompressed, as
+   * receivers before compression expect.
+   */
+  compress?: CompressSetting;
+  /** `auto`: the link's rate in wire bytes per second, if known (else it is measured). */
+  linkBpsHint?: number;
 }
 
 /** Sends the chunks among `hashes` that the receiver (an agent's replica store) lacks. */
@@ -55,32 +99,148 @@ export async function sendChunks(
   });
   const askMs = performance.now() - asked;
   let sent = 0;
+  let wire = 0;
+  const codecs: Partial<Record<Codec, number>> = {};
+  const setting = options.compress;
+  const auto = setting === 'auto' ? new AutoCodec(undefined, options.linkBpsHint) : undefined;
   const sending = performance.now();
   if (missing.length > 0) {
     const onProgress = options.onProgress;
+    // One chunk read (and compressed) into its frame.
+    const frameOf = async (hash: string): Promise<{ frame: Buffer; raw: number }> => {
+      const data = await read(hash);
+      if (setting === undefined) {
+        const header = Buffer.alloc(HEADER_V1);
+        header.writeUInt32BE(data.length, 0);
+        Buffer.from(hash, 'hex').copy(header, 4);
+        codecs.none = (codecs.none ?? 0) + 1;
+        return { frame: Buffer.concat([header, data]), raw: data.length };
+      }
+      let codec: Codec = auto ? await auto.codecFor(data) : (setting as Codec);
+      let payload = codec === 'none' ? data : await compress(codec, data);
+      // A chunk the codec does not shrink (random memory) travels raw.
+      if (payload.length >= data.length) {
+        codec = 'none';
+        payload = data;
+      }
+      codecs[codec] = (codecs[codec] ?? 0) + 1;
+      const header = Buffer.alloc(HEADER_V2);
+      header.writeUInt32BE(payload.length, 0);
+      Buffer.from(hash, 'hex').copy(header, 4);
+      header.writeUInt8(CODEC_IDS[codec], 36);
+      header.writeUInt32BE(data.length, 37);
+      return { frame: Buffer.concat([header, payload]), raw: data.length };
+    };
     const frames = Readable.from(
       (async function* () {
-        for (const hash of missing) {
-          const data = await read(hash);
-          const header = Buffer.alloc(36);
-          header.writeUInt32BE(data.length, 0);
-          Buffer.from(hash, 'hex').copy(header, 4);
-          sent += data.length;
-          yield Buffer.concat([header, data]);
+        // A few chunks in flight ahead of the socket, in order.
+        const ahead: Array<Promise<{ frame: Buffer; raw: number }>> = [];
+        let next = 0;
+        const fill = (): void => {
+          while (ahead.length < (setting === undefined ? 1 : LOOKAHEAD) && next < missing.length) {
+            const pending = frameOf(missing[next++]!);
+            pending.catch(() => undefined); // awaited below, in order; never an unhandled rejection
+            ahead.push(pending);
+          }
+        };
+        let windowStart = performance.now();
+        let windowWire = 0;
+        let waited = 0;
+        fill();
+        while (ahead.length > 0) {
+          const { frame, raw } = await ahead.shift()!;
+          fill();
+          sent += raw;
+          wire += frame.length - (setting === undefined ? HEADER_V1 : HEADER_V2);
+          windowWire += frame.length;
+          const handed = performance.now();
+          yield frame;
+          // Time until the stream wanted more: the socket (the link) was full.
+          waited += performance.now() - handed;
           onProgress?.(sent);
+          if (auto && windowWire >= LINK_WINDOW_BYTES) {
+            const now = performance.now();
+            auto.observeLink(windowWire, now - windowStart, waited);
+            windowStart = now;
+            windowWire = 0;
+            waited = 0;
+          }
         }
       })(),
+      { highWaterMark: 1 },
     );
     const res = await openRequest(address, `${base}/chunks`, token, {
       method: 'POST',
       payload: frames,
-      headers: { 'content-type': 'application/octet-stream' },
+      headers: {
+        'content-type': 'application/octet-stream',
+        ...(setting === undefined ? {} : { [FRAMES_HEADER]: '2' }),
+      },
       timeoutMs: idle,
     });
     if ((res.statusCode ?? 500) >= 300) throw await errorFrom(res);
     res.resume();
   }
-  return { sentChunks: missing.length, sentBytes: sent, askMs, sendMs: performance.now() - sending };
+  return {
+    sentChunks: missing.length,
+    sentBytes: sent,
+    askMs,
+    sendMs: performance.now() - sending,
+    wireBytes: wire,
+    compress: setting ?? 'off',
+    codecs,
+    ...(auto
+      ? {
+          decisions: auto.decisions,
+          ...(auto.linkEstimate !== undefined ? { linkBps: Math.round(auto.linkEstimate) } : {}),
+        }
+      : {}),
+  };
+}
+
+/** One chunk as a receiver takes it from a stream: its hash, and its raw (decompressed) bytes. */
+export interface ReceivedChunk {
+  hash: string;
+  data: Buffer;
+}
+
+/**
+ * The chunks of a framed stream (format 1 or 2, see the module comment),
+ * decompressed; the caller verifies each hash (`ChunkStore.put`). A frame
+ * over {@link CHUNK_BYTES}, an unknown codec or a stream cut mid-frame is
+ * refused.
+ */
+export async function* readFrames(
+  stream: AsyncIterable<Buffer>,
+  format: string | undefined,
+): AsyncGenerator<ReceivedChunk> {
+  const v2 = format === '2';
+  if (format !== undefined && format !== '1' && !v2)
+    throw new InvalidArgumentError(`unknown chunk frame format "${format.slice(0, 20)}"`);
+  const headerBytes = v2 ? HEADER_V2 : HEADER_V1;
+  let pending: Buffer = Buffer.alloc(0);
+  for await (const data of stream) {
+    pending = pending.length ? Buffer.concat([pending, data]) : data;
+    for (;;) {
+      if (pending.length < headerBytes) break;
+      const length = pending.readUInt32BE(0);
+      if (length > CHUNK_BYTES)
+        throw new InvalidArgumentError(`chunk frame of ${length} bytes is over ${CHUNK_BYTES}`);
+      if (pending.length < headerBytes + length) break;
+      const hash = pending.subarray(4, 36).toString('hex');
+      const payload = Buffer.from(pending.subarray(headerBytes, headerBytes + length));
+      if (v2) {
+        const codec = codecOfId(pending.readUInt8(36));
+        const raw = pending.readUInt32BE(37);
+        pending = pending.subarray(headerBytes + length);
+        yield { hash, data: await decompress(codec, payload, raw, CHUNK_BYTES) };
+      } else {
+        pending = pending.subarray(headerBytes + length);
+        yield { hash, data: payload };
+      }
+    }
+  }
+  if (pending.length > 0) throw new CorruptCheckpointError('the chunk stream ended in the middle of a chunk');
 }
 
 /** Commits an epoch on the receiver: acknowledged once its manifest and every chunk are on its disk. */
