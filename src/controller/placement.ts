@@ -11,9 +11,16 @@
  *   - container affinity (`with`): the host must already run each named container;
  *   - container anti-affinity (`apart`): the host must run none of them, and no
  *     container already there may have declared itself apart from this one;
+ *   - compatibility: a container whose state comes from a checkpoint taken on
+ *     `origin` (migration, failover, a backup of its primary) goes only to a
+ *     host that can run it — its CPU has every flag of the origin's, its
+ *     CRIU and kernel are no older (`host/compat.ts`); a host that reported
+ *     no facts is not judged (its agent still checks before restoring);
  *   - among the hosts left, the least loaded wins (the larger of its CPU and
  *     memory shares after placement), ties broken by name for determinism.
  */
+
+import { incompatibility, type MachineFacts } from '../host/compat.js';
 
 /** A host as placement sees it. */
 export interface HostSnapshot {
@@ -24,6 +31,8 @@ export interface HostSnapshot {
   labels: Readonly<Record<string, string>>;
   /** Cordoned (draining) or not alive: takes nothing new. */
   schedulable: boolean;
+  /** What the agent reported at registration: CPU flags, kernel, CRIU (absent: not known). */
+  machine?: MachineFacts;
 }
 
 /** A container already placed on a host. */
@@ -57,6 +66,12 @@ export interface PlacementRequest {
   excludeHosts?: readonly string[];
   /** Pin to one host (`haven run --host H`): still subject to every rule. */
   host?: string;
+  /**
+   * The host whose checkpoints this container's state will come from (where
+   * it runs now, or ran): a candidate must be able to run them (see the
+   * module comment). Absent for a fresh start.
+   */
+  origin?: string;
 }
 
 /** The decision: a host, or why none fits (one reason per host, for the operator). */
@@ -135,7 +150,7 @@ function decide(
   if (request.host && candidates.length === 0) {
     return { ok: false, reasons: { [request.host]: 'no such host' } };
   }
-  const rules = compileRules(request);
+  const rules = compileRules(request, hosts);
   let best: { host: string; load: number } | undefined;
   const aligned =
     candidates === hosts ? alignedIndex(hosts, index) : candidates.map((h) => index.get(h.name));
@@ -167,15 +182,24 @@ interface CompiledRules {
   excluded: ReadonlySet<string>;
   with: readonly string[];
   apart: readonly string[];
+  /** What the origin's checkpoints need, when it is known. */
+  needs: MachineFacts | undefined;
 }
 
-function compileRules(request: PlacementRequest): CompiledRules {
+function compileRules(request: PlacementRequest, hosts: readonly HostSnapshot[]): CompiledRules {
   return {
     labels: Object.entries(request.requireHostLabels ?? {}),
     excluded: new Set(request.excludeHosts ?? []),
     with: request.with ?? [],
     apart: request.apart ?? [],
+    needs: request.origin ? hosts.find((h) => h.name === request.origin)?.machine : undefined,
   };
+}
+
+/** Why `host` cannot run what `rules` needs, or undefined (also when either side is unknown). */
+function incompatible(host: HostSnapshot, rules: CompiledRules): string | undefined {
+  if (!rules.needs || !host.machine || host.machine === rules.needs) return undefined;
+  return incompatibility(rules.needs, host.machine);
 }
 
 /** The same rules as {@link unfit}, as a boolean: the hot loop builds no strings. */
@@ -186,7 +210,8 @@ function fits(host: HostSnapshot, here: HostIndex, request: PlacementRequest, ru
   for (const [key, value] of rules.labels) if (host.labels[key] !== value) return false;
   for (const name of rules.with) if (!here.names.has(name)) return false;
   for (const name of rules.apart) if (here.names.has(name)) return false;
-  return !here.apartFrom.has(request.name);
+  if (here.apartFrom.has(request.name)) return false;
+  return incompatible(host, rules) === undefined;
 }
 
 function unfit(
@@ -210,5 +235,7 @@ function unfit(
     return `anti-affinity: a container here keeps apart from "${request.name}"`;
   if (here.cpuMillis + request.cpuMillis > host.cpuMillis) return 'not enough CPU';
   if (here.memoryBytes + request.memoryBytes > host.memoryBytes) return 'not enough memory';
+  const why = incompatible(host, rules);
+  if (why) return `incompatible: ${why}`;
   return undefined;
 }
