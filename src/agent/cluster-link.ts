@@ -344,7 +344,18 @@ export class ClusterLink {
         totalBytes: p.totalBytes,
         frozenMs: Math.round(p.frozenMs),
         epochMs: Math.round(p.epochMs),
+        epochRate: Math.round(p.epochRate * 10) / 10,
         lastError: p.lastError,
+        ...(p.output
+          ? {
+              output: {
+                mode: p.output.mode,
+                connections: p.output.connections,
+                heldBytes: p.output.heldBytes,
+                outputDelayMs: p.output.outputDelayMs,
+              },
+            }
+          : {}),
       })),
       replicas: (await protection.replicas.list()).map((r) => ({ name: r.name, epoch: r.epochs[0] ?? null })),
     };

@@ -302,6 +302,11 @@ export class Prober {
     return [...merged.values()];
   }
 
+  /** The last verdict on `name` (probe and watchdog merged), without checking again; undefined if it has neither. */
+  healthOf(name: string): ProbeStatus['health'] | undefined {
+    return this.statuses().find((s) => s.name === name)?.health;
+  }
+
   /** Stops every probe and watchdog. */
   stopAll(): void {
     for (const name of [...this.timers.keys()]) this.stopOne(name);

@@ -21,6 +21,8 @@ import type { ContainerHost, ContainerView } from '../host/container-host.js';
 import { assembleDirectory, type EpochManifest } from '../replication/chunks.js';
 import { MigrationSource } from '../replication/migration-source.js';
 import { ReplicaStore } from '../replication/replica-store.js';
+import { claimServiceAddress, releaseServiceAddress } from '../runtime/service-address.js';
+import { OutputCommitProxy, type OutputCommitStats } from './output-commit.js';
 import type { Prober } from './probes.js';
 import {
   Replicator,
@@ -28,6 +30,25 @@ import {
   type ProtectionSpec,
   type ProtectionStatus,
 } from '../replication/replicator.js';
+
+/**
+ * What the controller orders for a protected primary: its backup (none:
+ * replication stops) and, for continuous protection, where its clients
+ * connect (the service address and published ports of its output commit).
+ */
+export interface ProtectionOrder {
+  backup: ProtectionSpec['backup'] | null;
+  intervalMs: number;
+  mode?: 'checkpoint' | 'continuous';
+  /** Continuous mode: ports the output-commit proxy publishes on `serviceAddress`. */
+  publish?: number[];
+  serviceAddress?: string;
+}
+
+/** A primary's protection status, with its output commit in continuous mode. */
+export interface PrimaryStatus extends ProtectionStatus {
+  output?: OutputCommitStats;
+}
 
 /** What a promotion did. */
 export interface PromotionReport {
@@ -104,6 +125,8 @@ export class Protection {
   /** This host as the source of live migrations (their rounds; see migration-source.ts). */
   readonly migrations: MigrationSource;
   private readonly replicators = new Map<string, Replicator>();
+  /** Output-commit proxies of this host's continuously protected primaries (with or without a backup). */
+  private readonly proxies = new Map<string, { order: ProtectionOrder; proxy: OutputCommitProxy }>();
   /** Primaries this host froze because it lost its lease. */
   private readonly fenced = new Set<string>();
   private fenceTimer: NodeJS.Timeout | undefined;
@@ -116,6 +139,8 @@ export class Protection {
     private readonly token: string,
     private readonly log: (line: string) => void = (l) => process.stderr.write(`${l}\n`),
     private readonly prober?: Prober,
+    /** This host's own address: service addresses go on the interface that carries it. */
+    private readonly hostAddress?: string,
   ) {
     this.replicas = new ReplicaStore(join(host.config.stateDir, 'replicas'));
     this.migrations = new MigrationSource(host, token, log);
@@ -131,37 +156,123 @@ export class Protection {
     for (const file of await readdir(this.specDir)) {
       if (!file.endsWith('.json')) continue;
       const name = file.slice(0, -5);
-      const spec = JSON.parse(await readFile(join(this.specDir, file), 'utf8')) as ProtectionSpec;
-      this.startReplicator(name, spec);
+      const order = JSON.parse(await readFile(join(this.specDir, file), 'utf8')) as ProtectionOrder;
+      await this.apply(name, order).catch((error: unknown) =>
+        this.log(`protection of ${name} not resumed: ${(error as Error).message}`),
+      );
     }
   }
 
-  /** Protects `name` to `spec.backup` (replacing any previous spec), or stops protecting it (`null`). */
-  async protect(name: string, spec: ProtectionSpec | null): Promise<void> {
+  /**
+   * Protects `name` as the order says (replacing any previous order), or
+   * stops protecting it (`null`). A continuous order without a backup keeps
+   * the output-commit proxy, passing output through (nothing can be committed).
+   */
+  async protect(name: string, order: ProtectionOrder | null): Promise<void> {
     await this.replicators.get(name)?.stop();
     this.replicators.delete(name);
-    if (!spec) {
+    if (!order || (!order.backup && order.mode !== 'continuous')) {
+      await this.closeProxy(name);
       await rm(join(this.specDir, `${name}.json`), { force: true });
       return;
     }
     await this.host.inspect(name); // it must exist here
     await mkdir(this.specDir, { recursive: true });
-    await writeFile(join(this.specDir, `${name}.json`), JSON.stringify(spec));
-    this.startReplicator(name, spec);
+    await writeFile(join(this.specDir, `${name}.json`), JSON.stringify(order));
+    await this.apply(name, order);
   }
 
-  private startReplicator(name: string, spec: ProtectionSpec): void {
+  /** Starts what an order asks for: the output commit (continuous), then the replicator (with a backup). */
+  private async apply(name: string, order: ProtectionOrder): Promise<void> {
+    const proxy = order.mode === 'continuous' ? await this.ensureProxy(name, order) : undefined;
+    if (!proxy) await this.closeProxy(name);
+    if (order.backup) {
+      this.startReplicator(
+        name,
+        { backup: order.backup, intervalMs: order.intervalMs, mode: order.mode },
+        proxy,
+      );
+    }
+  }
+
+  /**
+   * The output-commit proxy of a continuous primary, listening on its service
+   * address (claimed here and announced). Held while a backup exists;
+   * passthrough while none does.
+   */
+  private async ensureProxy(name: string, order: ProtectionOrder): Promise<OutputCommitProxy | undefined> {
+    const { serviceAddress, publish } = order;
+    if (!serviceAddress || !publish || publish.length === 0) return undefined;
+    if (!this.hostAddress)
+      throw new FailedPreconditionError('this agent has no host address to carry service addresses');
+    const mode = order.backup ? 'held' : 'passthrough';
+    const current = this.proxies.get(name);
+    if (
+      current &&
+      current.order.serviceAddress === serviceAddress &&
+      current.order.publish?.join() === publish.join()
+    ) {
+      current.order = order;
+      current.proxy.setMode(mode);
+      return current.proxy;
+    }
+    await this.closeProxy(name);
+    const view = await this.host.inspect(name);
+    const target = view.ip?.split('/')[0];
+    if (!target) throw new FailedPreconditionError(`"${name}" has no address for its output commit to reach`);
+    await claimServiceAddress(serviceAddress, this.hostAddress);
+    const proxy = new OutputCommitProxy({ serviceAddress, target, ports: publish, mode, log: this.log });
+    try {
+      await proxy.start();
+    } catch (error) {
+      await proxy.close();
+      await releaseServiceAddress(serviceAddress, this.hostAddress);
+      throw error;
+    }
+    this.proxies.set(name, { order, proxy });
+    this.log(`output commit of ${name}: ${serviceAddress}:${publish.join(',')} → ${target} (${mode})`);
+    return proxy;
+  }
+
+  /** Closes a primary's output commit (its connections reset) and gives up its service address. */
+  private async closeProxy(name: string, options: { graceful?: boolean } = {}): Promise<void> {
+    const current = this.proxies.get(name);
+    if (!current) return;
+    this.proxies.delete(name);
+    await current.proxy.close(options);
+    if (current.order.serviceAddress && this.hostAddress) {
+      await releaseServiceAddress(current.order.serviceAddress, this.hostAddress);
+    }
+  }
+
+  private startReplicator(name: string, spec: ProtectionSpec, proxy?: OutputCommitProxy): void {
     const prober = this.prober;
-    const replicator = new Replicator(this.host, name, spec, this.token, this.log, () =>
-      prober ? prober.passesNow(name) : Promise.resolve(true),
-    );
+    // Continuous epochs come many times a second: they go by the probe's
+    // last verdict instead of running it each time.
+    const healthy =
+      spec.mode === 'continuous'
+        ? () => Promise.resolve(prober?.healthOf(name) !== 'unhealthy')
+        : () => (prober ? prober.passesNow(name) : Promise.resolve(true));
+    const hooks = proxy
+      ? { cut: () => proxy.cut(), committed: (generation: number) => proxy.release(generation) }
+      : undefined;
+    const replicator = new Replicator(this.host, name, spec, this.token, this.log, healthy, hooks);
     this.replicators.set(name, replicator);
     replicator.start();
   }
 
   /** Status of every container this host protects as primary. */
-  statuses(): ProtectionStatus[] {
-    return [...this.replicators.values()].map((r) => ({ ...r.status }));
+  statuses(): PrimaryStatus[] {
+    const statuses: PrimaryStatus[] = [...this.replicators.values()].map((r) => ({
+      ...r.status,
+      ...(this.proxies.has(r.name) ? { output: this.proxies.get(r.name)!.proxy.stats() } : {}),
+    }));
+    return statuses;
+  }
+
+  /** The output commit of `name` on this host, if it has one. */
+  outputStats(name: string): OutputCommitStats | undefined {
+    return this.proxies.get(name)?.proxy.stats();
   }
 
   /**
@@ -224,6 +335,8 @@ export class Protection {
         try {
           await this.host.pause(r.name);
           this.fenced.add(r.name);
+          // Its clients must not reach it either: the service address goes (the new primary claims it).
+          await this.closeProxy(r.name);
           this.log(`fencing: no controller for ${Date.now() - lastAckAt} ms and no peer: froze ${r.name}`);
         } catch (error) {
           this.log(`fencing: cannot freeze ${r.name}: ${(error as Error).message}`);
@@ -245,6 +358,14 @@ export class Protection {
         .catch((error: unknown) => this.log(`fencing: cannot thaw ${name}: ${String(error)}`));
       this.fenced.delete(name);
       this.log(`fencing: the controller still places ${name} here: thawed`);
+      const order = await readFile(join(this.specDir, `${name}.json`), 'utf8')
+        .then((text) => JSON.parse(text) as ProtectionOrder)
+        .catch(() => undefined);
+      if (order?.mode === 'continuous') {
+        await this.ensureProxy(name, order).catch((error: unknown) =>
+          this.log(`output commit of ${name} not restored after thaw: ${String(error)}`),
+        );
+      }
     }
   }
 
@@ -260,18 +381,24 @@ export class Protection {
    */
   async recoverInPlace(name: string): Promise<RecoveryReport> {
     const replicator = this.replicators.get(name);
-    const checkpoint = replicator?.status.committedCheckpoint;
-    const takenAt = replicator?.status.committedTakenAt;
-    if (!replicator || !checkpoint || !takenAt) {
+    if (!replicator?.status.committedCheckpoint) {
       throw new FailedPreconditionError(`no committed epoch of "${name}" is kept on this host`);
     }
     const started = performance.now();
+    // The epoch in flight commits (or not) before the newest committed one is
+    // chosen; output the dead copy produced after it is dropped, never released.
+    await replicator.stop();
+    this.replicators.delete(name);
+    this.proxies.get(name)?.proxy.reset();
+    const checkpoint = replicator.status.committedCheckpoint;
+    const takenAt = replicator.status.committedTakenAt!;
     await this.host.stop(name, 0); // a hung process is killed; a dead one leaves nothing to stop
     // SIGKILL is not instant: the restore needs it gone.
     for (let waited = 0; waited < 2000 && (await this.host.inspect(name)).state === 'running'; waited += 20) {
       await sleep(20);
     }
     const restore = await this.host.restore(name, { checkpoint, tcpClose: true });
+    this.startReplicator(name, replicator.spec, this.proxies.get(name)?.proxy);
     await this.prober?.restart(name);
     return {
       view: await this.host.inspect(name),
@@ -286,6 +413,7 @@ export class Protection {
   async stopAll(): Promise<void> {
     if (this.fenceTimer) clearInterval(this.fenceTimer);
     await Promise.all([...this.replicators.values()].map((r) => r.stop()));
+    await Promise.all([...this.proxies.keys()].map((name) => this.closeProxy(name)));
   }
 
   /**
@@ -329,6 +457,8 @@ export class Protection {
       const result = await replicator.epoch({ final: true });
       // No longer a primary here: a restarted agent must not resume its epochs.
       await rm(join(this.specDir, `${name}.json`), { force: true });
+      // The final epoch's output is out; its clients reconnect to the new primary.
+      await this.closeProxy(name, { graceful: true });
       const report = { ...result, handoverMs: performance.now() - started };
       await mkdir(join(this.host.config.stateDir, 'handovers'), { recursive: true });
       await writeFile(this.handoverFile(name), JSON.stringify(report));
@@ -340,7 +470,7 @@ export class Protection {
           .restore(name, { tcpClose: false })
           .catch((e: unknown) => this.log(`handover of ${name} failed and so did its restore: ${String(e)}`));
       }
-      this.startReplicator(name, replicator.spec);
+      this.startReplicator(name, replicator.spec, this.proxies.get(name)?.proxy);
       throw error;
     }
   }

@@ -113,7 +113,11 @@ export const protectRequestSchema = z
       })
       .strict()
       .nullable(),
-    intervalMs: z.number().int().min(100).max(3_600_000).default(1000),
+    intervalMs: z.number().int().min(20).max(3_600_000).default(1000),
+    mode: z.enum(['checkpoint', 'continuous']).default('checkpoint'),
+    /** Continuous mode: the output commit's ports and the address clients use. */
+    publish: z.array(z.number().int().min(1).max(65_535)).min(1).max(16).optional(),
+    serviceAddress: z.string().ip({ version: 'v4' }).optional(),
   })
   .strict();
 

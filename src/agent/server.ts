@@ -168,10 +168,8 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     }
     if (action === 'protect' && options.protection) {
       const body = decode(protectRequestSchema, raw);
-      await options.protection.protect(
-        name,
-        body.backup ? { backup: body.backup, intervalMs: body.intervalMs } : null,
-      );
+      // A continuous primary keeps its output commit without a backup (output then passes through).
+      await options.protection.protect(name, body.backup || body.mode === 'continuous' ? body : null);
       return send(res, 200, { name, protected: body.backup !== null });
     }
     if (action === 'handover' && options.protection) {

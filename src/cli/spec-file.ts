@@ -47,8 +47,9 @@ export interface RunDraft {
   apart?: string[];
   probe?: ProbeSpec;
   watchdog?: WatchdogSpec;
-  ha?: 'none' | 'restart' | 'checkpoint';
+  ha?: 'none' | 'restart' | 'checkpoint' | 'continuous';
   intervalMs?: number;
+  publish?: number[];
 }
 
 /** `500m` (millicores), `0.5` or `2` (cores), as Kubernetes writes CPU. */
@@ -162,9 +163,11 @@ export const specFileSchema = z
       .optional(),
     livenessProbe: probeSpecSchema.optional(),
     watchdog: watchdogSpecSchema.optional(),
-    ha: z.enum(['none', 'restart', 'checkpoint']).optional(),
-    /** How often a `checkpoint`-protected container is checkpointed to its backup. */
+    ha: z.enum(['none', 'restart', 'checkpoint', 'continuous']).optional(),
+    /** How often a `checkpoint`-protected container is checkpointed to its backup (the epoch, for `continuous`). */
     interval: durationSchema.optional(),
+    /** `continuous`: ports clients reach through the output commit. */
+    publish: z.array(z.number().int().min(1).max(65_535)).min(1).max(16).optional(),
   })
   .strict();
 
@@ -215,6 +218,7 @@ export function parseSpecFile(text: string, source: string, baseDir = '.'): RunD
     ...(spec.watchdog ? { watchdog: spec.watchdog } : {}),
     ...(spec.ha !== undefined ? { ha: spec.ha } : {}),
     ...(spec.interval !== undefined ? { intervalMs: spec.interval } : {}),
+    ...(spec.publish !== undefined ? { publish: spec.publish } : {}),
   };
 }
 

@@ -21,12 +21,14 @@ import { LEASE_MS as AGENT_LEASE_MS } from '../agent/protection.js';
 import { ArrivalWindow, phiAccrualDefaults } from './failure-detector.js';
 import { MigrationFailedError, Migrations, type MigrationContext } from './migration.js';
 import { place, type ClusterSnapshot, type PlacementRequest } from './placement.js';
-import type {
-  ClusterRunRequest,
-  Heartbeat,
-  ProtectionReport,
-  RegisterHostRequest,
-  ReportedContainer,
+import type { MachineFacts } from '../host/compat.js';
+import {
+  replicated,
+  type ClusterRunRequest,
+  type Heartbeat,
+  type ProtectionReport,
+  type RegisterHostRequest,
+  type ReportedContainer,
 } from './schemas.js';
 import type { ClusterStore, ContainerIntent, HostRecord, OperationRecord, StoredEvent } from './store.js';
 
@@ -138,6 +140,8 @@ export interface HostView extends HostRecord {
   phi: number | null;
   suspectAfterMs: number | null;
   containers: number;
+  /** What its agent reported at registration (absent for an agent that did not). */
+  machine?: MachineFacts;
 }
 
 /** A container as the API shows it: the intent, and what its host last reported. */
@@ -171,6 +175,8 @@ interface Liveness {
   replicas: Map<string, number | null>;
   /** Probe results per probed container. */
   health: Map<string, string>;
+  /** CPU flags, kernel and CRIU as reported at registration (compatibility of checkpoints). */
+  machine?: MachineFacts;
 }
 
 /** Protection of a container as the API shows it. */
@@ -188,6 +194,16 @@ export interface ProtectionView {
   frozenMs: number | null;
   epochMs: number | null;
   lastError: string | null;
+  /** Epochs committed per second lately (reported by the primary). */
+  epochRate: number | null;
+  /**
+   * Continuous protection: where clients connect, and the output commit as
+   * the primary last reported it. `passthrough` means no backup holds an
+   * epoch: output is not held and a failure would lose state.
+   */
+  serviceAddress?: string;
+  publish?: number[];
+  output?: ProtectionReport['output'] & object;
 }
 
 /** The controller's logic, independent of HTTP. */
@@ -315,6 +331,7 @@ export class Controller {
       protection: (!rebooted && previous?.protection) || new Map<string, ProtectionReport>(),
       replicas: (!rebooted && previous?.replicas) || new Map<string, number | null>(),
       health: (!rebooted && previous?.health) || new Map<string, string>(),
+      ...(request.machine ? { machine: request.machine } : {}),
     });
     if (!existing) await this.emit('host.joined', request.name, { address: request.address });
     else if (rebooted) await this.emit('host.rebooted', request.name, { bootId: request.bootId });
@@ -477,8 +494,7 @@ export class Controller {
   private stageOnBackups(hostName: string): void {
     void (async () => {
       for (const intent of await this.options.store.listContainers()) {
-        if (intent.host !== hostName || intent.desired !== 'running' || !replicated(haOf(intent)))
-          continue;
+        if (intent.host !== hostName || intent.desired !== 'running' || !replicated(haOf(intent))) continue;
         const backupName = typeof intent.spec.backup === 'string' ? intent.spec.backup : undefined;
         if (!backupName || this.liveness.get(backupName)?.state !== 'up') continue;
         const backup = await this.options.store.getHost(backupName);
@@ -1125,7 +1141,8 @@ export class Controller {
     const snapshot = await this.snapshot();
     const decision = place(
       { ...snapshot, containers: snapshot.containers.filter((c) => c.name !== backupSlot(name)) },
-      { ...placementOf(intent), name: backupSlot(name), excludeHosts: [intent.host] },
+      // Its epochs come from the primary's host: the backup must be able to run them.
+      { ...placementOf(intent), name: backupSlot(name), excludeHosts: [intent.host], origin: intent.host },
     );
     const backup = decision.ok ? decision.host : null;
     if (!backup && onlyIfFound) return;
@@ -1165,6 +1182,14 @@ export class Controller {
       body: {
         backup: backup ? { host: backup.name, address: backup.address } : null,
         intervalMs: numberOf(intent.spec.intervalMs, 1000),
+        ...(haOf(intent) === 'continuous'
+          ? {
+              mode: 'continuous',
+              ...(typeof intent.spec.serviceAddress === 'string'
+                ? { serviceAddress: intent.spec.serviceAddress, publish: intent.spec.publish }
+                : {}),
+            }
+          : {}),
       },
     });
   }
@@ -1205,6 +1230,7 @@ export class Controller {
       phi: live ? Math.round(live.arrivals.phiAt(this.now()) * 100) / 100 : null,
       suspectAfterMs: live ? Math.round(live.arrivals.timeoutMs()) : null,
       containers: live?.containers.size ?? 0,
+      ...(live?.machine ? { machine: live.machine } : {}),
     };
   }
 
@@ -1233,6 +1259,7 @@ export class Controller {
         memoryBytes: h.memoryBytes,
         labels: h.labels,
         schedulable: !h.cordoned && this.liveness.get(h.name)?.state === 'up',
+        ...(this.liveness.get(h.name)?.machine ? { machine: this.liveness.get(h.name)!.machine } : {}),
       })),
       containers: intents
         .filter((c) => c.host !== undefined)
@@ -1312,6 +1339,7 @@ export class Controller {
         name: backupSlot(request.name),
         host: undefined,
         excludeHosts: [decision.host],
+        origin: decision.host,
       });
       if (!backupDecision.ok) {
         const why = Object.entries(backupDecision.reasons)
@@ -1324,7 +1352,19 @@ export class Controller {
       backup = backupDecision.host;
     }
     const ip = request.ip ?? (await this.allocateIp());
-    const spec = { ...request, image: image.id, ip, backup };
+    // Continuous protection: clients reach the output commit at an address of its own that moves with it.
+    const serviceAddress =
+      request.ha === 'continuous' && request.publish
+        ? (await this.allocateIp([ip.split('/')[0]!])).split('/')[0]!
+        : undefined;
+    const spec = {
+      ...request,
+      intervalMs: request.intervalMs ?? (request.ha === 'continuous' ? 100 : 1000),
+      image: image.id,
+      ip,
+      backup,
+      ...(serviceAddress ? { serviceAddress } : {}),
+    };
     const created = await store.createContainer({
       name: request.name,
       spec,
@@ -1366,10 +1406,11 @@ export class Controller {
   }
 
   /** First free address of the container range (`a.b.1.1` up; `.0`, `.255` and the x.0.* / x.255.* rows are kept for hosts and clients). */
-  private async allocateIp(): Promise<string> {
-    const used = new Set<string>();
+  private async allocateIp(taken: readonly string[] = []): Promise<string> {
+    const used = new Set<string>(taken);
     for (const c of await this.options.store.listContainers()) {
       if (typeof c.spec.ip === 'string') used.add(c.spec.ip.split('/')[0]!);
+      if (typeof c.spec.serviceAddress === 'string') used.add(c.spec.serviceAddress);
     }
     const { a, b, prefix } = this.subnet;
     for (let n = 256; n < 255 * 256; n++) {
@@ -1436,6 +1477,15 @@ export class Controller {
       frozenMs: report?.frozenMs ?? null,
       epochMs: report?.epochMs ?? null,
       lastError: report?.lastError ?? null,
+      epochRate: report?.epochRate ?? null,
+      ...(mode === 'continuous'
+        ? {
+            ...(typeof intent.spec.serviceAddress === 'string'
+              ? { serviceAddress: intent.spec.serviceAddress, publish: numbersOf(intent.spec.publish) }
+              : {}),
+            ...(report?.output ? { output: report.output } : {}),
+          }
+        : {}),
     };
   }
 
@@ -1612,6 +1662,11 @@ function numberOf(value: unknown, fallback: number): number {
 
 function stringsOf(value: unknown): string[] {
   return Array.isArray(value) ? value.filter((v): v is string => typeof v === 'string') : [];
+}
+
+/** An array of numbers from a stored spec field (anything else: empty). */
+function numbersOf(value: unknown): number[] {
+  return Array.isArray(value) ? value.filter((v): v is number => typeof v === 'number') : [];
 }
 
 /** A container's protection mode. */

@@ -36,6 +36,7 @@ import { FailedPreconditionError, HavenError, NotFoundError } from '../core/erro
 import type { ContainerView } from '../host/container-host.js';
 import type { MigrationRoundReport } from '../replication/migration-source.js';
 import { place, type ClusterSnapshot, type PlacementRequest } from './placement.js';
+import { replicated } from './schemas.js';
 import type { ClusterStore, ContainerIntent, HostRecord, OperationRecord, StoredEvent } from './store.js';
 
 /** How a container moves. */
@@ -427,7 +428,7 @@ export class Migrations {
         if (!intent) throw new NotFoundError(`"${name}" was removed`);
         await this.progress(name, { phase, from: op.from, to: op.to });
         // Protection pauses: its epochs would dump the container beside the rounds.
-        if (intent.spec.ha === 'checkpoint')
+        if (replicated(intent.spec.ha))
           await ctx.callAgent(from, `/v1/containers/${encodeURIComponent(name)}/protect`, {
             method: 'POST',
             body: { backup: null },
@@ -610,7 +611,7 @@ export class Migrations {
    * backup is placed. The intent moved with `backup: null`.
    */
   private async protectAfter(intent: ContainerIntent, oldBackup: unknown): Promise<void> {
-    if (intent.spec.ha !== 'checkpoint') return;
+    if (!replicated(intent.spec.ha)) return;
     const { ctx } = this;
     if (typeof oldBackup === 'string' && oldBackup !== intent.host && ctx.isUp(oldBackup)) {
       const kept = await ctx.store.updateContainer(intent.name, intent.generation, {
@@ -651,7 +652,7 @@ export class Migrations {
           .catch(() => undefined);
     }
     const intent = await ctx.store.getContainer(name);
-    if (intent?.host === op.from && intent.spec.ha === 'checkpoint') await ctx.orderProtection(intent);
+    if (intent?.host === op.from && replicated(intent.spec.ha)) await ctx.orderProtection(intent);
     await ctx.store.deleteOperation(name);
     await ctx.emit('container.migration-failed', name, {
       from: op.from,

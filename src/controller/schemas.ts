@@ -14,6 +14,16 @@ const labelsSchema = z
   .record(z.string().regex(/^[a-z0-9][a-z0-9_./-]{0,62}$/, 'a label key'), z.string().max(63))
   .refine((labels) => Object.keys(labels).length <= 32, 'at most 32 labels');
 
+/** A host's CPU flags, kernel and CRIU version, as its agent reports them. */
+export const machineFactsSchema = z
+  .object({
+    arch: z.string().min(1).max(32),
+    kernel: z.string().min(1).max(128),
+    criuVersion: z.string().min(1).max(64),
+    cpuFlags: z.array(z.string().regex(/^[a-z0-9_.-]{1,64}$/, 'a CPU flag')).max(1024),
+  })
+  .strict();
+
 /** `POST /v1/hosts`: an agent announces itself. */
 export const registerHostSchema = z
   .object({
@@ -34,6 +44,8 @@ export const registerHostSchema = z
     bootId: z.string().regex(/^[0-9a-f]{8,64}$/),
     /** The agent's heartbeat period: the failure detector's first estimate of this host's rhythm. */
     heartbeatMs: z.number().int().min(10).max(60_000).default(100),
+    /** What checkpoints taken here need, and what this host can restore (`host/compat.ts`). */
+    machine: machineFactsSchema.optional(),
   })
   .strict();
 
@@ -55,7 +67,18 @@ export const protectionReportSchema = z.object({
   totalBytes: z.number().min(0),
   frozenMs: z.number().min(0),
   epochMs: z.number().min(0),
+  /** Epochs committed per second lately. */
+  epochRate: z.number().min(0).optional(),
   lastError: z.string().max(2000).nullable(),
+  /** Continuous protection: the output commit's state. */
+  output: z
+    .object({
+      mode: z.enum(['held', 'passthrough']),
+      connections: z.number().int().min(0),
+      heldBytes: z.number().min(0),
+      outputDelayMs: z.number().min(0),
+    })
+    .optional(),
 });
 
 /** One heartbeat line; `containers` only when they changed since the last line that had them. */
@@ -101,11 +124,48 @@ export const clusterRunSchema = runRequestSchema
     apart: z.array(nameSchema).max(64).optional(),
     /** An application probe (Kubernetes' vocabulary), run by the container's agent. */
     probe: probeSpecSchema.optional(),
-    /** Protection: none; restart fresh elsewhere; or checkpoint to a backup every `intervalMs`. */
-    ha: z.enum(['none', 'restart', 'checkpoint']).default('none'),
-    intervalMs: z.number().int().min(100).max(3_600_000).default(1000),
+    /**
+     * Protection: none; restart fresh elsewhere; checkpoint to a backup every
+     * `intervalMs`; or continuous (Remus): epochs every `intervalMs`, output
+     * held until its epoch is committed on the backup.
+     */
+    ha: z.enum(['none', 'restart', 'checkpoint', 'continuous']).default('none'),
+    /** Default: 1 s for `checkpoint`, 100 ms for `continuous`. */
+    intervalMs: z.number().int().min(20).max(3_600_000).optional(),
+    /** Continuous protection: ports clients reach through the output commit at the service address. */
+    publish: z.array(z.number().int().min(1).max(65_535)).min(1).max(16).optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((request, ctx) => {
+    if (request.publish && request.ha !== 'continuous')
+      ctx.addIssue({
+        code: 'custom',
+        path: ['publish'],
+        message: 'publish needs --ha continuous (output commit)',
+      });
+    if (request.ha === 'continuous' && !request.publish)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['publish'],
+        message: 'continuous protection holds output on published ports: give publish (--publish PORT)',
+      });
+    if (request.publish && new Set(request.publish).size !== request.publish.length)
+      ctx.addIssue({ code: 'custom', path: ['publish'], message: 'each port once' });
+    if (request.ha === 'checkpoint' && request.intervalMs !== undefined && request.intervalMs < 100)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['intervalMs'],
+        message: 'checkpoint protection needs intervalMs ≥ 100',
+      });
+  });
+
+/**
+ * Whether a protection mode replicates epochs to a backup (and so has a
+ * backup to fail over to): `checkpoint` and `continuous` do.
+ */
+export function replicated(ha: unknown): ha is 'checkpoint' | 'continuous' {
+  return ha === 'checkpoint' || ha === 'continuous';
+}
 
 /** How a live migration moves a container, and the pause it may cost (shared by migrate and drain). */
 const migrationOptions = {

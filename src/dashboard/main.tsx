@@ -9,6 +9,7 @@ import { render, type ComponentChildren } from 'preact';
 import { useCallback, useEffect, useState } from 'preact/hooks';
 import { ApiError, followEvents, getJson, getSession, postJson, type SessionInfo } from './api.js';
 import {
+  replicatedMode,
   addOperation,
   describeEvent,
   formatBytes,
@@ -144,7 +145,7 @@ function App(): ComponentChildren {
   const csrf = session.csrf;
   const upHosts = hosts.filter((h) => h.state === 'up' && !h.cordoned).map((h) => h.name);
   const chosen =
-    containers.find((c) => c.name === selected) ?? containers.find((c) => c.protection.mode === 'checkpoint');
+    containers.find((c) => c.name === selected) ?? containers.find((c) => replicatedMode(c.protection.mode));
 
   return (
     <div class="page">
@@ -421,7 +422,14 @@ function ContainersTable(props: {
               </td>
               <td>
                 {p.mode}
-                {p.mode === 'checkpoint' && <span class="muted"> / {formatMs(p.intervalMs)}</span>}
+                {replicatedMode(p.mode) && <span class="muted"> / {formatMs(p.intervalMs)}</span>}
+                {p.output && (
+                  <span class={p.output.mode === 'held' ? 'muted' : 'badge bad'}>
+                    {' '}
+                    output{' '}
+                    {p.output.mode === 'held' ? `held ${formatMs(p.output.outputDelayMs)}` : 'not held'}
+                  </span>
+                )}
                 {p.lastError && (
                   <span class="badge bad" title={p.lastError}>
                     error
@@ -462,7 +470,7 @@ function ContainersTable(props: {
                 </button>
                 <button
                   class="switchover"
-                  disabled={busy || p.mode !== 'checkpoint' || !p.backup || p.committedEpoch === null}
+                  disabled={busy || !replicatedMode(p.mode) || !p.backup || p.committedEpoch === null}
                   onClick={() => props.onSwitchover(c)}
                 >
                   Switch over…
@@ -599,7 +607,7 @@ function Charts(props: {
   const labels = samples.map((s) => `epoch ${s.epoch}`);
   return (
     <div class="charts">
-      {container.protection.mode !== 'checkpoint' && (
+      {!replicatedMode(container.protection.mode) && (
         <p class="muted">{container.name} is not checkpoint-protected: it has no epochs.</p>
       )}
       <BarChart

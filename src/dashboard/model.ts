@@ -28,7 +28,7 @@ export interface HostView {
 
 /** A container's protection, from `GET /v1/containers`. */
 export interface ProtectionView {
-  mode: 'none' | 'restart' | 'checkpoint';
+  mode: 'none' | 'restart' | 'checkpoint' | 'continuous';
   intervalMs: number;
   backup: string | null;
   committedEpoch: number | null;
@@ -39,6 +39,16 @@ export interface ProtectionView {
   frozenMs: number | null;
   epochMs: number | null;
   lastError: string | null;
+  epochRate?: number | null;
+  /** Continuous protection: where clients connect, and the output commit. */
+  serviceAddress?: string;
+  publish?: number[];
+  output?: { mode: 'held' | 'passthrough'; connections: number; heldBytes: number; outputDelayMs: number };
+}
+
+/** Whether a protection mode replicates epochs to a backup. */
+export function replicatedMode(mode: ProtectionView['mode']): boolean {
+  return mode === 'checkpoint' || mode === 'continuous';
 }
 
 /** A container, from `GET /v1/containers`. */

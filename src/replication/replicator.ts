@@ -20,6 +20,24 @@ import { commitEpoch, sendChunks } from './transfer.js';
 export interface ProtectionSpec {
   backup: { host: string; address: string };
   intervalMs: number;
+  /**
+   * `checkpoint` (default): one epoch at a time, every `intervalMs`.
+   * `continuous`: epochs are pipelined — the next checkpoint is taken while
+   * the previous epoch travels — and each commit releases held output (see
+   * {@link EpochHooks}).
+   */
+  mode?: 'checkpoint' | 'continuous';
+}
+
+/**
+ * How continuous protection's output commit follows the epochs: `cut` is
+ * called right before an epoch's checkpoint begins and returns the output
+ * generation that checkpoint covers; `committed` is called with it once the
+ * backup has acknowledged the epoch.
+ */
+export interface EpochHooks {
+  cut(): number;
+  committed(generation: number): void;
 }
 
 /** What the primary reports about a protected container. */
@@ -41,6 +59,8 @@ export interface ProtectionStatus extends ProtectionSpec {
   frozenMs: number;
   epochMs: number;
   epochsCommitted: number;
+  /** Epochs committed per second over the last few seconds. */
+  epochRate: number;
   lastError: string | null;
 }
 
@@ -54,11 +74,39 @@ export interface EpochResult {
   epochMs: number;
 }
 
-/** Replicates one container to its backup until stopped. */
+/** A checkpoint taken and cut into chunks, not yet shipped. */
+interface CapturedEpoch {
+  manifest: EpochManifest;
+  read: Parameters<typeof sendChunks>[4];
+  checkpointId: string;
+  takenAt: string;
+  frozenMs: number;
+  started: number;
+  /** The output generation this checkpoint covers (continuous mode). */
+  generation: number | undefined;
+}
+
+/** Commits remembered for the epoch rate. */
+const RATE_WINDOW = 20;
+
+/**
+ * Replicates one container to its backup until stopped.
+ *
+ *   checkpoint mode:  [capture ─ ship ─ commit] … interval … [capture ─ ship ─ commit]
+ *   continuous mode:  [capture N] [capture N+1] [capture N+2] …
+ *                               [ship N ─ commit N ─ release N] [ship N+1 …]
+ *
+ * In continuous mode epochs are pipelined: epoch N travels while N+1 is
+ * taken, so the container runs while the previous epoch is on the wire. At
+ * most one epoch is in flight: a capture waits for the ship before it, so a
+ * slow link slows the epoch rate instead of piling up checkpoints. Commits
+ * stay in order.
+ */
 export class Replicator {
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
+  private readonly commitTimes: number[] = [];
   readonly status: ProtectionStatus;
 
   constructor(
@@ -69,6 +117,8 @@ export class Replicator {
     private readonly log: (line: string) => void,
     /** Asked before each epoch; false skips it (an application failing its probe is not saved). */
     private readonly healthy: () => Promise<boolean> = () => Promise.resolve(true),
+    /** Output commit (continuous mode): cut before each checkpoint, release at each commit. */
+    private readonly hooks?: EpochHooks,
   ) {
     this.status = {
       name,
@@ -82,13 +132,19 @@ export class Replicator {
       frozenMs: 0,
       epochMs: 0,
       epochsCommitted: 0,
+      epochRate: 0,
       lastError: null,
     };
   }
 
+  private get continuous(): boolean {
+    return this.spec.mode === 'continuous';
+  }
+
   /** Starts the epoch loop (the first epoch at once). */
   start(): void {
-    this.schedule(0);
+    if (this.continuous) this.running = this.pipeline();
+    else this.schedule(0);
   }
 
   /**
@@ -102,6 +158,13 @@ export class Replicator {
     await Promise.race([this.running, sleep(2000)]);
   }
 
+  private failed(error: unknown): void {
+    epochFailed();
+    const message = error instanceof Error ? error.message : String(error);
+    if (message !== this.status.lastError) this.log(`replication of ${this.name}: ${message}`);
+    this.status.lastError = message;
+  }
+
   private schedule(delayMs: number): void {
     if (this.stopped) return;
     this.timer = setTimeout(() => {
@@ -111,15 +174,38 @@ export class Replicator {
           () => {
             this.status.lastError = null;
           },
-          (error: unknown) => {
-            epochFailed();
-            const message = error instanceof Error ? error.message : String(error);
-            if (message !== this.status.lastError) this.log(`replication of ${this.name}: ${message}`);
-            this.status.lastError = message;
-          },
+          (error: unknown) => this.failed(error),
         )
         .finally(() => this.schedule(Math.max(0, this.spec.intervalMs - (Date.now() - started))));
     }, delayMs);
+  }
+
+  /** The continuous loop: capture every interval, ship the previous capture meanwhile. */
+  private async pipeline(): Promise<void> {
+    let shipping: Promise<void> = Promise.resolve();
+    while (!this.stopped) {
+      const began = Date.now();
+      let captured: CapturedEpoch | undefined;
+      try {
+        captured = await this.capture();
+      } catch (error) {
+        this.failed(error);
+      }
+      // One epoch in flight at most: the previous one's commit comes first.
+      await shipping;
+      if (captured && !this.stopped) {
+        const epoch = captured;
+        shipping = this.ship(epoch).then(
+          () => {
+            this.status.lastError = null;
+          },
+          (error: unknown) => this.failed(error),
+        );
+      }
+      const rest = this.spec.intervalMs - (Date.now() - began);
+      if (rest > 0 && !this.stopped) await sleep(rest);
+    }
+    await shipping;
   }
 
   /**
@@ -129,12 +215,22 @@ export class Replicator {
    * nothing it acknowledges after the checkpoint can be lost.
    */
   async epoch(options: { final?: boolean } = {}): Promise<EpochResult> {
+    return this.ship(await this.capture(options));
+  }
+
+  /** Takes the checkpoint (the container is frozen for part of it) and cuts it into chunks. */
+  private async capture(options: { final?: boolean } = {}): Promise<CapturedEpoch> {
     const started = performance.now();
     const view = await this.host.inspect(this.name);
     if (view.state !== 'running') throw new Error(`not running (${view.state}): no epoch`);
     if (!(await this.healthy())) throw new Error('failing its probe: no epoch (the last healthy one stays)');
     const takenAt = new Date().toISOString();
-    const report = await this.host.checkpoint(this.name, { leaveRunning: !options.final, keep: 2 });
+    // Output read before this point was produced before the freeze below: this checkpoint covers it.
+    const generation = this.hooks?.cut();
+    // Continuous mode keeps one more local checkpoint: the one being shipped,
+    // the one being taken, and the newest committed (for recovery in place).
+    const keep = this.continuous ? 3 : 2;
+    const report = await this.host.checkpoint(this.name, { leaveRunning: !options.final, keep });
     if (!report.dir) throw new Error('the checkpoint was not kept locally');
     const record = await this.host.record(this.name);
     const chunked = await chunkDirectory(report.dir);
@@ -149,6 +245,20 @@ export class Replicator {
       skeleton: chunked.skeleton,
       files: chunked.files,
     };
+    return {
+      manifest,
+      read: chunked.read,
+      checkpointId: report.id,
+      takenAt,
+      frozenMs: report.frozenMs,
+      started,
+      generation,
+    };
+  }
+
+  /** Sends what the backup lacks of a captured epoch and commits it there; then releases its output. */
+  private async ship(captured: CapturedEpoch): Promise<EpochResult> {
+    const { manifest } = captured;
     // The transfer shared with migration: only the chunks the backup lacks travel.
     const backup = this.spec.backup.address;
     const { sentBytes: sent } = await sendChunks(
@@ -156,27 +266,35 @@ export class Replicator {
       this.token,
       this.name,
       chunkHashes(manifest),
-      chunked.read,
+      captured.read,
     );
     await commitEpoch(backup, this.token, manifest);
+    // A stopped replicator releases nothing: its container may be being
+    // restored from an older epoch (recovery in place).
+    if (captured.generation !== undefined && !this.stopped) this.hooks?.committed(captured.generation);
+    const now = Date.now();
+    this.commitTimes.push(now);
+    if (this.commitTimes.length > RATE_WINDOW) this.commitTimes.shift();
+    const span = (now - this.commitTimes[0]!) / 1000;
     Object.assign(this.status, {
       committedEpoch: manifest.epoch,
       committedAt: manifest.createdAt,
-      committedCheckpoint: report.id,
-      committedTakenAt: takenAt,
+      committedCheckpoint: captured.checkpointId,
+      committedTakenAt: captured.takenAt,
       sentBytes: sent,
       totalBytes: manifest.files.reduce((s, f) => s + f.size, 0),
-      frozenMs: report.frozenMs,
-      epochMs: performance.now() - started,
+      frozenMs: captured.frozenMs,
+      epochMs: performance.now() - captured.started,
       epochsCommitted: this.status.epochsCommitted + 1,
+      epochRate: span > 0 ? (this.commitTimes.length - 1) / span : 0,
     });
     epochCommitted(this.status);
     return {
       epoch: manifest.epoch,
-      takenAt,
+      takenAt: captured.takenAt,
       sentBytes: sent,
       totalBytes: this.status.totalBytes,
-      frozenMs: report.frozenMs,
+      frozenMs: captured.frozenMs,
       epochMs: this.status.epochMs,
     };
   }

@@ -69,7 +69,11 @@ export const agentCommand: Command = {
     const probeLog = logger('agent.probes');
     const protectionLog = logger('agent.protection');
     const prober = new Prober(host, (line) => probeLog.warn(line));
-    const protection = new Protection(host, token, (line) => protectionLog.warn(line), prober);
+    const advertise =
+      typeof inv.values.advertise === 'string' ? inv.values.advertise : `http://${listenText}`;
+    // Service addresses of continuous primaries go on the interface that carries the advertised address.
+    const hostAddress = new URL(advertise).hostname.replace(/^\[(.*)\]$/, '$1');
+    const protection = new Protection(host, token, (line) => protectionLog.warn(line), prober, hostAddress);
     let link: ClusterLink | undefined;
     if (typeof inv.values.controller === 'string') {
       const labels = Object.fromEntries(
@@ -91,7 +95,7 @@ export const agentCommand: Command = {
         host,
         controller: inv.values.controller,
         token,
-        advertise: typeof inv.values.advertise === 'string' ? inv.values.advertise : `http://${listenText}`,
+        advertise,
         protection,
         prober,
         onPrimaries: (names) => void protection.onPrimaries(names),

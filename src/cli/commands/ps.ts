@@ -40,10 +40,10 @@ export const psCommand: Command = {
   },
 };
 
-/** `checkpoint -> h2, epoch 0.4s old` — one cell of `ps`. */
+/** `checkpoint -> h2, epoch 0.4s old` (or `continuous -> …`) — one cell of `ps`. */
 function protectionText(p: ProtectionView): string {
-  if (p.mode !== 'checkpoint') return p.mode;
+  if (p.mode !== 'checkpoint' && p.mode !== 'continuous') return p.mode;
   const age =
     p.committedAgeMs === null ? 'no epoch yet' : `epoch ${(p.committedAgeMs / 1000).toFixed(1)}s old`;
-  return `checkpoint -> ${p.backup ?? 'no backup'}, ${age}`;
+  return `${p.mode} -> ${p.backup ?? 'no backup'}, ${age}`;
 }

@@ -9,7 +9,7 @@ import { loadSpecFile, mergeRunDrafts, type RunDraft } from '../spec-file.js';
 const usage =
   'haven run NAME --image IMG [--volume V:/path]... [--ip ADDR/PREFIX] [--memory 512m] [--env K=V]...\n' +
   '          [--host H] [--cpu MILLIS] [--label-require K=V]... [--with NAME]... [--apart NAME]...\n' +
-  '          [--ha none|restart|checkpoint [--interval 1s]]\n' +
+  '          [--ha none|restart|checkpoint [--interval 1s] | --ha continuous [--epoch 100ms] --publish PORT...]\n' +
   "          [--probe-exec 'CMD' | --probe-tcp PORT | --probe-http PORT/PATH] [--probe-period 1s] [--probe-timeout 1s]\n" +
   '          [--probe-failures 3] [--probe-delay 0s] [--watchdog 2s [--watchdog-delay 0s]] [--json] -- CMD ARGS...\n' +
   '       haven run -f|--file SPEC.yaml [NAME] [any flag above] [-- CMD ARGS...]\n' +
@@ -18,6 +18,9 @@ const usage =
   '               Flags given beside it override the file: each replaces the field it sets\n' +
   '               (NAME the name, -- CMD the command and args, --probe-* kind flags the probe),\n' +
   '               --env and --label-require override per key, timing flags adjust its probe.\n' +
+  '  --ha continuous  Remus-style: epochs every --epoch (default 100ms), each reply held until\n' +
+  '               the epoch that produced it is on the backup. Clients connect to the service\n' +
+  "               address (see 'haven inspect') on each --publish port.\n" +
   '  --watchdog   the application must send sd_notify WATCHDOG=1 (to $NOTIFY_SOCKET) at least\n' +
   '               this often, else it is unhealthy like a failed probe ($WATCHDOG_USEC tells it).';
 
@@ -129,11 +132,15 @@ export function runDraftFromFlags(inv: Pick<Invocation, 'values' | 'positionals'
   if (list('apart')) draft.apart = list('apart');
   const ha = text('ha');
   if (ha !== undefined) {
-    if (ha !== 'none' && ha !== 'restart' && ha !== 'checkpoint')
-      throw new InvalidArgumentError(`invalid --ha "${ha}": none, restart or checkpoint`);
+    if (ha !== 'none' && ha !== 'restart' && ha !== 'checkpoint' && ha !== 'continuous')
+      throw new InvalidArgumentError(`invalid --ha "${ha}": none, restart, checkpoint or continuous`);
     draft.ha = ha;
   }
+  if (text('interval') !== undefined && text('epoch') !== undefined)
+    throw new InvalidArgumentError('give --epoch (continuous) or --interval (checkpoint), not both');
   if (text('interval') !== undefined) draft.intervalMs = parseDuration(text('interval')!);
+  if (text('epoch') !== undefined) draft.intervalMs = parseDuration(text('epoch')!);
+  if (list('publish')) draft.publish = list('publish')!.map((p) => parsePort(p, '--publish'));
   const { probe } = probeFromFlags(values);
   if (probe) draft.probe = probe as ProbeSpec;
   if (text('watchdog') !== undefined) {
@@ -181,7 +188,8 @@ const CLUSTER_ONLY: ReadonlyArray<[keyof RunDraft, string]> = [
   ['with', '--with / affinity.with'],
   ['apart', '--apart / affinity.apart'],
   ['ha', '--ha / ha'],
-  ['intervalMs', '--interval / interval'],
+  ['intervalMs', '--interval, --epoch / interval'],
+  ['publish', '--publish / publish'],
   ['probe', '--probe-* / livenessProbe'],
   ['watchdog', '--watchdog / watchdog'],
 ];
@@ -206,6 +214,8 @@ export const runCommand: Command = {
     apart: { type: 'string', multiple: true },
     ha: { type: 'string' },
     interval: { type: 'string' },
+    epoch: { type: 'string' },
+    publish: { type: 'string', multiple: true },
     'probe-exec': { type: 'string' },
     'probe-tcp': { type: 'string' },
     'probe-http': { type: 'string' },

@@ -1,0 +1,44 @@
+/**
+ * Service addresses: the address at which clients reach a continuously
+ * protected container's output-commit proxy (see src/agent/output-commit.ts).
+ * It lives on the primary's host — on the interface that carries the host's
+ * own address — and moves with the container, as a virtual IP does under
+ * keepalived: the new holder adds it and announces it with unsolicited
+ * (gratuitous) ARP, so neighbours switch at once instead of waiting for
+ * their ARP entries to go stale; the old holder, if alive, removes it before
+ * its lease ends (fencing).
+ *
+ * The address is added as a /32: it adds no route, only a local address.
+ */
+import { run } from '../core/exec.js';
+
+/** The interface that carries `hostAddress` in this network namespace. */
+export async function interfaceOf(hostAddress: string): Promise<string> {
+  const out = await run(['ip', '-o', '-4', 'addr', 'show']);
+  for (const line of out.stdout.split('\n')) {
+    // "2: eth0    inet 10.88.0.2/16 brd … scope global eth0"
+    const match = /^\d+:\s+(\S+)\s+inet\s+([0-9.]+)\//.exec(line);
+    if (match && match[2] === hostAddress) return match[1]!.replace(/@.*$/, '');
+  }
+  throw new Error(`no interface here carries ${hostAddress}: cannot hold a service address`);
+}
+
+/**
+ * Adds `address` to the interface of `hostAddress` and announces it with
+ * unsolicited ARP (three, 200 ms apart, in the background: the first goes at
+ * once). Idempotent.
+ */
+export async function claimServiceAddress(address: string, hostAddress: string): Promise<void> {
+  const device = await interfaceOf(hostAddress);
+  await run(['ip', 'addr', 'replace', `${address}/32`, 'dev', device]);
+  void run(['arping', '-q', '-U', '-c', '3', '-i', '0.2', '-I', device, address], {
+    allowFailure: true,
+  });
+}
+
+/** Removes `address` from this host, if it holds it. */
+export async function releaseServiceAddress(address: string, hostAddress: string): Promise<void> {
+  const device = await interfaceOf(hostAddress).catch(() => undefined);
+  if (!device) return;
+  await run(['ip', 'addr', 'del', `${address}/32`, 'dev', device], { allowFailure: true });
+}
