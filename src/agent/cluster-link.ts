@@ -139,6 +139,8 @@ export class ClusterLink {
             memoryBytes: this.options.memoryBytes ?? totalmem(),
             bootId: this.bootId,
             heartbeatMs: this.options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS,
+            // What checkpoints need of a host: placement keeps state off hosts that cannot run it.
+            machine: await this.options.host.thisMachine(),
           },
         },
       );

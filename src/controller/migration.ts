@@ -390,6 +390,8 @@ export class Migrations {
         ...this.ctx.placementOf(intent),
         ...(asked ? { host: asked } : {}),
         excludeHosts: [intent.host!],
+        // Refused here, before anything stops, if the destination cannot run its checkpoints.
+        origin: intent.host!,
       },
     );
     if (!decision.ok) {

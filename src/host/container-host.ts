@@ -73,14 +73,13 @@ import { ImageStore, sha256File } from './images.js';
 import {
   compressionFor,
   extractArchive,
-  incompatibility,
-  thisMachine,
   writeArchive,
   writeHeader,
   ARCHIVE_VERSION,
   type ArchiveCompression,
   type MachineRequirements,
 } from './archive.js';
+import { incompatibility, localMachine } from './compat.js';
 import {
   hashTree,
   MANIFEST_VERSION,
@@ -700,12 +699,14 @@ export class ContainerHost {
 
   private machine: Promise<MachineRequirements> | undefined;
 
-  /** This machine's CPU features, kernel and CRIU version, read once per process. */
-  private thisMachine(): Promise<MachineRequirements> {
-    return (this.machine ??= (async () => {
-      const { stdout } = await run([this.config.criuPath, '--version'], { allowFailure: true });
-      return thisMachine(/Version:\s*(\S+)/.exec(stdout)?.[1] ?? 'unknown');
-    })());
+  /**
+   * This machine's CPU features, kernel and CRIU version, read once per
+   * process: what checkpoints taken here need, what the agent reports at
+   * registration, and what restores here are checked against (`host/compat.ts`,
+   * with its `HAVEN_TEST_CPU_MASK` test knob).
+   */
+  thisMachine(): Promise<MachineRequirements> {
+    return (this.machine ??= localMachine(this.config.criuPath, this.config.hostName));
   }
 
   // --- restore ----------------------------------------------------------------
@@ -735,7 +736,10 @@ export class ContainerHost {
     if (!/^ck-[0-9a-z-]+$/.test(chosen)) throw new InvalidArgumentError(`invalid checkpoint id "${chosen}"`);
     const dir = join(this.dir(name), 'checkpoints', chosen);
     if (!existsSync(dir)) throw new NotFoundError(`container "${name}" has no checkpoint "${chosen}"`);
-    await verifyCheckpoint(dir); // before anything is touched
+    const manifest = await verifyCheckpoint(dir); // before anything is touched
+    // A state directory carried to another machine keeps its checkpoints: check they can run here.
+    const reason = incompatibility(manifest.origin, await this.thisMachine());
+    if (reason) throw new FailedPreconditionError(`cannot restore this checkpoint here: ${reason}`);
     return this.restoreFrom(record, dir, chosen, options.tcpClose ?? false);
   }
 

@@ -1,0 +1,105 @@
+/**
+ * Compatibility before moving (issue 6), on a 2-host lab whose host h2
+ * reports — and checks restores against — a CPU that lacks one of this
+ * machine's flags (the `HAVEN_TEST_CPU_MASK` test knob: both hosts share
+ * one CPU here, so the lack is simulated in what h2's agent sees, nothing
+ * else).
+ *
+ * 1. The hosts report their facts; h2's lack the masked flag.
+ * 2. Migrating a container from h1 to h2 is refused before anything stops,
+ *    naming the flag: no migration starts, the container runs on in h1 with
+ *    the same process; without `--to` no host can take it.
+ * 3. A protected container on h1 is not admitted: no backup can run its epochs.
+ * 4. The other way is fine: a container on h2 (fewer flags) moves to h1.
+ */
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { after, before, test } from 'node:test';
+import { REDIS_ARGS } from '../../src/fixtures/images.js';
+import { parseCpuFlags } from '../../src/host/compat.js';
+import { events, haven, inspect, labWithRedis, ok, waitFor } from '../support/lab-cli.js';
+
+interface View {
+  name: string;
+  host: string;
+  state: string;
+  pid: number;
+}
+interface HostFacts {
+  name: string;
+  machine?: { cpuFlags: string[]; kernel: string; criuVersion: string };
+}
+
+let flag: string;
+
+before(async () => {
+  // A flag every x86-64 CPU has, so the test means the same on any machine.
+  const flags = parseCpuFlags(await readFile('/proc/cpuinfo', 'utf8'));
+  flag = flags.includes('sse2') ? 'sse2' : flags[0]!;
+  await labWithRedis(2, { HAVEN_TEST_CPU_MASK: `h2=${flag}` });
+});
+
+after(async () => {
+  await haven(['lab', 'down']);
+});
+
+test('agents report their CPU flags, kernel and CRIU; the masked host lacks the flag', async () => {
+  const hosts = JSON.parse(await ok(['host', 'ls', '--json'])) as HostFacts[];
+  const h1 = hosts.find((h) => h.name === 'h1')?.machine;
+  const h2 = hosts.find((h) => h.name === 'h2')?.machine;
+  assert.ok(h1 && h2, JSON.stringify(hosts));
+  assert.ok(h1.cpuFlags.includes(flag));
+  assert.ok(!h2.cpuFlags.includes(flag));
+  assert.match(h1.criuVersion, /^\d+\.\d+/);
+  assert.equal(h1.kernel, h2.kernel);
+});
+
+test('a migration to a host lacking a CPU flag is refused before anything stops, with the reason', async () => {
+  await ok(['run', 'kv', '--image', 'redis', '--host', 'h1', '--', ...REDIS_ARGS]);
+  const before = await waitFor('kv running', async () => {
+    const v = await inspect<View>('kv');
+    return v.state === 'running' && v.pid > 0 ? v : undefined;
+  });
+  const refused = await haven(['migrate', 'kv', '--to', 'h2']);
+  assert.notEqual(refused.code, 0);
+  assert.match(refused.stderr, new RegExp(`h2: incompatible: .*lacks.*\\b${flag}\\b`));
+  const placed = await haven(['migrate', 'kv']);
+  assert.notEqual(placed.code, 0);
+  assert.match(placed.stderr, /no host can take "kv".*incompatible/);
+  const after = await inspect<View>('kv');
+  assert.deepEqual([after.host, after.state, after.pid], ['h1', 'running', before.pid]);
+  const started = (await events()).filter(
+    (e) => e.kind === 'container.migration-started' && e.subject === 'kv',
+  );
+  assert.deepEqual(started, []);
+});
+
+test('a protected container is not admitted where no backup could run its epochs', async () => {
+  const refused = await haven([
+    'run',
+    'safe',
+    '--image',
+    'redis',
+    '--host',
+    'h1',
+    '--ha',
+    'checkpoint',
+    '--',
+    ...REDIS_ARGS,
+  ]);
+  assert.notEqual(refused.code, 0);
+  assert.match(refused.stderr, /no room to protect "safe".*incompatible/);
+});
+
+test('from the host with fewer flags, migration goes ahead', async () => {
+  await ok(['run', 'small', '--image', 'redis', '--host', 'h2', '--', ...REDIS_ARGS]);
+  await waitFor('small running', async () =>
+    (await inspect<View>('small')).state === 'running' ? true : undefined,
+  );
+  await ok(['migrate', 'small', '--to', 'h1', '--strategy', 'stop-copy']);
+  const moved = await waitFor('small on h1', async () => {
+    const v = await inspect<View>('small');
+    return v.host === 'h1' && v.state === 'running' ? v : undefined;
+  });
+  assert.equal(moved.host, 'h1');
+});
