@@ -19,7 +19,7 @@ import { Transform } from 'node:stream';
 import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { isIPv6 } from 'node:net';
-import { CorruptCheckpointError, type HavenError } from '../core/errors.js';
+import { CorruptCheckpointError, NotLeaderError, type HavenError } from '../core/errors.js';
 import { encodeHeartbeatDatagram, parseHeartbeatAnswer } from '../core/heartbeat-datagram.js';
 import { lineLogger, logger, type Logger } from '../core/log.js';
 import type { HistogramChild } from '../core/metrics.js';
@@ -32,12 +32,24 @@ import type { Protection } from './protection.js';
 
 /** Default heartbeat period: a host's death is noticed within a few of these. */
 export const DEFAULT_HEARTBEAT_MS = 100;
+/**
+ * With several controllers, one silent this long is left for the next: more
+ * than two acknowledgement periods (the controller acknowledges at most
+ * every 190 ms), well under the agent's 500 ms fencing lease.
+ */
+const CONTROLLER_SILENT_MS = 400;
 /** A full report (containers, protection) rides on every this-many heartbeats. */
 const REPORT_EVERY = 10;
 
 /** Options of {@link ClusterLink}. */
 export interface ClusterLinkOptions {
   host: ContainerHost;
+  /**
+   * The controller's address — or, for a control plane of several
+   * controllers (etcd), all of their addresses separated by commas: the
+   * link registers with whichever leads, following a standby's "not the
+   * leader, it is at …", and moves on when its controller stops answering.
+   */
   controller: Endpoint;
   token: string;
   /** The URL the controller reaches this agent at. */
@@ -76,6 +88,11 @@ export class ClusterLink {
   private lastDigest = '';
   private bootId = '';
   private backoffMs = 200;
+  /** Every controller's address, and the one in use (see {@link ClusterLinkOptions.controller}). */
+  private readonly controllers: Endpoint[];
+  private current = 0;
+  /** Registrations tried since the last success, to back off only once every controller refused. */
+  private tries = 0;
   /**
    * When the controller last acknowledged a heartbeat (ms since the epoch).
    * It starts at the agent's start: an agent restarted while cut off must
@@ -89,6 +106,26 @@ export class ClusterLink {
 
   constructor(private readonly options: ClusterLinkOptions) {
     this.log = options.log ? lineLogger('agent.link', options.log) : logger('agent.link');
+    this.controllers = options.controller.split(',').filter((c) => c.length > 0);
+  }
+
+  /** The controller this link talks to now. */
+  get controller(): Endpoint {
+    return this.controllers[this.current] ?? this.options.controller;
+  }
+
+  /**
+   * Registration with the current controller failed: with several, go to the
+   * leader a standby named, else to the next one. True if there is another
+   * to try at once.
+   */
+  private nextController(error: unknown): boolean {
+    if (this.controllers.length < 2) return false;
+    const leader = error instanceof NotLeaderError ? error.leader : undefined;
+    const named = leader ? this.controllers.indexOf(leader) : -1;
+    this.current =
+      named >= 0 && named !== this.current ? named : (this.current + 1) % this.controllers.length;
+    return ++this.tries < 2 * this.controllers.length;
   }
 
   /** Starts registering and heartbeating in the background. */
@@ -125,7 +162,7 @@ export class ClusterLink {
     if (this.stopped) return;
     try {
       const registered = await callJson<{ heartbeat?: { udpPort: number; key: string } }>(
-        this.options.controller,
+        this.controller,
         '/v1/hosts',
         this.options.token,
         {
@@ -144,29 +181,32 @@ export class ClusterLink {
           },
         },
       );
-      this.log.info(`registered with ${this.options.controller}`, { controller: this.options.controller });
+      this.log.info(`registered with ${this.controller}`, { controller: this.controller });
       this.backoffMs = 200;
+      this.tries = 0;
       this.lastDigest = '';
       // Datagrams where the controller takes them and is reached over the
       // network; the stream through a Unix socket or when asked for.
-      const target = datagramTarget(this.options.controller, registered.heartbeat);
+      const target = datagramTarget(this.controller, registered.heartbeat);
       if (target && this.options.transport !== 'stream') this.beatByDatagram(target);
       else this.beatOnStream();
     } catch (error) {
-      this.log.warn(`cannot register with ${this.options.controller}: ${(error as Error).message}`, {
-        controller: this.options.controller,
-        retryInMs: this.backoffMs,
+      const failed = this.controller;
+      const again = this.nextController(error);
+      this.log.warn(`cannot register with ${failed}: ${(error as Error).message}`, {
+        controller: failed,
+        retryInMs: again ? 50 : this.backoffMs,
       });
-      this.retry();
+      this.retry(again ? 50 : undefined);
     }
   }
 
-  private retry(): void {
+  private retry(afterMs?: number): void {
     if (this.stopped) return;
     this.closeBeats = undefined;
     if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => void this.connect(), this.backoffMs);
-    this.backoffMs = Math.min(this.backoffMs * 2, 2000);
+    this.timer = setTimeout(() => void this.connect(), afterMs ?? this.backoffMs);
+    if (afterMs === undefined) this.backoffMs = Math.min(this.backoffMs * 2, 2000);
   }
 
   /**
@@ -195,14 +235,15 @@ export class ClusterLink {
   private beatByDatagram(target: DatagramTarget): void {
     const socket = createSocket(isIPv6(target.address) ? 'udp6' : 'udp4');
     let ended = false;
-    const end = (why: string): void => {
+    const end = (why: string, afterMs?: number): void => {
       if (ended) return;
       ended = true;
       if (!this.stopped)
         this.log.warn(`heartbeats stopped (${why}); registering again`, { transport: 'datagram' });
       socket.close();
-      this.retry();
+      this.retry(afterMs);
     };
+    const registeredAt = Date.now();
     this.closeBeats = () => end('stopped');
     socket.on('message', (bytes) => {
       const answer = parseHeartbeatAnswer(bytes);
@@ -216,6 +257,14 @@ export class ClusterLink {
     let reporting = false;
     const beat = async (): Promise<void> => {
       if (ended || this.stopped) return;
+      // Several controllers: one that stopped acknowledging (killed, deposed) is left for the next,
+      // which leads or names the leader. (A lone controller is waited for, as it always was.)
+      const silentMs = Date.now() - Math.max(this.lastAckAt, registeredAt);
+      if (this.controllers.length > 1 && silentMs > CONTROLLER_SILENT_MS) {
+        this.current = (this.current + 1) % this.controllers.length;
+        end(`no acknowledgement for ${silentMs} ms: trying the next controller`, 0);
+        return;
+      }
       const seq = this.seq++;
       socket.send(
         encodeHeartbeatDatagram({ host, bootId: this.bootId, key: target.key, seq }),
@@ -245,7 +294,7 @@ export class ClusterLink {
   /** Sends one report; the answer acknowledges it and says which containers this host may run. */
   private async sendReport(beat: Record<string, unknown>): Promise<void> {
     const answer = await callJson<{ primaries?: string[] }>(
-      this.options.controller,
+      this.controller,
       `/v1/hosts/${this.options.host.config.hostName}/heartbeat`,
       this.options.token,
       { method: 'POST', body: beat, timeoutMs: 5000 },
@@ -257,7 +306,7 @@ export class ClusterLink {
   /** Beats as JSON lines on one long-lived request, each acknowledged on its answer. */
   private beatOnStream(): void {
     const base = requestOptions(
-      this.options.controller,
+      this.controller,
       `/v1/hosts/${this.options.host.config.hostName}/heartbeats`,
       this.options.token,
     );
@@ -369,7 +418,7 @@ export class ClusterLink {
    */
   async pullImage(id: string): Promise<void> {
     const res = await openRequest(
-      this.options.controller,
+      this.controller,
       `/v1/images/${encodeURIComponent(id)}`,
       this.options.token,
       { timeoutMs: 600_000 },

@@ -8,7 +8,7 @@
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createReadStream } from 'node:fs';
-import { HavenError, InvalidArgumentError } from '../core/errors.js';
+import { HavenError, InvalidArgumentError, NotLeaderError } from '../core/errors.js';
 import {
   callJson,
   errorFrom,
@@ -76,22 +76,47 @@ function tokenFrom(env: NodeJS.ProcessEnv, file: string): string {
 
 /** The controller's API, as the CLI uses it. */
 export class ClusterClient {
-  constructor(readonly target: ClusterTarget) {}
+  /**
+   * Every controller's address: `HAVEN_CONTROLLER` may list several,
+   * separated by commas (a control plane on etcd). Calls go to the one that
+   * answered last; a standby's "not the leader" or an unreachable one moves
+   * them on, to the leader it named if it did.
+   */
+  private readonly endpoints: Endpoint[];
+  private current = 0;
+
+  constructor(readonly target: ClusterTarget) {
+    this.endpoints = target.endpoint.split(',').filter((e) => e.length > 0);
+  }
+
+  /** The controller calls go to now. */
+  get endpoint(): Endpoint {
+    return this.endpoints[this.current] ?? this.target.endpoint;
+  }
 
   /** Calls the controller; an unreachable one is reported with where it was looked for. */
   async call<T>(path: string, options: CallOptions = {}): Promise<T> {
-    try {
-      return await callJson<T>(this.target.endpoint, path, this.target.token, options);
-    } catch (error) {
-      // Only a controller that could not be reached at all: its own 503s (a host down) pass through.
-      if (error instanceof UnreachableError) {
-        throw new HavenError(
-          `cannot reach the Haven controller at ${this.target.endpoint} (found via ${this.target.via}): ${error.message}`,
-          'unavailable',
-          true,
-        );
+    for (let tries = 1; ; tries++) {
+      try {
+        return await callJson<T>(this.endpoint, path, this.target.token, options);
+      } catch (error) {
+        const elsewhere = error instanceof UnreachableError || error instanceof NotLeaderError;
+        if (elsewhere && tries < 2 * this.endpoints.length) {
+          const named =
+            error instanceof NotLeaderError && error.leader ? this.endpoints.indexOf(error.leader) : -1;
+          this.current = named >= 0 ? named : (this.current + 1) % this.endpoints.length;
+          continue;
+        }
+        // Only a controller that could not be reached at all: its own 503s (a host down) pass through.
+        if (error instanceof UnreachableError) {
+          throw new HavenError(
+            `cannot reach the Haven controller at ${this.target.endpoint} (found via ${this.target.via}): ${error.message}`,
+            'unavailable',
+            true,
+          );
+        }
+        throw error;
       }
-      throw error;
     }
   }
 
@@ -114,7 +139,7 @@ export class ClusterClient {
       : { file: path, cleanup: async () => {} };
     try {
       const query = name ? `?name=${encodeURIComponent(name)}` : '';
-      const res = await openRequest(this.target.endpoint, `/v1/images${query}`, this.target.token, {
+      const res = await openRequest(this.endpoint, `/v1/images${query}`, this.target.token, {
         method: 'PUT',
         payload: createReadStream(tar.file),
         headers: { 'content-type': 'application/x-tar' },

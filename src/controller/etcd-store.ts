@@ -30,24 +30,15 @@
  * so a reader following `eventsSince` never skips one that commits late).
  */
 import { Etcd3, type IOptions, type Namespace } from 'etcd3';
-import { HavenError } from '../core/errors.js';
+import { HavenError, NotLeaderError } from '../core/errors.js';
+
+export { NotLeaderError };
 import type { ClusterStore, ContainerIntent, HostRecord, OperationRecord, StoredEvent } from './store.js';
 
 /** A store call that etcd did not answer in this time fails as unavailable (no quorum, all members down). */
 const CALL_TIMEOUT_MS = 3_000;
 /** Events kept: older ones are deleted as new ones come (SQLite keeps all; etcd is not a log store). */
 const EVENTS_KEPT = 20_000;
-
-/** This controller is not (or no longer) the leader: its write was refused by etcd. */
-export class NotLeaderError extends HavenError {
-  constructor(
-    message: string,
-    /** The current leader's API address, when known. */
-    readonly leader?: string,
-  ) {
-    super(message, 'unavailable', true);
-  }
-}
 
 /** Which election key guards writes, and the create revision it must still have. */
 export interface Fence {

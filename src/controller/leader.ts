@@ -77,7 +77,7 @@ export class LeaderElection extends EventEmitter {
   /** The leader's address as last seen (standbys answer clients with it). */
   leaderAddress: string | undefined;
 
-  constructor(private readonly options: LeaderElectionOptions) {
+  constructor(readonly options: LeaderElectionOptions) {
     super();
     this.ttlMs = (options.ttlSeconds ?? ELECTION_TTL_S) * 1000;
     this.now = options.now ?? Date.now;

@@ -81,6 +81,21 @@ export class RuntimeFailedError extends HavenError {
   }
 }
 
+/**
+ * Thrown by a controller that is not the leader of its control plane (a
+ * standby, or one deposed) — or answered by one, over HTTP, as a 503 with
+ * the leader's address: ask the leader instead.
+ */
+export class NotLeaderError extends HavenError {
+  constructor(
+    message: string,
+    /** The current leader's API address, when known. */
+    readonly leader?: string,
+  ) {
+    super(message, 'unavailable', true);
+  }
+}
+
 /** Exit status the CLI uses for each error code. */
 export function exitCodeFor(error: unknown): number {
   if (!(error instanceof HavenError)) return 70;

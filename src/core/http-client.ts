@@ -6,7 +6,7 @@
  */
 import { request, type IncomingMessage, type RequestOptions } from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import { HavenError, InvalidArgumentError, type ErrorCode } from './errors.js';
+import { HavenError, InvalidArgumentError, NotLeaderError, type ErrorCode } from './errors.js';
 
 /** Where an API lives: `http://ADDR:PORT` or `unix:/path/to.sock`. */
 export type Endpoint = string;
@@ -102,14 +102,18 @@ export async function errorFrom(res: IncomingMessage): Promise<HavenError> {
   const text = await readText(res);
   let message = text;
   let code: string | undefined;
+  let leader: string | undefined;
   try {
-    const parsed = JSON.parse(text) as { error?: string; code?: string };
+    const parsed = JSON.parse(text) as { error?: string; code?: string; leader?: unknown };
     message = parsed.error ?? text;
     code = parsed.code;
+    // A standby controller names the leader (or says none is known: null).
+    if ('leader' in parsed) leader = typeof parsed.leader === 'string' ? parsed.leader : '';
   } catch {
     // Not JSON: keep the text.
   }
   const status = res.statusCode ?? 500;
+  if (leader !== undefined && status === 503) return new NotLeaderError(message, leader || undefined);
   return new HavenError(
     message || `HTTP ${status}`,
     (code as ErrorCode | undefined) ?? CODES[status] ?? 'internal',

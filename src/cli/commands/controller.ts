@@ -1,9 +1,20 @@
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { Server } from 'node:http';
+import {
+  createServer,
+  type IncomingMessage,
+  type RequestListener,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Etcd3 } from 'etcd3';
+import { InvalidArgumentError } from '../../core/errors.js';
+import { sendJson } from '../../core/http.js';
 import { callJson } from '../../core/http-client.js';
 import { logger } from '../../core/log.js';
+import { EtcdStore, etcdClientOptions } from '../../controller/etcd-store.js';
+import { LeaderElection } from '../../controller/leader.js';
 import { CachedStore } from '../../controller/cached-store.js';
 import { Controller, DEFAULT_FAILURE_MS } from '../../controller/controller.js';
 import { ImageRegistry } from '../../controller/image-registry.js';
@@ -11,29 +22,48 @@ import { receiveHeartbeatDatagrams, type DatagramStats } from '../../controller/
 import { instrumentController } from '../../controller/metrics.js';
 import { createControllerServer, type ControllerServerOptions } from '../../controller/server.js';
 import { SqliteStore } from '../../controller/sqlite-store.js';
-import type { StoredEvent } from '../../controller/store.js';
+import type { ClusterStore, StoredEvent } from '../../controller/store.js';
 import type { Command } from '../command.js';
 import { parseListen, readToken } from './agent.js';
 
 const log = logger('controller');
 
 const usage =
-  'haven controller [--listen HOST:PORT] [--socket PATH] [--state-dir DIR] [--token-file FILE] [--failure-ms MS]';
+  'haven controller [--listen HOST:PORT] [--socket PATH] [--state-dir DIR] [--token-file FILE] [--failure-ms MS]\n' +
+  '                 [--store sqlite|etcd --etcd URL,URL,... --advertise URL] [--images-dir DIR]';
+
+/** Exit status of a deposed leader: its supervisor (systemd, the lab) restarts it as a standby. */
+export const EXIT_DEPOSED = 75;
 
 /**
- * `haven controller`: the cluster's controller, on the embedded SQLite store
- * in `--state-dir` (default /var/lib/haven/controller), serving its API on TCP
- * (for agents) and on a Unix socket (for the CLI on this machine).
+ * `haven controller`: the cluster's controller, serving its API on TCP (for
+ * agents) and on a Unix socket (for the CLI on this machine).
+ *
+ * `--store sqlite` (default): the embedded store in `--state-dir` (default
+ * /var/lib/haven/controller); this controller is the only one.
+ *
+ * `--store etcd --etcd URLS`: one of several controllers sharing etcd. It
+ * campaigns (controller/leader.ts); until elected it answers every request
+ * with a 503 naming the leader (agents and the CLI, given every
+ * controller's address, go there), and binds neither the heartbeat port
+ * nor `--socket`. Once elected it loads the cluster from etcd, claims the
+ * operations the last leader left unfinished, and serves. Deposed (its
+ * lease gone), it exits at once ({@link EXIT_DEPOSED}) rather than risk a
+ * decision: its supervisor restarts it as a standby.
  */
 export const controllerCommand: Command = {
   name: 'controller',
-  summary: 'run the cluster controller (embedded store, API on TCP and a Unix socket)',
+  summary: 'run the cluster controller (embedded store, or one of several on etcd)',
   usage,
   options: {
     listen: { type: 'string' },
     socket: { type: 'string' },
     'token-file': { type: 'string' },
     'failure-ms': { type: 'string' },
+    store: { type: 'string' },
+    etcd: { type: 'string' },
+    advertise: { type: 'string' },
+    'images-dir': { type: 'string' },
   },
   async run(inv) {
     const token = readToken(inv.values['token-file']);
@@ -42,8 +72,110 @@ export const controllerCommand: Command = {
     await mkdir(stateDir, { recursive: true });
     const failureMs =
       typeof inv.values['failure-ms'] === 'string' ? Number(inv.values['failure-ms']) : DEFAULT_FAILURE_MS;
-    const store = await CachedStore.over(new SqliteStore(join(stateDir, 'cluster.db')));
-    const images = new ImageRegistry(join(stateDir, 'images'));
+    const storeKind = typeof inv.values.store === 'string' ? inv.values.store : 'sqlite';
+    if (storeKind !== 'sqlite' && storeKind !== 'etcd')
+      throw new InvalidArgumentError(`invalid --store "${storeKind}": sqlite or etcd`);
+    const listenText = typeof inv.values.listen === 'string' ? inv.values.listen : '127.0.0.1:7070';
+    const listen = parseListen(listenText);
+    const socket = typeof inv.values.socket === 'string' ? inv.values.socket : undefined;
+    const images = new ImageRegistry(
+      typeof inv.values['images-dir'] === 'string' ? inv.values['images-dir'] : join(stateDir, 'images'),
+    );
+
+    // ---- the control plane: alone on SQLite, or elected among several on etcd
+    let election: LeaderElection | undefined;
+    let etcd: Etcd3 | undefined;
+    let openStore: () => Promise<ClusterStore>;
+    if (storeKind === 'etcd') {
+      if (typeof inv.values.etcd !== 'string')
+        throw new InvalidArgumentError('--store etcd needs --etcd URL[,URL...]');
+      const endpoints = inv.values.etcd.split(',').filter((e) => e.length > 0);
+      const advertise =
+        typeof inv.values.advertise === 'string' ? inv.values.advertise : `http://${listenText}`;
+      etcd = new Etcd3(etcdClientOptions(endpoints));
+      election = new LeaderElection({ client: etcd, address: advertise });
+      const client = etcd;
+      const elected = election;
+      openStore = () => Promise.resolve(new EtcdStore({ endpoints, client, fence: elected.fence! }));
+    } else {
+      openStore = () => Promise.resolve(new SqliteStore(join(stateDir, 'cluster.db')));
+    }
+
+    // The API listens from the start: a standby answers "not the leader" until it leads.
+    const state = { serving: false };
+    const gate =
+      (inner: RequestListener): RequestListener =>
+      (req, res) => {
+        if (!state.serving) return notLeader(res, election);
+        if (election && !election.mayDecide() && decides(req))
+          return sendJson(res, 503, {
+            error: 'this controller cannot reach an etcd quorum: it decides nothing until it can',
+            code: 'unavailable',
+          });
+        inner(req, res);
+      };
+    const servers: Server[] = [];
+    const tcpOptions: ControllerServerOptions = {
+      controller: undefined as unknown as Controller,
+      images,
+      token,
+    };
+    const tcpInner = createControllerServer(tcpOptions);
+    const tcpHandler = tcpInner.listeners('request')[0] as RequestListener;
+    const tcp = createServer(gate((req, res) => tcpHandler(req, res)));
+    Object.assign(tcp, {
+      requestTimeout: tcpInner.requestTimeout,
+      headersTimeout: tcpInner.headersTimeout,
+      keepAliveTimeout: tcpInner.keepAliveTimeout,
+    });
+    let port = 0;
+    const listenTcp = async (): Promise<void> => {
+      await new Promise<void>((resolve, reject) => {
+        tcp.once('error', reject);
+        // A thousand agents reconnecting at once (after a restart) must not overflow the accept queue.
+        tcp.listen({ port: listen.port, host: listen.host, backlog: 4096 }, () => resolve());
+      });
+      servers.push(tcp);
+      port = (tcp.address() as AddressInfo).port;
+    };
+    // A standby listens at once (to send clients to the leader); a lone controller only once it serves.
+    if (election) await listenTcp();
+
+    let stopping = false;
+    let wake: () => void = () => undefined;
+    const stopped = new Promise<void>((resolve) => (wake = resolve));
+    const stop = (): void => {
+      stopping = true;
+      wake();
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+
+    let waitedMs = 0;
+    if (election) {
+      log.info(`standing by on ${listenText}: campaigning for leader`, { listen: listenText });
+      const since = Date.now();
+      const won = await Promise.race([election.campaign().then(() => true), stopped.then(() => false)]);
+      if (!won) {
+        await shutDown(servers, election, etcd);
+        return 0;
+      }
+      waitedMs = Date.now() - since;
+      // Deposed: every write would be refused anyway; exit before anything is ordered on stale beliefs.
+      election.on('deposed', (why: string) => {
+        log.error(`deposed (${why}): exiting; restarted, this controller stands by`, { why });
+        process.exit(EXIT_DEPOSED);
+      });
+    }
+
+    const store = await CachedStore.over(await openStore());
+    if (election) {
+      // The first thing a new leader records: that it took office, with its fencing generation.
+      await store.appendEvent('controller.elected', election.options.address, {
+        generation: election.fence!.createRevision,
+        campaignedMs: waitedMs,
+      });
+    }
     const controller = new Controller({
       store,
       images,
@@ -51,36 +183,34 @@ export const controllerCommand: Command = {
       callAgent: (host, path, options = {}) =>
         callJson(host.address, path, token, { timeoutMs: 600_000, ...options }),
       ...failpointsFrom(process.env.HAVEN_FAILPOINTS),
+      ...(election ? { mayDecide: () => election.mayDecide() } : {}),
     });
-    // Before the API listens: a failover cut short by the last controller is
-    // claimed before any heartbeat could take its promoted copy for a stray.
+    tcpOptions.controller = controller;
+    controller.events.on('event', logEvent);
+    // Before the API serves: a failover cut short by the last controller (or
+    // the last leader) is claimed before any heartbeat could take its
+    // promoted copy for a stray.
     const resumed = await controller.resumeOperations();
     if (resumed > 0) log.info(`resuming ${resumed} unfinished operation(s)`, { operations: resumed });
     controller.start();
-    const servers: Server[] = [];
-    const listenText = typeof inv.values.listen === 'string' ? inv.values.listen : '127.0.0.1:7070';
-    const listen = parseListen(listenText);
+    state.serving = true;
+    if (!election) await listenTcp();
     // Heartbeat datagrams arrive on the API's port number, over UDP; agents learn it as they register.
-    const tcpOptions: ControllerServerOptions = { controller, images, token };
-    const tcp = createControllerServer(tcpOptions);
-    await new Promise<void>((resolve, reject) => {
-      tcp.once('error', reject);
-      // A thousand agents reconnecting at once (after a restart) must not overflow the accept queue.
-      tcp.listen({ port: listen.port, host: listen.host, backlog: 4096 }, () => resolve());
-    });
-    servers.push(tcp);
-    const port = (tcp.address() as AddressInfo).port;
     const stats: DatagramStats = { beats: 0, refused: 0, malformed: 0 };
     const datagrams = await receiveHeartbeatDatagrams(controller, { host: listen.host, port }, stats);
     // Once per process (both servers serve the same registry): events counted, hosts read at each scrape.
     instrumentController(controller, stats);
-    controller.events.on('event', logEvent);
     tcpOptions.datagramPort = port;
-    const socket = typeof inv.values.socket === 'string' ? inv.values.socket : undefined;
     if (socket) {
       await mkdir(dirname(socket), { recursive: true });
-      await rm(socket, { force: true }); // a socket file left by a killed controller
-      const unix = createControllerServer({ controller, images, token });
+      await rm(socket, { force: true }); // a socket file left by a killed controller (or the last leader)
+      const unix = createServer(
+        gate(
+          createControllerServer({ controller, images, token }).listeners('request')[0] as RequestListener,
+        ),
+      );
+      unix.requestTimeout = 0;
+      unix.keepAliveTimeout = 30_000;
       await new Promise<void>((resolve, reject) => {
         unix.once('error', reject);
         unix.listen(socket, () => resolve());
@@ -89,27 +219,60 @@ export const controllerCommand: Command = {
       servers.push(unix);
     }
     log.info(
-      `listening on ${listenText}${socket ? ` and ${socket}` : ''}, heartbeat datagrams on udp ${port} (state in ${stateDir})`,
-      { listen: listenText, socket, udpPort: port, stateDir },
+      `listening on ${listenText}${socket ? ` and ${socket}` : ''}, heartbeat datagrams on udp ${port} (${
+        election
+          ? `leader on etcd, fencing generation ${election.fence!.createRevision}`
+          : `state in ${stateDir}`
+      })`,
+      { listen: listenText, socket, udpPort: port, stateDir, store: storeKind },
     );
-    await new Promise<void>((resolve) => {
-      const stop = (): void => {
-        controller.stop();
-        datagrams.close();
-        let open = servers.length;
-        for (const s of servers) {
-          s.close(() => --open === 0 && resolve());
-          s.closeAllConnections();
-        }
-      };
-      process.once('SIGTERM', stop);
-      process.once('SIGINT', stop);
-    });
+    if (!stopping) await stopped;
+    controller.stop();
+    datagrams.close();
+    await shutDown(servers, election, etcd);
     await store.close();
     if (socket) await rm(socket, { force: true });
     return 0;
   },
 };
+
+/** Closes the API servers, resigns (a standby takes over at once) and closes the etcd client. */
+async function shutDown(servers: Server[], election?: LeaderElection, etcd?: Etcd3): Promise<void> {
+  await Promise.all(
+    servers.map(
+      (s) =>
+        new Promise<void>((resolve) => {
+          s.close(() => resolve());
+          s.closeAllConnections();
+        }),
+    ),
+  );
+  await election?.stop();
+  etcd?.close();
+}
+
+/** A standby's answer to everything: 503, and where the leader is (agents and the CLI go there). */
+function notLeader(res: ServerResponse, election: LeaderElection | undefined): void {
+  const leader = election?.leaderAddress;
+  sendJson(res, 503, {
+    error: leader
+      ? `this controller is a standby; the leader is at ${leader}`
+      : 'this controller is a standby; no leader is elected yet',
+    code: 'unavailable',
+    leader: leader ?? null,
+  });
+}
+
+/**
+ * Whether a request asks for a decision (refused without an etcd quorum).
+ * Reads, registrations and heartbeats are not: liveness and acknowledgements
+ * must go on — agents' fencing leases depend on them.
+ */
+function decides(req: IncomingMessage): boolean {
+  if (req.method === 'GET' || req.method === 'HEAD') return false;
+  const path = (req.url ?? '/').split('?', 1)[0] ?? '/';
+  return !/^\/v1\/hosts(\/[^/]+\/heartbeats?)?$/.test(path) && !path.startsWith('/ui/');
+}
 
 const hostLog = logger('controller.hosts');
 const failoverLog = logger('controller.failover');
