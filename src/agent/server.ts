@@ -138,8 +138,10 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
       return send(res, 200, { removed: name });
     }
   } else if (action === 'logs' && method === 'GET') {
+    // Read before the status goes out: a missing container must be a 404, not a cut connection.
+    const text = await host.logs(name);
     res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8' });
-    res.end(await host.logs(name));
+    res.end(text);
     return;
   } else if (method === 'POST') {
     const raw = await readJsonBody(req);
