@@ -23,6 +23,7 @@ export {
   labKillHost,
   labPartition,
   labRevive,
+  labSetEtcdMember,
   labShape,
   labStatus,
   labUp,

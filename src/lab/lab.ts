@@ -26,6 +26,7 @@ import {
   removeCgroupIfEmpty,
   removeCgroupTree,
 } from './cgroups.js';
+import { ETCD_BIN } from './etcd.js';
 import { createHost, createHostScript, destroyHost, mountNsDirScript, unmountUnder } from './hosts.js';
 import {
   attachScript,
@@ -50,8 +51,12 @@ import {
   HOST_VIEW,
   LAB_CGROUP,
   LAB_PATHS,
+  LAB_PREFIX,
+  MAX_CONTROLLERS,
   MAX_HOSTS,
   bridgeLink,
+  controllerAddress,
+  controllerUrl,
   hostAddress,
   hostCgroup,
   hostIndex,
@@ -71,7 +76,7 @@ import {
   type LabHost,
   type LabSpec,
 } from './state.js';
-import { CLI_MAIN, cleanEnv, inCgroup } from './supervisor.js';
+import { CLI_MAIN, cleanEnv, inCgroup, labEtcdMembers } from './supervisor.js';
 
 /** The stages of `up`, in order; `HAVEN_LAB_FAIL_AFTER` names one. */
 export const UP_STAGES = ['state', 'network', 'hosts', 'supervisor'] as const;
@@ -104,6 +109,11 @@ export interface LabStatus {
   supervisorPid: number | null;
   /** The dashboard's loopback forwarder to the controller's socket (see forward.ts). */
   forward: { url: string; pid: number | null };
+  /** `sqlite` (one controller) or `etcd` (several, on a 3-member etcd). */
+  store: 'sqlite' | 'etcd';
+  /** With `etcd`: every controller (the socket above reaches the leader) and every etcd member. */
+  controllers?: Array<{ name: string; url: string; pid: number | null }>;
+  etcd?: Array<{ name: string; url: string; pid: number | null; state: 'up' | 'killed' }>;
   /**
    * A one-time login URL of the dashboard (`…/ui/login?token=…`, valid for
    * two minutes), added by {@link labDashboardLogin}; null when the
@@ -142,8 +152,21 @@ function failpoint(): UpStage | undefined {
 export async function labUp(
   count: number,
   onStage: (stage: UpStage) => void = () => undefined,
+  controlPlane: { store: 'sqlite' | 'etcd'; controllers: number } = { store: 'sqlite', controllers: 1 },
 ): Promise<boolean> {
   checkHostCount(count);
+  if (controlPlane.store === 'sqlite' && controlPlane.controllers !== 1)
+    throw new InvalidArgumentError('several controllers need a shared store: --store etcd');
+  if (
+    !Number.isInteger(controlPlane.controllers) ||
+    controlPlane.controllers < 1 ||
+    controlPlane.controllers > MAX_CONTROLLERS
+  )
+    throw new InvalidArgumentError(`--controllers must be a whole number from 1 to ${MAX_CONTROLLERS}`);
+  if (controlPlane.store === 'etcd' && !existsSync(ETCD_BIN))
+    throw new FailedPreconditionError(
+      `--store etcd needs ${ETCD_BIN} (Debian's etcd-server; scripts/setup-host.sh installs it)`,
+    );
   const failAfter = failpoint();
   let existing: LabSpec | undefined;
   try {
@@ -152,6 +175,14 @@ export async function labUp(
     existing = undefined; // malformed: torn down below and made anew
   }
   if (existing) {
+    if (
+      existing.controlPlane.store !== controlPlane.store ||
+      existing.controlPlane.controllers !== controlPlane.controllers
+    ) {
+      throw new FailedPreconditionError(
+        `a lab with ${existing.controlPlane.controllers} controller(s) on ${existing.controlPlane.store} is up: run haven lab down first`,
+      );
+    }
     if (existing.hosts.length !== count) {
       throw new FailedPreconditionError(
         `a lab of ${existing.hosts.length} hosts is up: run haven lab down before asking for ${count}`,
@@ -181,7 +212,14 @@ export async function labUp(
     }
     mkdirSync(LAB_PATHS.runDir, { recursive: true, mode: 0o755 });
     writeNewToken();
-    writeLabSpec(newLabSpec(hostNames(count), createdDirs));
+    const etcd = controlPlane.store === 'etcd';
+    if (etcd) mkdirSync(LAB_PATHS.etcdDir, { recursive: true, mode: 0o700 });
+    writeLabSpec(
+      newLabSpec(hostNames(count), createdDirs, {
+        ...controlPlane,
+        etcd: etcd ? Object.fromEntries(labEtcdMembers().map((m) => [m.name, 'up' as const])) : {},
+      }),
+    );
     for (const dir of createdDirs) mkdirSync(dir, { recursive: true });
     stage('state');
 
@@ -189,6 +227,11 @@ export async function labUp(
     await runScript([
       ...bridgeScript(),
       ...attachScript('ctl', CONTROLLER_NETNS, CONTROLLER_ADDRESS),
+      // Controllers 2… of a lab on etcd: more addresses on the controller namespace's one link.
+      ...Array.from(
+        { length: etcd ? controlPlane.controllers - 1 : 0 },
+        (_, i) => `ip -n ${CONTROLLER_NETNS} addr add ${controllerAddress(i + 2)}/${LAB_PREFIX} dev eth0`,
+      ),
       ...attachScript('client', CLIENT_NETNS, CLIENT_ADDRESS),
     ]);
     stage('network');
@@ -343,6 +386,22 @@ export function labStatus(): LabStatus | { up: false } {
     token: LAB_PATHS.token,
     supervisorPid: supervisor ?? null,
     forward: { url: DASHBOARD_URL, pid: live(status?.forward?.pid, LAB_CGROUP) },
+    store: spec.controlPlane.store,
+    ...(spec.controlPlane.store === 'etcd'
+      ? {
+          controllers: Array.from({ length: spec.controlPlane.controllers }, (_, i) => ({
+            name: `c${i + 1}`,
+            url: controllerUrl(i + 1),
+            pid: live(status?.controllers?.[`c${i + 1}`]?.pid, LAB_CGROUP),
+          })),
+          etcd: labEtcdMembers().map((m) => ({
+            name: m.name,
+            url: m.clientUrl,
+            pid: live(status?.etcd?.[m.name]?.pid, LAB_CGROUP),
+            state: spec.controlPlane.etcd[m.name] ?? 'up',
+          })),
+        }
+      : {}),
   };
 }
 
@@ -406,6 +465,28 @@ export async function labKillHost(name: string): Promise<void> {
   const left = await destroyHost(name);
   if (left.length > 0) {
     throw new HavenError(`host ${name} is killed but some of it remains: ${left.join('; ')}`, 'internal');
+  }
+}
+
+/**
+ * Kills etcd member `name` (SIGKILL) and keeps it down — or, with `revive`,
+ * has the supervisor start it again on its data dir (it rejoins). A lab
+ * on etcd only. Idempotent.
+ */
+export async function labSetEtcdMember(name: string, state: 'up' | 'killed'): Promise<void> {
+  const spec = requireLabSpec();
+  if (spec.controlPlane.store !== 'etcd')
+    throw new FailedPreconditionError('this lab runs no etcd (--store etcd)');
+  if (!(name in spec.controlPlane.etcd))
+    throw new NotFoundError(`no etcd member "${name}" (${Object.keys(spec.controlPlane.etcd).join(', ')})`);
+  if (spec.controlPlane.etcd[name] === state) return;
+  spec.controlPlane.etcd[name] = state;
+  // The supervisor SIGKILLs a member no longer wanted, and starts one wanted again.
+  await notifySupervisor(writeLabSpec(spec));
+  if (state === 'killed') {
+    const pid = readSupervisorStatus()?.etcd?.[name]?.pid ?? null;
+    const deadline = Date.now() + 3_000;
+    while (pid !== null && isAlive(pid) && Date.now() < deadline) await sleep(10);
   }
 }
 

@@ -30,6 +30,9 @@ export const LAB_PATHS = {
   token: '/var/lib/haven-lab/token',
   labJson: '/var/lib/haven-lab/lab.json',
   controllerState: '/var/lib/haven-lab/controller',
+  /** With --store etcd: each member's data dir (etcd/<member>), and the controllers' shared image store. */
+  etcdDir: '/var/lib/haven-lab/etcd',
+  controllerImages: '/var/lib/haven-lab/controller/images',
   hostsDir: '/var/lib/haven-lab/hosts',
   logsDir: '/var/lib/haven-lab/logs',
 } as const;
@@ -49,6 +52,22 @@ export const CONTROLLER_NETNS = 'hvlab-ctl';
 export const CONTROLLER_ADDRESS = '10.88.0.2';
 export const CONTROLLER_PORT = 7070;
 export const CONTROLLER_URL = `http://${CONTROLLER_ADDRESS}:${CONTROLLER_PORT}`;
+/** The most controllers a lab on etcd may have (addresses 10.88.0.2 … 10.88.0.6, one namespace). */
+export const MAX_CONTROLLERS = 5;
+/** Controller `i` (1-based) of a lab on etcd: all in the controller's namespace, 10.88.0.(1+i). */
+export function controllerAddress(i: number): string {
+  return `10.88.0.${1 + i}`;
+}
+/** Controller `i`'s API. */
+export function controllerUrl(i: number): string {
+  return `http://${controllerAddress(i)}:${CONTROLLER_PORT}`;
+}
+/** Members of the lab's etcd: on loopback inside the controller's namespace, clients from this port up. */
+export const ETCD_CLIENT_PORT = 2379;
+/** Their peer ports (raft), from this port up. */
+export const ETCD_PEER_PORT = 2479;
+/** etcd members of a lab on etcd. */
+export const ETCD_MEMBERS = 3;
 /**
  * The machine's loopback port where the lab forwards to the controller's
  * socket, for a browser (the dashboard): `http://127.0.0.1:7080/ui/`.

@@ -34,6 +34,18 @@ const labSchema = z.object({
   hosts: z.array(hostSchema),
   controller: z.object({ partitioned: z.boolean() }),
   /**
+   * The control plane: one controller on SQLite (default), or several on a
+   * 3-member etcd (`lab up --store etcd --controllers N`), with each etcd
+   * member's desired state (`kill-etcd` marks one killed).
+   */
+  controlPlane: z
+    .object({
+      store: z.enum(['sqlite', 'etcd']),
+      controllers: z.number().int(),
+      etcd: z.record(z.enum(['up', 'killed'])),
+    })
+    .default({ store: 'sqlite', controllers: 1, etcd: {} }),
+  /**
    * Directories `up` had to create outside the lab's own paths (mount points
    * such as /var/lib/haven): `down` removes them again if they are empty.
    */
@@ -61,6 +73,9 @@ const statusSchema = z.object({
   /** The dashboard's loopback forwarder (absent in a status written before it existed). */
   forward: processSchema.optional(),
   hosts: z.record(processSchema),
+  /** With --store etcd: every controller (`c1`…) and etcd member (`e1`…). */
+  controllers: z.record(processSchema).optional(),
+  etcd: z.record(processSchema).optional(),
 });
 
 /** What the supervisor runs now (status.json). */
@@ -102,7 +117,11 @@ export function writeLabSpec(spec: LabSpec): number {
 }
 
 /** A fresh lab.json for `count` hosts (generation 0: {@link writeLabSpec} makes it 1). */
-export function newLabSpec(hosts: readonly string[], createdDirs: readonly string[]): LabSpec {
+export function newLabSpec(
+  hosts: readonly string[],
+  createdDirs: readonly string[],
+  controlPlane: LabSpec['controlPlane'] = { store: 'sqlite', controllers: 1, etcd: {} },
+): LabSpec {
   return {
     version: 1,
     generation: 0,
@@ -114,6 +133,7 @@ export function newLabSpec(hosts: readonly string[], createdDirs: readonly strin
       lossPercent: null,
     })),
     controller: { partitioned: false },
+    controlPlane,
     createdDirs: [...createdDirs],
   };
 }

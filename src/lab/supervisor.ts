@@ -26,6 +26,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT } from '../core/config.js';
 import { netnsPath } from '../runtime/network.js';
 import { cgroupProcsFiles, ensureCgroup, inCgroupTree, isAlive } from './cgroups.js';
+import { ETCD_BIN, etcdArgs, type EtcdMember } from './etcd.js';
 import {
   AGENT_PORT,
   BRIDGE_NETNS,
@@ -33,6 +34,11 @@ import {
   CONTROLLER_NETNS,
   CONTROLLER_PORT,
   CONTROLLER_URL,
+  ETCD_CLIENT_PORT,
+  ETCD_MEMBERS,
+  ETCD_PEER_PORT,
+  controllerAddress,
+  controllerUrl,
   DASHBOARD_PORT,
   HOST_VIEW,
   LAB_CGROUP,
@@ -111,6 +117,85 @@ export function controllerProgram(token: string): Program {
   };
 }
 
+/** The lab's etcd members (`e1`…): on loopback in the controller's namespace, data under etcd/. */
+export function labEtcdMembers(): EtcdMember[] {
+  return Array.from({ length: ETCD_MEMBERS }, (_, i) => ({
+    name: `e${i + 1}`,
+    clientUrl: `http://127.0.0.1:${ETCD_CLIENT_PORT + i}`,
+    peerUrl: `http://127.0.0.1:${ETCD_PEER_PORT + i}`,
+    dataDir: join(LAB_PATHS.etcdDir, `e${i + 1}`),
+  }));
+}
+
+/** An etcd member's command line, in the controller's namespace. */
+export function etcdProgram(member: EtcdMember): Program {
+  return {
+    argv: [
+      'nsenter',
+      `--net=${netnsPath(CONTROLLER_NETNS)}`,
+      '--',
+      ETCD_BIN,
+      ...etcdArgs(member, labEtcdMembers(), 'haven-lab'),
+    ],
+    env: cleanEnv(),
+    cgroup: `${LAB_CGROUP}/etcd-${member.name}`,
+    log: join(LAB_PATHS.logsDir, `etcd-${member.name}.log`),
+  };
+}
+
+/**
+ * Controller `i` of a lab on etcd: its own address and state dir, the
+ * image store shared (images pushed to one leader are there for the next),
+ * and the lab's socket — which only the leader binds, so the CLI always
+ * reaches the leader there.
+ */
+export function etcdControllerProgram(token: string, i: number): Program {
+  return {
+    argv: [
+      'nsenter',
+      `--net=${netnsPath(CONTROLLER_NETNS)}`,
+      '--',
+      process.execPath,
+      CLI_MAIN,
+      'controller',
+      '--store',
+      'etcd',
+      '--etcd',
+      labEtcdMembers()
+        .map((m) => m.clientUrl)
+        .join(','),
+      '--listen',
+      `${controllerAddress(i)}:${CONTROLLER_PORT}`,
+      '--advertise',
+      controllerUrl(i),
+      '--socket',
+      LAB_PATHS.controllerSocket,
+      '--state-dir',
+      join(LAB_PATHS.controllerState, `c${i}`),
+      '--images-dir',
+      LAB_PATHS.controllerImages,
+    ],
+    env: { ...cleanEnv(), HAVEN_TOKEN: token },
+    cgroup: `${LAB_CGROUP}/controller-c${i}`,
+    log: join(LAB_PATHS.logsDir, `controller-c${i}.log`),
+  };
+}
+
+/** Every controller's API, as agents are given it: one, or all of a lab on etcd. */
+export function labControllerUrls(spec: LabSpec | undefined): string {
+  if (spec?.controlPlane.store !== 'etcd') return CONTROLLER_URL;
+  return Array.from({ length: spec.controlPlane.controllers }, (_, i) => controllerUrl(i + 1)).join(',');
+}
+
+/** The supervised processes of the control plane: `controller`, or `controller-c1`… and `etcd-e1`…. */
+export function controlPlaneKeys(spec: LabSpec | undefined): string[] {
+  if (spec?.controlPlane.store !== 'etcd') return ['controller'];
+  return [
+    ...labEtcdMembers().map((m) => `etcd-${m.name}`),
+    ...Array.from({ length: spec.controlPlane.controllers }, (_, i) => `controller-c${i + 1}`),
+  ];
+}
+
 /**
  * The dashboard's forwarder (`haven lab forward`): in the root namespace,
  * 127.0.0.1:DASHBOARD_PORT to the controller's socket; no token needed.
@@ -125,7 +210,7 @@ export function forwardProgram(): Program {
 }
 
 /** A host's agent command line: in the host's namespaces, seeing its own disk as /var/lib/haven. */
-export function agentProgram(host: string, token: string): Program {
+export function agentProgram(host: string, token: string, controllers = CONTROLLER_URL): Program {
   const address = hostAddress(host);
   return {
     argv: [
@@ -141,7 +226,7 @@ export function agentProgram(host: string, token: string): Program {
       '--advertise',
       `http://${address}:${AGENT_PORT}`,
       '--controller',
-      CONTROLLER_URL,
+      controllers,
       '--host-name',
       host,
     ],
@@ -197,17 +282,23 @@ export async function runSupervisor(): Promise<number> {
   for (const file of cgroupProcsFiles(`${LAB_CGROUP}/supervisor`)) writeFileSync(file, String(process.pid));
   writeFileSync(LAB_PATHS.supervisorPid, `${process.pid}\n`);
 
-  const programOf = (key: string): Program =>
-    key === 'controller'
-      ? controllerProgram(token)
-      : key === 'forward'
-        ? forwardProgram()
-        : agentProgram(key, token);
+  const programOf = (key: string): Program => {
+    if (key === 'controller') return controllerProgram(token);
+    if (key === 'forward') return forwardProgram();
+    if (key.startsWith('controller-c')) return etcdControllerProgram(token, Number(key.slice(12)));
+    const member = labEtcdMembers().find((m) => `etcd-${m.name}` === key);
+    if (member) return etcdProgram(member);
+    return agentProgram(key, token, labControllerUrls(spec));
+  };
 
   /** Whether `key` should be running according to the newest lab.json. */
   const wanted = (key: string): boolean => {
     if (stopping || !spec) return false;
-    if (key === 'controller' || key === 'forward') return true;
+    if (key === 'forward') return true;
+    if (key.startsWith('controller') || key.startsWith('etcd-')) {
+      if (!controlPlaneKeys(spec).includes(key)) return false;
+      return !key.startsWith('etcd-') || spec.controlPlane.etcd[key.slice(5)] !== 'killed';
+    }
     const host = spec.hosts.find((h) => h.name === key);
     return host !== undefined && host.state !== 'killed';
   };
@@ -234,9 +325,19 @@ export async function runSupervisor(): Promise<number> {
         supervisorPid: process.pid,
         generation: applied,
         updatedAt: new Date().toISOString(),
-        controller: view('controller'),
+        controller: view(spec?.controlPlane.store === 'etcd' ? 'controller-c1' : 'controller'),
         forward: view('forward'),
         hosts: Object.fromEntries((spec?.hosts ?? []).map((h) => [h.name, view(h.name)])),
+        ...(spec?.controlPlane.store === 'etcd'
+          ? {
+              controllers: Object.fromEntries(
+                controlPlaneKeys(spec)
+                  .filter((k) => k.startsWith('controller-'))
+                  .map((k) => [k.slice(11), view(k)]),
+              ),
+              etcd: Object.fromEntries(labEtcdMembers().map((m) => [m.name, view(`etcd-${m.name}`)])),
+            }
+          : {}),
       });
     } catch (error) {
       log(`cannot write status.json: ${(error as Error).message}`);
@@ -314,7 +415,8 @@ export async function runSupervisor(): Promise<number> {
   /** Brings the running set in line with lab.json. */
   const apply = (): void => {
     if (!spec) return;
-    for (const key of ['controller', 'forward', ...spec.hosts.map((h) => h.name)]) {
+    // etcd members first: controllers campaign on them, agents register with controllers.
+    for (const key of [...controlPlaneKeys(spec), 'forward', ...spec.hosts.map((h) => h.name)]) {
       const entry = entryOf(key);
       if (wanted(key)) {
         if (!entry.child && !entry.timer) {
@@ -385,6 +487,14 @@ async function killOrphans(): Promise<void> {
   const candidates: [number | null, string][] = [
     [previous.controller.pid, `${LAB_CGROUP}/controller`],
     [previous.forward?.pid ?? null, `${LAB_CGROUP}/forward`],
+    ...Object.entries(previous.controllers ?? {}).map(([c, p]): [number | null, string] => [
+      p.pid,
+      `${LAB_CGROUP}/controller-${c}`,
+    ]),
+    ...Object.entries(previous.etcd ?? {}).map(([e, p]): [number | null, string] => [
+      p.pid,
+      `${LAB_CGROUP}/etcd-${e}`,
+    ]),
     ...Object.entries(previous.hosts).map(([host, p]): [number | null, string] => [
       p.pid,
       `${hostCgroup(host)}/agent`,

@@ -10,6 +10,7 @@ import {
   labKillHost,
   labPartition,
   labRevive,
+  labSetEtcdMember,
   labShape,
   labStatus,
   labUp,
@@ -22,7 +23,8 @@ import { runSupervisor } from '../../lab/supervisor.js';
 import { printJson, type Command, type Invocation } from '../command.js';
 
 const usage = [
-  'haven lab up [--hosts N] | down | status [--json]',
+  'haven lab up [--hosts N] [--store sqlite|etcd] [--controllers N] | down | status [--json]',
+  '       haven lab kill-etcd E | revive-etcd E       (a lab on etcd: members e1, e2, e3)',
   '       haven lab kill-host H | revive H',
   '       haven lab partition H [--keep-client] | partition controller | heal H|controller',
   '       haven lab shape H [--rate RATE|off] [--loss PERCENT|off]',
@@ -42,6 +44,8 @@ export const labCommand: Command = {
     rate: { type: 'string' },
     loss: { type: 'string' },
     port: { type: 'string' },
+    store: { type: 'string' },
+    controllers: { type: 'string' },
   },
   async run(inv) {
     const [sub, ...args] = inv.positionals;
@@ -49,7 +53,13 @@ export const labCommand: Command = {
       case 'up': {
         noArgs(args);
         const count = checkHostCount(Number(typeof inv.values.hosts === 'string' ? inv.values.hosts : '3'));
-        const made = await labUp(count);
+        const store = typeof inv.values.store === 'string' ? inv.values.store : 'sqlite';
+        if (store !== 'sqlite' && store !== 'etcd')
+          throw new InvalidArgumentError(`--store must be sqlite or etcd, not "${store}"`);
+        const controllers = Number(
+          typeof inv.values.controllers === 'string' ? inv.values.controllers : store === 'etcd' ? '3' : '1',
+        );
+        const made = await labUp(count, undefined, { store, controllers });
         const status = labStatus();
         if (!made) process.stdout.write(`lab already up with ${count} hosts\n`);
         if (status.up) printTable(status);
@@ -82,6 +92,12 @@ export const labCommand: Command = {
         if (!(await labRevive(host))) process.stdout.write(`host ${host} is not killed: nothing to revive\n`);
         return 0;
       }
+      case 'kill-etcd':
+        await labSetEtcdMember(one(args, 'E'), 'killed');
+        return 0;
+      case 'revive-etcd':
+        await labSetEtcdMember(one(args, 'E'), 'up');
+        return 0;
       case 'partition':
         await labPartition(one(args, 'H|controller'), inv.values['keep-client'] === true);
         return 0;
@@ -164,6 +180,22 @@ function printTable(status: LabStatus): void {
       pid(status.controller.pid),
       '-',
     ],
+    ...(status.controllers ?? []).map((c) => [
+      `controller ${c.name}`,
+      status.controller.namespace,
+      c.url,
+      'up',
+      pid(c.pid),
+      '-',
+    ]),
+    ...(status.etcd ?? []).map((e) => [
+      `etcd ${e.name}`,
+      status.controller.namespace,
+      e.url,
+      e.state,
+      pid(e.pid),
+      '-',
+    ]),
     ['client', status.client.namespace, status.client.address, '-', '-', '-'],
     ...status.hosts.map((h) => [
       h.name,
