@@ -5,6 +5,7 @@
  * referenced by content ID; volumes by name).
  */
 import { z } from 'zod';
+import { COMPRESS_SETTINGS } from '../replication/compression.js';
 
 const NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 
@@ -162,6 +163,8 @@ export const migrateRoundSchema = z
     round: z.number().int().min(1).max(1000),
     /** Final: the container stops in this round's checkpoint, which is committed on the destination. */
     final: z.boolean(),
+    /** Compression of this round's chunk stream (`replication/compression.ts`); absent: none. */
+    compress: z.enum(COMPRESS_SETTINGS).optional(),
     to: z
       .object({
         host: nameSchema,

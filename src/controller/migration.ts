@@ -36,6 +36,8 @@ import { FailedPreconditionError, HavenError, NotFoundError } from '../core/erro
 import type { ContainerView } from '../host/container-host.js';
 import type { MigrationRoundReport } from '../replication/migration-source.js';
 import { place, type ClusterSnapshot, type PlacementRequest } from './placement.js';
+import type { CompressSetting } from '../replication/compression.js';
+import type { SyncRoundReport } from '../replication/fs-sync.js';
 import { replicated } from './schemas.js';
 import type { ClusterStore, ContainerIntent, HostRecord, OperationRecord, StoredEvent } from './store.js';
 
@@ -51,6 +53,8 @@ export interface MigrationRequest {
   maxDowntimeMs: number;
   /** Pre-copy rounds at most (the final round not counted). */
   maxRounds: number;
+  /** Compression of every round's chunk stream; absent: none. */
+  compress?: CompressSetting;
 }
 
 /** What a finished migration reports (and `container.migrated` carries). */
@@ -82,6 +86,11 @@ export interface MigrationReport {
   downtimeMs: number;
   totalMs: number;
   connections: 'kept';
+  /** The file sync rounds before the final round, while the container ran (`replication/fs-sync.ts`). */
+  fileSync?: SyncRoundReport[];
+  /** With `--compress`: the final round's codecs (and `auto`'s decisions), and its bytes on the wire. */
+  compression?: unknown;
+  finalWireBytes?: number;
   resumed?: boolean;
 }
 
@@ -358,6 +367,7 @@ export class Migrations {
           strategy: request.strategy,
           maxDowntimeMs: request.maxDowntimeMs,
           maxRounds: request.maxRounds,
+          compress: request.compress ?? null,
           backup: typeof intent.spec.backup === 'string' ? intent.spec.backup : null,
         },
         startedAt: new Date(ctx.now()).toISOString(),
@@ -444,7 +454,13 @@ export class Migrations {
         const order = (final: boolean): Promise<MigrationRoundReport> =>
           ctx.callAgent<MigrationRoundReport>(from, `/v1/containers/${encodeURIComponent(name)}/migrate`, {
             method: 'POST',
-            body: { id, round, final, to: { host: to.name, address: to.address } },
+            body: {
+              id,
+              round,
+              final,
+              to: { host: to.name, address: to.address },
+              ...(typeof op.detail.compress === 'string' ? { compress: op.detail.compress } : {}),
+            },
             timeoutMs: 600_000,
           });
         // A resumed migration does not start rounds over: it goes to its final round
@@ -521,6 +537,8 @@ export class Migrations {
             checkpointBytes: final.checkpointBytes,
             finalRoundMs: Math.round(final.wallMs),
             totalSentBytes: rounds.reduce((s, r) => s + r.sentBytes, 0) + final.sentBytes,
+            ...(final.fileSync ? { fileSync: final.fileSync } : {}),
+            ...(final.compression ? { compression: final.compression, finalWireBytes: final.wireBytes } : {}),
           },
         });
         await this.progress(name, {
@@ -597,6 +615,8 @@ export class Migrations {
       downtimeMs: num(d.downtimeMs),
       totalMs: ctx.now() - Date.parse(op.startedAt),
       connections: 'kept',
+      ...(Array.isArray(d.fileSync) ? { fileSync: d.fileSync as SyncRoundReport[] } : {}),
+      ...(d.compression ? { compression: d.compression, finalWireBytes: num(d.finalWireBytes) } : {}),
       ...(resumed ? { resumed: true } : {}),
     };
     await ctx.emit('container.migrated', name, { ...report });

@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { probeSpecSchema } from '../agent/probes.js';
 import { nameSchema, runRequestSchema } from '../agent/schemas.js';
+import { COMPRESS_SETTINGS } from '../replication/compression.js';
 
 /** A host name: the same rules as container names. */
 export const hostNameSchema = nameSchema;
@@ -170,6 +171,8 @@ export function replicated(ha: unknown): ha is 'checkpoint' | 'continuous' {
 /** How a live migration moves a container, and the pause it may cost (shared by migrate and drain). */
 const migrationOptions = {
   strategy: z.enum(['auto', 'stop-copy', 'pre-copy']).default('auto'),
+  /** Compression of the chunk stream (`replication/compression.ts`); absent: none, as before. */
+  compress: z.enum(COMPRESS_SETTINGS).optional(),
   /** The pause accepted: pre-copy rounds go on until what is left fits it. */
   maxDowntimeMs: z.number().int().min(1).max(600_000).default(300),
   /** Pre-copy rounds at most, before the final one. */

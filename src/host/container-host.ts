@@ -476,6 +476,21 @@ export class ContainerHost {
     await writeFile(join(dir, 'bundle', 'config.json'), JSON.stringify(config, null, 2));
   }
 
+  /**
+   * The live directories a checkpoint copies, each with where it sits in a
+   * checkpoint directory: the writable layer, /dev/shm, every volume. Read
+   * while the container runs by a migration's file sync rounds
+   * (`replication/fs-sync.ts`).
+   */
+  async liveTrees(name: string): Promise<Array<{ prefix: string; dir: string }>> {
+    const record = await this.record(name);
+    return [
+      { prefix: 'rootfs-diff', dir: join(this.dir(name), 'upper') },
+      { prefix: 'shm', dir: join(this.dir(name), 'shm') },
+      ...record.volumes.map((v) => ({ prefix: `volumes/${v.volume}`, dir: this.volumeDir(v.volume) })),
+    ];
+  }
+
   // --- checkpoint ---------------------------------------------------------------
 
   /**

@@ -25,8 +25,6 @@
  */
 import { promisify } from 'node:util';
 import { gunzip, gzip } from 'node:zlib';
-import { compress as zstdCompress, decompress as zstdDecompress } from '@mongodb-js/zstd';
-import { compress as lz4Compress, uncompress as lz4Uncompress } from 'lz4-napi';
 import { CorruptCheckpointError, InvalidArgumentError } from '../core/errors.js';
 
 /** A codec a chunk travels in. */
@@ -46,6 +44,10 @@ const CODEC_BY_ID: readonly Codec[] = ['none', 'lz4', 'zstd', 'gzip'];
 /** How much data `auto` sends between two decisions. */
 export const AUTO_WINDOW_BYTES = 8 << 20;
 
+// The native codecs load on first use: the CLI and the controller import this
+// module for its settings only and never pay for (or depend on) the addons.
+const lz4 = (): Promise<typeof import('lz4-napi')> => import('lz4-napi');
+const zstd = (): Promise<typeof import('@mongodb-js/zstd')> => import('@mongodb-js/zstd');
 const gzipAsync = promisify(gzip);
 const gunzipAsync = promisify(gunzip);
 const ZSTD_LEVEL = 1;
@@ -70,9 +72,9 @@ export async function compress(codec: Codec, data: Buffer): Promise<Buffer> {
     case 'none':
       return data;
     case 'lz4':
-      return lz4Compress(data);
+      return (await lz4()).compress(data);
     case 'zstd':
-      return zstdCompress(data, ZSTD_LEVEL);
+      return (await zstd()).compress(data, ZSTD_LEVEL);
     case 'gzip':
       return gzipAsync(data, { level: GZIP_LEVEL });
   }
@@ -101,10 +103,10 @@ export async function decompress(
         // lz4_flex puts the size in front (u32 LE): check it before it allocates that much.
         if (payload.length < 4 || payload.readUInt32LE(0) !== rawLength)
           throw new Error('lz4 size prefix does not match the frame');
-        data = await lz4Uncompress(payload);
+        data = await (await lz4()).uncompress(payload);
         break;
       case 'zstd':
-        data = await zstdDecompress(payload);
+        data = await (await zstd()).decompress(payload);
         break;
       case 'gzip':
         data = await gunzipAsync(payload, { maxOutputLength: maxBytes });

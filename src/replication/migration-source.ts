@@ -27,7 +27,9 @@ import { join } from 'node:path';
 import { FailedPreconditionError, HavenError } from '../core/errors.js';
 import type { ContainerHost } from '../host/container-host.js';
 import { chunkDirectory, chunkHashes, EPOCH_MANIFEST_VERSION, type EpochManifest } from './chunks.js';
-import { commitEpoch, sendChunks } from './transfer.js';
+import type { CompressSetting } from './compression.js';
+import { FileTracker, syncFiles, type SyncRoundReport } from './fs-sync.js';
+import { commitEpoch, sendChunks, type TransferResult } from './transfer.js';
 
 /**
  * Silence on a migration transfer after which it is given up: a dead
@@ -43,6 +45,8 @@ export interface MigrationRoundOrder {
   round: number;
   final: boolean;
   to: { host: string; address: string };
+  /** Compression of this round's chunk stream; absent: none (frame format 1). */
+  compress?: CompressSetting;
 }
 
 /** What one round did (milliseconds and bytes). */
@@ -59,6 +63,11 @@ export interface MigrationRoundReport {
   checkpointBytes: number;
   sentBytes: number;
   sentChunks: number;
+  /** Final round: the file sync rounds that ran before it, while the container ran. */
+  fileSync?: SyncRoundReport[];
+  /** With compression: the bytes on the wire, and how the chunks travelled (codecs, `auto`'s decisions). */
+  wireBytes?: number;
+  compression?: Pick<TransferResult, 'compress' | 'codecs' | 'decisions' | 'linkBps'>;
   /** Where the time went: checkpoint, chunking (hashing), the transfer, the commit (final only). */
   checkpointMs: number;
   chunkMs: number;
@@ -80,6 +89,29 @@ export class MigrationSource {
     private readonly token: string,
     private readonly log: (line: string) => void = (l) => process.stderr.write(`${l}\n`),
   ) {}
+
+  /**
+   * Before a final round, while the container still runs: its writable
+   * layer, /dev/shm and volumes synced to the destination in rounds
+   * (`fs-sync.ts`), so the frozen transfer carries only files changed since.
+   * Best effort: a failure only leaves more for the final round to send.
+   */
+  private async syncFiles(name: string, order: MigrationRoundOrder): Promise<SyncRoundReport[] | undefined> {
+    try {
+      const trees = await this.host.liveTrees(name);
+      return await syncFiles(
+        new FileTracker(),
+        trees,
+        { address: order.to.address, token: this.token, name },
+        { idleTimeoutMs: MIGRATION_IDLE_MS, ...(order.compress ? { compress: order.compress } : {}) },
+      );
+    } catch (error) {
+      this.log(
+        `migration of ${name}: file sync before the final round failed (${String(error)}); the final round sends it all`,
+      );
+      return undefined;
+    }
+  }
 
   private doneFile(name: string): string {
     return join(this.host.config.stateDir, 'migrations', `${name}.json`);
@@ -112,10 +144,11 @@ export class MigrationSource {
   }
 
   private async runRound(name: string, order: MigrationRoundOrder): Promise<MigrationRoundReport> {
-    const started = performance.now();
     const view = await this.host.inspect(name);
     if (view.state !== 'running')
       throw new FailedPreconditionError(`"${name}" is ${view.state}, not running: nothing to migrate`);
+    const fileSync = order.final ? await this.syncFiles(name, order) : undefined;
+    const started = performance.now();
     const takenAt = new Date().toISOString();
     const checkpoint = await this.host
       .checkpoint(name, { leaveRunning: !order.final, keep: 2 })
@@ -141,6 +174,7 @@ export class MigrationSource {
       const chunkMs = performance.now() - chunking;
       const sent = await sendChunks(order.to.address, this.token, name, chunkHashes(manifest), chunked.read, {
         idleTimeoutMs: MIGRATION_IDLE_MS,
+        ...(order.compress ? { compress: order.compress } : {}),
       });
       let commitMs = 0;
       if (order.final) {
@@ -158,12 +192,14 @@ export class MigrationSource {
         checkpointBytes: manifest.files.reduce((s, f) => s + f.size, 0),
         sentBytes: sent.sentBytes,
         sentChunks: sent.sentChunks,
+        ...compressionOf(sent),
         checkpointMs,
         chunkMs,
         sendMs: sent.askMs + sent.sendMs,
         commitMs,
         wallMs: performance.now() - started,
         ...(order.final ? { epoch: manifest.epoch } : {}),
+        ...(fileSync ? { fileSync } : {}),
       };
       if (order.final) {
         await mkdir(join(this.host.config.stateDir, 'migrations'), { recursive: true });
@@ -198,6 +234,21 @@ export class MigrationSource {
   async forget(name: string): Promise<void> {
     await rm(this.doneFile(name), { force: true });
   }
+}
+
+/** A round report's compression fields (none without compression: the report stays as it was). */
+function compressionOf(sent: TransferResult): Pick<MigrationRoundReport, 'wireBytes' | 'compression'> {
+  if (sent.compress === 'off') return {};
+  const { compress, codecs, decisions, linkBps } = sent;
+  return {
+    wireBytes: sent.wireBytes,
+    compression: {
+      compress,
+      codecs,
+      ...(decisions ? { decisions } : {}),
+      ...(linkBps !== undefined ? { linkBps } : {}),
+    },
+  };
 }
 
 /**

@@ -7,10 +7,11 @@ import type { StoredEvent } from '../../controller/store.js';
 import type { ClusterClient } from '../cluster-client.js';
 import { printJson, requireName, type Command, type Invocation } from '../command.js';
 import { requireCluster } from './host.js';
+import { parseCompressSetting } from '../../replication/compression.js';
 import { parseDuration } from './run.js';
 
 const usage =
-  'haven migrate NAME [--to HOST] [--strategy auto|stop-copy|pre-copy] [--max-downtime 300ms] [--max-rounds N] [--json]';
+  'haven migrate NAME [--to HOST] [--strategy auto|stop-copy|pre-copy] [--max-downtime 300ms] [--max-rounds N] [--compress auto|none|lz4|zstd|gzip] [--json]';
 
 /** The migration options shared by `migrate` and `drain`, from the flags. */
 export function migrationOptionsOf(inv: Invocation): Record<string, unknown> {
@@ -29,6 +30,7 @@ export function migrationOptionsOf(inv: Invocation): Record<string, unknown> {
       throw new InvalidArgumentError(`invalid --max-rounds "${rounds}": 1 to 30`);
     options.maxRounds = Number(rounds);
   }
+  if (typeof inv.values.compress === 'string') options.compress = parseCompressSetting(inv.values.compress);
   return options;
 }
 
@@ -37,6 +39,7 @@ export const migrationFlags = {
   strategy: { type: 'string' },
   'max-downtime': { type: 'string' },
   'max-rounds': { type: 'string' },
+  compress: { type: 'string' },
   json: { type: 'boolean' },
 } as const;
 
