@@ -174,6 +174,17 @@ export const migrateRoundSchema = z
           .regex(/^http:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http://HOST:PORT'),
       })
       .strict(),
+    /** Final round only: post-copy, this host's page server on `address:port` (see replication/post-copy.ts). */
+    postCopy: z
+      .object({
+        address: z
+          .string()
+          .max(100)
+          .regex(/^[0-9a-zA-Z.:-]+$/, 'an IP address or host name'),
+        port: z.number().int().min(1024).max(65535),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 

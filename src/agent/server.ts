@@ -40,6 +40,12 @@ import {
   sendJson as send,
 } from '../core/http.js';
 import type { ContainerHost } from '../host/container-host.js';
+import {
+  lazyEndSchema,
+  lazyPromoteSchema,
+  lazyWaitSchema,
+  PostCopyDestination,
+} from '../replication/post-copy.js';
 import { validateEpochManifest } from '../replication/replica-store.js';
 import { FRAMES_HEADER } from '../replication/transfer.js';
 import { probeSpecSchema, type Prober } from './probes.js';
@@ -186,12 +192,32 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
       const body = decode(migrateRoundSchema, raw);
       return send(res, 200, await options.protection.migrations.round(name, body));
     }
+    if (action === 'migrate-end' && options.protection) {
+      const body = decode(lazyEndSchema, raw);
+      return send(res, 200, await options.protection.migrations.end(name, body));
+    }
+    if (action === 'migrate-facts' && options.protection) {
+      decode(z.object({}).strict(), raw);
+      return send(res, 200, await options.protection.migrations.facts(name));
+    }
     if (action === 'stop') {
       const body = decode(stopRequestSchema, raw);
       return send(res, 200, await host.stop(name, body.graceSeconds * 1000));
     }
   }
   throw new HttpError(404, `no route ${method} ${url.pathname}`);
+}
+
+const postCopies = new WeakMap<Protection, PostCopyDestination>();
+
+/** This host's post-copy restores (one per protection, i.e. per agent). */
+function postCopyOf(host: ContainerHost, protection: Protection): PostCopyDestination {
+  let destination = postCopies.get(protection);
+  if (!destination) {
+    destination = new PostCopyDestination(host, protection.replicas);
+    postCopies.set(protection, destination);
+  }
+  return destination;
 }
 
 /** Makes sure the image is in this host's store, pulling it when a puller is configured. */
@@ -264,6 +290,17 @@ async function replicaRoute(
     // Its primary's host is suspected: assemble the newest epoch now, so a promotion finds it ready.
     decode(stageRequestSchema, await readJsonBody(req));
     return send(res, 200, { name, ...(await protection.stage(name)) });
+  }
+  if (action === 'promote-lazy') {
+    // Post-copy: it runs here once restored; its pages follow (see replication/post-copy.ts).
+    const body = decode(lazyPromoteSchema, await readJsonBody(req));
+    const promoted = await postCopyOf(options.host, protection).promote(name, body);
+    await options.prober?.watch(name);
+    return send(res, 200, promoted);
+  }
+  if (action === 'lazy-wait') {
+    const body = decode(lazyWaitSchema, await readJsonBody(req));
+    return send(res, 200, await postCopyOf(options.host, protection).wait(name, body.timeoutMs));
   }
   if (action === 'promote') {
     const body = decode(promoteRequestSchema, await readJsonBody(req));

@@ -35,6 +35,7 @@ import { randomBytes } from 'node:crypto';
 import { FailedPreconditionError, HavenError, NotFoundError } from '../core/errors.js';
 import type { ContainerView } from '../host/container-host.js';
 import type { MigrationRoundReport } from '../replication/migration-source.js';
+import { LAZY_STALL_MS, type LazyOutcome } from '../replication/post-copy.js';
 import { place, type ClusterSnapshot, type PlacementRequest } from './placement.js';
 import type { CompressSetting } from '../replication/compression.js';
 import type { SyncRoundReport } from '../replication/fs-sync.js';
@@ -42,7 +43,10 @@ import { replicated } from './schemas.js';
 import type { ClusterStore, ContainerIntent, HostRecord, OperationRecord, StoredEvent } from './store.js';
 
 /** How a container moves. */
-export type MigrationStrategy = 'stop-copy' | 'pre-copy' | 'auto';
+export type MigrationStrategy = 'stop-copy' | 'pre-copy' | 'post-copy' | 'hybrid' | 'auto';
+
+/** What a migration did in the end (`auto` resolved). */
+export type ResolvedStrategy = 'stop-copy' | 'pre-copy' | 'post-copy';
 
 /** What a migration is asked to do (see `migrateRequestSchema`). */
 export interface MigrationRequest {
@@ -62,7 +66,7 @@ export interface MigrationReport {
   name: string;
   from: string;
   to: string;
-  strategy: 'stop-copy' | 'pre-copy';
+  strategy: ResolvedStrategy;
   /** Why that strategy (auto), or "asked". */
   why: string;
   /** Pre-copy rounds, each with its stall. */
@@ -86,6 +90,11 @@ export interface MigrationReport {
   downtimeMs: number;
   totalMs: number;
   connections: 'kept';
+  /**
+   * Post-copy: from the destination's restore to its last page, the pages
+   * it pulled, and the part of the downtime before the images were ready.
+   */
+  postCopy?: { pagesMs: number; pages: number };
   /** The file sync rounds before the final round, while the container ran (`replication/fs-sync.ts`). */
   fileSync?: SyncRoundReport[];
   /** With `--compress`: the final round's codecs (and `auto`'s decisions), and its bytes on the wire. */
@@ -257,6 +266,93 @@ export function chooseStrategy(
   };
 }
 
+/** What the source reports for `auto` and post-copy (see `ContainerHost.migrationFacts`). */
+export interface MigrationFacts {
+  memoryBytes: number | undefined;
+  dirtyTracking: boolean;
+  lazyPages: boolean;
+}
+
+/**
+ * The fixed part of a stop-and-copy's downtime before anything is measured:
+ * the freeze chain's ~150 ms plus ~0.5 ms per MB dumped (DESIGN.md §2), and
+ * the destination's restore ({@link restoreEstimateMs}).
+ */
+export function stopCopyFixedMs(memoryBytes: number): number {
+  return 150 + (0.5 * memoryBytes) / 1e6 + restoreEstimateMs(memoryBytes);
+}
+
+/**
+ * `auto`, decided before anything stalls the workload, from the container's
+ * memory, the link, the downtime target and what the kernel can do:
+ *   - stop-and-copy when dumping and sending it all frozen fits the target;
+ *   - otherwise post-copy where lazy pages work: its downtime does not grow
+ *     with memory or dirty rate (only the images without pages travel
+ *     frozen), and the frozen source stays the rollback copy;
+ *   - otherwise pre-copy.
+ * The dirty rate is not measured first: without dirty-page tracking the only
+ * way to measure it is a full dump, which stalls the workload as long as a
+ * stop-and-copy's freeze — the very cost `auto` must avoid. Where the kernel
+ * tracks dirty pages, pre-copy's rounds are cheap and it is preferred over
+ * post-copy (no window in which a destination failure loses work) when its
+ * memory would be sent within ten targets.
+ */
+export function chooseAuto(
+  facts: MigrationFacts,
+  maxDowntimeMs: number,
+  linkBytesPerMs = DEFAULT_LINK_BYTES_PER_MS,
+): { strategy: ResolvedStrategy; why: string; estimatedDowntimeMs: number } {
+  const memory = facts.memoryBytes ?? 0;
+  const sendMs = memory / Math.max(1, linkBytesPerMs);
+  const stopCopyMs = stopCopyFixedMs(memory) + sendMs;
+  const facts$ =
+    `memory ${(memory / 1e6).toFixed(0)} MB${facts.memoryBytes === undefined ? ' (unknown)' : ''}, ` +
+    `link ${((linkBytesPerMs * 1000) / 1e6).toFixed(0)} MB/s, ` +
+    `dirty-page tracking ${facts.dirtyTracking ? 'yes' : 'no (dirty rate unmeasurable without a full-dump stall)'}, ` +
+    `lazy pages ${facts.lazyPages ? 'yes' : 'no'}`;
+  if (stopCopyMs <= maxDowntimeMs)
+    return {
+      strategy: 'stop-copy',
+      why: `${facts$}: stop-and-copy fits (~${Math.round(stopCopyMs)} ms ≤ ${maxDowntimeMs} ms)`,
+      estimatedDowntimeMs: stopCopyMs,
+    };
+  if (facts.dirtyTracking && sendMs <= 10 * maxDowntimeMs)
+    return {
+      strategy: 'pre-copy',
+      why: `${facts$}: stop-and-copy ~${Math.round(stopCopyMs)} ms > ${maxDowntimeMs} ms; pre-dump rounds are cheap here`,
+      estimatedDowntimeMs: maxDowntimeMs,
+    };
+  if (facts.lazyPages) {
+    const postMs = restoreEstimateMs(0) + 150;
+    return {
+      strategy: 'post-copy',
+      why:
+        `${facts$}: stop-and-copy ~${Math.round(stopCopyMs)} ms > ${maxDowntimeMs} ms; post-copy's pause does not grow ` +
+        `with memory or dirty rate (~${Math.round(postMs)} ms), and the frozen source is the rollback copy`,
+      estimatedDowntimeMs: postMs,
+    };
+  }
+  return {
+    strategy: 'pre-copy',
+    why: `${facts$}: stop-and-copy ~${Math.round(stopCopyMs)} ms > ${maxDowntimeMs} ms and no lazy pages here`,
+    estimatedDowntimeMs: stopCopyMs,
+  };
+}
+
+/** Why hybrid cannot run here, or undefined if it can. */
+export function hybridRefusal(
+  facts: Pick<MigrationFacts, 'dirtyTracking' | 'lazyPages'>,
+): string | undefined {
+  if (!facts.lazyPages) return 'hybrid needs lazy pages (userfaultfd), which this host lacks';
+  if (!facts.dirtyTracking)
+    return (
+      "hybrid needs dirty-page tracking: its post-copy part reads the pre-copy rounds' pages as parent images " +
+      '(CRIU pre-dump), which this kernel cannot make (no soft-dirty); without it the lazy dump marks every page ' +
+      'lazy and the rounds would only stall the workload. Use post-copy'
+    );
+  return 'hybrid (pre-dump rounds, then lazy pages over their parent images) is not built yet';
+}
+
 /** A round report as the decisions see it. */
 export function statsOf(report: MigrationRoundReport): RoundStats {
   return {
@@ -425,9 +521,14 @@ export class Migrations {
     let op = operation;
     const name = op.container;
     const id = String(op.detail.id);
-    let strategy: 'stop-copy' | 'pre-copy' =
-      op.detail.strategy === 'pre-copy' || op.detail.strategy === 'auto' ? 'pre-copy' : 'stop-copy';
-    let why = op.detail.strategy === 'auto' ? '' : 'asked';
+    let strategy: ResolvedStrategy =
+      op.detail.strategy === 'post-copy' || op.detail.resolved === 'post-copy'
+        ? 'post-copy'
+        : op.detail.strategy === 'pre-copy' || op.detail.resolved === 'pre-copy'
+          ? 'pre-copy'
+          : 'stop-copy';
+    let why =
+      op.detail.strategy !== 'auto' ? 'asked' : typeof op.detail.why === 'string' ? op.detail.why : '';
     const rounds: RoundStats[] = [];
     let stopped = '';
     if (op.step === 'decided') {
@@ -451,6 +552,32 @@ export class Migrations {
           body: { image: intent.spec.image },
           timeoutMs: 600_000,
         });
+        const asked = String(op.detail.strategy);
+        if (!resumed && (asked === 'auto' || asked === 'hybrid' || asked === 'post-copy')) {
+          // Decided before anything stalls the workload (see chooseAuto).
+          const facts = await ctx.callAgent<MigrationFacts>(
+            from,
+            `/v1/containers/${encodeURIComponent(name)}/migrate-facts`,
+            { method: 'POST', body: {} },
+          );
+          if (asked === 'hybrid') throw new FailedPreconditionError(hybridRefusal(facts) ?? 'hybrid refused');
+          if (asked === 'post-copy' && !facts.lazyPages)
+            throw new FailedPreconditionError(
+              `post-copy needs lazy pages (CRIU's non-cooperative userfaultfd, fs.pipe-max-size ≥ 4194304), which ${op.from} lacks`,
+            );
+          if (asked === 'auto') {
+            const choice = chooseAuto(facts, Number(op.detail.maxDowntimeMs));
+            strategy = choice.strategy;
+            why = choice.why;
+            await ctx.emit('container.migration-strategy', name, {
+              strategy,
+              why,
+              estimatedDowntimeMs: Math.round(choice.estimatedDowntimeMs),
+            });
+          }
+          op = await store.putOperation({ ...op, detail: { ...op.detail, resolved: strategy, why } });
+        }
+        const postCopyPort = 20000 + Math.floor(Math.random() * 10000);
         const order = (final: boolean): Promise<MigrationRoundReport> =>
           ctx.callAgent<MigrationRoundReport>(from, `/v1/containers/${encodeURIComponent(name)}/migrate`, {
             method: 'POST',
@@ -460,12 +587,15 @@ export class Migrations {
               final,
               to: { host: to.name, address: to.address },
               ...(typeof op.detail.compress === 'string' ? { compress: op.detail.compress } : {}),
+              ...(final && strategy === 'post-copy'
+                ? { postCopy: { address: new URL(from.address).hostname, port: postCopyPort } }
+                : {}),
             },
             timeoutMs: 600_000,
           });
         // A resumed migration does not start rounds over: it goes to its final round
         // (which the source joins, or reports, if it began it already).
-        if (!resumed && op.detail.strategy !== 'stop-copy') {
+        if (!resumed && strategy === 'pre-copy') {
           const limits = {
             maxDowntimeMs: Number(op.detail.maxDowntimeMs),
             maxRounds: Number(op.detail.maxRounds),
@@ -475,24 +605,7 @@ export class Migrations {
             round++;
             const report = statsOf(await order(false));
             rounds.push(report);
-            if (op.detail.strategy === 'auto' && round === 1) {
-              const choice = chooseStrategy(report, limits.maxDowntimeMs);
-              strategy = choice.strategy;
-              why = choice.why;
-              await ctx.emit('container.migration-strategy', name, {
-                strategy,
-                why,
-                estimatedDowntimeMs: Math.round(choice.estimate.totalMs),
-              });
-            }
-            const decision =
-              strategy === 'stop-copy'
-                ? {
-                    next: 'final' as const,
-                    why: 'auto chose stop-and-copy',
-                    estimate: estimateDowntime(report, report.sentBytes, measuredLinkRate(rounds)),
-                  }
-                : nextStep(rounds, limits);
+            const decision = nextStep(rounds, limits);
             await this.progress(name, {
               phase,
               round,
@@ -513,7 +626,12 @@ export class Migrations {
         }
         phase = 'final';
         round++;
-        await this.progress(name, { phase, round, frozen: true });
+        await this.progress(name, {
+          phase,
+          round,
+          frozen: true,
+          ...(strategy === 'post-copy' ? { postCopy: true } : {}),
+        });
         const final = await order(true);
         op = await store.putOperation({
           ...op,
@@ -537,6 +655,9 @@ export class Migrations {
             checkpointBytes: final.checkpointBytes,
             finalRoundMs: Math.round(final.wallMs),
             totalSentBytes: rounds.reduce((s, r) => s + r.sentBytes, 0) + final.sentBytes,
+            ...(final.postCopy
+              ? { postCopy: { ...final.postCopy, pagesBytes: final.postCopy.pagesBytes ?? null } }
+              : {}),
             ...(final.fileSync ? { fileSync: final.fileSync } : {}),
             ...(final.compression ? { compression: final.compression, finalWireBytes: final.wireBytes } : {}),
           },
@@ -548,13 +669,17 @@ export class Migrations {
           roundMs: Math.round(final.wallMs),
           sentBytes: final.sentBytes,
           checkpointBytes: final.checkpointBytes,
-          leftBytes: 0,
+          leftBytes: final.postCopy?.pagesBytes ?? 0,
         });
       } catch (error) {
         await this.rollBack(op, phase, round, error);
         throw new MigrationFailedError(phase, round, op.from, error);
       }
       if (!resumed) ctx.failpoint('migration.shipped');
+    }
+    if (op.step === 'shipped' && op.detail.postCopy) {
+      op = await this.postCopy(op);
+      if (!resumed) ctx.failpoint('migration.promoted');
     }
     if (op.step === 'shipped') {
       const to = await ctx.upHost(op.to);
@@ -602,7 +727,7 @@ export class Migrations {
       name,
       from: op.from,
       to: op.to,
-      strategy: d.strategy === 'pre-copy' ? 'pre-copy' : 'stop-copy',
+      strategy: strategy,
       why: typeof d.why === 'string' ? d.why : '',
       rounds: Array.isArray(d.rounds) ? (d.rounds as MigrationReport['rounds']) : [],
       stopped: typeof d.stopped === 'string' ? d.stopped : '',
@@ -615,6 +740,7 @@ export class Migrations {
       downtimeMs: num(d.downtimeMs),
       totalMs: ctx.now() - Date.parse(op.startedAt),
       connections: 'kept',
+      ...(d.pagesMs !== undefined ? { postCopy: { pagesMs: num(d.pagesMs), pages: num(d.pages) } } : {}),
       ...(Array.isArray(d.fileSync) ? { fileSync: d.fileSync as SyncRoundReport[] } : {}),
       ...(d.compression ? { compression: d.compression, finalWireBytes: num(d.finalWireBytes) } : {}),
       ...(resumed ? { resumed: true } : {}),
@@ -624,6 +750,128 @@ export class Migrations {
     await ctx.orderProbe(moved);
     await this.protectAfter(moved, d.backup);
     return report;
+  }
+
+  /**
+   * Post-copy after its final round (the source frozen, serving its pages;
+   * the images without pages committed on the destination): the destination
+   * restores and runs at once, pulling pages; once it holds every page the
+   * frozen source is killed and the operation is `promoted`. If the
+   * destination or the link dies first, the destination copy is made sure
+   * gone — removed, or dead with its host, or killed by its own agent when
+   * its pages stopped arriving ({@link LAZY_STALL_MS}) — and only then the
+   * source thaws, its state as at the freeze: what the container did on the
+   * destination since the switch is lost, and the event says so.
+   */
+  private async postCopy(operation: OperationRecord): Promise<OperationRecord> {
+    const { ctx } = this;
+    const op = operation;
+    const name = op.container;
+    const pc = op.detail.postCopy as { address: string; port: number; pagesBytes: number | null };
+    const path = `/v1/replicas/${encodeURIComponent(name)}`;
+    let phase = 'restore';
+    try {
+      const to = await ctx.upHost(op.to);
+      await this.progress(name, { phase, to: op.to, postCopy: true });
+      const promoted = await ctx.callAgent<{ view: ContainerView; assembleMs: number; restoreMs: number }>(
+        to,
+        `${path}/promote-lazy`,
+        {
+          method: 'POST',
+          body: { epoch: op.epoch, from: { address: pc.address, port: pc.port } },
+          timeoutMs: 120_000,
+        },
+      );
+      ctx.noteReported(to.name, {
+        name,
+        state: promoted.view.state,
+        pid: promoted.view.pid,
+        ip: promoted.view.ip,
+      });
+      const downtimeMs = ctx.now() - Date.parse(String(op.detail.takenAt));
+      phase = 'post-copy';
+      await this.progress(name, { phase, runsOn: op.to, downtimeMs, leftBytes: pc.pagesBytes });
+      const pulling = ctx.now();
+      let outcome: LazyOutcome;
+      for (;;) {
+        outcome = await ctx.callAgent<LazyOutcome>(to, `${path}/lazy-wait`, {
+          method: 'POST',
+          body: { timeoutMs: 1000 },
+          timeoutMs: 1000 + LAZY_STALL_MS + 2000,
+        });
+        if (!outcome.pending) break;
+        const [got, all] = outcome.transferred ?? [0, 0];
+        const elapsed = Math.max(1, ctx.now() - pulling);
+        const rate = (got * 4096) / elapsed; // bytes per millisecond
+        await this.progress(name, {
+          phase,
+          runsOn: op.to,
+          pagesArrived: got,
+          pages: all,
+          sentBytes: got * 4096,
+          leftBytes: (all - got) * 4096,
+          bytesPerSecond: Math.round(rate * 1000),
+          etaMs: rate > 0 ? Math.round(((all - got) * 4096) / rate) : null,
+        });
+      }
+      if (!outcome.complete)
+        throw new HavenError(
+          `pages missing on ${op.to}: ${outcome.errors.join('; ') || 'the lazy-pages daemon failed'}`,
+          'unavailable',
+          true,
+        );
+      await this.endSource(op, 'complete');
+      return await ctx.store.putOperation({
+        ...op,
+        step: 'promoted',
+        detail: {
+          ...op.detail,
+          assembleMs: Math.round(promoted.assembleMs),
+          restoreMs: Math.round(promoted.restoreMs),
+          downtimeMs,
+          pagesMs: Math.round(outcome.ms),
+          pages: outcome.transferred?.[1] ?? 0,
+        },
+      });
+    } catch (error) {
+      await this.dropDestination(op);
+      await this.endSource(op, 'rollback');
+      await this.rollBack(op, phase, 0, error, {
+        lostOnDestination:
+          phase === 'post-copy'
+            ? `it ran on ${op.to} from the switch until the failure; what it did there is lost: it resumed on ${op.from} with its state at the freeze`
+            : 'nothing: it had not run on the destination',
+      });
+      throw new MigrationFailedError(phase, 0, op.from, error);
+    }
+  }
+
+  /** Post-copy's source: kill the frozen copy (`complete`) or thaw it (`rollback`). */
+  private async endSource(op: OperationRecord, outcome: 'complete' | 'rollback'): Promise<void> {
+    const from = await this.ctx.upHost(op.from);
+    await this.ctx.callAgent(from, `/v1/containers/${encodeURIComponent(op.container)}/migrate-end`, {
+      method: 'POST',
+      body: { id: String(op.detail.id), outcome },
+      timeoutMs: 30_000,
+    });
+  }
+
+  /**
+   * Makes sure no post-copy copy runs on the destination before the source
+   * thaws. Reachable: removed. Down: it died with its host. Up but not
+   * answering (a cut link): its own agent kills a copy whose pages stopped
+   * arriving after {@link LAZY_STALL_MS}; waiting twice that is the proof.
+   */
+  private async dropDestination(op: OperationRecord): Promise<void> {
+    const { ctx } = this;
+    const to = await ctx.store.getHost(op.to);
+    if (!to || !ctx.isUp(op.to)) return;
+    try {
+      await ctx.removeCopy(to, op.container);
+    } catch {
+      const until = ctx.now() + 2 * LAZY_STALL_MS;
+      while (ctx.now() < until && ctx.isUp(op.to)) await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   /**
@@ -655,7 +903,13 @@ export class Migrations {
    * protection resumes. The source host must be up; if it is not, the
    * operation stays and is tried again.
    */
-  private async rollBack(op: OperationRecord, phase: string, round: number, cause: unknown): Promise<void> {
+  private async rollBack(
+    op: OperationRecord,
+    phase: string,
+    round: number,
+    cause: unknown,
+    extra: Record<string, unknown> = {},
+  ): Promise<void> {
     const { ctx } = this;
     const name = op.container;
     const from = await ctx.upHost(op.from);
@@ -684,6 +938,7 @@ export class Migrations {
       error: cause instanceof Error ? cause.message : String(cause),
       rolledBack: true,
       restoredFromFinalCheckpoint: restored,
+      ...extra,
     });
   }
 

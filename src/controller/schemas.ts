@@ -170,7 +170,7 @@ export function replicated(ha: unknown): ha is 'checkpoint' | 'continuous' {
 
 /** How a live migration moves a container, and the pause it may cost (shared by migrate and drain). */
 const migrationOptions = {
-  strategy: z.enum(['auto', 'stop-copy', 'pre-copy']).default('auto'),
+  strategy: z.enum(['auto', 'stop-copy', 'pre-copy', 'post-copy', 'hybrid']).default('auto'),
   /** Compression of the chunk stream (`replication/compression.ts`); absent: none, as before. */
   compress: z.enum(COMPRESS_SETTINGS).optional(),
   /** The pause accepted: pre-copy rounds go on until what is left fits it. */

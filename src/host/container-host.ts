@@ -53,6 +53,9 @@ import type {
   CheckpointResult,
   CreateRequest,
   DumpStats,
+  LazyCheckpoint,
+  LazyListen,
+  LazyPagesDaemon,
   RestoreStats,
   RuntimeDriver,
 } from '../runtime/driver.js';
@@ -203,6 +206,28 @@ export interface CheckpointOptions {
 }
 
 /** Result of a restore. */
+/** A post-copy restore: where the pages come from, and who watches the daemon that fetches them. */
+export interface LazyRestore {
+  from: { address: string; port: number };
+  /** Called with the lazy-pages daemon once started (before the restore). */
+  started(daemon: LazyPagesDaemon): void;
+}
+
+/** A post-copy dump on its source (see {@link ContainerHost.checkpointLazy}). */
+export interface LazySource {
+  id: string;
+  /** The checkpoint without its lazy pages, with its manifest. */
+  dir: string;
+  manifest: CheckpointManifest;
+  /** When the freeze began (milliseconds since the epoch), and how long until the images were ready. */
+  frozenAt: number;
+  readyMs: number;
+  /** CRIU's end: every page served (code 0) or the transfer failed. */
+  done: LazyCheckpoint['done'];
+  /** Kills the frozen source (`complete`) or thaws it (`rollback`); idempotent. */
+  end(outcome: 'complete' | 'rollback'): Promise<void>;
+}
+
 export interface RestoreReport {
   checkpoint: string;
   stats?: RestoreStats;
@@ -764,6 +789,7 @@ export class ContainerHost {
     dir: string,
     chosen: string,
     tcpClose: boolean,
+    lazy?: LazyRestore,
   ): Promise<RestoreReport> {
     const name = record.name;
     const options = { tcpClose };
@@ -799,12 +825,22 @@ export class ContainerHost {
       const workDir = join(this.dir(name), 'restore-work');
       await rm(workDir, { recursive: true, force: true });
       await rm(join(this.dir(name), 'exit.json'), { force: true });
+      if (lazy) {
+        // The daemon first, in the same work directory: the restore hands it its userfaultfds there.
+        if (!this.driver.lazyPagesDaemon)
+          throw new FailedPreconditionError('this runtime cannot restore lazily');
+        await mkdir(workDir, { recursive: true });
+        const daemon = this.driver.lazyPagesDaemon({ imageDir: join(dir, 'criu'), workDir, ...lazy.from });
+        undo.push(async () => daemon.kill());
+        lazy.started(daemon);
+      }
       const result = await this.driver.restore(runtimeId, {
         ...this.createRequest(record),
         imageDir: join(dir, 'criu'),
         workDir,
         tcpEstablished: true,
         tcpClose: options.tcpClose ?? false,
+        ...(lazy ? { lazyPages: true } : {}),
       });
       await resetNetworkLock(this.netns(name));
       record.state = 'running';
@@ -936,7 +972,12 @@ export class ContainerHost {
   async adoptCheckpoint(
     recordSource: unknown,
     checkpointDir: string,
-    options: { tcpClose?: boolean; contentVerified?: boolean } = {},
+    options: {
+      tcpClose?: boolean;
+      contentVerified?: boolean;
+      /** Post-copy: its pages come from the source's page server (see {@link LazyRestore}). */
+      lazy?: LazyRestore;
+    } = {},
   ): Promise<RestoreReport & { name: string }> {
     const started = performance.now();
     const source = validateImportedRecord(recordSource);
@@ -961,10 +1002,154 @@ export class ContainerHost {
       };
       delete record.exported;
       await this.save(record);
-      const report = await this.restoreFrom(record, checkpointDir, manifest.id, options.tcpClose ?? false);
+      const report = await this.restoreFrom(
+        record,
+        checkpointDir,
+        manifest.id,
+        options.tcpClose ?? false,
+        options.lazy,
+      );
       return { ...report, name, wallMs: performance.now() - started };
     } catch (error) {
       if (record) await this.remove(record.name, { force: true }).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  // --- post-copy (lazy pages) ----------------------------------------------------
+
+  /**
+   * What a migration's `auto` weighs, from this host: the container's memory
+   * now (its cgroup's count) and whether CRIU can track dirty pages and
+   * serve lazy pages here.
+   */
+  async migrationFacts(
+    name: string,
+  ): Promise<{ memoryBytes: number | undefined; dirtyTracking: boolean; lazyPages: boolean }> {
+    await this.record(name);
+    const abilities = (await this.driver.abilities?.()) ?? { dirtyTracking: false, lazyPages: false };
+    return { memoryBytes: await this.driver.memoryUsage(this.runtimeId(name)), ...abilities };
+  }
+
+  /**
+   * Post-copy's source: freezes the container and dumps everything but its
+   * memory pages (CRIU `--lazy-pages --leave-running`), whose page server
+   * then serves them to the destination from the frozen tasks. Resolves once
+   * the images and files are written (`dir`, with its manifest); the
+   * container stays frozen, network locked, until {@link LazySource.end}:
+   * `complete` kills it (the destination holds every page), `rollback`
+   * thaws it — its state exactly as at the freeze — once the destination
+   * copy is gone. Nothing on disk holds its memory: the frozen tasks are the
+   * rollback copy.
+   */
+  async checkpointLazy(name: string, listen: LazyListen): Promise<LazySource> {
+    const driver = this.driver;
+    if (!driver.checkpointLazy) throw new FailedPreconditionError('this runtime cannot serve lazy pages');
+    const record = await this.record(name);
+    const view = await this.inspectRaw(name);
+    if (view.state !== 'running')
+      throw new FailedPreconditionError(
+        `container "${name}" is ${view.state}, not running: nothing to migrate`,
+      );
+    const id = `ck-${new Date()
+      .toISOString()
+      .replace(/[-:.TZ]/g, '')
+      .slice(0, 17)}-${shortHash(String(Math.random())).slice(0, 4)}`;
+    // Without its pages the checkpoint is small: staged in memory.
+    const staging = join(await this.stagingRoot(), id);
+    const trees: Array<[string, string]> = [
+      [join(this.dir(name), 'upper'), join(staging, 'rootfs-diff')],
+      [join(this.dir(name), 'shm'), join(staging, 'shm')],
+      ...record.volumes.map((v): [string, string] => [
+        this.volumeDir(v.volume),
+        join(staging, 'volumes', v.volume),
+      ]),
+    ];
+    for (const [, to] of trees) await mkdir(to, { recursive: true });
+    const connections = readEstablished(view.pid);
+    const runtimeId = this.runtimeId(name);
+    const netns = this.netns(name);
+    // Reported running while frozen by its own migration, as during any checkpoint.
+    this.checkpointing.set(name, (this.checkpointing.get(name) ?? 0) + 1);
+    const unmark = (): void => {
+      const left = (this.checkpointing.get(name) ?? 1) - 1;
+      if (left > 0) this.checkpointing.set(name, left);
+      else this.checkpointing.delete(name);
+    };
+    const thaw = async (): Promise<void> => {
+      await resetNetworkLock(netns).catch(() => undefined);
+      await driver.resume(runtimeId).catch(() => undefined);
+    };
+    let lazy: LazyCheckpoint | undefined;
+    try {
+      lazy = await driver.checkpointLazy(
+        runtimeId,
+        {
+          imageDir: join(staging, 'criu'),
+          workDir: join(staging, 'work'),
+          leaveRunning: true,
+          tcpEstablished: true,
+          netnsPath: netnsPath(netns),
+          freeze: true,
+          hooks: { before: [LOCK_COMMAND], alongside: trees.map(([from, to]) => copyTreeCommand(from, to)) },
+        },
+        listen,
+      );
+      const ready = await lazy.ready;
+      const manifest: CheckpointManifest = {
+        version: MANIFEST_VERSION,
+        id,
+        container: name,
+        createdAt: new Date().toISOString(),
+        leaveRunning: false,
+        connections,
+        origin: { host: this.config.hostName, ...(await this.thisMachine()) },
+        files: (await hashTree(staging)).filter((f) => !f.path.startsWith('work/')),
+      };
+      await writeManifest(staging, manifest);
+      const started = lazy;
+      let ended: Promise<void> | undefined;
+      return {
+        id,
+        dir: staging,
+        manifest,
+        frozenAt: ready.frozenAt,
+        readyMs: ready.readyMs,
+        done: lazy.done,
+        end: (outcome) =>
+          (ended ??= (async () => {
+            try {
+              if (outcome === 'complete') {
+                // Every page is on the destination: CRIU ends by itself; a straggler is cut.
+                const timer = setTimeout(() => started.abort(), 10_000);
+                await started.done;
+                clearTimeout(timer);
+                // Still frozen and locked: no packet of its closing sockets leaves.
+                await driver.kill(runtimeId, 'SIGKILL').catch(() => undefined);
+                await driver.resume(runtimeId).catch(() => undefined);
+                await driver.delete(runtimeId).catch(() => undefined);
+                await removeContainerNetwork(this.config, netns);
+                await this.unmountRootfs(name);
+                const now = await this.record(name);
+                now.state = 'stopped';
+                await this.save(now);
+              } else {
+                started.abort();
+                await started.done;
+                await thaw();
+              }
+            } finally {
+              unmark();
+              await rm(staging, { recursive: true, force: true });
+            }
+          })()),
+      };
+    } catch (error) {
+      lazy?.abort();
+      await lazy?.done;
+      await thaw();
+      unmark();
+      await rm(staging, { recursive: true, force: true });
       throw error;
     }
   }

@@ -25,7 +25,7 @@
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FailedPreconditionError, HavenError } from '../core/errors.js';
-import type { ContainerHost } from '../host/container-host.js';
+import type { ContainerHost, LazySource } from '../host/container-host.js';
 import { chunkDirectory, chunkHashes, EPOCH_MANIFEST_VERSION, type EpochManifest } from './chunks.js';
 import type { CompressSetting } from './compression.js';
 import { FileTracker, syncFiles, type SyncRoundReport } from './fs-sync.js';
@@ -47,6 +47,12 @@ export interface MigrationRoundOrder {
   to: { host: string; address: string };
   /** Compression of this round's chunk stream; absent: none (frame format 1). */
   compress?: CompressSetting;
+  /**
+   * Final round only: post-copy — no page is written or sent; this host's
+   * page server, listening on `address:port`, serves them to the
+   * destination from the frozen container (see `post-copy.ts`).
+   */
+  postCopy?: { address: string; port: number };
 }
 
 /** What one round did (milliseconds and bytes). */
@@ -78,17 +84,15 @@ export interface MigrationRoundReport {
   epoch?: number;
   /** Reported from an earlier order with the same ID (a controller that restarted). */
   already?: boolean;
+  /** Post-copy: the container is frozen here, serving its pages, until `migrate-end`. */
+  postCopy?: { address: string; port: number; pagesBytes: number | undefined };
 }
 
 /** A migration's rounds on its source host. */
 export class MigrationSource {
   private readonly inFlight = new Map<string, Promise<MigrationRoundReport>>();
-
-  constructor(
-    private readonly host: ContainerHost,
-    private readonly token: string,
-    private readonly log: (line: string) => void = (l) => process.stderr.write(`${l}\n`),
-  ) {}
+  /** Post-copy sources frozen here, by container: their pages are being served. */
+  private readonly lazy = new Map<string, { id: string; source: LazySource }>();
 
   /**
    * Before a final round, while the container still runs: its writable
@@ -112,6 +116,12 @@ export class MigrationSource {
       return undefined;
     }
   }
+
+  constructor(
+    private readonly host: ContainerHost,
+    private readonly token: string,
+    private readonly log: (line: string) => void = (l) => process.stderr.write(`${l}\n`),
+  ) {}
 
   private doneFile(name: string): string {
     return join(this.host.config.stateDir, 'migrations', `${name}.json`);
@@ -138,7 +148,16 @@ export class MigrationSource {
       const view = await this.host.inspect(name).catch(() => undefined);
       if (done?.id === order.id && view?.state === 'checkpointed') return { ...done, already: true };
     }
-    const work = this.runRound(name, order).finally(() => this.inFlight.delete(name));
+    if (order.final && order.postCopy) {
+      const serving = this.lazy.get(name);
+      if (serving)
+        throw new FailedPreconditionError(`"${name}" is already serving its pages (${serving.id})`);
+    }
+    const work = (
+      order.final && order.postCopy
+        ? this.runPostCopyRound(name, order, order.postCopy)
+        : this.runRound(name, order)
+    ).finally(() => this.inFlight.delete(name));
     this.inFlight.set(name, work);
     return work;
   }
@@ -210,6 +229,105 @@ export class MigrationSource {
       if (order.final) await this.rollBack(name, error);
       throw reportable(error);
     }
+  }
+
+  /**
+   * Post-copy's final round: the container freezes, its images without the
+   * pages and its files go to the destination as an epoch, and it stays
+   * frozen here — the rollback copy — serving its pages until
+   * {@link end}. A failure before the answer thaws it at once (nothing runs
+   * elsewhere yet).
+   */
+  private async runPostCopyRound(
+    name: string,
+    order: MigrationRoundOrder,
+    listen: { address: string; port: number },
+  ): Promise<MigrationRoundReport> {
+    const fileSync = await this.syncFiles(name, order);
+    const started = performance.now();
+    const takenAt = new Date().toISOString();
+    const source = await this.host
+      .checkpointLazy(name, { ...listen, netnsPath: `/proc/${process.pid}/ns/net` })
+      .catch((error: unknown) => {
+        throw reportable(error);
+      });
+    const checkpointMs = performance.now() - started;
+    try {
+      const chunking = performance.now();
+      const chunked = await chunkDirectory(source.dir);
+      const manifest: EpochManifest = {
+        version: EPOCH_MANIFEST_VERSION,
+        container: name,
+        epoch: Date.now(),
+        checkpointId: source.id,
+        takenAt: new Date(source.frozenAt || Date.parse(takenAt)).toISOString(),
+        createdAt: new Date().toISOString(),
+        record: await this.host.record(name),
+        skeleton: chunked.skeleton,
+        files: chunked.files,
+      };
+      const chunkMs = performance.now() - chunking;
+      const sent = await sendChunks(order.to.address, this.token, name, chunkHashes(manifest), chunked.read, {
+        idleTimeoutMs: MIGRATION_IDLE_MS,
+        ...(order.compress ? { compress: order.compress } : {}),
+      });
+      const committing = performance.now();
+      await commitEpoch(order.to.address, this.token, manifest, MIGRATION_IDLE_MS * 4);
+      const commitMs = performance.now() - committing;
+      this.lazy.set(name, { id: order.id, source });
+      const facts = await this.host.migrationFacts(name).catch(() => undefined);
+      return {
+        id: order.id,
+        round: order.round,
+        final: true,
+        checkpointId: source.id,
+        takenAt: manifest.takenAt,
+        // Frozen until the end: what is known now is the time to the images.
+        frozenMs: source.readyMs,
+        checkpointBytes: manifest.files.reduce((s, f) => s + f.size, 0),
+        sentBytes: sent.sentBytes,
+        sentChunks: sent.sentChunks,
+        ...compressionOf(sent),
+        checkpointMs,
+        chunkMs,
+        sendMs: sent.askMs + sent.sendMs,
+        commitMs,
+        wallMs: performance.now() - started,
+        epoch: manifest.epoch,
+        postCopy: { ...listen, pagesBytes: facts?.memoryBytes },
+        ...(fileSync ? { fileSync } : {}),
+      };
+    } catch (error) {
+      await source.end('rollback');
+      throw reportable(error);
+    }
+  }
+
+  /**
+   * Ends a post-copy source: `complete` (the destination holds every page)
+   * kills the frozen container; `rollback` thaws it, its state as at the
+   * freeze — to be ordered only once the destination copy is gone. Ordered
+   * again, it answers the same.
+   */
+  async end(
+    name: string,
+    order: { id: string; outcome: 'complete' | 'rollback' },
+  ): Promise<{ ended: string }> {
+    const serving = this.lazy.get(name);
+    if (!serving || serving.id !== order.id) {
+      const view = await this.host.inspect(name).catch(() => undefined);
+      return { ended: view ? `nothing to end: "${name}" is ${view.state} here` : `"${name}" is not here` };
+    }
+    await serving.source.end(order.outcome);
+    this.lazy.delete(name);
+    if (order.outcome === 'rollback')
+      this.log(`post-copy of ${name}: rolled back, it runs here from its state at the freeze`);
+    return { ended: order.outcome };
+  }
+
+  /** What `auto` weighs, from this host (see `ContainerHost.migrationFacts`). */
+  facts(name: string): ReturnType<ContainerHost['migrationFacts']> {
+    return this.host.migrationFacts(name);
   }
 
   /**

@@ -156,6 +156,17 @@ export interface RuntimeDriver {
   pause(id: string): Promise<void>;
   resume(id: string): Promise<void>;
   checkpoint(id: string, options: CheckpointOptions): Promise<CheckpointResult>;
+  /** Post-copy's dump (optional: a runtime without lazy pages leaves it out). */
+  checkpointLazy?(id: string, options: CheckpointOptions, listen: LazyListen): Promise<LazyCheckpoint>;
+  /** Post-copy's destination daemon, started before a `lazyPages` restore with the same work dir. */
+  lazyPagesDaemon?(options: {
+    imageDir: string;
+    workDir: string;
+    address: string;
+    port: number;
+  }): LazyPagesDaemon;
+  /** Whether CRIU can track dirty pages (soft-dirty) and serve lazy pages (userfaultfd) here. */
+  abilities?(): Promise<{ dirtyTracking: boolean; lazyPages: boolean }>;
   /** Bytes of memory the container uses now (its cgroup's count), or undefined if unknown. */
   memoryUsage(id: string): Promise<number | undefined>;
   restore(id: string, options: RestoreOptions): Promise<RestoreResult>;
@@ -164,4 +175,50 @@ export interface RuntimeDriver {
    * restart is not a container crash), or undefined if it is gone.
    */
   adopt(id: string): Promise<RuntimeStatus | undefined>;
+}
+
+/**
+ * Where a post-copy dump serves the pages it leaves out: CRIU's lazy page
+ * server listens on `address:port` in the network namespace `netnsPath`
+ * (the host's, not the container's: the destination must reach it).
+ */
+export interface LazyListen {
+  address: string;
+  port: number;
+  netnsPath: string;
+}
+
+/**
+ * A post-copy dump in flight (`criu dump --lazy-pages --leave-running`
+ * inside the freeze chain). The container stays frozen and locked
+ * throughout, whatever happens: the caller decides — kill it once the
+ * destination holds every page, or thaw it (rollback) once the destination
+ * copy is gone.
+ */
+export interface LazyCheckpoint {
+  /**
+   * Resolves once the images without the lazy pages and the container's
+   * files are written (the destination may restore now); rejects if the
+   * dump failed before that (the chain then thawed nothing: see `done`).
+   */
+  ready: Promise<{ frozenAt: number; readyMs: number }>;
+  /**
+   * Resolves when CRIU has exited — every page served (code 0) or the
+   * transfer failed (non-zero) — with its error lines.
+   */
+  done: Promise<{ code: number; errors: string[]; stats: DumpStats | undefined }>;
+  /** Kills the chain (CRIU lets go of the tasks; they stay frozen). */
+  abort(): void;
+}
+
+/** A lazy-pages daemon on a post-copy destination (`criu lazy-pages --page-server`). */
+export interface LazyPagesDaemon {
+  /**
+   * Resolves when it exits: `complete` if every page reached the restored
+   * process, otherwise why not.
+   */
+  exited: Promise<{ complete: boolean; code: number; transferred?: [number, number]; errors: string[] }>;
+  /** Pages received so far and in all, from its log (undefined before it knows). */
+  progress(): Promise<[number, number] | undefined>;
+  kill(): void;
 }

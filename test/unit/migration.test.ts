@@ -14,7 +14,9 @@ import { CachedStore } from '../../src/controller/cached-store.js';
 import { Controller, type AgentCaller } from '../../src/controller/controller.js';
 import { ImageRegistry } from '../../src/controller/image-registry.js';
 import {
+  chooseAuto,
   chooseStrategy,
+  hybridRefusal,
   MigrationFailedError,
   nextStep,
   type RoundStats,
@@ -97,10 +99,40 @@ test('the migrate request schema: defaults, and bad input refused with the field
     maxDowntimeMs: 300,
     maxRounds: 8,
   });
-  const bad = migrateRequestSchema.safeParse({ to: 'h2', strategy: 'post-copy' });
+  assert.equal(migrateRequestSchema.parse({ to: 'h2', strategy: 'post-copy' }).strategy, 'post-copy');
+  const bad = migrateRequestSchema.safeParse({ to: 'h2', strategy: 'lazy' });
   assert.equal(bad.success, false);
   assert.equal(migrateRequestSchema.safeParse({ to: '../etc' }).success, false);
   assert.equal(migrateRequestSchema.safeParse({ to: 'h2', extra: 1 }).success, false);
+});
+
+/** This kernel: userfaultfd yes, soft-dirty no. */
+const HERE = { dirtyTracking: false, lazyPages: true };
+
+test('chooseAuto: stop-and-copy when it fits; post-copy for 1 GB where lazy pages work; pre-copy without them; says why', () => {
+  const small = chooseAuto({ ...HERE, memoryBytes: 8 * MB }, 1000);
+  assert.equal(small.strategy, 'stop-copy');
+  assert.match(small.why, /memory 8 MB.*stop-and-copy fits/);
+  // Restoring alone costs ~350 ms: at a 300 ms target even a small container goes post-copy.
+  assert.equal(chooseAuto({ ...HERE, memoryBytes: 8 * MB }, 300).strategy, 'post-copy');
+  const big = chooseAuto({ ...HERE, memoryBytes: 1000 * MB }, 300);
+  assert.equal(big.strategy, 'post-copy');
+  assert.match(big.why, /memory 1000 MB, link 125 MB\/s, dirty-page tracking no .*lazy pages yes/);
+  assert.match(big.why, /does not grow with memory or dirty rate/);
+  assert.ok(big.estimatedDowntimeMs < 1000);
+  const noLazy = chooseAuto({ dirtyTracking: false, lazyPages: false, memoryBytes: 1000 * MB }, 300);
+  assert.equal(noLazy.strategy, 'pre-copy');
+  assert.match(noLazy.why, /no lazy pages here/);
+  // Where pre-dump is cheap and the memory moves within ten targets, pre-copy (no window of lost work).
+  const tracked = chooseAuto({ dirtyTracking: true, lazyPages: true, memoryBytes: 200 * MB }, 300);
+  assert.equal(tracked.strategy, 'pre-copy');
+  // Unknown memory is said so, not guessed.
+  assert.match(chooseAuto({ ...HERE, memoryBytes: undefined }, 300).why, /\(unknown\)/);
+});
+
+test('hybrid is refused with the reason on a kernel without dirty tracking, and without lazy pages', () => {
+  assert.match(hybridRefusal(HERE)!, /soft-dirty.*Use post-copy/);
+  assert.match(hybridRefusal({ dirtyTracking: true, lazyPages: false })!, /lazy pages/);
 });
 
 // ------------------------------------------------------------- with fake agents
@@ -120,6 +152,8 @@ async function cluster(options: {
   ha?: boolean;
   failFinal?: boolean;
   sent?: number[];
+  /** Post-copy: every page arrives, or the destination's transfer fails (its copy killed there). */
+  lazy?: 'complete' | 'fail';
 }): Promise<{ controller: Controller; calls: Call[]; events: StoredEvent[]; store: CachedStore }> {
   const backend = new SqliteStore(':memory:');
   const store = await CachedStore.over(backend);
@@ -136,6 +170,7 @@ async function cluster(options: {
   });
   const calls: Call[] = [];
   let state = 'running';
+  let waits = 0;
   const sent = [...(options.sent ?? [3 * MB, 1 * MB])];
   const callAgent: AgentCaller = <T>(
     host: { name: string },
@@ -145,13 +180,34 @@ async function cluster(options: {
     const body = opts.body as Record<string, unknown> | undefined;
     calls.push({ host: host.name, path, method: opts.method ?? 'GET', ...(body ? { body } : {}) });
     const view = { name: 'db', state, pid: 4242, ip: '10.88.1.1' };
+    if (path.endsWith('/migrate-facts'))
+      return Promise.resolve({ memoryBytes: 1000 * MB, dirtyTracking: false, lazyPages: true } as T);
+    if (path.endsWith('/migrate-end')) return Promise.resolve({ ended: body?.outcome } as T);
+    if (path.endsWith('/promote-lazy'))
+      return Promise.resolve({ assembleMs: 5, restoreMs: 50, view: { ...view, state: 'running' } } as T);
+    if (path.endsWith('/lazy-wait')) {
+      waits++;
+      if (waits === 1)
+        return Promise.resolve({
+          complete: false,
+          pending: true,
+          transferred: [100, 1000],
+          ms: 1000,
+          errors: [],
+        } as T);
+      return Promise.resolve(
+        (options.lazy === 'fail'
+          ? { complete: false, ms: 1500, errors: ['no page arrived for 3000 ms'], killed: true }
+          : { complete: true, transferred: [1000, 1000], ms: 1800, errors: [] }) as T,
+      );
+    }
     if (path.endsWith('/migrate')) {
       const final = body?.final === true;
       if (final && options.failFinal) {
         // The source's own rollback restored it: it runs again.
         return Promise.reject(new HavenError('cannot reach http://h3:7070: ETIMEDOUT', 'unavailable', true));
       }
-      if (final) state = 'checkpointed';
+      if (final && !body?.postCopy) state = 'checkpointed';
       return Promise.resolve({
         id: body?.id,
         round: body?.round,
@@ -168,6 +224,7 @@ async function cluster(options: {
         commitMs: 5,
         wallMs: 100,
         ...(final ? { epoch: 77 } : {}),
+        ...(final && body?.postCopy ? { postCopy: { ...body.postCopy, pagesBytes: 1000 * MB } } : {}),
       } as T);
     }
     if (path.endsWith('/promote'))
@@ -310,4 +367,76 @@ test('drain: cordons the host and moves everything off it', async () => {
   assert.equal(report.migrated.length, 1);
   assert.notEqual((await store.getContainer('db'))!.host, 'h1');
   assert.equal((await store.getHost('h1'))!.cordoned, true);
+});
+
+test('post-copy with fake agents: images frozen, runs on the destination, pages pulled, then the frozen source is killed', async () => {
+  const { controller, calls, events, store } = await cluster({ lazy: 'complete' });
+  const report = await controller.migrations.migrate('db', {
+    to: 'h3',
+    strategy: 'auto',
+    maxDowntimeMs: 300,
+    maxRounds: 8,
+  });
+  assert.equal(report.strategy, 'post-copy', 'auto chose post-copy for 1 GB here');
+  assert.match(report.why, /lazy pages yes/);
+  assert.deepEqual(report.rounds, [], 'no pre-copy round stalled the workload');
+  assert.deepEqual(report.postCopy, { pagesMs: 1800, pages: 1000 });
+  const order = calls
+    .filter((c) => /migrate|promote|lazy-wait/.test(c.path))
+    .map((c) => `${c.host} ${c.path.split('/').at(-1)!}`);
+  assert.deepEqual(order, [
+    'h1 migrate-facts',
+    'h1 migrate',
+    'h3 promote-lazy',
+    'h3 lazy-wait',
+    'h3 lazy-wait',
+    'h1 migrate-end',
+  ]);
+  const final = calls.find((c) => c.path.endsWith('/migrate'))!;
+  assert.equal(final.body?.final, true);
+  assert.equal((final.body?.postCopy as { address: string }).address, 'h1', "the source's own address");
+  assert.deepEqual(calls.find((c) => c.path.endsWith('/migrate-end'))!.body?.outcome, 'complete');
+  assert.ok(
+    calls.some((c) => c.host === 'h1' && c.method === 'DELETE'),
+    'the source copy is removed',
+  );
+  assert.equal((await store.getContainer('db'))!.host, 'h3');
+  const strategy = events.find((e) => e.kind === 'container.migration-strategy')!;
+  assert.equal(strategy.data.strategy, 'post-copy');
+  const pulling = events.find((e) => e.data.phase === 'post-copy' && e.data.pagesArrived === 100)!;
+  assert.equal(pulling.data.leftBytes, 900 * 4096);
+  assert.equal(typeof pulling.data.etaMs, 'number');
+});
+
+test('post-copy whose pages stop arriving rolls back: destination copy gone first, then the source thaws; the event says what is lost', async () => {
+  const { controller, calls, events, store } = await cluster({ lazy: 'fail' });
+  await assert.rejects(
+    controller.migrations.migrate('db', {
+      to: 'h3',
+      strategy: 'post-copy',
+      maxDowntimeMs: 300,
+      maxRounds: 8,
+    }),
+    (error: unknown) => error instanceof MigrationFailedError && /phase post-copy/.test(error.message),
+  );
+  const removed = calls.findIndex(
+    (c) => c.host === 'h3' && c.method === 'DELETE' && c.path.startsWith('/v1/containers/db'),
+  );
+  const thawed = calls.findIndex((c) => c.path.endsWith('/migrate-end'));
+  assert.ok(removed >= 0 && thawed > removed, 'the destination copy is removed before the source thaws');
+  assert.equal(calls[thawed]!.body?.outcome, 'rollback');
+  assert.equal((await store.getContainer('db'))!.host, 'h1', 'still placed on the source');
+  const failed = events.find((e) => e.kind === 'container.migration-failed')!;
+  assert.equal(failed.data.phase, 'post-copy');
+  assert.equal(failed.data.rolledBack, true);
+  assert.match(String(failed.data.lostOnDestination), /what it did there is lost.*state at the freeze/);
+});
+
+test('hybrid on this kernel is refused before anything stops', async () => {
+  const { controller, calls } = await cluster({});
+  await assert.rejects(
+    controller.migrations.migrate('db', { to: 'h3', strategy: 'hybrid', maxDowntimeMs: 300, maxRounds: 8 }),
+    /soft-dirty/,
+  );
+  assert.ok(!calls.some((c) => c.path.endsWith('/migrate')), 'no round was ordered');
 });

@@ -4,7 +4,7 @@ import { requireCluster } from './host.js';
 import { migrationFlags, migrationOptionsOf, showProgress, summary } from './migrate.js';
 
 const usage =
-  'haven drain HOST [--strategy auto|stop-copy|pre-copy] [--max-downtime 300ms] [--max-rounds N] [--json]';
+  'haven drain HOST [--strategy auto|stop-copy|pre-copy|post-copy|hybrid] [--max-downtime 300ms] [--max-rounds N] [--json]';
 
 /**
  * `haven drain HOST`: cordons the host, then migrates every container off

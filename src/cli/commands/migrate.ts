@@ -11,15 +11,17 @@ import { parseCompressSetting } from '../../replication/compression.js';
 import { parseDuration } from './run.js';
 
 const usage =
-  'haven migrate NAME [--to HOST] [--strategy auto|stop-copy|pre-copy] [--max-downtime 300ms] [--max-rounds N] [--compress auto|none|lz4|zstd|gzip] [--json]';
+  'haven migrate NAME [--to HOST] [--strategy auto|stop-copy|pre-copy|post-copy|hybrid] [--max-downtime 300ms] [--max-rounds N] [--compress auto|none|lz4|zstd|gzip] [--json]';
 
 /** The migration options shared by `migrate` and `drain`, from the flags. */
 export function migrationOptionsOf(inv: Invocation): Record<string, unknown> {
   const options: Record<string, unknown> = {};
   const strategy = inv.values.strategy;
   if (typeof strategy === 'string') {
-    if (!['auto', 'stop-copy', 'pre-copy'].includes(strategy))
-      throw new InvalidArgumentError(`invalid --strategy "${strategy}": auto, stop-copy or pre-copy`);
+    if (!['auto', 'stop-copy', 'pre-copy', 'post-copy', 'hybrid'].includes(strategy))
+      throw new InvalidArgumentError(
+        `invalid --strategy "${strategy}": auto, stop-copy, pre-copy, post-copy or hybrid`,
+      );
     options.strategy = strategy;
   }
   if (typeof inv.values['max-downtime'] === 'string')
@@ -56,8 +58,20 @@ export function progressLine(event: StoredEvent): string | undefined {
       return `${who}: auto chose ${String(d.strategy)}: ${String(d.why)}`;
     case 'container.migration-progress': {
       if (d.phase === 'prepare') return `${who}: prepare (image on ${String(d.to)}, protection paused)`;
-      if (d.phase === 'restore') return `${who}: restore on ${String(d.to)}`;
+      if (d.phase === 'restore')
+        return `${who}: restore on ${String(d.to)}${d.postCopy ? ' (lazy pages)' : ''}`;
+      if (d.frozen && d.postCopy)
+        return `${who}: final round ${String(d.round)}: frozen, sending all but the memory pages (post-copy)`;
       if (d.frozen) return `${who}: final round ${String(d.round)}: frozen, sending the rest`;
+      if (d.phase === 'post-copy') {
+        if (typeof d.downtimeMs === 'number')
+          return `${who}: post-copy: runs on ${String(d.runsOn)} after ${d.downtimeMs} ms; pulling ~${mb(d.leftBytes)} of pages`;
+        const eta = typeof d.etaMs === 'number' ? `, ETA ${(d.etaMs / 1000).toFixed(1)} s` : '';
+        return (
+          `${who}: post-copy: ${String(d.pagesArrived)}/${String(d.pages)} pages, sent ${mb(d.sentBytes)}, ` +
+          `left ${mb(d.leftBytes)} at ${mb(d.bytesPerSecond)}/s${eta}`
+        );
+      }
       const round = `${d.phase === 'final' ? 'final round' : 'round'} ${String(d.round)}`;
       return (
         `${who}: ${round}: sent ${mb(d.sentBytes)} of ${mb(d.checkpointBytes)}, left ~${mb(d.leftBytes)}, ` +
@@ -66,7 +80,11 @@ export function progressLine(event: StoredEvent): string | undefined {
       );
     }
     case 'container.migration-failed':
-      return `${who}: FAILED in ${String(d.phase)}${typeof d.round === 'number' ? ` (round ${d.round})` : ''}: ${String(d.error)}${d.rolledBack ? ' — rolled back' : ''}`;
+      return (
+        `${who}: FAILED in ${String(d.phase)}${typeof d.round === 'number' ? ` (round ${d.round})` : ''}: ` +
+        `${String(d.error)}${d.rolledBack ? ' — rolled back' : ''}` +
+        (typeof d.lostOnDestination === 'string' ? `; lost on the destination: ${d.lostOnDestination}` : '')
+      );
     case 'container.migrated':
       return `${who}: migrated ${String(d.from)} → ${String(d.to)}`;
     default:
@@ -127,6 +145,9 @@ export function summary(r: MigrationReport): string {
     `(final round frozen ${r.finalFrozenMs} ms, ${mb(r.finalSentBytes)} sent then; restore ${r.restoreMs} ms); ` +
     `${mb(r.totalSentBytes)} sent of a ${mb(r.checkpointBytes)} checkpoint` +
     (rounds ? `; pre-copy rounds ${rounds}; stopped: ${r.stopped}` : '') +
+    (r.postCopy
+      ? `; post-copy: ${r.postCopy.pages} pages pulled in ${r.postCopy.pagesMs} ms after the switch`
+      : '') +
     `; connections ${r.connections}`
   );
 }

@@ -14,7 +14,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, openSync, closeSync } from 'node:fs';
-import { mkdir, readFile, stat, statfs, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, stat, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { lastLines, run } from '../../core/exec.js';
@@ -25,6 +25,10 @@ import type {
   CheckpointOptions,
   CheckpointResult,
   CreateRequest,
+  DumpStats,
+  LazyCheckpoint,
+  LazyListen,
+  LazyPagesDaemon,
   RestoreOptions,
   RestoreResult,
   RuntimeDriver,
@@ -184,6 +188,204 @@ export class RuncDriver implements RuntimeDriver {
       readDumpStats(join(options.workDir, 'stats-dump')) ??
       readDumpStats(join(options.imageDir, 'stats-dump'));
     return { stats, wallMs, ...(freeze ? { freeze } : {}) };
+  }
+
+  /**
+   * Post-copy's dump: `criu dump --lazy-pages --leave-running` in the freeze
+   * chain (see {@link lazyChainScript}), its page server listening on
+   * `listen` in the host's network namespace. Unlike {@link checkpoint}, the
+   * chain never thaws the container once CRIU has started: with
+   * `--leave-running`, CRIU lets go of the tasks when the transfer ends —
+   * completed or failed — and they stay frozen in their cgroup with their
+   * memory as at the freeze, which is what makes post-copy rollback-safe
+   * (measured here: the destination's daemon killed mid-transfer → "Lazy
+   * pages transfer FAILED", the source's memory check passed after a thaw).
+   */
+  async checkpointLazy(id: string, options: CheckpointOptions, listen: LazyListen): Promise<LazyCheckpoint> {
+    await ensureCriuRundir();
+    await mkdir(options.imageDir, { recursive: true });
+    await mkdir(options.workDir, { recursive: true });
+    const dump = await this.criuDumpArgv(id, { ...options, leaveRunning: true, lazyPages: true });
+    const argv = [
+      'nsenter',
+      `--net=${listen.netnsPath}`,
+      ...dump,
+      '--address',
+      listen.address,
+      '--port',
+      String(listen.port),
+      // A NUL byte on stdout once the images (without lazy pages) are written.
+      '--status-fd',
+      '1',
+    ];
+    const freezer = await this.freezerFile(id);
+    const script = lazyChainScript(argv, options.hooks, freezer);
+    const started = performance.now();
+    const chain = spawn('nsenter', [`--net=${options.netnsPath}`, 'bash', '-c', script], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      detached: true,
+    });
+    let stdout = '';
+    let stderr = '';
+    let settle: { resolve: (v: { frozenAt: number; readyMs: number }) => void; reject: (e: Error) => void };
+    const ready = new Promise<{ frozenAt: number; readyMs: number }>((resolve, reject) => {
+      settle = { resolve, reject };
+    });
+    let frozenAt = 0;
+    let settled = false;
+    chain.stdout.on('data', (b: Buffer) => {
+      stdout += b.toString('latin1');
+      const frozen = /haven-frozen ([\d.]+) ([\d.]+)/.exec(stdout);
+      if (frozen) frozenAt = Number(frozen[1]) * 1000;
+      if (settled) return;
+      const files = /haven-files (\d+)/.exec(stdout)?.[1];
+      if (files !== undefined && files !== '0') {
+        settled = true;
+        settle.reject(new RuntimeFailedError(`checkpoint of "${id}": copying its files failed`, 'criu', []));
+      } else if (files === '0' && stdout.includes('\0')) {
+        settled = true;
+        settle.resolve({ frozenAt, readyMs: performance.now() - started });
+      }
+    });
+    chain.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    const done = new Promise<{ code: number; errors: string[]; stats: DumpStats | undefined }>((resolve) => {
+      chain.on('error', (error) => {
+        stderr += String(error);
+        resolve({ code: 128, errors: [String(error)], stats: undefined });
+      });
+      chain.on('spawn', () => chain.stdin.end('go\n'));
+      chain.on('close', (n) => {
+        const code = n ?? 128;
+        void criuErrors(join(options.workDir, 'dump.log'), stderr).then((errors) => {
+          if (!settled) {
+            settled = true;
+            settle.reject(
+              new RuntimeFailedError(
+                `checkpoint of "${id}" failed${code === 125 ? ' (network lock)' : code === 123 ? ' (freeze)' : ''}`,
+                'criu',
+                errors,
+              ),
+            );
+          }
+          resolve({
+            code,
+            errors: code === 0 ? [] : errors,
+            stats: readDumpStats(join(options.workDir, 'stats-dump')),
+          });
+        });
+      });
+    });
+    return {
+      ready,
+      done,
+      abort: () => {
+        try {
+          if (chain.pid) process.kill(-chain.pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      },
+    };
+  }
+
+  /**
+   * Post-copy's destination: `criu lazy-pages --page-server`, which the
+   * restore (`runc restore --lazy-pages` with the same work directory)
+   * hands its userfaultfds to; it pulls faulting pages first and the rest
+   * in the background from the source's page server. Started before the
+   * restore, in the host's network namespace.
+   */
+  lazyPagesDaemon(options: {
+    imageDir: string;
+    workDir: string;
+    address: string;
+    port: number;
+  }): LazyPagesDaemon {
+    const log = join(options.workDir, 'lazy-pages.log');
+    const daemon = spawn(
+      this.config.criuPath,
+      [
+        'lazy-pages',
+        '--page-server',
+        '--address',
+        options.address,
+        '--port',
+        String(options.port),
+        '--images-dir',
+        options.imageDir,
+        '--work-dir',
+        options.workDir,
+        '--log-file',
+        'lazy-pages.log',
+        // Level 4 logs each transfer ("UFFD transferred pages: (n/N)"): the proof every page arrived.
+        '-v4',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let stderr = '';
+    daemon.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    // Read as it grows: each copy into the process is a line "uffd_copy: ADDR/BYTES", and
+    // "Found N pages to be handled by UFFD" gives the whole, per process.
+    let offset = 0;
+    let copied = 0;
+    let total = 0;
+    let partial = '';
+    const progress = async (): Promise<[number, number] | undefined> => {
+      const handle = await open(log, 'r').catch(() => undefined);
+      if (!handle) return undefined;
+      try {
+        const { size } = await handle.stat();
+        if (size > offset) {
+          const buffer = Buffer.alloc(size - offset);
+          await handle.read(buffer, 0, buffer.length, offset);
+          offset = size;
+          const lines = (partial + buffer.toString('latin1')).split('\n');
+          partial = lines.pop() ?? '';
+          for (const line of lines) {
+            const copy = /uffd_copy: 0x[0-9a-f]+\/(\d+)/.exec(line);
+            if (copy) copied += Number(copy[1]);
+            const found = /Found (\d+) pages to be handled by UFFD/.exec(line);
+            if (found) total += Number(found[1]);
+          }
+        }
+      } finally {
+        await handle.close();
+      }
+      return total > 0 ? [Math.min(total, Math.round(copied / 4096)), total] : undefined;
+    };
+    const finalCount = async (): Promise<[number, number] | undefined> => {
+      const text = await readTail(log, 64 * 1024);
+      const all = [...text.matchAll(/UFFD transferred pages: \((\d+)\/(\d+)\)/g)].at(-1);
+      return all ? [Number(all[1]), Number(all[2])] : undefined;
+    };
+    const exited = new Promise<{
+      complete: boolean;
+      code: number;
+      transferred?: [number, number];
+      errors: string[];
+    }>((resolve) => {
+      daemon.on('error', (error) => resolve({ complete: false, code: 128, errors: [String(error)] }));
+      daemon.on('close', (n) => {
+        void (async () => {
+          const code = n ?? 128;
+          const transferred = await finalCount().catch(() => undefined);
+          const complete = code === 0 && transferred !== undefined && transferred[0] === transferred[1];
+          resolve({
+            complete,
+            code,
+            ...(transferred ? { transferred } : {}),
+            errors: complete ? [] : await criuErrors(log, stderr),
+          });
+        })();
+      });
+    });
+    return {
+      exited,
+      progress,
+      kill: () => {
+        daemon.kill('SIGKILL');
+      },
+    };
   }
 
   /** The file that freezes the container's cgroup: v1 `freezer.state` or v2 `cgroup.freeze`. */
@@ -353,6 +555,25 @@ export class RuncDriver implements RuntimeDriver {
     return this.dirtyTracking;
   }
 
+  private lazyPagesAbility: boolean | undefined;
+
+  /**
+   * What a migration may use here: dirty tracking (pre-dump) and lazy pages —
+   * CRIU's non-cooperative userfaultfd and a pipe size limit of at least
+   * 4 MiB (root here lacks CAP_SYS_RESOURCE; with less the page server
+   * fails with a splice EBADF).
+   */
+  async abilities(): Promise<{ dirtyTracking: boolean; lazyPages: boolean }> {
+    if (this.lazyPagesAbility === undefined) {
+      const probe = await run([this.config.criuPath, 'check', '--feature', 'uffd-noncoop'], {
+        allowFailure: true,
+      });
+      const pipeMax = Number((await readFile('/proc/sys/fs/pipe-max-size', 'utf8').catch(() => '0')).trim());
+      this.lazyPagesAbility = probe.code === 0 && pipeMax >= 4 * 1024 * 1024;
+    }
+    return { dirtyTracking: await this.hasDirtyTracking(), lazyPages: this.lazyPagesAbility };
+  }
+
   async adopt(id: string): Promise<RuntimeStatus | undefined> {
     const status = await this.state(id);
     return status && status.state !== 'stopped' ? status : undefined;
@@ -493,6 +714,60 @@ export function checkpointChainScript(
     'echo "haven-times $t0 $t1 $t2 $t3"',
     'exit $status',
   ].join('\n');
+}
+
+/**
+ * The freeze chain of a post-copy dump (see {@link RuncDriver.checkpointLazy}):
+ *
+ *   read "go" ─▶ freeze ─▶ "haven-frozen t0 t1" ─▶ hooks.before (a failure
+ *   thaws, exit 125) ─▶ hooks.alongside and CRIU in the background ─▶ wait
+ *   for alongside: "haven-files 0|1" ─▶ wait for CRIU (it ends when every
+ *   page is served, or the transfer fails) ─▶ hooks.after ─▶ exit CRIU's status
+ *
+ * Once CRIU has started, nothing here thaws: the caller does, on rollback.
+ */
+export function lazyChainScript(
+  argv: readonly string[],
+  hooks: CheckpointHooks | undefined,
+  freezer: FreezerFile,
+): string {
+  const full = checkpointChainScript([':'], undefined, freezer).split('\n');
+  // The freeze and thaw lines of the ordinary chain, so both chains freeze alike.
+  const freeze = full.slice(full.indexOf('t0=$EPOCHREALTIME') + 1, full.indexOf('t1=$EPOCHREALTIME'));
+  const thaw = full.slice(full.indexOf('t2=$EPOCHREALTIME') + 1, full.indexOf('t3=$EPOCHREALTIME'));
+  const line = (cmd: readonly string[]): string => cmd.map(shellQuote).join(' ');
+  return [
+    'set -u',
+    'read -r go',
+    't0=$EPOCHREALTIME',
+    ...freeze,
+    't1=$EPOCHREALTIME',
+    'echo "haven-frozen $t0 $t1"',
+    ...(hooks?.before ?? []).map((cmd) => `${line(cmd)} || { ${thaw.join('; ')}; exit 125; }`),
+    ...(hooks?.alongside ?? []).map((cmd, i) => `${line(cmd)} & side${i}=$!`),
+    `${line(argv)} & dump=$!`,
+    'files=0',
+    ...(hooks?.alongside ?? []).map((_, i) => `wait $side${i} || files=1`),
+    'echo "haven-files $files"',
+    'wait $dump; status=$?',
+    ...(hooks?.after ?? []).map((cmd) => `${line(cmd)} || true`),
+    'exit $status',
+  ].join('\n');
+}
+
+/** The last `bytes` of a file ('' if it does not exist). */
+async function readTail(path: string, bytes: number): Promise<string> {
+  const handle = await open(path, 'r').catch(() => undefined);
+  if (!handle) return '';
+  try {
+    const { size } = await handle.stat();
+    const length = Math.min(size, bytes);
+    const buffer = Buffer.alloc(length);
+    await handle.read(buffer, 0, length, size - length);
+    return buffer.toString('latin1');
+  } finally {
+    await handle.close();
+  }
 }
 
 /** Where Haven's CRIU build keeps its kernel-feature cache (`make RUNDIR=…` in setup). */
