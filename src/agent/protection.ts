@@ -19,6 +19,7 @@ import {
 import { callJson } from '../core/http-client.js';
 import type { ContainerHost, ContainerView } from '../host/container-host.js';
 import { assembleDirectory, type EpochManifest } from '../replication/chunks.js';
+import { manifestKey } from '../replication/manifest-mac.js';
 import { MigrationSource } from '../replication/migration-source.js';
 import { ReplicaStore } from '../replication/replica-store.js';
 import { claimServiceAddress, releaseServiceAddress } from '../runtime/service-address.js';
@@ -142,7 +143,9 @@ export class Protection {
     /** This host's own address: service addresses go on the interface that carries it. */
     private readonly hostAddress?: string,
   ) {
-    this.replicas = new ReplicaStore(join(host.config.stateDir, 'replicas'));
+    this.replicas = new ReplicaStore(join(host.config.stateDir, 'replicas'), {
+      manifestKey: manifestKey(token),
+    });
     this.migrations = new MigrationSource(host, token, log);
   }
 

@@ -110,7 +110,7 @@ export const protectRequestSchema = z
         address: z
           .string()
           .max(200)
-          .regex(/^http:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http://HOST:PORT'),
+          .regex(/^https?:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http(s)://HOST:PORT'),
       })
       .strict()
       .nullable(),
@@ -128,7 +128,7 @@ export const probeRequestSchema = z
     address: z
       .string()
       .max(200)
-      .regex(/^http:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http://HOST:PORT'),
+      .regex(/^https?:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http(s)://HOST:PORT'),
   })
   .strict();
 
@@ -171,7 +171,7 @@ export const migrateRoundSchema = z
         address: z
           .string()
           .max(200)
-          .regex(/^http:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http://HOST:PORT'),
+          .regex(/^https?:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http(s)://HOST:PORT'),
       })
       .strict(),
     /** Final round only: post-copy, this host's page server on `address:port` (see replication/post-copy.ts). */

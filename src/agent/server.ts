@@ -26,6 +26,7 @@
  */
 import { createReadStream } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { connect } from 'node:net';
 import { NotFoundError } from '../core/errors.js';
 import { sendMetrics } from '../core/metrics.js';
@@ -34,11 +35,13 @@ import {
   decode,
   HttpError,
   readJsonBody,
-  requireToken,
+  authenticateCaller,
   routeParts,
   sendError,
   sendJson as send,
 } from '../core/http.js';
+import { authorizeAgentCall } from '../core/access.js';
+import { serverTlsOptions, type TlsIdentity } from '../core/tls.js';
 import type { ContainerHost } from '../host/container-host.js';
 import {
   lazyEndSchema,
@@ -83,22 +86,31 @@ export interface AgentServerOptions {
   protection?: Protection;
   /** Application probes; without it the probe route is 404. */
   prober?: Prober;
+  /** Serve HTTPS with this identity and require client certificates of its CA (mutual TLS); else plain HTTP. */
+  tls?: TlsIdentity;
 }
 
 /** Builds the agent's HTTP server (not yet listening). */
 export function createAgentServer(options: AgentServerOptions): Server {
-  return createServer((req, res) => {
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
     handle(req, res, options).catch((error: unknown) => sendError(res, error, 'agent'));
-  });
+  };
+  // With a TLS identity: HTTPS, every client asked for a certificate of this cluster.
+  return options.tls ? createHttpsServer(serverTlsOptions(options.tls), handler) : createServer(handler);
 }
 
 async function handle(req: IncomingMessage, res: ServerResponse, options: AgentServerOptions): Promise<void> {
-  requireToken(req, options.token);
+  // Under mTLS, orders only from the controller's certificate, replication only from agents'
+  // (core/access.ts); the token alone is not enough here: it is for scripts, at the controller.
+  const caller = authenticateCaller(req, options.token, { acceptToken: !options.tls });
   // Prometheus scrapes /metrics by convention, outside the versioned API.
-  if (req.method === 'GET' && (req.url ?? '').split('?', 1)[0] === '/metrics')
+  if (req.method === 'GET' && (req.url ?? '').split('?', 1)[0] === '/metrics') {
+    authorizeAgentCall(caller, req.method, null);
     return sendMetrics(res, agentMetrics);
+  }
   const { host } = options;
   const { parts, url, method } = routeParts(req);
+  authorizeAgentCall(caller, method, parts);
 
   if (parts.length === 1 && parts[0] === 'health' && method === 'GET') {
     send(res, 200, { ok: true, host: host.config.hostName });

@@ -33,7 +33,7 @@ export const registerHostSchema = z
     address: z
       .string()
       .max(200)
-      .regex(/^http:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http://HOST:PORT'),
+      .regex(/^https?:\/\/[0-9a-zA-Z.[\]:-]+:\d{1,5}$/, 'http(s)://HOST:PORT'),
     labels: labelsSchema.default({}),
     cpuMillis: z.number().int().min(1).max(10_000_000),
     memoryBytes: z

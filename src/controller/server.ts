@@ -39,15 +39,26 @@
  */
 import { createReadStream } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import {
   checkpointRequestSchema,
   nameSchema,
   restoreRequestSchema,
   stopRequestSchema,
 } from '../agent/schemas.js';
-import { decode, HttpError, readJsonBody, routeParts, sendError, sendJson } from '../core/http.js';
+import { authorizeControllerCall, authorizeRegistration } from '../core/access.js';
+import {
+  decode,
+  HttpError,
+  readJsonBody,
+  routeParts,
+  sendError,
+  sendJson,
+  type Caller,
+} from '../core/http.js';
 import { sendMetrics } from '../core/metrics.js';
 import { RecordSplitter } from '../core/records.js';
+import { peerOf, serverTlsOptions, type TlsIdentity } from '../core/tls.js';
 import type { Controller } from './controller.js';
 import { authenticate, dashboardAuthFor, handleUi, isUiPath } from './dashboard.js';
 import { controllerMetrics, countRequest, heartbeatsByRequest, heartbeatsOnStream } from './metrics.js';
@@ -78,6 +89,8 @@ export interface ControllerServerOptions {
   token: string;
   /** The UDP port heartbeat datagrams are received on (see heartbeat-udp.ts), told to agents as they register. */
   datagramPort?: number;
+  /** Serve HTTPS with this identity, asking clients for certificates of its CA (mutual TLS); else plain HTTP. */
+  tls?: TlsIdentity;
 }
 
 /** At most one plain acknowledgement per stream this often (well inside an agent's 500 ms lease). */
@@ -99,13 +112,17 @@ const imageQuerySchema = z.object({
 
 /** Builds the controller's HTTP server (not yet listening; listen on TCP and/or a Unix socket). */
 export function createControllerServer(options: ControllerServerOptions): Server {
-  const server = createServer((req, res) => {
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
     // Counted once answered (or cut off: a heartbeat stream ends by closing), by route template.
     res.once('close', () =>
       countRequest(req.method, (req.url ?? '/').split('?', 1)[0] ?? '/', res.statusCode),
     );
     handle(req, res, options).catch((error: unknown) => sendError(res, error, 'controller'));
-  });
+  };
+  // With a TLS identity: HTTPS, clients asked for a certificate of this cluster (scripts may still use the token).
+  const server = options.tls
+    ? createHttpsServer(serverTlsOptions(options.tls), handler)
+    : createServer(handler);
   // Heartbeat streams and event followers stay open for as long as their peer does.
   server.requestTimeout = 0;
   server.headersTimeout = 10_000;
@@ -121,12 +138,23 @@ async function handle(
   const dashboard = dashboardAuthFor(options.controller, options.token);
   // The dashboard's files and login come before authentication: they are how a browser gets a session.
   if (isUiPath((req.url ?? '/').split('?', 1)[0] ?? '/')) return handleUi(req, res, dashboard);
-  const principal = authenticate(req, options.token, dashboard);
+  // Under mTLS a certificate of this cluster speaks for its role and host (an agent's may only
+  // register itself and beat: core/access.ts); without one, the token or a dashboard session.
+  const peer = peerOf(req);
+  if (peer.kind === 'refused') throw new HttpError(401, `client certificate refused: ${peer.reason}`);
+  const caller: Caller =
+    peer.kind === 'certificate'
+      ? { kind: 'certificate', role: peer.role, host: peer.host }
+      : { kind: 'token' };
+  const principal = peer.kind === 'certificate' ? 'token' : authenticate(req, options.token, dashboard);
   // Prometheus scrapes /metrics by convention, outside the versioned API.
-  if (req.method === 'GET' && (req.url ?? '').split('?', 1)[0] === '/metrics')
+  if (req.method === 'GET' && (req.url ?? '').split('?', 1)[0] === '/metrics') {
+    authorizeControllerCall(caller, req.method, null);
     return sendMetrics(res, controllerMetrics);
+  }
   const { controller, images } = options;
   const { parts, url, method } = routeParts(req);
+  authorizeControllerCall(caller, method, parts);
   const [resource, id, action, ...extra] = parts;
   if (extra.length > 0) throw new HttpError(404, `no route ${url.pathname}`);
 
@@ -144,9 +172,9 @@ async function handle(
     if (!id) {
       if (method === 'GET') return sendJson(res, 200, await controller.listHosts());
       if (method === 'POST') {
-        const { beatKey, ...host } = await controller.registerHost(
-          decode(registerHostSchema, await readJsonBody(req)),
-        );
+        const request = decode(registerHostSchema, await readJsonBody(req));
+        authorizeRegistration(caller, request.name);
+        const { beatKey, ...host } = await controller.registerHost(request);
         // Where and with what key this registration's heartbeat datagrams go.
         const heartbeat = options.datagramPort ? { udpPort: options.datagramPort, key: beatKey } : undefined;
         return sendJson(res, 200, { ...host, heartbeat });

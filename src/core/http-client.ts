@@ -7,6 +7,7 @@
 import { request, type IncomingMessage, type RequestOptions } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { HavenError, InvalidArgumentError, NotLeaderError, type ErrorCode } from './errors.js';
+import { clientTlsAgent } from './tls.js';
 
 /** Where an API lives: `http://ADDR:PORT` or `unix:/path/to.sock`. */
 export type Endpoint = string;
@@ -26,7 +27,13 @@ export class UnreachableError extends HavenError {
   }
 }
 
-/** Request options for `path` at `endpoint`. */
+/**
+ * Request options for `path` at `endpoint`. An `https://` endpoint is a
+ * cluster with mutual TLS: the options carry this process's certificate
+ * (`core/tls.ts`) as an HTTPS connection pool, which `node:http`'s
+ * `request` uses as it is given (with `protocol: 'https:'`), so every
+ * caller of these options speaks TLS without knowing it.
+ */
 export function requestOptions(endpoint: Endpoint, path: string, token: string): RequestOptions {
   const headers = { authorization: `Bearer ${token}` };
   if (endpoint.startsWith('unix:')) return { socketPath: endpoint.slice(5), path, headers };
@@ -34,8 +41,19 @@ export function requestOptions(endpoint: Endpoint, path: string, token: string):
   try {
     url = new URL(path, endpoint);
   } catch {
-    throw new InvalidArgumentError(`invalid endpoint "${endpoint}": expected http://HOST:PORT or unix:/PATH`);
+    throw new InvalidArgumentError(
+      `invalid endpoint "${endpoint}": expected http://HOST:PORT, https://HOST:PORT or unix:/PATH`,
+    );
   }
+  if (url.protocol === 'https:')
+    return {
+      protocol: 'https:',
+      agent: clientTlsAgent(),
+      host: url.hostname,
+      port: url.port || 443,
+      path: url.pathname + url.search,
+      headers,
+    };
   if (url.protocol !== 'http:') throw new InvalidArgumentError(`invalid endpoint "${endpoint}"`);
   return { host: url.hostname, port: url.port || 80, path: url.pathname + url.search, headers };
 }

@@ -8,7 +8,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
 import type { ZodType, ZodTypeDef } from 'zod';
 import { HavenError } from './errors.js';
+import type { Role } from './ca.js';
 import { logger } from './log.js';
+import { peerOf } from './tls.js';
 
 /** Largest JSON request body accepted. */
 export const MAX_JSON_BODY_BYTES = 64 * 1024;
@@ -51,6 +53,31 @@ export function requireToken(req: IncomingMessage, token: string): void {
   if (auth.length !== expected.length || !timingSafeEqual(auth, expected)) {
     throw new HttpError(401, 'missing or wrong cluster token');
   }
+}
+
+/** Who made a request: the holder of the cluster token, or a certificate of this cluster naming a role and host. */
+export type Caller = { kind: 'token' } | { kind: 'certificate'; role: Role; host: string };
+
+/**
+ * Authenticates a request. On a TLS connection (mTLS clusters), a client
+ * certificate of this cluster is the caller; a certificate presented but
+ * refused (another CA, expired, no Haven role) is a 401 naming why, even
+ * with the token; with no certificate, the token counts only where
+ * `acceptToken` (scripts talking to a controller) — else 401. On plain
+ * HTTP, the token, as always.
+ */
+export function authenticateCaller(
+  req: IncomingMessage,
+  token: string,
+  options: { acceptToken?: boolean } = {},
+): Caller {
+  const peer = peerOf(req);
+  if (peer.kind === 'certificate') return { kind: 'certificate', role: peer.role, host: peer.host };
+  if (peer.kind === 'refused') throw new HttpError(401, `client certificate refused: ${peer.reason}`);
+  if (peer.kind === 'anonymous' && options.acceptToken === false)
+    throw new HttpError(401, 'a client certificate of this cluster is required');
+  requireToken(req, token);
+  return { kind: 'token' };
 }
 
 /** Validates `value` against `schema`; a 400 naming the first bad field otherwise. */

@@ -18,6 +18,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
 } from '../core/errors.js';
+import { logger } from '../core/log.js';
 import { validateName } from '../core/names.js';
 import {
   ChunkStore,
@@ -27,6 +28,7 @@ import {
   CHUNK_BYTES,
   type EpochManifest,
 } from './chunks.js';
+import { verifyManifest } from './manifest-mac.js';
 import { readFrames } from './transfer.js';
 
 /** Committed epochs kept per container. */
@@ -85,7 +87,15 @@ export function validateEpochManifest(value: unknown): EpochManifest {
 export class ReplicaStore {
   readonly chunks: ChunkStore;
 
-  constructor(private readonly dir: string) {
+  /**
+   * @param options.manifestKey the cluster's manifest key (`manifest-mac.ts`): manifests are
+   *   refused on commit, and reported damaged on read, unless their MAC matches. Without it
+   *   (tests of the store alone) MACs are not checked.
+   */
+  constructor(
+    private readonly dir: string,
+    private readonly options: { manifestKey?: Buffer } = {},
+  ) {
     this.chunks = new ChunkStore(join(dir, 'chunks'));
   }
 
@@ -116,7 +126,14 @@ export class ReplicaStore {
   async receive(stream: AsyncIterable<Buffer>, format?: string): Promise<number> {
     let count = 0;
     for await (const chunk of readFrames(stream, format)) {
-      await this.chunks.put(chunk.hash, chunk.data);
+      try {
+        await this.chunks.put(chunk.hash, chunk.data);
+      } catch (error) {
+        // Refused (the sender hears 422) and reported here: bytes that do not hash to their name.
+        if (error instanceof CorruptCheckpointError)
+          logger('agent.replication').warn(error.message, { chunk: chunk.hash });
+        throw error;
+      }
       count++;
     }
     return count;
@@ -128,6 +145,22 @@ export class ReplicaStore {
    * beyond {@link EPOCHS_KEPT} and unreferenced chunks are pruned.
    */
   async commit(manifest: EpochManifest): Promise<void> {
+    if (this.options.manifestKey) {
+      try {
+        verifyManifest(
+          manifest,
+          this.options.manifestKey,
+          `epoch ${manifest.epoch} of "${manifest.container}"`,
+        );
+      } catch (error) {
+        // Refused and reported: a forged or altered manifest is an attack or a broken sender.
+        logger('agent.replication').warn((error as Error).message, {
+          container: manifest.container,
+          epoch: manifest.epoch,
+        });
+        throw error;
+      }
+    }
     const lacking = chunkHashes(manifest).filter((h) => !this.chunks.has(h));
     if (lacking.length > 0) {
       throw new FailedPreconditionError(
@@ -166,7 +199,10 @@ export class ReplicaStore {
     const file = join(this.epochsDir(name), `${epoch}.json`);
     if (!existsSync(file)) throw new NotFoundError(`no committed epoch ${epoch} of "${name}" here`);
     try {
-      return validateEpochManifest(JSON.parse(await readFile(file, 'utf8')));
+      const manifest = validateEpochManifest(JSON.parse(await readFile(file, 'utf8')));
+      // Checked again before every restore: a manifest altered on this disk is a damaged epoch.
+      if (this.options.manifestKey) verifyManifest(manifest, this.options.manifestKey);
+      return manifest;
     } catch (error) {
       throw new CorruptCheckpointError(
         `epoch ${epoch} of "${name}" is unreadable: ${(error as Error).message}`,

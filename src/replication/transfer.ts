@@ -24,6 +24,7 @@ import { Readable } from 'node:stream';
 import { CorruptCheckpointError, InvalidArgumentError } from '../core/errors.js';
 import { callJson, errorFrom, openRequest } from '../core/http-client.js';
 import { CHUNK_BYTES, type EpochManifest } from './chunks.js';
+import { manifestKey, signManifest } from './manifest-mac.js';
 import {
   AutoCodec,
   CODEC_IDS,
@@ -251,7 +252,8 @@ export async function commitEpoch(
   timeoutMs = 120_000,
 ): Promise<void> {
   await callJson(address, `/v1/replicas/${encodeURIComponent(manifest.container)}/epochs`, token, {
-    body: manifest,
+    // Authenticated end to end: the receiver refuses a manifest without this cluster's MAC.
+    body: signManifest(manifest, manifestKey(token)),
     timeoutMs,
   });
 }

@@ -137,7 +137,7 @@ test(`${RUNS} random and hostile requests to every agent route: no crash, no 5xx
       checkAnswer(r, answer);
       if (answer.status >= 400) refused++;
     }),
-    { numRuns: RUNS },
+    { numRuns: RUNS, endOnFailure: true },
   );
   // Most inputs are refused; a fuzzer that never got past validation would be a weak one, and
   // one that never got refused would not be fuzzing.
