@@ -7,10 +7,19 @@
  *    there, the load's counter runs on without a gap (no acknowledged write
  *    lost), its one connection never broke, the container runs on the
  *    destination at the same address, and exactly one copy exists.
- * 3. **The destination killed mid-transfer** (`lab kill-host`, during the
- *    final round over a link shaped slow enough to catch it): the migration
- *    rolls back — the source restores its final checkpoint — and reports
- *    the phase; Redis runs on exactly one host with its keys and counter.
+ * 3. **post-copy** h3 → h2 under the same load and checks: the container
+ *    runs on the destination right after its images (no pages) arrive, and
+ *    pulls its pages there; the frozen source is killed once all arrived.
+ * 4. **post-copy, the destination killed while pages are pulled**: the C
+ *    workload (64 MB of random content, dirtying 1,000 pages/s) over a link
+ *    shaped slow enough to catch it; the migration rolls back to the frozen
+ *    source — its memory self-check passes there, it runs on exactly one
+ *    host, and the event says that what it did on the destination is lost.
+ * 5. **stop-and-copy, the destination killed mid-transfer** (`lab kill-host`,
+ *    during the final round over a link shaped slow enough to catch it): the
+ *    migration rolls back — the source restores its final checkpoint — and
+ *    reports the phase; Redis runs on exactly one host with its keys and
+ *    counter.
  *
  * Measured figures are printed as `# ...` lines.
  */
@@ -20,7 +29,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { REPO_ROOT } from '../../src/core/config.js';
 import { run } from '../../src/core/exec.js';
-import { REDIS_ARGS } from '../../src/fixtures/images.js';
+import { memhogImage, REDIS_ARGS } from '../../src/fixtures/images.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
 import {
   events,
@@ -52,6 +61,7 @@ interface Report {
   restoreMs: number;
   downtimeMs: number;
   totalMs: number;
+  postCopy?: { pagesMs: number; pages: number };
 }
 interface Load {
   acks: Array<[number, number]>;
@@ -201,17 +211,107 @@ test(
 );
 
 test(
+  'post-copy under a write load: runs on the destination before its pages; keys intact, connection kept, one copy',
+  { timeout: 120_000 },
+  async () => {
+    const { report } = await migrateUnderLoad('h2', 'post-copy');
+    assert.equal(report.strategy, 'post-copy');
+    assert.deepEqual(report.rounds, []);
+    assert.ok(report.postCopy && report.postCopy.pages > 0, 'pages pulled after the switch');
+    assert.ok(
+      report.finalSentBytes < report.checkpointBytes + 1e6,
+      'only the images without pages sent frozen',
+    );
+    process.stdout.write(
+      `# post-copy: ${report.postCopy.pages} pages pulled in ${report.postCopy.pagesMs} ms\n`,
+    );
+  },
+);
+
+/** The C workload's log lines since `from` (its own memory check answers SIGUSR1 there). */
+async function memhogCheck(name: string, pid: number): Promise<string> {
+  const before = (await ok(['logs', name])).length;
+  process.kill(pid, 'SIGUSR1');
+  return waitFor(
+    'the memory check',
+    async () => /check (ok|FAILED)[^\n]*/.exec((await ok(['logs', name])).slice(before))?.[0],
+    60_000,
+  );
+}
+
+test(
+  'post-copy, the destination killed while pages are pulled: the frozen source resumes with its memory intact, one copy',
+  { timeout: 180_000 },
+  async () => {
+    await ok(['image', 'push', await memhogImage(), '--name', 'memhog']);
+    await ok([
+      'run',
+      'mh',
+      '--image',
+      'memhog',
+      '--host',
+      'h3',
+      '--memory',
+      '256m',
+      '--',
+      '/bin/memhog',
+      '--mb',
+      '64',
+      '--mode',
+      'random',
+      '--dirty',
+      '1000',
+      '--seed',
+      '11',
+    ]);
+    const running = await waitFor('memhog ready', async () => {
+      const v = await inspect('mh');
+      return v.state === 'running' && /ready mb=64/.test(await ok(['logs', 'mh'])) ? v : undefined;
+    });
+    // 64 MB of pages at ~2.5 MB/s: ~25 s of pulling, time to kill the destination in the middle.
+    await ok(['lab', 'shape', 'h1', '--rate', '20mbit']);
+    const seen = (await events()).at(-1)?.seq ?? 0;
+    const migrating = haven(['migrate', 'mh', '--to', 'h1', '--strategy', 'post-copy', '--json']);
+    await waitFor(
+      'pages being pulled on h1',
+      async () =>
+        (await events()).find(
+          (e) => e.seq > seen && e.kind === 'container.migration-progress' && Number(e.data.pagesArrived) > 0,
+        ),
+      60_000,
+    );
+    await ok(['lab', 'kill-host', 'h1']);
+    const result = await migrating;
+    assert.notEqual(result.code, 0, 'the migration failed');
+    assert.match(result.stderr, /phase post-copy.*rolled back: it runs on h3/);
+    const failed = (await events()).find((e) => e.seq > seen && e.kind === 'container.migration-failed');
+    assert.ok(failed, 'container.migration-failed');
+    assert.equal(failed.data.phase, 'post-copy');
+    assert.equal(failed.data.rolledBack, true);
+    assert.match(String(failed.data.lostOnDestination), /what it did there is lost/);
+    const after = await inspect('mh');
+    assert.equal(after.host, 'h3', 'still placed on the source');
+    assert.equal(after.state, 'running');
+    assert.equal(after.pid, running.pid, 'the very processes frozen at the switch, thawed');
+    await oneCopyOn('mh', 'h3', ['h2', 'h3']);
+    assert.equal(await memhogCheck('mh', after.pid), 'check ok pages=16384', 'every page as at the freeze');
+    await ok(['rm', 'mh', '--force']);
+    process.stdout.write(`# post-copy rollback: ${String(failed.data.error)}\n`);
+  },
+);
+
+test(
   'the destination killed mid-transfer: rolled back, runs on exactly one host with its state',
   { timeout: 120_000 },
   async () => {
     const before = await inspect('kv');
-    assert.equal(before.host, 'h3');
+    assert.equal(before.host, 'h2');
     // Slow enough that the final round's transfer (a few MB) is still under way when the host dies.
-    await ok(['lab', 'shape', 'h1', '--rate', '8mbit']);
+    await ok(['lab', 'shape', 'h3', '--rate', '8mbit']);
     const seen = (await events()).at(-1)?.seq ?? 0;
     const load = writeLoad(before.ip, 20_000);
     await sleep(1500);
-    const migrating = haven(['migrate', 'kv', '--to', 'h1', '--strategy', 'stop-copy', '--json']);
+    const migrating = haven(['migrate', 'kv', '--to', 'h3', '--strategy', 'stop-copy', '--json']);
     await waitFor(
       'the final round under way',
       async () =>
@@ -221,7 +321,7 @@ test(
       60_000,
     );
     await sleep(1000);
-    await ok(['lab', 'kill-host', 'h1']);
+    await ok(['lab', 'kill-host', 'h3']);
     const result = await migrating;
     assert.notEqual(result.code, 0, 'the migration failed');
     assert.match(result.stderr, /rolled back/);
@@ -235,8 +335,8 @@ test(
       const v = await inspect('kv');
       return v.state === 'running' ? v : undefined;
     });
-    assert.equal(after.host, 'h3', 'still placed on the source');
-    await oneCopyOn('kv', 'h3', ['h2', 'h3']);
+    assert.equal(after.host, 'h2', 'still placed on the source');
+    await oneCopyOn('kv', 'h2', ['h2']);
     assert.equal(await redis(after.ip, 'DBSIZE'), String(KEYS + 1), 'every key');
     const counter = Number(await redis(after.ip, 'GET', 'counter'));
     const gap = checkLoad(loaded, 'rollback');
