@@ -193,11 +193,15 @@ export class ClusterLink {
     } catch (error) {
       const failed = this.controller;
       const again = this.nextController(error);
+      // Several controllers and none leads yet (an election under way, ~1 s): keep asking every
+      // 100 ms rather than back off to seconds — a new leader waits for the hosts its first
+      // decisions need. One controller: back off, as always.
+      const afterMs = again ? 50 : this.controllers.length > 1 ? 100 : undefined;
       this.log.warn(`cannot register with ${failed}: ${(error as Error).message}`, {
         controller: failed,
-        retryInMs: again ? 50 : this.backoffMs,
+        retryInMs: afterMs ?? this.backoffMs,
       });
-      this.retry(again ? 50 : undefined);
+      this.retry(afterMs);
     }
   }
 

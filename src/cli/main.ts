@@ -23,7 +23,8 @@ import { restoreCommand } from './commands/restore.js';
 import { rmCommand } from './commands/rm.js';
 import { runCommand } from './commands/run.js';
 import { stopCommand } from './commands/stop.js';
-import { downCommand, initCommand, upCommand } from './commands/up.js';
+import { initCommand } from './commands/init.js';
+import { downCommand, upCommand } from './commands/up.js';
 
 const COMMANDS: readonly Command[] = [
   runCommand,

@@ -29,6 +29,7 @@
  * writer: it reads the newest at start and appends one at a time (in order,
  * so a reader following `eventsSince` never skips one that commits late).
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Etcd3, type IOptions, type Namespace } from 'etcd3';
 import { HavenError, NotLeaderError } from '../core/errors.js';
 
@@ -93,15 +94,30 @@ export class EtcdStore implements ClusterStore {
     this.fence = options.fence;
   }
 
-  /** Runs `call`, turning etcd's failures into Haven's `unavailable` (retryable). */
+  /**
+   * Runs `call`, turning etcd's failures into Haven's `unavailable`
+   * (retryable). A call refused by a dead member is tried again (the client
+   * picks members at random and gives up after three): only a call etcd
+   * itself could not answer in time (no quorum) fails at once.
+   */
   private async guard<T>(what: string, call: () => Promise<T>): Promise<T> {
-    try {
-      return await call();
-    } catch (error) {
-      if (error instanceof HavenError) throw error;
-      throw new HavenError(`etcd: ${what}: ${(error as Error).message}`, 'unavailable', true, {
-        cause: error,
-      });
+    const deadline = Date.now() + CALL_TIMEOUT_MS;
+    for (;;) {
+      try {
+        return await call();
+      } catch (error) {
+        if (error instanceof HavenError) throw error;
+        const unreached = /ECONNREFUSED|No connection established|circuit breaker/i.test(
+          (error as Error).message,
+        );
+        if (unreached && Date.now() < deadline) {
+          await sleep(50);
+          continue;
+        }
+        throw new HavenError(`etcd: ${what}: ${(error as Error).message}`, 'unavailable', true, {
+          cause: error,
+        });
+      }
     }
   }
 
@@ -304,13 +320,20 @@ export class EtcdStore implements ClusterStore {
   async eventsSince(seq: number, limit: number): Promise<StoredEvent[]> {
     const n = Math.max(0, Math.min(limit, 10_000));
     if (n === 0) return [];
-    const result = await this.guard('events since', () =>
+    const read = (serializable: boolean): Promise<Record<string, string>> =>
       this.ns
         .getAll()
         .inRange({ start: eventKey(seq + 1), end: 'events0' }) // '0' follows '/': the end of the prefix
         .sort('Key', 'Ascend')
         .limit(n)
-        .strings(),
+        .serializable(serializable)
+        // The quorum read is given a second (not the usual three) before one member's copy is read.
+        .options({ deadline: Date.now() + (serializable ? CALL_TIMEOUT_MS : 1_000) })
+        .strings();
+    // Without a quorum the events are still told, from one member's copy (a prefix of the log:
+    // members apply it in order, so a follower may lag but never skips one).
+    const result = await this.guard('events since', () => read(false)).catch(() =>
+      this.guard('events since (one member)', () => read(true)),
     );
     return Object.values(result)
       .map((v) => JSON.parse(v) as StoredEvent)

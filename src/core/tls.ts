@@ -164,3 +164,16 @@ export function clientTlsAgent(): HttpsAgent {
   });
   return clientAgent;
 }
+
+/**
+ * The TLS identity a daemon was started with (`--tls-dir`, else
+ * `HAVEN_TLS_DIR`), also set as the one it presents on its own calls; none:
+ * plain HTTP, as before.
+ */
+export function daemonTls(tlsDir: unknown): TlsIdentity | undefined {
+  const dir = typeof tlsDir === 'string' ? tlsDir : process.env.HAVEN_TLS_DIR;
+  if (!dir) return undefined;
+  const id = loadTlsIdentity(dir);
+  useClientTls(id);
+  return id;
+}

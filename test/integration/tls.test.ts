@@ -10,7 +10,7 @@
  * checks the server's. No root needed: no container is started.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { request } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -31,6 +31,7 @@ import { compileHostConfig } from '../../src/core/config.js';
 import { callJson } from '../../src/core/http-client.js';
 import { loadTlsIdentity, useClientTls, writeTlsIdentity, type TlsIdentity } from '../../src/core/tls.js';
 import { ContainerHost } from '../../src/host/container-host.js';
+import { ensureCa, issueTlsDirs } from '../../src/cli/commands/init.js';
 
 const TOKEN = 'tls-token-0123456789abcdef';
 let root = '';
@@ -266,4 +267,21 @@ test("Haven's client presents its certificate on https:// endpoints and checks t
     /cannot reach .*(SELF_SIGNED|UNABLE_TO|unable to)/i,
   );
   useClientTls(undefined);
+});
+
+test('haven init --tls lays out a CA and TLS directories that load as identities', async () => {
+  const tlsRoot = join(root, 'init');
+  const { ca: made, made: first } = await ensureCa(tlsRoot);
+  assert.equal(first, true);
+  const again = await ensureCa(tlsRoot);
+  assert.equal(again.made, false, 'kept');
+  assert.equal(again.ca.certPem, made.certPem);
+  assert.equal((await stat(join(tlsRoot, 'ca', 'ca-key.pem'))).mode & 0o777, 0o600);
+  await issueTlsDirs(made, [
+    { role: 'agent', host: 'h7', addresses: ['10.88.0.17'], dir: join(tlsRoot, 'h7') },
+  ]);
+  const id = loadTlsIdentity(join(tlsRoot, 'h7'));
+  assert.equal(id.role, 'agent');
+  assert.equal(id.host, 'h7');
+  assert.equal((await stat(join(tlsRoot, 'h7', 'key.pem'))).mode & 0o777, 0o600);
 });

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { InvalidArgumentError } from '../../core/errors.js';
+import { daemonTls } from '../../core/tls.js';
 import { logger } from '../../core/log.js';
 import { ClusterLink } from '../../agent/cluster-link.js';
 import { instrumentAgent } from '../../agent/metrics.js';
@@ -11,7 +12,8 @@ import type { Command } from '../command.js';
 const usage =
   'haven agent [--listen HOST:PORT] [--token-file FILE] [--controller URL --advertise URL]\n' +
   '            [--label K=V]... [--cpu-millis N] [--memory-bytes N] [--heartbeat-ms MS]\n' +
-  '            [--heartbeat-transport datagram|stream]   (token also from HAVEN_TOKEN)';
+  '            [--heartbeat-transport datagram|stream] [--tls-dir DIR]   (token also from HAVEN_TOKEN;\n' +
+  '            TLS directory also from HAVEN_TLS_DIR: mutual TLS with the cluster CA, see haven init --tls)';
 
 /** Reads the cluster token from `--token-file` or `HAVEN_TOKEN`; at least 16 characters. */
 export function readToken(file: unknown): string {
@@ -59,18 +61,23 @@ export const agentCommand: Command = {
     'memory-bytes': { type: 'string' },
     'heartbeat-ms': { type: 'string' },
     'heartbeat-transport': { type: 'string' },
+    'tls-dir': { type: 'string' },
   },
   async run(inv) {
     const listenText = typeof inv.values.listen === 'string' ? inv.values.listen : '127.0.0.1:7070';
     const listen = parseListen(listenText);
     const token = readToken(inv.values['token-file']);
+    // Mutual TLS when a TLS directory is given: HTTPS here, this certificate on every call out.
+    const tls = daemonTls(inv.values['tls-dir']);
     const host = inv.host();
     // Their notices (an unhealthy container, fencing, a failed epoch) all call for attention: warnings.
     const probeLog = logger('agent.probes');
     const protectionLog = logger('agent.protection');
     const prober = new Prober(host, (line) => probeLog.warn(line));
     const advertise =
-      typeof inv.values.advertise === 'string' ? inv.values.advertise : `http://${listenText}`;
+      typeof inv.values.advertise === 'string'
+        ? inv.values.advertise
+        : `${tls ? 'https' : 'http'}://${listenText}`;
     // Service addresses of continuous primaries go on the interface that carries the advertised address.
     const hostAddress = new URL(advertise).hostname.replace(/^\[(.*)\]$/, '$1');
     const protection = new Protection(host, token, (line) => protectionLog.warn(line), prober, hostAddress);
@@ -111,6 +118,7 @@ export const agentCommand: Command = {
       token,
       protection,
       prober,
+      ...(tls ? { tls } : {}),
       ...(link ? { pullImage: (id: string) => link.pullImage(id) } : {}),
     });
     await new Promise<void>((resolve, reject) => {

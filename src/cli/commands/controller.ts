@@ -27,6 +27,7 @@ import type { Command } from '../command.js';
 import { parseListen, readToken } from './agent.js';
 
 const log = logger('controller');
+const orderLog = logger('controller.orders');
 
 const usage =
   'haven controller [--listen HOST:PORT] [--socket PATH] [--state-dir DIR] [--token-file FILE] [--failure-ms MS]\n' +
@@ -180,8 +181,17 @@ export const controllerCommand: Command = {
       store,
       images,
       failureAfterMs: Number.isFinite(failureMs) && failureMs >= 100 ? failureMs : DEFAULT_FAILURE_MS,
-      callAgent: (host, path, options = {}) =>
-        callJson(host.address, path, token, { timeoutMs: 600_000, ...options }),
+      callAgent: (host, path, options = {}) => {
+        // Every order (not a read) is logged: with several controllers, the log shows who ordered what —
+        // the end-to-end test counts them across a change of leader.
+        if (options.method && options.method !== 'GET')
+          orderLog.info(`order ${options.method} ${path} to ${host.name}`, {
+            host: host.name,
+            method: options.method,
+            path,
+          });
+        return callJson(host.address, path, token, { timeoutMs: 600_000, ...options });
+      },
       ...failpointsFrom(process.env.HAVEN_FAILPOINTS),
       ...(election ? { mayDecide: () => election.mayDecide() } : {}),
     });

@@ -27,8 +27,8 @@ const LOG_DIR = '/var/log/haven';
 const RUN_DIR = '/run/haven';
 const CONTROLLER_URL = 'http://127.0.0.1:7070';
 
-/** Makes the cluster token if there is none; returns it. */
-async function ensureToken(force = false): Promise<{ token: string; made: boolean }> {
+/** Makes the cluster token if there is none; returns it (`haven init`, `haven up`). */
+export async function ensureToken(force = false): Promise<{ token: string; made: boolean }> {
   if (!force && existsSync(CLUSTER_PATHS.localToken)) {
     return { token: readFileSync(CLUSTER_PATHS.localToken, 'utf8').trim(), made: false };
   }
@@ -71,19 +71,6 @@ async function startService(service: 'controller' | 'agent', args: string[], tok
   await writeFile(`${RUN_DIR}/${service}.pid`, `${child.pid}\n`);
   return child.pid;
 }
-
-/** `haven init`: make this machine's cluster token (kept if it exists, unless --force). */
-export const initCommand: Command = {
-  name: 'init',
-  summary: "make this cluster's token (used by every agent and controller call)",
-  usage: 'haven init [--force]',
-  options: { force: { type: 'boolean' } },
-  async run(inv) {
-    const { made } = await ensureToken(inv.values.force === true);
-    process.stdout.write(`${made ? 'made' : 'kept'} the cluster token in ${CLUSTER_PATHS.localToken}\n`);
-    return 0;
-  },
-};
 
 /** `haven up`: a one-host cluster on this machine, as background services. */
 export const upCommand: Command = {
