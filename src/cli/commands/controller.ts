@@ -7,12 +7,14 @@ import {
   type Server,
   type ServerResponse,
 } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { Etcd3 } from 'etcd3';
 import { InvalidArgumentError } from '../../core/errors.js';
 import { sendJson } from '../../core/http.js';
 import { callJson } from '../../core/http-client.js';
 import { logger } from '../../core/log.js';
+import { daemonTls, serverTlsOptions } from '../../core/tls.js';
 import { EtcdStore, etcdClientOptions } from '../../controller/etcd-store.js';
 import { LeaderElection } from '../../controller/leader.js';
 import { CachedStore } from '../../controller/cached-store.js';
@@ -31,7 +33,8 @@ const orderLog = logger('controller.orders');
 
 const usage =
   'haven controller [--listen HOST:PORT] [--socket PATH] [--state-dir DIR] [--token-file FILE] [--failure-ms MS]\n' +
-  '                 [--store sqlite|etcd --etcd URL,URL,... --advertise URL] [--images-dir DIR]';
+  '                 [--store sqlite|etcd --etcd URL,URL,... --advertise URL] [--images-dir DIR]\n' +
+  '                 [--tls-dir DIR]   (or HAVEN_TLS_DIR: HTTPS on TCP with mutual TLS, see haven init --tls)';
 
 /** Exit status of a deposed leader: its supervisor (systemd, the lab) restarts it as a standby. */
 export const EXIT_DEPOSED = 75;
@@ -65,9 +68,13 @@ export const controllerCommand: Command = {
     etcd: { type: 'string' },
     advertise: { type: 'string' },
     'images-dir': { type: 'string' },
+    'tls-dir': { type: 'string' },
   },
   async run(inv) {
     const token = readToken(inv.values['token-file']);
+    // Mutual TLS when a TLS directory is given: HTTPS on TCP (the Unix socket stays plain, 0600),
+    // and this certificate on every order to an agent.
+    const tls = daemonTls(inv.values['tls-dir']);
     const stateDir =
       typeof inv.values['state-dir'] === 'string' ? inv.values['state-dir'] : '/var/lib/haven/controller';
     await mkdir(stateDir, { recursive: true });
@@ -92,7 +99,9 @@ export const controllerCommand: Command = {
         throw new InvalidArgumentError('--store etcd needs --etcd URL[,URL...]');
       const endpoints = inv.values.etcd.split(',').filter((e) => e.length > 0);
       const advertise =
-        typeof inv.values.advertise === 'string' ? inv.values.advertise : `http://${listenText}`;
+        typeof inv.values.advertise === 'string'
+          ? inv.values.advertise
+          : `${tls ? 'https' : 'http'}://${listenText}`;
       etcd = new Etcd3(etcdClientOptions(endpoints));
       election = new LeaderElection({ client: etcd, address: advertise });
       const client = etcd;
@@ -123,7 +132,8 @@ export const controllerCommand: Command = {
     };
     const tcpInner = createControllerServer(tcpOptions);
     const tcpHandler = tcpInner.listeners('request')[0] as RequestListener;
-    const tcp = createServer(gate((req, res) => tcpHandler(req, res)));
+    const tcpListener = gate((req, res) => tcpHandler(req, res));
+    const tcp = tls ? createHttpsServer(serverTlsOptions(tls), tcpListener) : createServer(tcpListener);
     Object.assign(tcp, {
       requestTimeout: tcpInner.requestTimeout,
       headersTimeout: tcpInner.headersTimeout,
