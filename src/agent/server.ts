@@ -283,6 +283,9 @@ async function replicaRoute(
   if (action === 'epochs') {
     const manifest = validateEpochManifest(await readJsonBody(req, MAX_REPLICATION_JSON));
     if (manifest.container !== name) throw new HttpError(400, 'the manifest names another container');
+    // The record is what a promotion adopts: it must be this container's, not another's state directory.
+    if ((manifest.record as { name?: unknown }).name !== name)
+      throw new HttpError(400, 'the manifest record names another container');
     // The backup must be able to restore without the network: fetch the image now, not at failover.
     const image = (manifest.record as { image?: unknown }).image;
     if (typeof image !== 'string') throw new HttpError(400, 'the manifest record has no image');

@@ -74,6 +74,8 @@ const ROUTES: RouteTemplate[] = [
     bodies: [{ backup: { host: 'h2', address: LOOPBACK }, intervalMs: 1000 }, { backup: null }],
   },
   { method: 'POST', path: '/v1/containers/:name/handover', bodies: [{}] },
+  { method: 'POST', path: '/v1/containers/:name/migrate-end', bodies: [{ id: 'm-1', outcome: 'rollback' }] },
+  { method: 'POST', path: '/v1/containers/:name/migrate-facts', bodies: [{}] },
   { method: 'POST', path: '/v1/containers/:name/recover', bodies: [{}] },
   {
     method: 'POST',
@@ -95,7 +97,7 @@ const ROUTES: RouteTemplate[] = [
         epoch: 1,
         checkpointId: 'ck-1',
         takenAt: new Date(0).toISOString(),
-        record: { image: IMAGE },
+        record: { name: 'web', image: IMAGE },
         skeleton: { chunks: ['zero'] },
         files: [{ path: 'pages-1.img', size: 1, chunks: ['a'.repeat(64)] }],
       },
@@ -104,6 +106,12 @@ const ROUTES: RouteTemplate[] = [
   { method: 'POST', path: '/v1/replicas/:name/prepare', bodies: [{ image: IMAGE }] },
   { method: 'POST', path: '/v1/replicas/:name/stage', bodies: [{}] },
   { method: 'POST', path: '/v1/replicas/:name/promote', bodies: [{ tcpClose: true, epoch: 1 }] },
+  {
+    method: 'POST',
+    path: '/v1/replicas/:name/promote-lazy',
+    bodies: [{ epoch: 1, from: { address: '127.0.0.1', port: 27000 } }],
+  },
+  { method: 'POST', path: '/v1/replicas/:name/lazy-wait', bodies: [{ timeoutMs: 10 }] },
 ];
 
 before(async () => {

@@ -47,7 +47,7 @@ function manifest(epoch: number, chunk = hashA): EpochManifest {
     epoch,
     checkpointId: `ck-${epoch}`,
     takenAt: new Date(0).toISOString(),
-    record: { image: `sha256:${'ab'.repeat(32)}` },
+    record: { name: 'web', image: `sha256:${'ab'.repeat(32)}` },
     skeleton: { chunks: [] },
     files: [{ path: 'pages-1.img', size: chunkA.length, chunks: [chunk] }],
   } as unknown as EpochManifest;
