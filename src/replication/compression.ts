@@ -42,7 +42,9 @@ export const CODEC_IDS: Readonly<Record<Codec, number>> = { none: 0, lz4: 1, zst
 const CODEC_BY_ID: readonly Codec[] = ['none', 'lz4', 'zstd', 'gzip'];
 
 /** How much data `auto` sends between two decisions. */
-export const AUTO_WINDOW_BYTES = 8 << 20;
+export const AUTO_WINDOW_BYTES = 4 << 20;
+/** A codec shrinking a sample less than this (to more than 95%) is no use on that data. */
+const INCOMPRESSIBLE = 0.95;
 
 // The native codecs load on first use: the CLI and the controller import this
 // module for its settings only and never pay for (or depend on) the addons.
@@ -140,17 +142,29 @@ export function throughputOf(measure: CodecMeasure, linkBps: number): number {
 }
 
 /**
- * The codec with the highest {@link throughputOf} among `measures`. `none`
- * wins ties and near-ties (within 3%): compressing for no gain costs CPU
- * that the container's host may need. Pure.
+ * The codec with the highest {@link throughputOf} among `measures`, each
+ * capped by what it was seen to achieve (`caps`, raw bytes per second) — the
+ * model knows nothing of the receiver's CPU or of other load on the host,
+ * the transfer itself does. `none` wins ties and near-ties (within 3%),
+ * and against any codec that does not shrink the sample below 95%:
+ * compressing for no gain costs CPU the container's host may need. Pure.
  */
-export function bestCodec(measures: Partial<Record<Codec, CodecMeasure>>, linkBps: number): Codec {
-  let best: Codec = 'none';
-  let bestRate = measures.none ? throughputOf(measures.none, linkBps) : linkBps;
-  for (const codec of CODECS) {
+export function bestCodec(
+  measures: Partial<Record<Codec, CodecMeasure>>,
+  linkBps: number,
+  caps: Partial<Record<Codec, number>> = {},
+): Codec {
+  const rateOf = (codec: Codec): number => {
     const m = measures[codec];
-    if (codec === 'none' || !m) continue;
-    const rate = throughputOf(m, linkBps);
+    const modelled = m ? throughputOf(m, linkBps) : codec === 'none' ? linkBps : 0;
+    return Math.min(modelled, caps[codec] ?? Number.POSITIVE_INFINITY);
+  };
+  let best: Codec = 'none';
+  let bestRate = rateOf('none');
+  for (const codec of CODECS) {
+    // A codec that does not shrink the data only costs CPU: it sends raw frames anyway.
+    if (codec === 'none' || !measures[codec] || measures[codec].ratio > INCOMPRESSIBLE) continue;
+    const rate = rateOf(codec);
     const margin = best === 'none' ? 1.03 : 1;
     if (rate > bestRate * margin) {
       best = codec;
@@ -165,28 +179,41 @@ export interface AutoDecision {
   codec: Codec;
   /** The link's estimated rate (wire bytes per second) when deciding; undefined before any measure. */
   linkBps?: number;
-  /** The sample's ratio per codec. */
+  /** The sample's ratio per codec (codecs not measured: the data did not shrink with lz4). */
   ratios: Partial<Record<Codec, number>>;
 }
 
+/** Until the link is measured, `auto` assumes this (1 Gbit/s, in bytes per second). */
+export const ASSUMED_LINK_BPS = 125e6;
+/** A cap learnt for a codec not in use is relaxed by this factor per window, so it is tried again in time. */
+const CAP_RELAX = 1.05;
+
 /**
- * `auto`: measures every codec on one chunk of each window (compress and
- * decompress it, timed), estimates the link from how fast the transfer
- * drains, and picks the codec that moves raw bytes fastest.
+ * `auto`: measures the codecs on a slice of one chunk per window (compress
+ * and decompress it, timed; lz4 first — data lz4 cannot shrink by 5% is
+ * taken as incompressible and the slower codecs are not tried on it),
+ * estimates the link from how fast the transfer drains, and picks the codec
+ * that moves raw bytes fastest. A window in which the sender waited on its
+ * own frames more than on the socket shows what the codec in use really
+ * achieves here (raw bytes per second, with the host's other load): that
+ * caps its model next time; a cap relaxes while the codec is not in use.
  *
  * The link's rate is only learnt from windows in which the sender waited on
  * the socket for most of the time (the link was the bottleneck); in other
  * windows the measured rate is a lower bound (compression was), so the
  * estimate may rise but not fall — else a slow codec would make the link
- * look slow and keep itself chosen. Before any window is measured, the link
- * is assumed as fast as the cheapest codec, which picks lz4 for data that
- * shrinks and `none` for data that does not.
+ * look slow and keep itself chosen. The first window goes raw unless the
+ * link's rate is given: it measures the link, and raw is never far off.
  */
 export class AutoCodec {
   private linkBps: number | undefined;
   private current: Codec = 'none';
   private sinceDecision = Number.POSITIVE_INFINITY;
-  private lastRatios: Partial<Record<Codec, number>> = {};
+  private readonly caps: Partial<Record<Codec, number>> = {};
+  /** Bytes of the current decision's window (0: decide at the next chunk). */
+  private windowLength = 0;
+  private decisionCount = 0;
+  private lastGzip: CodecMeasure | undefined;
   /** Every decision made, in order (a codec is listed again only when it changed). */
   readonly decisions: AutoDecision[] = [];
 
@@ -204,21 +231,34 @@ export class AutoCodec {
 
   /** The codec for the next chunk, `data`: a new decision at the start of each window. */
   async codecFor(data: Buffer): Promise<Codec> {
-    if (this.sinceDecision < this.windowBytes) {
+    if (this.sinceDecision < this.windowLength) {
       this.sinceDecision += data.length;
       return this.current;
     }
+    for (const codec of CODECS) {
+      const cap = this.caps[codec];
+      if (codec !== this.current && cap !== undefined) this.caps[codec] = cap * CAP_RELAX;
+    }
     this.sinceDecision = data.length;
-    const measures = await measureCodecs(data);
-    // Unknown link: as fast as lz4 compresses, so only a codec at least that fast can win on speed.
-    const link = this.linkBps ?? measures.lz4?.compressBps ?? 1e9;
-    const codec = bestCodec(measures, link);
-    this.lastRatios = Object.fromEntries(CODECS.map((c) => [c, round3(measures[c]?.ratio ?? 1)]));
+    this.decisionCount++;
+    if (this.linkBps === undefined && this.decisionCount <= 16) {
+      // Raw until the link is measured (a few MB): raw is never far off, and it shows the link as it is.
+      this.windowLength = 1 << 20;
+      if (this.decisions.length === 0) this.decisions.push({ codec: 'none', ratios: {} });
+      return (this.current = 'none');
+    }
+    // gzip is the slow one to measure: every fourth decision (its speed and ratio change slowly).
+    const measures = await measureCodecs(data, this.decisionCount % 4 !== 2 ? this.lastGzip : undefined);
+    if (measures.gzip) this.lastGzip = measures.gzip;
+    const codec = bestCodec(measures, this.linkBps ?? ASSUMED_LINK_BPS, this.caps);
+    this.windowLength = this.windowBytes;
     if (codec !== this.current || this.decisions.length === 0) {
       this.decisions.push({
         codec,
         ...(this.linkBps !== undefined ? { linkBps: Math.round(this.linkBps) } : {}),
-        ratios: this.lastRatios,
+        ratios: Object.fromEntries(
+          CODECS.filter((c) => measures[c]).map((c) => [c, Math.round(measures[c]!.ratio * 1000) / 1000]),
+        ),
       });
     }
     this.current = codec;
@@ -226,43 +266,81 @@ export class AutoCodec {
   }
 
   /**
-   * Tells what the link did over a stretch: `wireBytes` left in `ms`, of
-   * which `waitedMs` the sender spent waiting for the socket to take more.
+   * Tells what a stretch of the transfer did: raw and wire bytes in `ms`, of
+   * which the sender spent `waitedSocketMs` waiting for the socket to take
+   * more (downstream — the link, the receiver — was the bottleneck) and
+   * `waitedFramesMs` waiting for the next frame (reading and compressing
+   * were). Downstream-bound, the wire rate is the link's rate; upstream-bound,
+   * the raw rate is what the codec in use achieves here, and caps it.
    */
-  observeLink(wireBytes: number, ms: number, waitedMs: number): void {
+  observe(window: {
+    rawBytes: number;
+    wireBytes: number;
+    ms: number;
+    waitedSocketMs: number;
+    waitedFramesMs: number;
+  }): void {
+    const { rawBytes, wireBytes, ms, waitedSocketMs, waitedFramesMs } = window;
     if (ms <= 0 || wireBytes <= 0) return;
-    const rate = (wireBytes / ms) * 1000;
-    const linkBound = waitedMs / ms >= 0.5;
-    if (this.linkBps === undefined) this.linkBps = rate;
-    else if (linkBound) this.linkBps = 0.5 * this.linkBps + 0.5 * rate;
-    else this.linkBps = Math.max(this.linkBps, rate);
+    const wireRate = (wireBytes / ms) * 1000;
+    if (waitedSocketMs / ms >= 0.5) {
+      this.linkBps = this.linkBps === undefined ? wireRate : 0.5 * this.linkBps + 0.5 * wireRate;
+      return;
+    }
+    // Not the link: a lower bound of it only (else a slow codec would make the link look slow).
+    this.linkBps = Math.max(this.linkBps ?? 0, wireRate);
+    if (waitedFramesMs > waitedSocketMs) this.caps[this.current] = (rawBytes / ms) * 1000;
+  }
+
+  /** {@link observe} without the raw side: a window in which the sender waited `waitedMs` on the socket. */
+  observeLink(wireBytes: number, ms: number, waitedMs: number): void {
+    this.observe({ rawBytes: wireBytes, wireBytes, ms, waitedSocketMs: waitedMs, waitedFramesMs: 0 });
   }
 }
 
-function round3(n: number): number {
-  return Math.round(n * 1000) / 1000;
-}
+/** Bytes of a chunk the codecs are measured on: enough for a ratio, cheap enough for every window. */
+export const SAMPLE_BYTES = 64 * 1024;
 
-/** Each codec measured on `sample`: ratio and speeds (raw bytes per second). */
-export async function measureCodecs(sample: Buffer): Promise<Record<Codec, CodecMeasure>> {
+/**
+ * Each codec measured on (a slice of) `sample`: ratio and speeds (raw bytes
+ * per second). zstd and gzip are left out for data lz4 cannot shrink;
+ * `gzipKnown` stands in for gzip's measure when given.
+ */
+export async function measureCodecs(
+  sample: Buffer,
+  gzipKnown?: CodecMeasure,
+): Promise<Partial<Record<Codec, CodecMeasure>>> {
+  // Loaded before timing: the first use of a native module costs milliseconds.
+  await Promise.all([lz4(), zstd()]);
+  const slice =
+    sample.length > SAMPLE_BYTES
+      ? sample.subarray(
+          (sample.length - SAMPLE_BYTES) >> 1,
+          ((sample.length - SAMPLE_BYTES) >> 1) + SAMPLE_BYTES,
+        )
+      : sample;
   const out: Partial<Record<Codec, CodecMeasure>> = {
     // Handing a buffer on costs a copy at most: memory speed.
     none: { ratio: 1, compressBps: 10e9, decompressBps: 10e9 },
   };
-  for (const codec of CODECS) {
-    if (codec === 'none') continue;
+  for (const codec of ['lz4', 'zstd', 'gzip'] as const) {
+    if (codec === 'gzip' && gzipKnown) {
+      out.gzip = gzipKnown;
+      break;
+    }
     const started = performance.now();
-    const packed = await compress(codec, sample);
-    const compressMs = Math.max(performance.now() - started, 0.01);
+    const packed = await compress(codec, slice);
+    const compressMs = Math.max(performance.now() - started, 0.005);
     const unpacking = performance.now();
-    await decompress(codec, packed, sample.length, sample.length);
-    const decompressMs = Math.max(performance.now() - unpacking, 0.01);
+    await decompress(codec, packed, slice.length, slice.length);
+    const decompressMs = Math.max(performance.now() - unpacking, 0.005);
     out[codec] = {
       // A chunk that does not shrink travels raw: never worse than 1.
-      ratio: Math.min(1, packed.length / sample.length),
-      compressBps: (sample.length / compressMs) * 1000,
-      decompressBps: (sample.length / decompressMs) * 1000,
+      ratio: Math.min(1, packed.length / slice.length),
+      compressBps: (slice.length / compressMs) * 1000,
+      decompressBps: (slice.length / decompressMs) * 1000,
     };
+    if (codec === 'lz4' && out.lz4!.ratio > INCOMPRESSIBLE) break;
   }
-  return out as Record<Codec, CodecMeasure>;
+  return out;
 }

@@ -43,7 +43,7 @@ const HEADER_V2 = 41;
 /** Chunks read and compressed ahead of the socket (libuv's pool does the work). */
 const LOOKAHEAD = 3;
 /** Wire bytes between two looks at the link's rate (for `auto`). */
-const LINK_WINDOW_BYTES = 4 << 20;
+const LINK_WINDOW_BYTES = 2 << 20;
 
 /** What one transfer moved. */
 export interface TransferResult {
@@ -145,26 +145,43 @@ export async function sendChunks(
           }
         };
         let windowStart = performance.now();
+        let linkWindows = 0;
         let windowWire = 0;
-        let waited = 0;
+        let windowRaw = 0;
+        let waitedSocket = 0;
+        let waitedFrames = 0;
         fill();
         while (ahead.length > 0) {
+          const asked = performance.now();
           const { frame, raw } = await ahead.shift()!;
+          // Time the next frame was not ready: reading and compressing held the stream back.
+          waitedFrames += performance.now() - asked;
           fill();
           sent += raw;
           wire += frame.length - (setting === undefined ? HEADER_V1 : HEADER_V2);
           windowWire += frame.length;
+          windowRaw += raw;
           const handed = performance.now();
           yield frame;
-          // Time until the stream wanted more: the socket (the link) was full.
-          waited += performance.now() - handed;
+          // Time until the stream wanted more: the socket (the link, the receiver) was full.
+          waitedSocket += performance.now() - handed;
           onProgress?.(sent);
           if (auto && windowWire >= LINK_WINDOW_BYTES) {
             const now = performance.now();
-            auto.observeLink(windowWire, now - windowStart, waited);
+            // The first window only fills the socket's buffers: it says nothing of the link.
+            if (linkWindows++ > 0)
+              auto.observe({
+                rawBytes: windowRaw,
+                wireBytes: windowWire,
+                ms: now - windowStart,
+                waitedSocketMs: waitedSocket,
+                waitedFramesMs: waitedFrames,
+              });
             windowStart = now;
             windowWire = 0;
-            waited = 0;
+            windowRaw = 0;
+            waitedSocket = 0;
+            waitedFrames = 0;
           }
         }
       })(),
