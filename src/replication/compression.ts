@@ -199,10 +199,10 @@ const CAP_RELAX = 1.05;
  * caps its model next time; a cap relaxes while the codec is not in use.
  *
  * The link's rate is only learnt from windows in which the sender waited on
- * the socket for most of the time (the link was the bottleneck); in other
- * windows the measured rate is a lower bound (compression was), so the
- * estimate may rise but not fall — else a slow codec would make the link
- * look slow and keep itself chosen. The first window goes raw unless the
+ * the socket for most of the time (the link was the bottleneck): in others
+ * the wire rate says nothing of it — lower when compression held the stream
+ * back (a slow codec would make the link look slow and keep itself chosen),
+ * higher while a socket buffer refills after a switch. The first window goes raw unless the
  * link's rate is given: it measures the link, and raw is never far off.
  */
 export class AutoCodec {
@@ -271,7 +271,8 @@ export class AutoCodec {
    * more (downstream — the link, the receiver — was the bottleneck) and
    * `waitedFramesMs` waiting for the next frame (reading and compressing
    * were). Downstream-bound, the wire rate is the link's rate; upstream-bound,
-   * the raw rate is what the codec in use achieves here, and caps it.
+   * the raw rate is what the codec in use achieves here, and caps it; other
+   * windows teach nothing.
    */
   observe(window: {
     rawBytes: number;
@@ -287,8 +288,8 @@ export class AutoCodec {
       this.linkBps = this.linkBps === undefined ? wireRate : 0.5 * this.linkBps + 0.5 * wireRate;
       return;
     }
-    // Not the link: a lower bound of it only (else a slow codec would make the link look slow).
-    this.linkBps = Math.max(this.linkBps ?? 0, wireRate);
+    // Not the link's window: it says nothing of the link (a slow codec must not make the link look
+    // slow; a socket buffer refilling after a switch must not make it look fast).
     if (waitedFramesMs > waitedSocketMs) this.caps[this.current] = (rawBytes / ms) * 1000;
   }
 

@@ -121,6 +121,8 @@ test('auto re-decides each window on the data at hand, and learns the link only 
   assert.equal(learner.linkEstimate, 10e6);
   learner.observeLink(2e6, 1000, 50);
   assert.equal(learner.linkEstimate, 10e6);
+  learner.observeLink(50e6, 1000, 100); // a buffer refilling: not the link either
+  assert.equal(learner.linkEstimate, 10e6);
   learner.observeLink(4e6, 1000, 800);
   assert.equal(learner.linkEstimate, 7e6);
 });
