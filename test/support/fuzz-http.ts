@@ -41,7 +41,7 @@ export interface RouteTemplate {
 const keepAlive = new Agent({ keepAlive: true, maxSockets: 8 });
 
 /** Sends one request as generated; an event stream is cut off after its headers (it never ends by itself). */
-export function send(base: string, r: FuzzRequest, timeoutMs = 5_000): Promise<FuzzAnswer> {
+export function send(base: string, r: FuzzRequest, timeoutMs = 20_000): Promise<FuzzAnswer> {
   const url = new URL(base);
   return new Promise((resolve, reject) => {
     const req = request(
