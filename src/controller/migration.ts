@@ -75,6 +75,8 @@ export interface MigrationReport {
   stopped: string;
   /** The final round: frozen (checkpoint stored), bytes sent then, and the whole checkpoint. */
   finalFrozenMs: number;
+  /** The final round from its order to its answer (checkpoint, hashing, sending, commit). */
+  finalRoundMs: number;
   finalSentBytes: number;
   checkpointBytes: number;
   /** Bytes sent over every round. */
@@ -732,6 +734,7 @@ export class Migrations {
       rounds: Array.isArray(d.rounds) ? (d.rounds as MigrationReport['rounds']) : [],
       stopped: typeof d.stopped === 'string' ? d.stopped : '',
       finalFrozenMs: num(d.finalFrozenMs),
+      finalRoundMs: num(d.finalRoundMs),
       finalSentBytes: num(d.finalSentBytes),
       checkpointBytes: num(d.checkpointBytes),
       totalSentBytes: num(d.totalSentBytes),
