@@ -6,7 +6,8 @@
  * chosen), and a bad request (refused before anything stops).
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -25,6 +26,7 @@ import { migrateRequestSchema } from '../../src/controller/schemas.js';
 import { SqliteStore } from '../../src/controller/sqlite-store.js';
 import type { StoredEvent } from '../../src/controller/store.js';
 import { HavenError } from '../../src/core/errors.js';
+import { lazyChainScript } from '../../src/runtime/runc/runc-driver.js';
 
 const MB = 1e6;
 
@@ -439,4 +441,44 @@ test('hybrid on this kernel is refused before anything stops', async () => {
     /soft-dirty/,
   );
   assert.ok(!calls.some((c) => c.path.endsWith('/migrate')), 'no round was ordered');
+});
+
+// ------------------------------------------------------------- post-copy's freeze chain
+
+/** Runs a lazy chain against a fake cgroup v2 freezer in `dir`: its output, exit status and the freezer's end state. */
+async function runLazyChain(
+  dump: string[],
+  hooks: { before?: string[][]; alongside?: string[][] } = {},
+): Promise<{ out: string; code: number; freeze: string }> {
+  const cg = await mkdtemp(join(dir, 'cg-'));
+  await writeFile(join(cg, 'cgroup.freeze'), '0\n');
+  // The kernel says "frozen 1" once frozen; this fake says it at once.
+  await writeFile(join(cg, 'cgroup.events'), 'populated 1\nfrozen 1\n');
+  const script = lazyChainScript(dump, hooks, { path: join(cg, 'cgroup.freeze'), version: 2 });
+  const child = spawn('bash', ['-c', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (b: Buffer) => (out += b.toString('latin1')));
+  child.stdin.end('go\n');
+  const code = await new Promise<number>((resolve) => child.on('close', (n) => resolve(n ?? -1)));
+  return { out, code, freeze: (await readFile(join(cg, 'cgroup.freeze'), 'utf8')).trim() };
+}
+
+test('the lazy freeze chain: ready markers, and never a thaw once the dump ran, whatever its end', async () => {
+  const failed = await runLazyChain(['sh', '-c', 'printf "\\000"; exit 3'], { alongside: [['true']] });
+  assert.equal(failed.code, 3, "the dump's status");
+  assert.match(failed.out, /haven-frozen [\d.]+ [\d.]+/);
+  assert.match(failed.out, /haven-files 0/);
+  assert.ok(failed.out.includes('\0'), "CRIU's status byte passes through");
+  assert.equal(
+    failed.freeze,
+    '1',
+    'a failed transfer leaves it frozen: the caller thaws, after the destination copy is gone',
+  );
+  const ok = await runLazyChain(['sh', '-c', 'printf "\\000"'], { alongside: [['false']] });
+  assert.equal(ok.code, 0);
+  assert.match(ok.out, /haven-files 1/, 'a failed file copy is reported');
+  assert.equal(ok.freeze, '1', 'a finished transfer leaves it frozen: the caller kills it');
+  const locked = await runLazyChain(['sh', '-c', 'exit 0'], { before: [['false']] });
+  assert.equal(locked.code, 125, 'the network lock failed');
+  assert.equal(locked.freeze, '0', 'nothing dumped yet: thawed at once');
 });
