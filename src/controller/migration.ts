@@ -837,8 +837,8 @@ export class Migrations {
         },
       });
     } catch (error) {
-      await this.dropDestination(op);
-      await this.endSource(op, 'rollback');
+      const gone = await this.dropDestination(op);
+      await this.endSource(op, 'rollback', gone);
       await this.rollBack(op, phase, 0, error, {
         lostOnDestination:
           phase === 'post-copy'
@@ -850,11 +850,15 @@ export class Migrations {
   }
 
   /** Post-copy's source: kill the frozen copy (`complete`) or thaw it (`rollback`). */
-  private async endSource(op: OperationRecord, outcome: 'complete' | 'rollback'): Promise<void> {
+  private async endSource(
+    op: OperationRecord,
+    outcome: 'complete' | 'rollback',
+    destinationGone = true,
+  ): Promise<void> {
     const from = await this.ctx.upHost(op.from);
     await this.ctx.callAgent(from, `/v1/containers/${encodeURIComponent(op.container)}/migrate-end`, {
       method: 'POST',
-      body: { id: String(op.detail.id), outcome },
+      body: { id: String(op.detail.id), outcome, destinationGone },
       timeoutMs: 30_000,
     });
   }
@@ -863,17 +867,22 @@ export class Migrations {
    * Makes sure no post-copy copy runs on the destination before the source
    * thaws. Reachable: removed. Down: it died with its host. Up but not
    * answering (a cut link): its own agent kills a copy whose pages stopped
-   * arriving after {@link LAZY_STALL_MS}; waiting twice that is the proof.
+   * arriving after {@link LAZY_STALL_MS}; waiting twice that is the proof
+   * — unless its pages did not stop (only the controller is cut off from
+   * it): whether the copy is known gone goes to the source, which then
+   * refuses to thaw if it served every page.
    */
-  private async dropDestination(op: OperationRecord): Promise<void> {
+  private async dropDestination(op: OperationRecord): Promise<boolean> {
     const { ctx } = this;
     const to = await ctx.store.getHost(op.to);
-    if (!to || !ctx.isUp(op.to)) return;
+    if (!to || !ctx.isUp(op.to)) return true;
     try {
       await ctx.removeCopy(to, op.container);
+      return true;
     } catch {
       const until = ctx.now() + 2 * LAZY_STALL_MS;
       while (ctx.now() < until && ctx.isUp(op.to)) await new Promise((r) => setTimeout(r, 100));
+      return !ctx.isUp(op.to);
     }
   }
 

@@ -311,12 +311,23 @@ export class MigrationSource {
    */
   async end(
     name: string,
-    order: { id: string; outcome: 'complete' | 'rollback' },
+    order: { id: string; outcome: 'complete' | 'rollback'; destinationGone?: boolean },
   ): Promise<{ ended: string }> {
     const serving = this.lazy.get(name);
     if (!serving || serving.id !== order.id) {
       const view = await this.host.inspect(name).catch(() => undefined);
       return { ended: view ? `nothing to end: "${name}" is ${view.state} here` : `"${name}" is not here` };
+    }
+    if (order.outcome === 'rollback' && order.destinationGone === false) {
+      // Every page served means the destination copy is whole: thawing here could make two.
+      const served = await Promise.race([
+        serving.source.done.then((d) => d.code === 0),
+        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 50)),
+      ]);
+      if (served)
+        throw new FailedPreconditionError(
+          `"${name}" served every page to its destination, whose copy may be running: not thawing it here`,
+        );
     }
     await serving.source.end(order.outcome);
     this.lazy.delete(name);

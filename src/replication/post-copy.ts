@@ -62,6 +62,12 @@ export const lazyEndSchema = z
   .object({
     id: z.string().regex(/^[0-9a-z-]{1,80}$/, 'a migration ID'),
     outcome: z.enum(['complete', 'rollback']),
+    /**
+     * Rollback: whether the destination copy is known gone (removed, or its
+     * host down). If not, a source that served every page refuses to thaw:
+     * the destination copy is whole and may be running.
+     */
+    destinationGone: z.boolean().default(true),
   })
   .strict();
 

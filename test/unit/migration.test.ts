@@ -427,6 +427,7 @@ test('post-copy whose pages stop arriving rolls back: destination copy gone firs
   const thawed = calls.findIndex((c) => c.path.endsWith('/migrate-end'));
   assert.ok(removed >= 0 && thawed > removed, 'the destination copy is removed before the source thaws');
   assert.equal(calls[thawed]!.body?.outcome, 'rollback');
+  assert.equal(calls[thawed]!.body?.destinationGone, true, 'the source is told its copy is gone');
   assert.equal((await store.getContainer('db'))!.host, 'h1', 'still placed on the source');
   const failed = events.find((e) => e.kind === 'container.migration-failed')!;
   assert.equal(failed.data.phase, 'post-copy');
