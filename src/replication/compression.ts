@@ -24,7 +24,7 @@
  * ```
  */
 import { promisify } from 'node:util';
-import { gunzip, gzip } from 'node:zlib';
+import { gunzip, gunzipSync, gzip, gzipSync } from 'node:zlib';
 import { CorruptCheckpointError, InvalidArgumentError } from '../core/errors.js';
 
 /** A codec a chunk travels in. */
@@ -214,6 +214,7 @@ export class AutoCodec {
   private windowLength = 0;
   private decisionCount = 0;
   private lastGzip: CodecMeasure | undefined;
+  private readonly speeds: Partial<Record<Codec, CodecMeasure[]>> = {};
   /** Every decision made, in order (a codec is listed again only when it changed). */
   readonly decisions: AutoDecision[] = [];
 
@@ -250,6 +251,17 @@ export class AutoCodec {
     // gzip is the slow one to measure: every fourth decision (its speed and ratio change slowly).
     const measures = await measureCodecs(data, this.decisionCount % 4 !== 2 ? this.lastGzip : undefined);
     if (measures.gzip) this.lastGzip = measures.gzip;
+    // Speeds: the best of the last few measures (a preempted or collected sample is not the codec's speed).
+    for (const codec of CODECS) {
+      const m = measures[codec];
+      if (!m || codec === 'none') continue;
+      const recent = (this.speeds[codec] = [...(this.speeds[codec] ?? []), m].slice(-4));
+      measures[codec] = {
+        ratio: m.ratio,
+        compressBps: Math.max(...recent.map((r) => r.compressBps)),
+        decompressBps: Math.max(...recent.map((r) => r.decompressBps)),
+      };
+    }
     const codec = bestCodec(measures, this.linkBps ?? ASSUMED_LINK_BPS, this.caps);
     this.windowLength = this.windowBytes;
     if (codec !== this.current || this.decisions.length === 0) {
@@ -324,24 +336,46 @@ export async function measureCodecs(
     // Handing a buffer on costs a copy at most: memory speed.
     none: { ratio: 1, compressBps: 10e9, decompressBps: 10e9 },
   };
-  for (const codec of ['lz4', 'zstd', 'gzip'] as const) {
-    if (codec === 'gzip' && gzipKnown) {
-      out.gzip = gzipKnown;
-      break;
-    }
+  // Timed synchronously where the library allows (lz4, gzip): an asynchronous call's trip through
+  // the thread pool takes longer than compressing 64 KiB on a loaded host. zstd has no synchronous
+  // call here: it is timed on the whole chunk, so that trip weighs less.
+  const { compressSync, uncompressSync } = await lz4();
+  const timed = async (
+    data: Buffer,
+    pack: () => Buffer | Promise<Buffer>,
+    unpack: (packed: Buffer) => Buffer | Promise<Buffer>,
+  ): Promise<CodecMeasure> => {
     const started = performance.now();
-    const packed = await compress(codec, slice);
+    const packed = await pack();
     const compressMs = Math.max(performance.now() - started, 0.005);
     const unpacking = performance.now();
-    await decompress(codec, packed, slice.length, slice.length);
+    await unpack(packed);
     const decompressMs = Math.max(performance.now() - unpacking, 0.005);
-    out[codec] = {
+    return {
       // A chunk that does not shrink travels raw: never worse than 1.
-      ratio: Math.min(1, packed.length / slice.length),
-      compressBps: (slice.length / compressMs) * 1000,
-      decompressBps: (slice.length / decompressMs) * 1000,
+      ratio: Math.min(1, packed.length / data.length),
+      compressBps: (data.length / compressMs) * 1000,
+      decompressBps: (data.length / decompressMs) * 1000,
     };
-    if (codec === 'lz4' && out.lz4!.ratio > INCOMPRESSIBLE) break;
-  }
+  };
+  out.lz4 = await timed(
+    slice,
+    () => compressSync(slice),
+    (packed) => uncompressSync(packed),
+  );
+  if (out.lz4.ratio > INCOMPRESSIBLE) return out;
+  const { compress: zstdCompress, decompress: zstdDecompress } = await zstd();
+  out.zstd = await timed(
+    sample,
+    () => zstdCompress(sample, ZSTD_LEVEL),
+    (packed) => zstdDecompress(packed),
+  );
+  out.gzip =
+    gzipKnown ??
+    (await timed(
+      slice,
+      () => gzipSync(slice, { level: GZIP_LEVEL }),
+      (packed) => gunzipSync(packed),
+    ));
   return out;
 }
