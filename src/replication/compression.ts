@@ -183,15 +183,16 @@ export interface AutoDecision {
   ratios: Partial<Record<Codec, number>>;
 }
 
-/** Until the link is measured, `auto` assumes this (1 Gbit/s, in bytes per second). */
+/** The link's rate `auto` assumes if 16 windows went by without one it could measure (1 Gbit/s, bytes/s). */
 export const ASSUMED_LINK_BPS = 125e6;
 /** A cap learnt for a codec not in use is relaxed by this factor per window, so it is tried again in time. */
 const CAP_RELAX = 1.05;
 
 /**
- * `auto`: measures the codecs on a slice of one chunk per window (compress
- * and decompress it, timed; lz4 first — data lz4 cannot shrink by 5% is
- * taken as incompressible and the slower codecs are not tried on it),
+ * `auto`: measures the codecs on one chunk per window (compress and
+ * decompress, timed: lz4 and gzip on a 64 KiB slice, zstd on the chunk; lz4
+ * first — data lz4 cannot shrink by 5% is taken as incompressible and the
+ * slower codecs are not tried on it; speeds are the best of the last four),
  * estimates the link from how fast the transfer drains, and picks the codec
  * that moves raw bytes fastest. A window in which the sender waited on its
  * own frames more than on the socket shows what the codec in use really
@@ -202,8 +203,9 @@ const CAP_RELAX = 1.05;
  * the socket for most of the time (the link was the bottleneck): in others
  * the wire rate says nothing of it — lower when compression held the stream
  * back (a slow codec would make the link look slow and keep itself chosen),
- * higher while a socket buffer refills after a switch. The first window goes raw unless the
- * link's rate is given: it measures the link, and raw is never far off.
+ * higher while a socket buffer refills after a switch. Until the link is
+ * measured (a few MB) it sends raw, unless the link's rate is given: raw is
+ * never far off, and it shows the link as it is.
  */
 export class AutoCodec {
   private linkBps: number | undefined;
