@@ -77,6 +77,7 @@ import {
   type LabSpec,
 } from './state.js';
 import { CLI_MAIN, cleanEnv, inCgroup, labEtcdMembers } from './supervisor.js';
+import { issueLabTls } from './tls.js';
 
 /** The stages of `up`, in order; `HAVEN_LAB_FAIL_AFTER` names one. */
 export const UP_STAGES = ['state', 'network', 'hosts', 'supervisor'] as const;
@@ -153,7 +154,9 @@ export async function labUp(
   count: number,
   onStage: (stage: UpStage) => void = () => undefined,
   controlPlane: { store: 'sqlite' | 'etcd'; controllers: number } = { store: 'sqlite', controllers: 1 },
+  options: { tls?: boolean } = {},
 ): Promise<boolean> {
+  const tls = options.tls === true;
   checkHostCount(count);
   if (controlPlane.store === 'sqlite' && controlPlane.controllers !== 1)
     throw new InvalidArgumentError('several controllers need a shared store: --store etcd');
@@ -183,6 +186,10 @@ export async function labUp(
         `a lab with ${existing.controlPlane.controllers} controller(s) on ${existing.controlPlane.store} is up: run haven lab down first`,
       );
     }
+    if (existing.tls !== tls)
+      throw new FailedPreconditionError(
+        `a lab ${existing.tls ? 'with' : 'without'} TLS is up: run haven lab down first`,
+      );
     if (existing.hosts.length !== count) {
       throw new FailedPreconditionError(
         `a lab of ${existing.hosts.length} hosts is up: run haven lab down before asking for ${count}`,
@@ -214,12 +221,15 @@ export async function labUp(
     writeNewToken();
     const etcd = controlPlane.store === 'etcd';
     if (etcd) mkdirSync(LAB_PATHS.etcdDir, { recursive: true, mode: 0o700 });
-    writeLabSpec(
-      newLabSpec(hostNames(count), createdDirs, {
+    // With --tls: the lab's CA and every certificate, before anything that would use them starts.
+    if (tls) await issueLabTls(hostNames(count), controlPlane.controllers);
+    writeLabSpec({
+      ...newLabSpec(hostNames(count), createdDirs, {
         ...controlPlane,
         etcd: etcd ? Object.fromEntries(labEtcdMembers().map((m) => [m.name, 'up' as const])) : {},
       }),
-    );
+      tls,
+    });
     for (const dir of createdDirs) mkdirSync(dir, { recursive: true });
     stage('state');
 

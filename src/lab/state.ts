@@ -45,6 +45,8 @@ const labSchema = z.object({
       etcd: z.record(z.enum(['up', 'killed'])),
     })
     .default({ store: 'sqlite', controllers: 1, etcd: {} }),
+  /** `lab up --tls`: controllers and agents speak mutual TLS with the lab's own CA (lab/tls.ts). */
+  tls: z.boolean().default(false),
   /**
    * Directories `up` had to create outside the lab's own paths (mount points
    * such as /var/lib/haven): `down` removes them again if they are empty.
@@ -134,6 +136,7 @@ export function newLabSpec(
     })),
     controller: { partitioned: false },
     controlPlane,
+    tls: false,
     createdDirs: [...createdDirs],
   };
 }

@@ -57,6 +57,7 @@ import {
   type LabSpec,
   type ProcessStatus,
 } from './state.js';
+import { HOST_TLS_VIEW, LAB_CONTROLLER_TLS, labScheme, placeHostTls } from './tls.js';
 
 const BACKOFF_MIN_MS = 200;
 const BACKOFF_MAX_MS = 2_000;
@@ -95,7 +96,7 @@ interface Entry {
 }
 
 /** The controller's command line (see docs/ARCHITECTURE.md, "The lab"). */
-export function controllerProgram(token: string): Program {
+export function controllerProgram(token: string, tls = false): Program {
   return {
     argv: [
       'nsenter',
@@ -110,6 +111,7 @@ export function controllerProgram(token: string): Program {
       LAB_PATHS.controllerSocket,
       '--state-dir',
       LAB_PATHS.controllerState,
+      ...(tls ? ['--tls-dir', LAB_CONTROLLER_TLS] : []),
     ],
     env: { ...cleanEnv(), HAVEN_TOKEN: token },
     cgroup: `${LAB_CGROUP}/controller`,
@@ -149,7 +151,7 @@ export function etcdProgram(member: EtcdMember): Program {
  * and the lab's socket — which only the leader binds, so the CLI always
  * reaches the leader there.
  */
-export function etcdControllerProgram(token: string, i: number): Program {
+export function etcdControllerProgram(token: string, i: number, tls = false): Program {
   return {
     argv: [
       'nsenter',
@@ -167,13 +169,14 @@ export function etcdControllerProgram(token: string, i: number): Program {
       '--listen',
       `${controllerAddress(i)}:${CONTROLLER_PORT}`,
       '--advertise',
-      controllerUrl(i),
+      controllerUrl(i).replace(/^http:/, `${labScheme(tls)}:`),
       '--socket',
       LAB_PATHS.controllerSocket,
       '--state-dir',
       join(LAB_PATHS.controllerState, `c${i}`),
       '--images-dir',
       LAB_PATHS.controllerImages,
+      ...(tls ? ['--tls-dir', LAB_CONTROLLER_TLS] : []),
     ],
     env: { ...cleanEnv(), HAVEN_TOKEN: token },
     cgroup: `${LAB_CGROUP}/controller-c${i}`,
@@ -183,8 +186,11 @@ export function etcdControllerProgram(token: string, i: number): Program {
 
 /** Every controller's API, as agents are given it: one, or all of a lab on etcd. */
 export function labControllerUrls(spec: LabSpec | undefined): string {
-  if (spec?.controlPlane.store !== 'etcd') return CONTROLLER_URL;
-  return Array.from({ length: spec.controlPlane.controllers }, (_, i) => controllerUrl(i + 1)).join(',');
+  const scheme = `${labScheme(spec?.tls)}:`;
+  if (spec?.controlPlane.store !== 'etcd') return CONTROLLER_URL.replace(/^http:/, scheme);
+  return Array.from({ length: spec.controlPlane.controllers }, (_, i) =>
+    controllerUrl(i + 1).replace(/^http:/, scheme),
+  ).join(',');
 }
 
 /** The supervised processes of the control plane: `controller`, or `controller-c1`… and `etcd-e1`…. */
@@ -210,7 +216,12 @@ export function forwardProgram(): Program {
 }
 
 /** A host's agent command line: in the host's namespaces, seeing its own disk as /var/lib/haven. */
-export function agentProgram(host: string, token: string, controllers = CONTROLLER_URL): Program {
+export function agentProgram(
+  host: string,
+  token: string,
+  controllers = CONTROLLER_URL,
+  tls = false,
+): Program {
   const address = hostAddress(host);
   return {
     argv: [
@@ -224,11 +235,12 @@ export function agentProgram(host: string, token: string, controllers = CONTROLL
       '--listen',
       `${address}:${AGENT_PORT}`,
       '--advertise',
-      `http://${address}:${AGENT_PORT}`,
+      `${labScheme(tls)}://${address}:${AGENT_PORT}`,
       '--controller',
       controllers,
       '--host-name',
       host,
+      ...(tls ? ['--tls-dir', HOST_TLS_VIEW] : []),
     ],
     env: {
       ...cleanEnv(),
@@ -283,12 +295,14 @@ export async function runSupervisor(): Promise<number> {
   writeFileSync(LAB_PATHS.supervisorPid, `${process.pid}\n`);
 
   const programOf = (key: string): Program => {
-    if (key === 'controller') return controllerProgram(token);
+    if (key === 'controller') return controllerProgram(token, spec?.tls);
     if (key === 'forward') return forwardProgram();
-    if (key.startsWith('controller-c')) return etcdControllerProgram(token, Number(key.slice(12)));
+    if (key.startsWith('controller-c')) return etcdControllerProgram(token, Number(key.slice(12)), spec?.tls);
     const member = labEtcdMembers().find((m) => `etcd-${m.name}` === key);
     if (member) return etcdProgram(member);
-    return agentProgram(key, token, labControllerUrls(spec));
+    // A revived host's disk is new: its certificate goes back on it before its agent starts.
+    if (spec?.tls) placeHostTls(key);
+    return agentProgram(key, token, labControllerUrls(spec), spec?.tls);
   };
 
   /** Whether `key` should be running according to the newest lab.json. */

@@ -23,7 +23,7 @@ import { runSupervisor } from '../../lab/supervisor.js';
 import { printJson, type Command, type Invocation } from '../command.js';
 
 const usage = [
-  'haven lab up [--hosts N] [--store sqlite|etcd] [--controllers N] | down | status [--json]',
+  'haven lab up [--hosts N] [--store sqlite|etcd] [--controllers N] [--tls] | down | status [--json]',
   '       haven lab kill-etcd E | revive-etcd E       (a lab on etcd: members e1, e2, e3)',
   '       haven lab kill-host H | revive H',
   '       haven lab partition H [--keep-client] | partition controller | heal H|controller',
@@ -46,6 +46,7 @@ export const labCommand: Command = {
     port: { type: 'string' },
     store: { type: 'string' },
     controllers: { type: 'string' },
+    tls: { type: 'boolean' },
   },
   async run(inv) {
     const [sub, ...args] = inv.positionals;
@@ -59,7 +60,7 @@ export const labCommand: Command = {
         const controllers = Number(
           typeof inv.values.controllers === 'string' ? inv.values.controllers : store === 'etcd' ? '3' : '1',
         );
-        const made = await labUp(count, undefined, { store, controllers });
+        const made = await labUp(count, undefined, { store, controllers }, { tls: inv.values.tls === true });
         const status = labStatus();
         if (!made) process.stdout.write(`lab already up with ${count} hosts\n`);
         if (status.up) printTable(status);
