@@ -72,12 +72,13 @@ import {
   UNLOCK_COMMAND,
   shortHash,
 } from '../runtime/network.js';
-import { ImageStore, sha256File } from './images.js';
+import { ImageStore } from './images.js';
 import {
   compressionFor,
   extractArchive,
+  flushFile,
+  verifyStreamed,
   writeArchive,
-  writeHeader,
   ARCHIVE_VERSION,
   type ArchiveCompression,
   type MachineRequirements,
@@ -615,7 +616,7 @@ export class ContainerHost {
     try {
       // CRIU's logs stay beside the images for diagnosis, outside the verified set.
       await rename(join(staging, 'work'), join(staging, 'logs'));
-      manifest = {
+      const described: Omit<CheckpointManifest, 'files'> = {
         version: MANIFEST_VERSION,
         id,
         container: name,
@@ -624,21 +625,28 @@ export class ContainerHost {
         connections,
         origin: { host: this.config.hostName, ...(await this.thisMachine()) },
         ...(result.stats ? { stats: result.stats } : {}),
-        files: (await hashTree(staging)).filter((f) => !f.path.startsWith('logs/')),
       };
-      await writeManifest(staging, manifest);
-      // An export is written from the staging copy (while that copy moves to disk, if kept).
-      const exporting = options.exportTo
-        ? this.writeExport(
-            {
-              ...record,
-              checkpoints: [{ id, createdAt: manifest.createdAt, leaveRunning: manifest.leaveRunning }],
-            },
-            staging,
-            options.exportTo.file,
-            compressionFor(options.exportTo.file, options.exportTo.compression),
-          )
-        : Promise.resolve();
+      if (options.exportTo) {
+        // The archive is written from the staging copy and hashed as it is
+        // written: the manifest comes out of that one read of the checkpoint.
+        manifest = await this.writeExport(
+          {
+            ...record,
+            checkpoints: [{ id, createdAt: described.createdAt, leaveRunning: described.leaveRunning }],
+          },
+          staging,
+          described,
+          options.exportTo.file,
+          compressionFor(options.exportTo.file, options.exportTo.compression),
+        );
+        if (keepLocal) await writeManifest(staging, manifest);
+      } else {
+        manifest = {
+          ...described,
+          files: (await hashTree(staging)).filter((f) => !f.path.startsWith('logs/')),
+        };
+        await writeManifest(staging, manifest);
+      }
       try {
         if (keepLocal && inMemory) {
           const onDisk = join(checkpoints, `.tmp-${id}`);
@@ -648,10 +656,8 @@ export class ContainerHost {
           await rename(staging, join(checkpoints, id));
         }
       } finally {
-        await exporting.catch(() => undefined);
         if (inMemory || !keepLocal) await rm(staging, { recursive: true, force: true });
       }
-      await exporting;
     } catch (error) {
       if (stopping) {
         // Not safely stored: the container goes on as if nothing happened.
@@ -665,10 +671,13 @@ export class ContainerHost {
     if (stopping) {
       // Stored: now stop it. Still frozen and locked, so no packet of its closing sockets leaves.
       // (If it died on its own meanwhile, there is nothing left to kill: the checkpoint stands.)
+      // An archive's write-back runs meanwhile, not inside the unmount's sync of the whole disk.
+      const flushed = options.exportTo ? flushFile(options.exportTo.file) : Promise.resolve();
       await this.driver.kill(runtimeId, 'SIGKILL').catch(() => undefined);
       await this.driver.resume(runtimeId).catch(() => undefined);
       await this.driver.delete(runtimeId).catch(() => undefined);
       await removeContainerNetwork(this.config, this.netns(name));
+      await flushed;
       await this.unmountRootfs(name);
       record.state = 'checkpointed';
     }
@@ -859,30 +868,36 @@ export class ContainerHost {
 
   // --- portable archives ----------------------------------------------------------
 
-  /** Writes checkpoint directory `dir` of `record` as an archive. */
+  /**
+   * Writes checkpoint directory `dir` of `record` as an archive and returns
+   * its manifest (`described` plus the files as hashed on their way into
+   * the archive).
+   */
   private async writeExport(
     record: ContainerRecord,
     dir: string,
+    described: Omit<CheckpointManifest, 'files'>,
     file: string,
     compression: ArchiveCompression,
-  ): Promise<void> {
-    const manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as CheckpointManifest;
-    const headerDir = await mkdtemp(join(this.config.stateDir, '.export-'));
-    try {
-      const imageTar = await this.images.tarOf(record.image);
-      await writeHeader(headerDir, {
-        format: 'haven-checkpoint-archive',
-        version: ARCHIVE_VERSION,
-        createdAt: new Date().toISOString(),
-        checkpointId: manifest.id,
-        container: { ...record, checkpoints: record.checkpoints.filter((c) => c.id === manifest.id) },
-        machine: manifest.origin,
-        imageSha256: await sha256File(imageTar),
-      });
-      await writeArchive(file, { headerDir, checkpointDir: dir, imageTar }, compression);
-    } finally {
-      await rm(headerDir, { recursive: true, force: true });
-    }
+  ): Promise<CheckpointManifest> {
+    const imageTar = await this.images.tarOf(record.image);
+    let manifest: CheckpointManifest = { ...described, files: [] };
+    await writeArchive(file, { checkpointDir: dir, imageTar }, compression, (streamed) => {
+      manifest = { ...described, files: streamed.files };
+      return {
+        manifest: JSON.stringify(manifest, null, 2),
+        header: {
+          format: 'haven-checkpoint-archive',
+          version: ARCHIVE_VERSION,
+          createdAt: new Date().toISOString(),
+          checkpointId: described.id,
+          container: { ...record, checkpoints: record.checkpoints.filter((c) => c.id === described.id) },
+          machine: described.origin,
+          imageSha256: streamed.imageSha256,
+        },
+      };
+    });
+    return manifest;
   }
 
   /**
@@ -904,7 +919,7 @@ export class ContainerHost {
     const staging = await mkdtemp(join(stagingRoot, '.import-'));
     let record: ContainerRecord | undefined;
     try {
-      const header = await extractArchive(file, staging);
+      const { header, streamed } = await extractArchive(file, staging);
       const source = validateImportedRecord(header.container);
       const name = validateName(options.as ?? source.name, 'container');
       if (existsSync(this.dir(name))) {
@@ -915,10 +930,12 @@ export class ContainerHost {
       const reason = incompatibility(header.machine, await this.thisMachine());
       if (reason) throw new FailedPreconditionError(`cannot restore this checkpoint here: ${reason}`);
       const checkpointDir = join(staging, 'checkpoint');
-      const manifest = await verifyCheckpoint(checkpointDir);
+      // Every byte was hashed on its way out of the archive: compared, not read again.
+      const manifest = await verifyCheckpoint(checkpointDir, { contentVerified: true });
+      await verifyStreamed(checkpointDir, manifest.files, streamed);
       await this.assertFreeFor(source);
       const imageTar = join(staging, 'image.tar');
-      if (!existsSync(imageTar) || (await sha256File(imageTar)) !== header.imageSha256) {
+      if (!existsSync(imageTar) || streamed.get('image.tar')?.sha256 !== header.imageSha256) {
         throw new CorruptCheckpointError(`archive "${file}": its image (image.tar) is missing or corrupted`);
       }
       const image = await this.images.import(imageTar);
