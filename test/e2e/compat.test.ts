@@ -20,7 +20,7 @@
  *    agree at the freeze).
  */
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { REDIS_ARGS } from '../../src/fixtures/images.js';
@@ -155,7 +155,18 @@ test('files in the writable layer and on a volume sync while it runs; the freeze
   await waitFor('writer running', async () =>
     (await inspect<View>('writer')).state === 'running' ? true : undefined,
   );
-  await sleep(1500); // the big file written, the logs growing
+  // The big file written whole (on h2's disk), the logs growing.
+  await waitFor(
+    'the 16 MB file written',
+    async () => {
+      const info = await stat('/var/lib/haven-lab/hosts/h2/containers/writer/upper/big').catch(
+        () => undefined,
+      );
+      return info?.size === 16 << 20 ? true : undefined;
+    },
+    60_000,
+  );
+  await sleep(300);
   const report = JSON.parse(
     await ok(['migrate', 'writer', '--to', 'h1', '--strategy', 'stop-copy', '--json']),
   ) as { fileSync?: FileSyncRound[]; finalSentBytes: number; downtimeMs: number };
