@@ -400,6 +400,7 @@ export class ClusterLink {
         frozenMs: Math.round(p.frozenMs),
         epochMs: Math.round(p.epochMs),
         epochRate: Math.round(p.epochRate * 10) / 10,
+        phases: p.phases,
         lastError: p.lastError,
         ...(p.output
           ? {

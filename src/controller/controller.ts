@@ -196,6 +196,8 @@ export interface ProtectionView {
   lastError: string | null;
   /** Epochs committed per second lately (reported by the primary). */
   epochRate: number | null;
+  /** Where the newest epoch's time went: checkpoint (freeze included), chunking, transfer. */
+  phases?: ProtectionReport['phases'] & object;
   /**
    * Continuous protection: where clients connect, and the output commit as
    * the primary last reported it. `passthrough` means no backup holds an
@@ -1478,6 +1480,7 @@ export class Controller {
       epochMs: report?.epochMs ?? null,
       lastError: report?.lastError ?? null,
       epochRate: report?.epochRate ?? null,
+      ...(report?.phases ? { phases: report.phases } : {}),
       ...(mode === 'continuous'
         ? {
             ...(typeof intent.spec.serviceAddress === 'string'

@@ -25,11 +25,13 @@
 import { existsSync, readFileSync } from 'node:fs';
 import {
   chmod,
+  lstat,
   mkdir,
   mkdtemp,
   readdir,
   symlink,
   readFile,
+  readlink,
   rename,
   rm,
   rmdir,
@@ -202,6 +204,13 @@ export interface CheckpointOptions {
   viaRunc?: boolean;
   /** How many checkpoints to keep, this one included (default {@link DEFAULT_KEEP_CHECKPOINTS}). */
   keep?: number;
+  /**
+   * Keep the local copy in the memory staging area (when it fits) instead of
+   * copying it to disk: continuous protection's epochs, many a second, whose
+   * local copy only serves a restore in place on this running host (the
+   * backup holds the durable one). `checkpoints/<id>` then links to it.
+   */
+  keepInMemory?: boolean;
   /** Also write the checkpoint as a portable archive (see `archive.ts`), from the staging copy. */
   exportTo?: { file: string; compression?: string; keepLocal?: boolean };
 }
@@ -563,7 +572,12 @@ export class ContainerHost {
     // Stage in memory when it fits: CRIU writes pages inside the freeze, and tmpfs
     // takes them at memory speed; the move to disk happens after the thaw.
     const inMemory = await this.memoryStagingFits(name);
-    const staging = inMemory ? join(await this.stagingRoot(), id) : join(checkpoints, `.tmp-${id}`);
+    const keptInMemory = inMemory && options.keepInMemory === true && !options.exportTo;
+    const staging = keptInMemory
+      ? join(await this.stagingRoot(), 'kept', name, id)
+      : inMemory
+        ? join(await this.stagingRoot(), id)
+        : join(checkpoints, `.tmp-${id}`);
     await mkdir(staging, { recursive: true });
     await mkdir(checkpoints, { recursive: true });
     const runtimeId = this.runtimeId(name);
@@ -648,7 +662,9 @@ export class ContainerHost {
         await writeManifest(staging, manifest);
       }
       try {
-        if (keepLocal && inMemory) {
+        if (keptInMemory) {
+          await symlink(staging, join(checkpoints, id));
+        } else if (keepLocal && inMemory) {
           const onDisk = join(checkpoints, `.tmp-${id}`);
           await run(['cp', '-a', staging, onDisk]);
           await rename(onDisk, join(checkpoints, id));
@@ -656,7 +672,7 @@ export class ContainerHost {
           await rename(staging, join(checkpoints, id));
         }
       } finally {
-        if (inMemory || !keepLocal) await rm(staging, { recursive: true, force: true });
+        if ((inMemory && !keptInMemory) || !keepLocal) await rm(staging, { recursive: true, force: true });
       }
     } catch (error) {
       if (stopping) {
@@ -691,7 +707,7 @@ export class ContainerHost {
     const keep = Math.max(1, options.keep ?? DEFAULT_KEEP_CHECKPOINTS);
     const pruned = record.checkpoints.splice(0, Math.max(0, record.checkpoints.length - keep));
     await this.save(record);
-    for (const old of pruned) await rm(join(checkpoints, old.id), { recursive: true, force: true });
+    for (const old of pruned) await removeCheckpointDir(join(checkpoints, old.id));
     return {
       id,
       ...(keepLocal ? { dir: join(checkpoints, id) } : {}),
@@ -717,12 +733,18 @@ export class ContainerHost {
   /** A tmpfs of this host's own for staging checkpoints (mounted on first use). */
   private async stagingRoot(): Promise<string> {
     const root = join(this.config.stateDir, 'staging');
+    // Checked once per process: epochs come many times a second.
+    if (this.stagingMounted.has(root)) return root;
     await mkdir(root, { recursive: true });
     if (!(await isMountPoint(root))) {
       await run(['mount', '-t', 'tmpfs', '-o', 'mode=0700', 'haven-staging', root]);
     }
+    this.stagingMounted.add(root);
     return root;
   }
+
+  /** Staging roots seen mounted by this process. */
+  private readonly stagingMounted = new Set<string>();
 
   /** Whether the container's memory, twice over for safety, fits in the staging tmpfs now. */
   private async memoryStagingFits(name: string): Promise<boolean> {
@@ -1235,6 +1257,11 @@ export class ContainerHost {
     }
     await this.release(name);
     await rm(this.dir(name), { recursive: true, force: true });
+    // Epoch checkpoints kept in memory (see CheckpointOptions.keepInMemory).
+    const staging = join(this.config.stateDir, 'staging');
+    if (this.stagingMounted.has(staging) || (await isMountPoint(staging))) {
+      await rm(join(staging, 'kept', name), { recursive: true, force: true });
+    }
   }
 
   /** Frees the runtime entry, network namespace, mount and cgroup parents of a container. */
@@ -1418,4 +1445,11 @@ async function replaceTree(from: string, to: string): Promise<void> {
   await copyTree(from, fresh);
   await rm(to, { recursive: true, force: true });
   await rename(fresh, to);
+}
+
+/** Removes a checkpoint directory, or the link to one kept in memory and what it links to. */
+async function removeCheckpointDir(path: string): Promise<void> {
+  const info = await lstat(path).catch(() => undefined);
+  if (info?.isSymbolicLink()) await rm(await readlink(path), { recursive: true, force: true });
+  await rm(path, { recursive: true, force: true });
 }

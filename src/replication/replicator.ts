@@ -61,6 +61,12 @@ export interface ProtectionStatus extends ProtectionSpec {
   epochsCommitted: number;
   /** Epochs committed per second over the last few seconds. */
   epochRate: number;
+  /**
+   * Where the newest committed epoch's time went, in milliseconds: the
+   * checkpoint (the freeze is part of it), cutting it into chunks (hashing),
+   * and the transfer up to the backup's acknowledgement.
+   */
+  phases: { checkpointMs: number; chunkMs: number; transferMs: number };
   lastError: string | null;
 }
 
@@ -84,6 +90,8 @@ interface CapturedEpoch {
   started: number;
   /** The output generation this checkpoint covers (continuous mode). */
   generation: number | undefined;
+  checkpointMs: number;
+  chunkMs: number;
 }
 
 /** Commits remembered for the epoch rate. */
@@ -133,6 +141,7 @@ export class Replicator {
       epochMs: 0,
       epochsCommitted: 0,
       epochRate: 0,
+      phases: { checkpointMs: 0, chunkMs: 0, transferMs: 0 },
       lastError: null,
     };
   }
@@ -221,8 +230,7 @@ export class Replicator {
   /** Takes the checkpoint (the container is frozen for part of it) and cuts it into chunks. */
   private async capture(options: { final?: boolean } = {}): Promise<CapturedEpoch> {
     const started = performance.now();
-    const view = await this.host.inspect(this.name);
-    if (view.state !== 'running') throw new Error(`not running (${view.state}): no epoch`);
+    // (The checkpoint itself refuses a container that is not running.)
     if (!(await this.healthy())) throw new Error('failing its probe: no epoch (the last healthy one stays)');
     const takenAt = new Date().toISOString();
     // Output read before this point was produced before the freeze below: this checkpoint covers it.
@@ -230,10 +238,18 @@ export class Replicator {
     // Continuous mode keeps one more local checkpoint: the one being shipped,
     // the one being taken, and the newest committed (for recovery in place).
     const keep = this.continuous ? 3 : 2;
-    const report = await this.host.checkpoint(this.name, { leaveRunning: !options.final, keep });
+    const checkpointStarted = performance.now();
+    const report = await this.host.checkpoint(this.name, {
+      leaveRunning: !options.final,
+      keep,
+      // Many a second: the local copy stays in memory (the backup holds the durable one).
+      ...(this.continuous && !options.final ? { keepInMemory: true } : {}),
+    });
     if (!report.dir) throw new Error('the checkpoint was not kept locally');
+    const chunkStarted = performance.now();
     const record = await this.host.record(this.name);
     const chunked = await chunkDirectory(report.dir);
+    const chunkMs = performance.now() - chunkStarted;
     const manifest: EpochManifest = {
       version: EPOCH_MANIFEST_VERSION,
       container: this.name,
@@ -253,12 +269,15 @@ export class Replicator {
       frozenMs: report.frozenMs,
       started,
       generation,
+      checkpointMs: chunkStarted - checkpointStarted,
+      chunkMs,
     };
   }
 
   /** Sends what the backup lacks of a captured epoch and commits it there; then releases its output. */
   private async ship(captured: CapturedEpoch): Promise<EpochResult> {
     const { manifest } = captured;
+    const transferStarted = performance.now();
     // The transfer shared with migration: only the chunks the backup lacks travel.
     const backup = this.spec.backup.address;
     const { sentBytes: sent } = await sendChunks(
@@ -287,6 +306,11 @@ export class Replicator {
       epochMs: performance.now() - captured.started,
       epochsCommitted: this.status.epochsCommitted + 1,
       epochRate: span > 0 ? (this.commitTimes.length - 1) / span : 0,
+      phases: {
+        checkpointMs: Math.round(captured.checkpointMs),
+        chunkMs: Math.round(captured.chunkMs),
+        transferMs: Math.round(performance.now() - transferStarted),
+      },
     });
     epochCommitted(this.status);
     return {

@@ -52,6 +52,12 @@ export function continuousText(p: ProtectionView): string {
         `${mb(p.sentBytes)} sent of ${mb(p.totalBytes)}, ${p.epochMs ?? '?'} ms end to end, ` +
         `newest ${((p.committedAgeMs ?? 0) / 1000).toFixed(1)} s old`,
     );
+    if (p.phases) {
+      lines.push(
+        `  epoch time checkpoint ${p.phases.checkpointMs} ms (freeze included), chunking ${p.phases.chunkMs} ms, ` +
+          `transfer to the backup's acknowledgement ${p.phases.transferMs} ms`,
+      );
+    }
   } else {
     lines.push('  epochs     none committed yet');
   }

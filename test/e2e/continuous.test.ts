@@ -1,0 +1,223 @@
+/**
+ * Continuous protection (Remus) on a 3-host lab: Redis with `--ha continuous
+ * --epoch 100ms --publish 6379`. The correctness checker
+ * (fixtures/clients/ack-checker.mjs) writes unique keys from the lab's
+ * client over 32 connections through the service address while the
+ * primary's host is killed at a random moment; after the failover it reads
+ * every acknowledged key back. Zero acknowledged writes may be lost, and at
+ * least 500 must have been acknowledged before each kill. The killed host is
+ * revived and protection resumes before the next kill. CI runs 10 kills; the
+ * long tier (HAVEN_TEST_TIER=full) runs 30.
+ *
+ * Then a partition with the client kept: the cut-off primary fences itself,
+ * its backup takes over, and two copies never run at once.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, test } from 'node:test';
+import { REPO_ROOT } from '../../src/core/config.js';
+import { run } from '../../src/core/exec.js';
+import { REDIS_ARGS } from '../../src/fixtures/images.js';
+import { CLIENT_NETNS } from '../../src/lab/index.js';
+import { shortHash } from '../../src/runtime/network.js';
+import { haven, inspect, labWithRedis, ok, waitFor, type ProtectedView } from '../support/lab-cli.js';
+
+/** 10 in CI, 30 in the long tier; HAVEN_CONTINUOUS_KILLS=N for a quicker look while developing. */
+const KILLS =
+  Number(process.env.HAVEN_CONTINUOUS_KILLS) || (process.env.HAVEN_TEST_TIER === 'full' ? 30 : 10);
+const CONNECTIONS = 32;
+
+interface ContinuousView extends ProtectedView {
+  protection: ProtectedView['protection'] & {
+    mode: string;
+    serviceAddress?: string;
+    epochRate: number | null;
+    frozenMs: number | null;
+    output?: { mode: 'held' | 'passthrough'; outputDelayMs: number; connections: number };
+  };
+}
+
+/** What ack-checker.mjs reports. */
+interface CheckerResult {
+  acked: number;
+  ackTimes: number[];
+  lost: string[];
+  errors: Array<[number, string]>;
+  readBackMs: number;
+  startedAt: number;
+  error?: string;
+}
+
+function checker(address: string, ms: number): Promise<CheckerResult> {
+  return run(
+    [
+      'nsenter',
+      `--net=/run/netns/${CLIENT_NETNS}`,
+      process.execPath,
+      join(REPO_ROOT, 'fixtures', 'clients', 'ack-checker.mjs'),
+      address,
+      '6379',
+      String(CONNECTIONS),
+      String(ms),
+    ],
+    { timeoutMs: ms + 90_000, allowFailure: true },
+  ).then((r) => {
+    assert.ok(r.stdout.trim(), `the checker printed nothing: ${r.stderr}`);
+    return JSON.parse(r.stdout) as CheckerResult;
+  });
+}
+
+/** Waits until `name` runs with a backup, an epoch committed after `since`, and its output held. */
+function protectedSince(since: number, timeoutMs = 60_000): Promise<ContinuousView> {
+  return waitFor(
+    'continuous protection with a backup and output held',
+    async () => {
+      const v = await inspect<ContinuousView>('cr');
+      const p = v.protection;
+      return v.state === 'running' && p.backup && (p.committedEpoch ?? 0) > since && p.output?.mode === 'held'
+        ? v
+        : undefined;
+    },
+    timeoutMs,
+  );
+}
+
+async function hostUp(name: string): Promise<void> {
+  await waitFor(`${name} up`, async () => {
+    const hosts = JSON.parse(await ok(['host', 'ls', '--json'])) as Array<{ name: string; state: string }>;
+    return hosts.find((h) => h.name === name)?.state === 'up' ? true : undefined;
+  });
+}
+
+before(async () => {
+  await labWithRedis(3);
+});
+
+after(async () => {
+  await haven(['lab', 'down']);
+});
+
+test('run --ha continuous refuses what it cannot hold', async () => {
+  const noPublish = await haven(['run', 'x', '--image', 'redis', '--ha', 'continuous', '--', ...REDIS_ARGS]);
+  assert.notEqual(noPublish.code, 0);
+  assert.match(noPublish.stderr, /publish/);
+  const publishWithoutContinuous = await haven([
+    'run',
+    'x',
+    '--image',
+    'redis',
+    '--ha',
+    'checkpoint',
+    '--publish',
+    '6379',
+    '--',
+    ...REDIS_ARGS,
+  ]);
+  assert.notEqual(publishWithoutContinuous.code, 0);
+  assert.match(publishWithoutContinuous.stderr, /publish needs --ha continuous/);
+});
+
+test(`no acknowledged write is lost across ${KILLS} host kills`, { timeout: KILLS * 90_000 }, async () => {
+  await ok([
+    'run',
+    'cr',
+    '--image',
+    'redis',
+    '--memory',
+    '256m',
+    '--ha',
+    'continuous',
+    '--epoch',
+    '100ms',
+    '--publish',
+    '6379',
+    '--',
+    ...REDIS_ARGS,
+  ]);
+  let view = await protectedSince(0);
+  const service = view.protection.serviceAddress!;
+  assert.ok(service && service !== view.ip, 'a service address of its own');
+  const text = await ok(['inspect', 'cr']);
+  assert.match(text, /continuous -> h\d, epoch every 100 ms; clients connect to [0-9.]+:6379/);
+  assert.match(text, /output +held until committed/);
+
+  for (let kill = 1; kill <= KILLS; kill++) {
+    const primary = view.host;
+    const killAfterMs = Math.round(2500 + Math.random() * 2000);
+    const load = checker(service, killAfterMs + 4000);
+    await sleep(killAfterMs);
+    const killedAt = Date.now();
+    await ok(['lab', 'kill-host', primary]);
+    const result = await load;
+    assert.equal(result.error, undefined, `kill ${kill}: ${result.error}`);
+    const ackedBeforeKill = result.ackTimes.filter((t) => result.startedAt + t < killedAt).length;
+    const after = await inspect<ContinuousView>('cr');
+    process.stdout.write(
+      `# kill ${kill}: ${primary} → ${after.host}; ${result.acked} acknowledged ` +
+        `(${ackedBeforeKill} before the kill), ${result.lost.length} lost, read back in ${result.readBackMs} ms; ` +
+        `epochs ${view.protection.epochRate}/s, freeze ${view.protection.frozenMs} ms\n`,
+    );
+    assert.deepEqual(result.lost.slice(0, 10), [], `kill ${kill}: acknowledged writes lost`);
+    assert.ok(
+      ackedBeforeKill >= 500,
+      `kill ${kill}: only ${ackedBeforeKill} writes acknowledged before the kill`,
+    );
+    assert.notEqual(after.host, primary, 'it runs on its backup now');
+    await ok(['lab', 'revive', primary]);
+    await hostUp(primary);
+    view = await protectedSince(Date.now());
+  }
+});
+
+test(
+  'a partitioned primary (client kept) fences itself: never two copies, no acknowledged write lost',
+  { timeout: 120_000 },
+  async () => {
+    const before = await protectedSince(0);
+    const primary = before.host;
+    const copyOn = (host: string): string => join('/sys/fs/cgroup/freezer/haven', shortHash(host), 'cr');
+    const running = (dir: string): boolean => {
+      try {
+        const procs = readFileSync(join(dir, 'cgroup.procs'), 'utf8').trim();
+        return procs.length > 0 && readFileSync(join(dir, 'freezer.state'), 'utf8').trim() === 'THAWED';
+      } catch {
+        return false; // no such cgroup: no copy there
+      }
+    };
+    const oldCopy = copyOn(primary);
+    const newCopy = copyOn(before.protection.backup!);
+    assert.equal(running(oldCopy), true, 'sampling sees the primary');
+    const samples: Array<[number, boolean, boolean]> = [];
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        samples.push([Date.now(), running(oldCopy), running(newCopy)]);
+        await sleep(3);
+      }
+    })();
+    // The client keeps writing to the cut-off primary: its replies must stay held.
+    const load = checker(before.protection.serviceAddress!, 9000);
+    await sleep(2500);
+    await ok(['lab', 'partition', primary, '--keep-client']);
+    try {
+      const result = await load;
+      sampling = false;
+      await sampler;
+      const both = samples.filter(([, a, b]) => a && b);
+      const oldStopped = samples.find(([, a]) => !a)?.[0];
+      const newRunning = samples.find(([, , b]) => b)?.[0];
+      process.stdout.write(
+        `# partition: ${result.acked} acknowledged, ${result.lost.length} lost; old copy stopped ` +
+          `${oldStopped! - samples[0]![0]} ms, new copy running ${newRunning! - samples[0]![0]} ms into sampling\n`,
+      );
+      assert.equal(both.length, 0, 'never both running');
+      assert.ok(newRunning, 'the backup took over');
+      assert.deepEqual(result.lost.slice(0, 10), [], 'acknowledged writes lost');
+    } finally {
+      sampling = false;
+      await ok(['lab', 'heal', primary]);
+    }
+  },
+);
