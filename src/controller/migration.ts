@@ -273,7 +273,18 @@ export interface MigrationFacts {
   memoryBytes: number | undefined;
   dirtyTracking: boolean;
   lazyPages: boolean;
+  /** Pages written per second, sampled without a stall (`replication/post-copy-sampler.ts`). */
+  dirty?: { pagesPerSecond: number; sampledPages: number; changedPages: number };
 }
+
+/**
+ * Above this many pages written per second, post-copy is not chosen: a
+ * workload writing fast at random faults on pages not yet there, and CRIU's
+ * lazy-pages daemon pulls the rest only while no fault waits. Measured on
+ * the lab at 1 GB (docs/BENCHMARKS.md): 1,000 pages/s ran on unhindered,
+ * 10,000 pages/s stalled for minutes. The threshold sits between the two.
+ */
+export const POST_COPY_MAX_DIRTY_PAGES_PER_SECOND = 3000;
 
 /**
  * The fixed part of a stop-and-copy's downtime before anything is measured:
@@ -307,10 +318,12 @@ export function chooseAuto(
   const memory = facts.memoryBytes ?? 0;
   const sendMs = memory / Math.max(1, linkBytesPerMs);
   const stopCopyMs = stopCopyFixedMs(memory) + sendMs;
+  const dirty = facts.dirty?.pagesPerSecond;
   const facts$ =
     `memory ${(memory / 1e6).toFixed(0)} MB${facts.memoryBytes === undefined ? ' (unknown)' : ''}, ` +
     `link ${((linkBytesPerMs * 1000) / 1e6).toFixed(0)} MB/s, ` +
-    `dirty-page tracking ${facts.dirtyTracking ? 'yes' : 'no (dirty rate unmeasurable without a full-dump stall)'}, ` +
+    `dirty rate ${dirty === undefined ? 'unknown' : `~${dirty} pages/s (sampled)`}, ` +
+    `dirty-page tracking ${facts.dirtyTracking ? 'yes' : 'no'}, ` +
     `lazy pages ${facts.lazyPages ? 'yes' : 'no'}`;
   if (stopCopyMs <= maxDowntimeMs)
     return {
@@ -324,6 +337,18 @@ export function chooseAuto(
       why: `${facts$}: stop-and-copy ~${Math.round(stopCopyMs)} ms > ${maxDowntimeMs} ms; pre-dump rounds are cheap here`,
       estimatedDowntimeMs: maxDowntimeMs,
     };
+  if (facts.lazyPages && dirty !== undefined && dirty > POST_COPY_MAX_DIRTY_PAGES_PER_SECOND) {
+    // Pre-copy's rounds converge only while the link outruns the writes.
+    const converges = dirty * 4096 < 0.5 * linkBytesPerMs * 1000;
+    return {
+      strategy: converges ? 'pre-copy' : 'stop-copy',
+      why:
+        `${facts$}: stop-and-copy ~${Math.round(stopCopyMs)} ms > ${maxDowntimeMs} ms, but post-copy would fault ` +
+        `on pages written faster than ${POST_COPY_MAX_DIRTY_PAGES_PER_SECOND}/s; ` +
+        (converges ? 'pre-copy rounds can converge' : 'the writes outrun the link: pre-copy cannot converge'),
+      estimatedDowntimeMs: stopCopyMs,
+    };
+  }
   if (facts.lazyPages) {
     const postMs = restoreEstimateMs(0) + 150;
     return {

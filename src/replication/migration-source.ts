@@ -29,6 +29,7 @@ import type { ContainerHost, LazySource } from '../host/container-host.js';
 import { chunkDirectory, chunkHashes, EPOCH_MANIFEST_VERSION, type EpochManifest } from './chunks.js';
 import type { CompressSetting } from './compression.js';
 import { FileTracker, syncFiles, type SyncRoundReport } from './fs-sync.js';
+import { sampleDirtyRate, type DirtySample } from './post-copy-sampler.js';
 import { commitEpoch, sendChunks, type TransferResult } from './transfer.js';
 
 /**
@@ -337,8 +338,14 @@ export class MigrationSource {
   }
 
   /** What `auto` weighs, from this host (see `ContainerHost.migrationFacts`). */
-  facts(name: string): ReturnType<ContainerHost['migrationFacts']> {
-    return this.host.migrationFacts(name);
+  async facts(
+    name: string,
+  ): Promise<Awaited<ReturnType<ContainerHost['migrationFacts']>> & { dirty?: DirtySample }> {
+    const facts = await this.host.migrationFacts(name);
+    // Measured without a stall (see post-copy-sampler.ts): post-copy suits slow writers only.
+    const view = await this.host.inspect(name).catch(() => undefined);
+    const dirty = view && view.pid > 0 ? await sampleDirtyRate(view.pid) : undefined;
+    return { ...facts, ...(dirty ? { dirty } : {}) };
   }
 
   /**

@@ -119,7 +119,10 @@ test('chooseAuto: stop-and-copy when it fits; post-copy for 1 GB where lazy page
   assert.equal(chooseAuto({ ...HERE, memoryBytes: 8 * MB }, 300).strategy, 'post-copy');
   const big = chooseAuto({ ...HERE, memoryBytes: 1000 * MB }, 300);
   assert.equal(big.strategy, 'post-copy');
-  assert.match(big.why, /memory 1000 MB, link 125 MB\/s, dirty-page tracking no .*lazy pages yes/);
+  assert.match(
+    big.why,
+    /memory 1000 MB, link 125 MB\/s, dirty rate unknown, dirty-page tracking no, lazy pages yes/,
+  );
   assert.match(big.why, /does not grow with memory or dirty rate/);
   assert.ok(big.estimatedDowntimeMs < 1000);
   const noLazy = chooseAuto({ dirtyTracking: false, lazyPages: false, memoryBytes: 1000 * MB }, 300);
@@ -128,6 +131,19 @@ test('chooseAuto: stop-and-copy when it fits; post-copy for 1 GB where lazy page
   // Where pre-dump is cheap and the memory moves within ten targets, pre-copy (no window of lost work).
   const tracked = chooseAuto({ dirtyTracking: true, lazyPages: true, memoryBytes: 200 * MB }, 300);
   assert.equal(tracked.strategy, 'pre-copy');
+  // A slow writer still goes post-copy; a fast one would fault on missing pages: pre-copy while the
+  // link outruns its writes, else stop-and-copy. The sampled rate is in the why.
+  const sample = (pagesPerSecond: number) => ({ pagesPerSecond, sampledPages: 4096, changedPages: 9 });
+  const slow = chooseAuto({ ...HERE, memoryBytes: 1000 * MB, dirty: sample(831) }, 300);
+  assert.equal(slow.strategy, 'post-copy');
+  assert.match(slow.why, /dirty rate ~831 pages\/s \(sampled\)/);
+  const fast = chooseAuto({ ...HERE, memoryBytes: 1000 * MB, dirty: sample(11_463) }, 300);
+  assert.equal(fast.strategy, 'pre-copy');
+  assert.match(fast.why, /post-copy would fault/);
+  assert.equal(
+    chooseAuto({ ...HERE, memoryBytes: 1000 * MB, dirty: sample(40_000) }, 300).strategy,
+    'stop-copy',
+  );
   // Unknown memory is said so, not guessed.
   assert.match(chooseAuto({ ...HERE, memoryBytes: undefined }, 300).why, /\(unknown\)/);
 });
