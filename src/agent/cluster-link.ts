@@ -401,6 +401,7 @@ export class ClusterLink {
         epochMs: Math.round(p.epochMs),
         epochRate: Math.round(p.epochRate * 10) / 10,
         phases: p.phases,
+        epochsCommitted: p.epochsCommitted,
         lastError: p.lastError,
         ...(p.output
           ? {

@@ -198,6 +198,8 @@ export interface ProtectionView {
   epochRate: number | null;
   /** Where the newest epoch's time went: checkpoint (freeze included), chunking, transfer. */
   phases?: ProtectionReport['phases'] & object;
+  /** Epochs committed since the primary began protecting it (reported every ~1 s). */
+  epochsCommitted?: number;
   /**
    * Continuous protection: where clients connect, and the output commit as
    * the primary last reported it. `passthrough` means no backup holds an
@@ -1481,6 +1483,7 @@ export class Controller {
       lastError: report?.lastError ?? null,
       epochRate: report?.epochRate ?? null,
       ...(report?.phases ? { phases: report.phases } : {}),
+      ...(report?.epochsCommitted !== undefined ? { epochsCommitted: report.epochsCommitted } : {}),
       ...(mode === 'continuous'
         ? {
             ...(typeof intent.spec.serviceAddress === 'string'

@@ -70,6 +70,8 @@ export const protectionReportSchema = z.object({
   epochMs: z.number().min(0),
   /** Epochs committed per second lately. */
   epochRate: z.number().min(0).optional(),
+  /** Epochs committed since this primary began protecting it. */
+  epochsCommitted: z.number().int().min(0).optional(),
   /** Where the newest epoch's time went (milliseconds). */
   phases: z
     .object({ checkpointMs: z.number().min(0), chunkMs: z.number().min(0), transferMs: z.number().min(0) })
