@@ -76,8 +76,8 @@ function fakeHost(name: string, events: string[]): ContainerHost {
       await writeFile(join(dir, 'pages.img'), `epoch ${n} `.repeat(1000));
       return { id, dir, frozenMs: 1 };
     },
-    async record() {
-      return { name, image: imageId, state: 'running', volumes: [], checkpoints: [] };
+    record() {
+      return Promise.resolve({ name, image: imageId, state: 'running', volumes: [], checkpoints: [] });
     },
   };
   return host as unknown as ContainerHost;
