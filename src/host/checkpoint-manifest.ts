@@ -46,10 +46,19 @@ export interface CheckpointManifest {
   origin: { host: string } & MachineRequirements;
   stats?: DumpStats;
   files: ManifestFile[];
+  /**
+   * Kept in this host's memory only and never written out (continuous
+   * protection's epochs): the files are listed with their sizes but not
+   * hashed — a restore checks that they are all there, whole, and trusts
+   * their content as it trusts its own memory. The durable, hash-checked
+   * copy is the backup's.
+   */
+  memoryOnly?: boolean;
 }
 
-/** Lists every regular file under `dir` with size and SHA-256. */
-export async function hashTree(dir: string): Promise<ManifestFile[]> {
+/** Lists every regular file under `dir` with size and SHA-256 (`hash: false`: sizes only, `sha256` empty). */
+export async function hashTree(dir: string, options: { hash?: boolean } = {}): Promise<ManifestFile[]> {
+  const hash = options.hash ?? true;
   const files: ManifestFile[] = [];
   const walk = async (current: string): Promise<void> => {
     for (const entry of (await readdir(current, { withFileTypes: true })).sort((a, b) =>
@@ -60,7 +69,7 @@ export async function hashTree(dir: string): Promise<ManifestFile[]> {
       else if (entry.isFile()) {
         const path = relative(dir, full);
         if (path === 'manifest.json') continue;
-        files.push({ path, size: (await lstat(full)).size, sha256: await sha256Of(full) });
+        files.push({ path, size: (await lstat(full)).size, sha256: hash ? await sha256Of(full) : '' });
       }
     }
   };
@@ -114,7 +123,7 @@ export async function verifyCheckpoint(
         `checkpoint ${dir}: ${file.path} is truncated or altered (${size} bytes, expected ${file.size})`,
       );
     }
-    if (!options.contentVerified && (await sha256Of(full)) !== file.sha256) {
+    if (!options.contentVerified && !manifest.memoryOnly && (await sha256Of(full)) !== file.sha256) {
       throw new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is corrupted (checksum mismatch)`);
     }
   }

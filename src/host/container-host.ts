@@ -657,7 +657,11 @@ export class ContainerHost {
       } else {
         manifest = {
           ...described,
-          files: (await hashTree(staging)).filter((f) => !f.path.startsWith('logs/')),
+          // An epoch kept in memory is hashed once, by the replication that ships it, not here too.
+          files: (await hashTree(staging, { hash: !keptInMemory })).filter(
+            (f) => !f.path.startsWith('logs/'),
+          ),
+          ...(keptInMemory ? { memoryOnly: true } : {}),
         };
         await writeManifest(staging, manifest);
       }
