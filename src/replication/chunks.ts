@@ -64,6 +64,12 @@ export interface EpochManifest {
   /** The skeleton tar (directories, symlinks, devices) as chunks, with its size. */
   skeleton: { size: number; chunks: string[] };
   files: ChunkedFile[];
+  /**
+   * Bytes per chunk of `files` (absent: {@link CHUNK_BYTES}). Continuous
+   * protection uses smaller chunks: its epochs come many times a second, and a
+   * page changed here and there should not resend 256 KiB around each.
+   */
+  chunkBytes?: number;
   /** Reserved for a signature over the manifest (a later issue). */
   auth?: unknown;
 }
@@ -81,11 +87,15 @@ export function chunkHashes(manifest: Pick<EpochManifest, 'files' | 'skeleton'>)
  * and a reader that yields a chunk's bytes by hash (from the source files),
  * so only chunks the receiver lacks are ever read twice.
  */
-export async function chunkDirectory(dir: string): Promise<{
+export async function chunkDirectory(
+  dir: string,
+  options: { chunkBytes?: number } = {},
+): Promise<{
   files: ChunkedFile[];
   skeleton: { size: number; chunks: string[] };
   read: (hash: string) => Promise<Buffer>;
 }> {
+  const chunkBytes = options.chunkBytes ?? CHUNK_BYTES;
   const files: ChunkedFile[] = [];
   const others: string[] = [];
   const where = new Map<string, { file: string; offset: number; length: number }>();
@@ -97,9 +107,14 @@ export async function chunkDirectory(dir: string): Promise<{
       const path = relative(dir, full);
       if (entry.isFile()) {
         const info = await lstat(full);
-        const chunks = await hashChunks(full, info.size, (hash, offset, length) => {
-          if (!where.has(hash)) where.set(hash, { file: full, offset, length });
-        });
+        const chunks = await hashChunks(
+          full,
+          info.size,
+          (hash, offset, length) => {
+            if (!where.has(hash)) where.set(hash, { file: full, offset, length });
+          },
+          chunkBytes,
+        );
         files.push({ path, size: info.size, mode: info.mode & 0o7777, uid: info.uid, gid: info.gid, chunks });
       } else {
         others.push(path);
@@ -159,18 +174,20 @@ async function hashChunks(
   file: string,
   size: number,
   seen: (hash: string, offset: number, length: number) => void,
+  chunkBytes = CHUNK_BYTES,
 ): Promise<string[]> {
+  const zero = chunkBytes === CHUNK_BYTES ? ZERO : Buffer.alloc(chunkBytes);
   const chunks: string[] = [];
   let offset = 0;
   let pending: Buffer[] = [];
   let pendingBytes = 0;
   const flush = (part: Buffer): void => {
-    const hash = part.length === CHUNK_BYTES && part.equals(ZERO) ? ZERO_CHUNK : sha256(part);
+    const hash = part.length === chunkBytes && part.equals(zero) ? ZERO_CHUNK : sha256(part);
     if (hash !== ZERO_CHUNK) seen(hash, offset, part.length);
     chunks.push(hash);
     offset += part.length;
   };
-  for await (const data of createReadStream(file, { highWaterMark: 4 * CHUNK_BYTES })) {
+  for await (const data of createReadStream(file, { highWaterMark: Math.max(4 * chunkBytes, 1 << 20) })) {
     let buffer = data as Buffer;
     if (pendingBytes > 0) {
       buffer = Buffer.concat([...pending, buffer]);
@@ -178,9 +195,9 @@ async function hashChunks(
       pendingBytes = 0;
     }
     let at = 0;
-    while (buffer.length - at >= CHUNK_BYTES) {
-      flush(buffer.subarray(at, at + CHUNK_BYTES));
-      at += CHUNK_BYTES;
+    while (buffer.length - at >= chunkBytes) {
+      flush(buffer.subarray(at, at + chunkBytes));
+      at += chunkBytes;
     }
     if (at < buffer.length) {
       pending = [buffer.subarray(at)];
@@ -273,6 +290,7 @@ export async function assembleDirectory(
   store: ChunkStore,
   target: string,
 ): Promise<void> {
+  const chunkBytes = manifest.chunkBytes ?? CHUNK_BYTES;
   await mkdir(target, { recursive: true });
   const skeleton = join(dirname(target), `.skeleton-${process.pid}-${Date.now()}.tar`);
   const handle = await open(skeleton, 'w');
@@ -305,8 +323,8 @@ export async function assembleDirectory(
           const hash = file.chunks[index]!;
           if (hash === ZERO_CHUNK) continue; // a hole: the file is sparse there
           const data = await store.get(hash);
-          const offset = index * CHUNK_BYTES;
-          if (data.length !== Math.min(CHUNK_BYTES, file.size - offset)) {
+          const offset = index * chunkBytes;
+          if (data.length !== Math.min(chunkBytes, file.size - offset)) {
             throw new CorruptCheckpointError(
               `epoch ${manifest.epoch}: ${file.path} chunk ${index} has the wrong size`,
             );

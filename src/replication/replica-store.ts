@@ -67,6 +67,16 @@ export function validateEpochManifest(value: unknown): EpochManifest {
     throw new InvalidArgumentError('malformed epoch manifest');
   }
   validateName(m.container, 'container');
+  // A power of two from 4 KiB to 4 MiB (absent: the default).
+  const chunkBytes = m.chunkBytes ?? CHUNK_BYTES;
+  if (
+    !Number.isSafeInteger(chunkBytes) ||
+    chunkBytes < 4096 ||
+    chunkBytes > 4 << 20 ||
+    (chunkBytes & (chunkBytes - 1)) !== 0
+  ) {
+    throw new InvalidArgumentError(`malformed epoch manifest: chunkBytes ${String(m.chunkBytes)}`);
+  }
   for (const f of m.files) {
     if (
       typeof f.path !== 'string' ||
@@ -75,7 +85,7 @@ export function validateEpochManifest(value: unknown): EpochManifest {
       !Number.isSafeInteger(f.size) ||
       f.size < 0 ||
       !chunkList(f.chunks) ||
-      f.chunks.length !== Math.ceil(f.size / CHUNK_BYTES)
+      f.chunks.length !== Math.ceil(f.size / chunkBytes)
     ) {
       throw new InvalidArgumentError(`malformed epoch manifest entry ${String(f.path).slice(0, 100)}`);
     }

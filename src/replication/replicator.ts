@@ -94,6 +94,12 @@ interface CapturedEpoch {
   chunkMs: number;
 }
 
+/**
+ * Chunks of continuous epochs: a write here and there between two epochs
+ * (a tenth of a second apart) should resend 32 KiB around each, not 256 KiB.
+ */
+const CONTINUOUS_CHUNK_BYTES = 32 * 1024;
+
 /** Commits remembered for the epoch rate. */
 const RATE_WINDOW = 20;
 
@@ -248,7 +254,10 @@ export class Replicator {
     if (!report.dir) throw new Error('the checkpoint was not kept locally');
     const chunkStarted = performance.now();
     const record = await this.host.record(this.name);
-    const chunked = await chunkDirectory(report.dir);
+    const chunked = await chunkDirectory(
+      report.dir,
+      this.continuous ? { chunkBytes: CONTINUOUS_CHUNK_BYTES } : {},
+    );
     const chunkMs = performance.now() - chunkStarted;
     const manifest: EpochManifest = {
       version: EPOCH_MANIFEST_VERSION,
@@ -260,6 +269,7 @@ export class Replicator {
       record,
       skeleton: chunked.skeleton,
       files: chunked.files,
+      ...(this.continuous ? { chunkBytes: CONTINUOUS_CHUNK_BYTES } : {}),
     };
     return {
       manifest,

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +18,7 @@ import { Protection } from '../../src/agent/protection.js';
 import { createAgentServer } from '../../src/agent/server.js';
 import { compileHostConfig } from '../../src/core/config.js';
 import { ContainerHost } from '../../src/host/container-host.js';
+import { assembleDirectory } from '../../src/replication/chunks.js';
 import { Replicator } from '../../src/replication/replicator.js';
 
 const TOKEN = 'continuous-test-token';
@@ -27,6 +28,7 @@ let backupAddress = '';
 let closeBackup: () => Promise<void> = () => Promise.resolve();
 /** An image the backup holds (a commit is refused for an image it cannot get). */
 let imageId = '';
+let backup: Protection;
 
 before(async () => {
   root = await mkdtemp(join(tmpdir(), 'haven-continuous-'));
@@ -37,11 +39,8 @@ before(async () => {
   await mkdir(join(rootfs, 'bin'), { recursive: true });
   await writeFile(join(rootfs, 'bin', 'true'), '');
   imageId = (await backupHost.images.import(rootfs)).id;
-  const agent = createAgentServer({
-    host: backupHost,
-    token: TOKEN,
-    protection: new Protection(backupHost, TOKEN, () => {}),
-  });
+  backup = new Protection(backupHost, TOKEN, () => {});
+  const agent = createAgentServer({ host: backupHost, token: TOKEN, protection: backup });
   const handle = agent.listeners('request')[0] as (req: IncomingMessage, res: ServerResponse) => void;
   // The backup, with every epoch commit slowed down: a slow link or disk.
   const slowed = createServer((req, res) => {
@@ -73,7 +72,8 @@ function fakeHost(name: string, events: string[]): ContainerHost {
       events.push(`checkpoint ${n}`);
       const dir = join(root, 'primary', id);
       await mkdir(dir, { recursive: true });
-      await writeFile(join(dir, 'pages.img'), `epoch ${n} `.repeat(1000));
+      // ~100 KiB: several 32 KiB chunks, the last one short.
+      await writeFile(join(dir, 'pages.img'), `epoch ${n} `.repeat(12_000));
       return { id, dir, frozenMs: 1 };
     },
     record() {
@@ -139,6 +139,17 @@ test('continuous epochs are pipelined, commit in order, and release only what th
   // An epoch in flight at stop() may still commit, but releases nothing.
   assert.ok(replicator.status.epochsCommitted - released.length <= 1);
   assert.ok(replicator.status.epochRate > 0);
+
+  // The backup rebuilds the newest epoch from its 32 KiB chunks, byte for byte.
+  const newest = (await backup.replicas.epochs('svc'))[0]!;
+  const manifest = await backup.replicas.manifest('svc', newest);
+  assert.equal(manifest.chunkBytes, 32 * 1024);
+  const target = join(root, 'assembled');
+  await assembleDirectory(manifest, backup.replicas.chunks, target);
+  assert.equal(
+    await readFile(join(target, 'pages.img'), 'utf8'),
+    await readFile(join(root, 'primary', manifest.checkpointId, 'pages.img'), 'utf8'),
+  );
 });
 
 test('a stopped replicator releases nothing more (a restore in place from an older epoch)', async () => {
