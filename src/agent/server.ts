@@ -270,7 +270,8 @@ async function replicaRoute(
   if (method !== 'POST') throw new HttpError(405, `${method} not allowed here`);
   if (action === 'missing') {
     const body = decode(missingChunksSchema, await readJsonBody(req, MAX_REPLICATION_JSON));
-    return send(res, 200, { missing: await protection.replicas.missing(body.hashes) });
+    // Pinned for this container's epoch on its way: no prune takes them before its commit.
+    return send(res, 200, { missing: await protection.replicas.missing(body.hashes, name) });
   }
   if (action === 'chunks') {
     const format = req.headers[FRAMES_HEADER];

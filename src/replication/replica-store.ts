@@ -34,6 +34,13 @@ import { readFrames } from './transfer.js';
 /** Committed epochs kept per container. */
 export const EPOCHS_KEPT = 2;
 
+/** How long an epoch on its way keeps its chunks from pruning without being committed. */
+const PIN_MS = 10 * 60_000;
+/** Pruning runs at most this often. */
+const PRUNE_EVERY_MS = 2000;
+/** When every transfer pins its chunks, unreferenced chunks older than this go. */
+const PINNED_GRACE_MS = 10_000;
+
 /** What a backup holds of one container. */
 export interface ReplicaSummary {
   name: string;
@@ -114,19 +121,39 @@ export class ReplicaStore {
   }
 
   /**
-   * The hashes among `hashes` this host does not hold. Those it holds are
-   * touched, so a prune during the transfer cannot take them from the epoch
-   * about to be committed.
+   * The hashes among `hashes` this host does not hold. With `name` (the
+   * container whose epoch is on its way), all of them are pinned until that
+   * container's next commit (or {@link PIN_MS}), so no prune during the
+   * transfer takes them from the epoch about to be committed. Without it,
+   * those held are touched instead (the prune's grace then protects them).
    */
-  async missing(hashes: readonly string[]): Promise<string[]> {
+  async missing(hashes: readonly string[], name?: string): Promise<string[]> {
     const lacking: string[] = [];
+    if (name !== undefined) {
+      const pins = this.pinned.get(name) ?? { at: Date.now(), hashes: new Set<string>() };
+      pins.at = Date.now();
+      for (const h of hashes) {
+        pins.hashes.add(h);
+        if (!this.chunks.has(h)) lacking.push(h);
+      }
+      this.pinned.set(name, pins);
+      return lacking;
+    }
     const now = new Date();
+    this.lastUnpinned = now.getTime();
     for (const h of hashes) {
       if (this.chunks.has(h)) await this.chunks.touch(h, now);
       else lacking.push(h);
     }
     return lacking;
   }
+
+  /** When a transfer last asked without pinning: the prune's long grace protects it for {@link PIN_MS}. */
+  private lastUnpinned = 0;
+
+  /** Chunks of epochs on their way, by container (see {@link missing}). */
+  private readonly pinned = new Map<string, { at: number; hashes: Set<string> }>();
+  private lastPrune = 0;
 
   /**
    * Stores chunks from a framed stream (format 1, or 2 with compressed
@@ -189,6 +216,7 @@ export class ReplicaStore {
       await handle.close();
     }
     await rename(temp, file);
+    this.pinned.delete(manifest.container);
     const epochs = await this.epochs(manifest.container);
     for (const old of epochs.slice(EPOCHS_KEPT)) await rm(join(dir, `${old}.json`), { force: true });
     await this.pruneChunks();
@@ -231,17 +259,30 @@ export class ReplicaStore {
   /** Forgets a container's replica (its chunks go with the next prune). */
   async drop(name: string): Promise<void> {
     await rm(join(this.dir, 'containers', validateName(name, 'container')), { recursive: true, force: true });
-    await this.pruneChunks();
+    this.pinned.delete(name);
+    await this.pruneChunks(true);
   }
 
-  private async pruneChunks(): Promise<void> {
+  /**
+   * Removes chunks no kept epoch refers to and no epoch on its way needs. At
+   * most every {@link PRUNE_EVERY_MS} (continuous protection commits many
+   * epochs a second), unless `now`.
+   */
+  private async pruneChunks(now = false): Promise<void> {
+    if (!now && Date.now() - this.lastPrune < PRUNE_EVERY_MS) return;
+    this.lastPrune = Date.now();
     const keep = new Set<string>();
+    for (const [name, pins] of this.pinned) {
+      if (Date.now() - pins.at > PIN_MS) this.pinned.delete(name);
+      else for (const h of pins.hashes) keep.add(h);
+    }
     for (const replica of await this.list()) {
       for (const epoch of replica.epochs) {
         const manifest = await this.manifest(replica.name, epoch).catch(() => undefined);
         if (manifest) for (const h of chunkHashes(manifest)) keep.add(h);
       }
     }
-    await this.chunks.prune(keep);
+    // Pinned transfers are kept above; an unpinned one lately needs the long grace.
+    await this.chunks.prune(keep, Date.now() - this.lastUnpinned < PIN_MS ? 120_000 : PINNED_GRACE_MS);
   }
 }
