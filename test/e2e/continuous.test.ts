@@ -13,7 +13,6 @@
  * its backup takes over, and two copies never run at once.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
@@ -21,8 +20,15 @@ import { REPO_ROOT } from '../../src/core/config.js';
 import { run } from '../../src/core/exec.js';
 import { REDIS_ARGS } from '../../src/fixtures/images.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
-import { shortHash } from '../../src/runtime/network.js';
-import { haven, inspect, labWithRedis, ok, waitFor, type ProtectedView } from '../support/lab-cli.js';
+import {
+  copyRunsOn,
+  haven,
+  inspect,
+  labWithRedis,
+  ok,
+  waitFor,
+  type ProtectedView,
+} from '../support/lab-cli.js';
 
 /** 10 in CI, 30 in the long tier; HAVEN_CONTINUOUS_KILLS=N for a quicker look while developing. */
 const KILLS =
@@ -177,17 +183,9 @@ test(
   async () => {
     const before = await protectedSince(0);
     const primary = before.host;
-    const copyOn = (host: string): string => join('/sys/fs/cgroup/freezer/haven', shortHash(host), 'cr');
-    const running = (dir: string): boolean => {
-      try {
-        const procs = readFileSync(join(dir, 'cgroup.procs'), 'utf8').trim();
-        return procs.length > 0 && readFileSync(join(dir, 'freezer.state'), 'utf8').trim() === 'THAWED';
-      } catch {
-        return false; // no such cgroup: no copy there
-      }
-    };
-    const oldCopy = copyOn(primary);
-    const newCopy = copyOn(before.protection.backup!);
+    const oldCopy = primary;
+    const newCopy = before.protection.backup!;
+    const running = (host: string): boolean => copyRunsOn(host, 'cr');
     assert.equal(running(oldCopy), true, 'sampling sees the primary');
     const samples: Array<[number, boolean, boolean]> = [];
     let sampling = true;

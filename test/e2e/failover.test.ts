@@ -9,13 +9,14 @@
  * writes lost.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { run } from '../../src/core/exec.js';
 import { REDIS_ARGS } from '../../src/fixtures/images.js';
 import {
+  copyRunsOn,
+  copyCgroup,
   events,
   haven,
   inspect as inspectAs,
@@ -27,7 +28,6 @@ import {
   writeLoad,
 } from '../support/lab-cli.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
-import { shortHash } from '../../src/runtime/network.js';
 
 /** Index of the element after which the longest interval between sorted times begins. */
 function largestGap(times: readonly number[]): number {
@@ -235,17 +235,9 @@ test(
       const v = await inspect('kv');
       return v.protection.backup && v.protection.committedEpoch ? v : undefined;
     });
-    const copyOn = (host: string): string => join('/sys/fs/cgroup/freezer/haven', shortHash(host), 'kv');
-    const running = (dir: string): boolean => {
-      try {
-        const procs = readFileSync(join(dir, 'cgroup.procs'), 'utf8').trim();
-        return procs.length > 0 && readFileSync(join(dir, 'freezer.state'), 'utf8').trim() === 'THAWED';
-      } catch {
-        return false; // no such cgroup: no copy there
-      }
-    };
-    const oldCopy = copyOn(before.host);
-    const newCopy = copyOn(before.protection.backup!);
+    const oldCopy = before.host;
+    const newCopy = before.protection.backup!;
+    const running = (host: string): boolean => copyRunsOn(host, 'kv');
     assert.equal(running(oldCopy), true, 'sampling sees the primary');
     const seenBefore = (await events()).length;
 
@@ -283,7 +275,7 @@ test(
       const fenced = (await events()).find(
         (e) => e.kind === 'container.fenced' && e.data.host === before.host,
       );
-      return fenced && !existsSync(oldCopy) ? true : undefined;
+      return fenced && !existsSync(copyCgroup(before.host, 'kv')) ? true : undefined;
     });
     const now = await inspect('kv');
     assert.equal(now.host, before.protection.backup);

@@ -4,12 +4,14 @@
  * what every lab test needs: a lab with Redis, events, views, a write load.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../../src/core/config.js';
 import { run, type ExecResult } from '../../src/core/exec.js';
 import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
 import { runHaven, waitUntil } from '../../src/lab/cli-driver.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
+import { shortHash } from '../../src/runtime/network.js';
 
 /** `haven ARGS`, whatever its exit status. */
 export function haven(args: string[]): Promise<ExecResult> {
@@ -135,4 +137,24 @@ export async function protectedRedis<T extends ProtectedView = ProtectedView>(
     },
     60_000,
   );
+}
+
+/** The freezer cgroup of container `name` on lab host `host` (it exists while a copy is there). */
+export function copyCgroup(host: string, name: string): string {
+  return join('/sys/fs/cgroup/freezer/haven', shortHash(host), name);
+}
+
+/**
+ * Whether a copy of container `name` runs (has processes, not frozen) on lab
+ * host `host`, read straight from its freezer cgroup: cheap enough to sample
+ * every few milliseconds during a partition.
+ */
+export function copyRunsOn(host: string, name: string): boolean {
+  const dir = copyCgroup(host, name);
+  try {
+    const procs = readFileSync(join(dir, 'cgroup.procs'), 'utf8').trim();
+    return procs.length > 0 && readFileSync(join(dir, 'freezer.state'), 'utf8').trim() === 'THAWED';
+  } catch {
+    return false; // no such cgroup: no copy there
+  }
 }
