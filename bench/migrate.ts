@@ -243,7 +243,8 @@ async function copyOverLink(file: string, to: string): Promise<void> {
 async function podmanCase(sizeMb: number, dirty: number, image: string, work: string): Promise<Row> {
   const name = `havenbench-mig-${process.pid}`;
   const row: Row = { sizeMb, dirty, asked: 'podman', strategy: 'podman export→copy→import', ok: false };
-  await run([...PODMAN, 'rm', '-f', name, `${name}-2`], { allowFailure: true });
+  // One at a time: podman rm stops at the first name it does not know.
+  for (const n of [name, `${name}-2`]) await run([...PODMAN, 'rm', '-f', n], { allowFailure: true });
   await run([
     ...PODMAN,
     'run',
@@ -302,7 +303,7 @@ async function podmanCase(sizeMb: number, dirty: number, image: string, work: st
   } catch (error) {
     row.note = String(error).slice(0, 300);
   } finally {
-    await run([...PODMAN, 'rm', '-f', name, `${name}-2`], { allowFailure: true });
+    for (const n of [name, `${name}-2`]) await run([...PODMAN, 'rm', '-f', n], { allowFailure: true });
   }
   return row;
 }
