@@ -338,6 +338,10 @@ export class Protection {
         try {
           await this.host.pause(r.name);
           this.fenced.add(r.name);
+          // Its kernel would still answer ARP for the address the restored copy takes over.
+          await this.host
+            .setLink(r.name, 'down')
+            .catch((error: unknown) => this.log(`fencing: cannot cut ${r.name} off: ${String(error)}`));
           // Its clients must not reach it either: the service address goes (the new primary claims it).
           await this.closeProxy(r.name);
           this.log(`fencing: no controller for ${Date.now() - lastAckAt} ms and no peer: froze ${r.name}`);
@@ -356,6 +360,9 @@ export class Protection {
   async onPrimaries(names: readonly string[]): Promise<void> {
     for (const name of [...this.fenced]) {
       if (!names.includes(name)) continue;
+      await this.host
+        .setLink(name, 'up')
+        .catch((error: unknown) => this.log(`fencing: cannot reconnect ${name}: ${String(error)}`));
       await this.host
         .resume(name)
         .catch((error: unknown) => this.log(`fencing: cannot thaw ${name}: ${String(error)}`));

@@ -71,6 +71,7 @@ import {
   readEstablished,
   LOCK_COMMAND,
   resetNetworkLock,
+  setContainerLink,
   UNLOCK_COMMAND,
   shortHash,
 } from '../runtime/network.js';
@@ -876,7 +877,7 @@ export class ContainerHost {
           throw new FailedPreconditionError('this runtime cannot restore lazily');
         await mkdir(workDir, { recursive: true });
         const daemon = this.driver.lazyPagesDaemon({ imageDir: join(dir, 'criu'), workDir, ...lazy.from });
-        undo.push(async () => daemon.kill());
+        undo.push(() => Promise.resolve(daemon.kill()));
         lazy.started(daemon);
       }
       const result = await this.driver.restore(runtimeId, {
@@ -1251,6 +1252,16 @@ export class ContainerHost {
   async resume(name: string): Promise<void> {
     await this.record(name);
     await this.driver.resume(this.runtimeId(name));
+  }
+
+  /**
+   * Cuts a container off its network (`down`) or reconnects it (`up`):
+   * fencing, so a frozen copy cannot answer for the address its restored copy
+   * holds elsewhere.
+   */
+  async setLink(name: string, state: 'up' | 'down'): Promise<void> {
+    await this.record(name);
+    await setContainerLink(this.netns(name), state);
   }
 
   /** Removes a container and everything of it (not its volumes). */

@@ -110,6 +110,17 @@ export async function createContainerNetwork(config: HostConfig, spec: Container
   }
 }
 
+/**
+ * Takes a container's link down or up. Fencing takes it down: a frozen
+ * container's processes answer nothing, but its network namespace's kernel
+ * still answers ARP (and SYNs to its listening sockets) for an address its
+ * restored copy now holds elsewhere, and would pull that address back to
+ * itself. Up again (a thaw) announces it by gratuitous ARP (`arp_notify`).
+ */
+export async function setContainerLink(netns: string, state: 'up' | 'down'): Promise<void> {
+  await run(['ip', '-n', netns, 'link', 'set', 'eth0', state]);
+}
+
 /** Removes a network namespace by name (for the host's bridge namespace and clients). Idempotent. */
 export async function deleteNamespace(netns: string): Promise<void> {
   if (existsSync(netnsPath(netns))) {
