@@ -90,7 +90,10 @@ test('bad values: quantities, durations, enums, probes, YAML syntax', () => {
   );
   assert.match(errorOf('resources: {cpu: lots}\n'), /resources\.cpu: expected CPU such as 500m/);
   assert.match(errorOf('interval: 1 second\n'), /interval: expected a duration/);
-  assert.match(errorOf('ha: always\n'), /ha: expected one of none, restart, checkpoint, got "always"/);
+  assert.match(
+    errorOf('ha: always\n'),
+    /ha: expected one of none, restart, checkpoint, continuous, got "always"/,
+  );
   assert.match(
     errorOf('livenessProbe: {periodSeconds: 1}\n'),
     /livenessProbe: exactly one of exec, tcpSocket, httpGet/,
