@@ -151,8 +151,11 @@ test(`no acknowledged write is lost across ${KILLS} host kills`, { timeout: KILL
 
   for (let kill = 1; kill <= KILLS; kill++) {
     const primary = view.host;
-    const killAfterMs = Math.round(2500 + Math.random() * 2000);
-    const load = checker(service, killAfterMs + 4000);
+    // At a random moment 3.5–5.5 s into the load (≥ 500 acknowledged before it,
+    // even on a loaded 2-core machine); the load goes on 8 s past it, long
+    // enough to see writes acknowledged by the restored copy.
+    const killAfterMs = Math.round(3500 + Math.random() * 2000);
+    const load = checker(service, killAfterMs + 8000);
     await sleep(killAfterMs);
     const killedAt = Date.now();
     await ok(['lab', 'kill-host', primary]);
