@@ -7,7 +7,19 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile, readdir, lstat, readlink } from 'node:fs/promises';
+import {
+  lstat,
+  lutimes,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  symlink,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { Readable } from 'node:stream';
@@ -62,6 +74,12 @@ async function sampleCheckpoint(dir: string, page: number): Promise<void> {
   await writeFile(join(dir, 'rootfs-diff', 'data', 'dump.rdb'), 'redis data', { mode: 0o640 });
   await writeFile(join(dir, 'manifest.json'), '{}');
   await symlink('data/dump.rdb', join(dir, 'rootfs-diff', 'latest'));
+  // The skeleton tar carries directory and link times: fixed here, so that two
+  // samples made across a second boundary differ only in their page.
+  const fixed = new Date('2026-01-01T00:00:00Z');
+  await lutimes(join(dir, 'rootfs-diff', 'latest'), fixed, fixed);
+  for (const sub of ['rootfs-diff/data', 'rootfs-diff', 'criu', '.'])
+    await utimes(join(dir, sub), fixed, fixed);
 }
 
 function manifestOf(epoch: number, chunked: Awaited<ReturnType<typeof chunkDirectory>>): EpochManifest {
