@@ -43,6 +43,8 @@ export const ELECTION_PREFIX = 'haven/election/controller/';
 export const ELECTION_TTL_S = 1;
 /** Keep-alives this often: three chances per lease. */
 const KEEPALIVE_MS = 250;
+/** A keep-alive that failed (a dead member picked, etcd electing) is tried again this soon. */
+const RETRY_MS = 50;
 /** A standby looks at who leads this often. */
 const POLL_MS = 50;
 /** The lease is counted confirmed for its TTL less this, from when the keep-alive was sent. */
@@ -93,6 +95,22 @@ export class LeaderElection extends EventEmitter {
   /** True while this controller leads with a lease confirmed by a quorum: it may decide. */
   mayDecide(): boolean {
     return this.role === 'leader' && this.now() < this.confirmedUntil;
+  }
+
+  /**
+   * Resolves true as soon as this controller may decide, or false after
+   * `timeoutMs`. A request for a decision waits here rather than failing at
+   * once: etcd losing a member (its raft leader, say) leaves the lease
+   * unconfirmed for the ~0.5–1 s etcd takes to elect, which is no reason to
+   * refuse an operator.
+   */
+  async awaitDecisions(timeoutMs: number): Promise<boolean> {
+    const until = this.now() + timeoutMs;
+    while (!this.mayDecide()) {
+      if (this.role !== 'leader' || this.now() >= until) return false;
+      await sleep(POLL_MS);
+    }
+    return true;
   }
 
   /** Joins the election and resolves once this controller leads. */
@@ -165,6 +183,11 @@ export class LeaderElection extends EventEmitter {
             return;
           }
           // No quorum or no member reachable: the lease is not confirmed (no decisions), not lost.
+          // Tried again soon rather than at the next beat: the client picks a member at random,
+          // and the next pick is likely a live one (or etcd has elected its new raft leader).
+          this.noteDecisions();
+          await sleep(RETRY_MS);
+          continue;
         }
         this.noteDecisions();
         await sleep(Math.max(0, sentAt + KEEPALIVE_MS - this.now()));

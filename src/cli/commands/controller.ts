@@ -36,6 +36,12 @@ const usage =
   '                 [--store sqlite|etcd --etcd URL,URL,... --advertise URL] [--images-dir DIR]\n' +
   '                 [--tls-dir DIR]   (or HAVEN_TLS_DIR: HTTPS on TCP with mutual TLS, see haven init --tls)';
 
+/**
+ * How long a decision waits for the leader's lease to be confirmed before it
+ * is refused for want of quorum: longer than etcd takes to elect a new raft
+ * leader after losing one (500 ms election timeout in the lab).
+ */
+const DECISION_WAIT_MS = 2_000;
 /** Exit status of a deposed leader: its supervisor (systemd, the lab) restarts it as a standby. */
 export const EXIT_DEPOSED = 75;
 
@@ -117,11 +123,17 @@ export const controllerCommand: Command = {
       (inner: RequestListener): RequestListener =>
       (req, res) => {
         if (!state.serving) return notLeader(res, election);
-        if (election && !election.mayDecide() && decides(req))
-          return sendJson(res, 503, {
-            error: 'this controller cannot reach an etcd quorum: it decides nothing until it can',
-            code: 'unavailable',
-          });
+        if (election && !election.mayDecide() && decides(req)) {
+          void election.awaitDecisions(DECISION_WAIT_MS).then((may) =>
+            may
+              ? inner(req, res)
+              : sendJson(res, 503, {
+                  error: 'this controller cannot reach an etcd quorum: it decides nothing until it can',
+                  code: 'unavailable',
+                }),
+          );
+          return;
+        }
         inner(req, res);
       };
     const servers: Server[] = [];
