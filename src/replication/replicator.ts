@@ -252,6 +252,14 @@ export class Replicator {
       ...(this.continuous && !options.final ? { keepInMemory: true } : {}),
     });
     if (!report.dir) throw new Error('the checkpoint was not kept locally');
+    const checkpointMs = performance.now() - checkpointStarted;
+    // Probed again after the checkpoint (checkpoint mode; continuous epochs go by the last
+    // verdict): an application that hung between the probe above and the freeze (a SIGSTOP,
+    // a deadlock) was captured hung, and restoring that epoch would bring the hang back.
+    if (!this.continuous && !options.final && !(await this.healthy()))
+      throw new Error(
+        'failing its probe right after the checkpoint: epoch dropped (the last healthy one stays)',
+      );
     const chunkStarted = performance.now();
     const record = await this.host.record(this.name);
     const chunked = await chunkDirectory(
@@ -279,7 +287,7 @@ export class Replicator {
       frozenMs: report.frozenMs,
       started,
       generation,
-      checkpointMs: chunkStarted - checkpointStarted,
+      checkpointMs,
       chunkMs,
     };
   }

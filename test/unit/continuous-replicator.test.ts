@@ -172,3 +172,21 @@ test('a stopped replicator releases nothing more (a restore in place from an old
   await sleep(COMMIT_DELAY_MS * 2);
   assert.equal(released.length, atStop);
 });
+
+test('checkpoint mode: an application that fails its probe right after the checkpoint has that epoch dropped', async () => {
+  const events: string[] = [];
+  // Healthy before the first checkpoint, hung by the time it is taken (probed twice per epoch).
+  const verdicts = [true, false];
+  const replicator = new Replicator(
+    fakeHost('svc3', events),
+    'svc3',
+    { backup: { host: 'backup', address: backupAddress }, intervalMs: 1000, mode: 'checkpoint' },
+    TOKEN,
+    () => {},
+    () => Promise.resolve(verdicts.shift() ?? true),
+  );
+  await assert.rejects(replicator.epoch(), /right after the checkpoint: epoch dropped/);
+  assert.deepEqual(await backup.replicas.epochs('svc3'), [], 'nothing committed on the backup');
+  const healthy = await replicator.epoch();
+  assert.deepEqual(await backup.replicas.epochs('svc3'), [healthy.epoch]);
+});
