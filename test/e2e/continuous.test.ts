@@ -34,6 +34,11 @@ import {
 const KILLS =
   Number(process.env.HAVEN_CONTINUOUS_KILLS) || (process.env.HAVEN_TEST_TIER === 'full' ? 30 : 10);
 const CONNECTIONS = 32;
+/**
+ * SETs in flight per connection: each reply waits for its epoch to commit, so
+ * the checker's rate is about CONNECTIONS × DEPTH per output delay.
+ */
+const DEPTH = 32;
 
 interface ContinuousView extends ProtectedView {
   protection: ProtectedView['protection'] & {
@@ -67,6 +72,7 @@ function checker(address: string, ms: number): Promise<CheckerResult> {
       '6379',
       String(CONNECTIONS),
       String(ms),
+      String(DEPTH),
     ],
     { timeoutMs: ms + 90_000, allowFailure: true },
   ).then((r) => {
