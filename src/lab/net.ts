@@ -80,14 +80,36 @@ export async function containerLinks(host: string): Promise<string[]> {
   return (await bridgeNamespaceLinks()).filter((name) => name.startsWith(prefix) && name.length === 14);
 }
 
-/** Sets links in the bridge namespace up or down. Links that vanished meanwhile are skipped. */
+/**
+ * Sets links in the bridge namespace up or down, and checks they are: a
+ * partition or a heal that silently did not happen would make a fault test
+ * measure nothing. Links that vanished meanwhile are skipped.
+ */
 export async function setLinks(links: readonly string[], state: 'up' | 'down'): Promise<void> {
   if (links.length === 0) return;
-  // -force: go on past a container link deleted between the listing and now.
-  await run(['ip', '-force', '-n', BRIDGE_NETNS, '-batch', '-'], {
-    input: links.map((l) => `link set ${l} ${state}\n`).join(''),
-    allowFailure: true,
-  });
+  let pending = [...links];
+  for (let attempt = 1; ; attempt++) {
+    // -force: go on past a container link deleted between the listing and now.
+    await run(['ip', '-force', '-n', BRIDGE_NETNS, '-batch', '-'], {
+      input: pending.map((l) => `link set ${l} ${state}\n`).join(''),
+      allowFailure: true,
+    });
+    const now = await bridgeNamespaceLinkStates();
+    pending = pending.filter((l) => now.has(l) && now.get(l) !== (state === 'up'));
+    if (pending.length === 0) return;
+    if (attempt === 3) throw new Error(`lab: links still not ${state}: ${pending.join(', ')}`);
+  }
+}
+
+/** Links in the bridge namespace and whether each is administratively up. */
+async function bridgeNamespaceLinkStates(): Promise<Map<string, boolean>> {
+  const { stdout } = await run(['ip', '-n', BRIDGE_NETNS, '-o', 'link', 'show']);
+  const states = new Map<string, boolean>();
+  for (const line of stdout.split('\n')) {
+    const match = /^\d+:\s+([^:@\s]+)[^<]*<([^>]*)>/.exec(line);
+    if (match) states.set(match[1]!, match[2]!.split(',').includes('UP'));
+  }
+  return states;
 }
 
 /** Deletes links in the bridge namespace (the peer ends go with them). */
