@@ -403,3 +403,6 @@ async function main(): Promise<void> {
 }
 
 await main();
+// Results are written: end here rather than wait for the event loop to drain
+// (a run was seen to linger after its table, holding the lab lock).
+process.exit(0);
