@@ -557,8 +557,12 @@ export class Protection {
           contentVerified: true,
         });
         const restoreMs = performance.now() - restoreStarted;
-        // It is a primary now: the replica it came from is spent.
-        await this.replicas.drop(name);
+        // It is a primary now: the replica it came from is spent, and so is the
+        // assembled copy. Both go after the answer: removing a checkpoint's
+        // files and pruning the chunk store are not the container's downtime.
+        void Promise.all([this.replicas.drop(name), rm(scratch, { recursive: true, force: true })]).catch(
+          (e: unknown) => this.log(`promote ${name}: cleaning up: ${String(e)}`),
+        );
         return {
           view: await this.host.inspect(name),
           epoch,
@@ -570,12 +574,11 @@ export class Protection {
           staged: assembled.staged,
         };
       } catch (error) {
+        await rm(scratch, { recursive: true, force: true });
         if (!(error instanceof CorruptCheckpointError)) throw error;
         this.log(`promote ${name}: epoch ${epoch} is damaged (${error.message}); trying an older one`);
         skipped.push({ epoch, error: error.message, ms: 0 });
         assembled = undefined;
-      } finally {
-        await rm(scratch, { recursive: true, force: true });
       }
     }
   }

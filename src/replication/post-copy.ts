@@ -138,7 +138,11 @@ export class PostCopyDestination {
         ),
       };
       this.sessions.set(name, session);
-      await this.replicas.drop(name);
+      // Its epoch is no longer needed here, but dropping it scans the chunk store
+      // (a prune): done after the answer, outside the container's downtime.
+      void this.replicas
+        .drop(name)
+        .catch((e: unknown) => this.log(`post-copy of ${name}: dropping its epoch: ${String(e)}`));
       return { view: await this.host.inspect(name), assembleMs, restoreMs };
     } catch (error) {
       daemon?.kill();
