@@ -694,6 +694,13 @@ export class Migrations {
           round,
           stallMs: Math.round(final.frozenMs),
           roundMs: Math.round(final.wallMs),
+          // Where the final round's time went (all of it is downtime).
+          parts: {
+            checkpointMs: Math.round(final.checkpointMs),
+            chunkMs: Math.round(final.chunkMs),
+            sendMs: Math.round(final.sendMs),
+            commitMs: Math.round(final.commitMs),
+          },
           sentBytes: final.sentBytes,
           checkpointBytes: final.checkpointBytes,
           leftBytes: final.postCopy?.pagesBytes ?? 0,
