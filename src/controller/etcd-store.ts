@@ -67,10 +67,32 @@ interface StoredIntent {
   updatedAt: string;
 }
 
-/** The client options Haven uses: bounded calls, so a lost quorum is an error, not a hang. */
-export function etcdClientOptions(endpoints: string[]): IOptions {
+/** What a controller presents to an etcd that asks for client certificates (PEM). */
+export interface EtcdClientTls {
+  /** The CA that signed etcd's certificates. */
+  ca: string;
+  /** A client certificate etcd trusts, and its key. */
+  cert: string;
+  key: string;
+}
+
+/**
+ * The client options Haven uses: bounded calls, so a lost quorum is an error,
+ * not a hang; with `tls`, every connection is TLS with a client certificate
+ * (the endpoints must then be `https://`).
+ */
+export function etcdClientOptions(endpoints: string[], tls?: EtcdClientTls): IOptions {
   return {
     hosts: endpoints,
+    ...(tls
+      ? {
+          credentials: {
+            rootCertificate: Buffer.from(tls.ca),
+            certChain: Buffer.from(tls.cert),
+            privateKey: Buffer.from(tls.key),
+          },
+        }
+      : {}),
     dialTimeout: 2_000,
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + CALL_TIMEOUT_MS }),
   };
@@ -102,21 +124,22 @@ export class EtcdStore implements ClusterStore {
    */
   private async guard<T>(what: string, call: () => Promise<T>): Promise<T> {
     const deadline = Date.now() + CALL_TIMEOUT_MS;
+    // The client's circuit breaker hides why a member was given up: the first error says.
+    let firstError: string | undefined;
     for (;;) {
       try {
         return await call();
       } catch (error) {
         if (error instanceof HavenError) throw error;
-        const unreached = /ECONNREFUSED|No connection established|circuit breaker/i.test(
-          (error as Error).message,
-        );
+        const message = (error as Error).message;
+        const unreached = /ECONNREFUSED|No connection established|circuit breaker/i.test(message);
+        if (!/circuit breaker/i.test(message)) firstError ??= message;
         if (unreached && Date.now() < deadline) {
           await sleep(50);
           continue;
         }
-        throw new HavenError(`etcd: ${what}: ${(error as Error).message}`, 'unavailable', true, {
-          cause: error,
-        });
+        const why = firstError && firstError !== message ? `${message} (first: ${firstError})` : message;
+        throw new HavenError(`etcd: ${what}: ${why}`, 'unavailable', true, { cause: error });
       }
     }
   }

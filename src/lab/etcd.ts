@@ -13,7 +13,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Etcd3 } from 'etcd3';
+import { Etcd3, type IOptions } from 'etcd3';
 
 /** The etcd binary (Debian's etcd-server). */
 export const ETCD_BIN = '/usr/bin/etcd';
@@ -28,9 +28,44 @@ export interface EtcdMember {
   dataDir: string;
 }
 
+/**
+ * TLS for an etcd cluster, in etcd's own terms: its CA, and one certificate
+ * (server and client use) that every member presents to clients and peers.
+ * Clients then need a certificate from that CA (`--client-cert-auth`).
+ */
+export interface EtcdTls {
+  caFile: string;
+  certFile: string;
+  keyFile: string;
+}
+
 /** The command line of `member` in a cluster of `members` (all started with the same `token`). */
-export function etcdArgs(member: EtcdMember, members: readonly EtcdMember[], token: string): string[] {
+export function etcdArgs(
+  member: EtcdMember,
+  members: readonly EtcdMember[],
+  token: string,
+  tls?: EtcdTls,
+): string[] {
+  const secured = tls
+    ? [
+        '--cert-file',
+        tls.certFile,
+        '--key-file',
+        tls.keyFile,
+        '--trusted-ca-file',
+        tls.caFile,
+        '--client-cert-auth',
+        '--peer-cert-file',
+        tls.certFile,
+        '--peer-key-file',
+        tls.keyFile,
+        '--peer-trusted-ca-file',
+        tls.caFile,
+        '--peer-client-cert-auth',
+      ]
+    : [];
   return [
+    ...secured,
     '--name',
     member.name,
     '--data-dir',
@@ -67,22 +102,28 @@ export function etcdMembers(
   address: string,
   basePort: number,
   dataRoot: string,
+  scheme: 'http' | 'https' = 'http',
 ): EtcdMember[] {
   return Array.from({ length: count }, (_, i) => ({
     name: `e${i + 1}`,
-    clientUrl: `http://${address}:${basePort + i}`,
-    peerUrl: `http://${address}:${basePort + 1000 + i}`,
+    clientUrl: `${scheme}://${address}:${basePort + i}`,
+    peerUrl: `${scheme}://${address}:${basePort + 1000 + i}`,
     dataDir: join(dataRoot, `e${i + 1}`),
   }));
 }
 
 /** Waits until a quorum answers a read through `endpoints` (throws after `timeoutMs`). */
-export async function waitForEtcd(endpoints: string[], timeoutMs = 20_000): Promise<void> {
+export async function waitForEtcd(
+  endpoints: string[],
+  timeoutMs = 20_000,
+  credentials?: IOptions['credentials'],
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   const client = new Etcd3({
     hosts: endpoints,
     dialTimeout: 1000,
     defaultCallOptions: (c) => (c.isStream ? {} : { deadline: Date.now() + 1000 }),
+    ...(credentials ? { credentials } : {}),
   });
   try {
     for (;;) {
@@ -114,8 +155,10 @@ export class LocalEtcd {
     count: number,
     basePort: number,
     private readonly logFile?: string,
+    /** With TLS: https URLs, and clients (and peers) must present a certificate from its CA. */
+    private readonly tls?: EtcdTls & { client: NonNullable<IOptions['credentials']> },
   ) {
-    this.members = etcdMembers(count, '127.0.0.1', basePort, dataRoot);
+    this.members = etcdMembers(count, '127.0.0.1', basePort, dataRoot, tls ? 'https' : 'http');
   }
 
   /** Client URLs of every member. */
@@ -126,7 +169,7 @@ export class LocalEtcd {
   /** Starts every member and waits for a quorum. */
   async start(): Promise<void> {
     for (const m of this.members) this.startMember(m.name);
-    await waitForEtcd(this.endpoints);
+    await waitForEtcd(this.endpoints, 20_000, this.tls?.client);
   }
 
   /** Starts (or restarts, keeping its data) member `name`. */
@@ -135,7 +178,7 @@ export class LocalEtcd {
     if (!member) throw new Error(`no etcd member ${name}`);
     mkdirSync(member.dataDir, { recursive: true, mode: 0o700 });
     const out = this.logFile ? openSync(this.logFile, 'a') : 'ignore';
-    const child = spawn(ETCD_BIN, etcdArgs(member, this.members, 'haven-local'), {
+    const child = spawn(ETCD_BIN, etcdArgs(member, this.members, 'haven-local', this.tls), {
       stdio: ['ignore', out, out],
     });
     if (typeof out === 'number') closeSync(out);

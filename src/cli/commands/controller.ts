@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
@@ -14,8 +15,8 @@ import { InvalidArgumentError } from '../../core/errors.js';
 import { sendJson } from '../../core/http.js';
 import { callJson } from '../../core/http-client.js';
 import { logger } from '../../core/log.js';
-import { daemonTls, serverTlsOptions } from '../../core/tls.js';
-import { EtcdStore, etcdClientOptions } from '../../controller/etcd-store.js';
+import { daemonTls, serverTlsOptions, TLS_FILES } from '../../core/tls.js';
+import { EtcdStore, etcdClientOptions, type EtcdClientTls } from '../../controller/etcd-store.js';
 import { LeaderElection } from '../../controller/leader.js';
 import { CachedStore } from '../../controller/cached-store.js';
 import { Controller, DEFAULT_FAILURE_MS } from '../../controller/controller.js';
@@ -34,6 +35,7 @@ const orderLog = logger('controller.orders');
 const usage =
   'haven controller [--listen HOST:PORT] [--socket PATH] [--state-dir DIR] [--token-file FILE] [--failure-ms MS]\n' +
   '                 [--store sqlite|etcd --etcd URL,URL,... --advertise URL] [--images-dir DIR]\n' +
+  '                 [--etcd-tls-dir DIR]   (https:// etcd: its CA and a client certificate it trusts)\n' +
   '                 [--tls-dir DIR]   (or HAVEN_TLS_DIR: HTTPS on TCP with mutual TLS, see haven init --tls)';
 
 /**
@@ -42,6 +44,38 @@ const usage =
  * leader after losing one (500 ms election timeout in the lab).
  */
 const DECISION_WAIT_MS = 2_000;
+/**
+ * The client certificate for an etcd reached over `https://` endpoints, from
+ * `--etcd-tls-dir` (ca.pem: the CA of etcd's certificates; cert.pem and
+ * key.pem: a client certificate etcd trusts — etcd's own PKI, apart from the
+ * cluster CA, so that no agent's or CLI's certificate opens the store).
+ * Plain `http://` endpoints take none; mixing the two is refused.
+ */
+function etcdClientTls(endpoints: string[], dir: unknown): EtcdClientTls | undefined {
+  const secure = endpoints.filter((e) => e.startsWith('https://'));
+  if (secure.length === 0) {
+    if (typeof dir === 'string')
+      throw new InvalidArgumentError('--etcd-tls-dir is for https:// etcd endpoints; these are http://');
+    return undefined;
+  }
+  if (secure.length !== endpoints.length)
+    throw new InvalidArgumentError('--etcd endpoints must all be https:// or all http://');
+  if (typeof dir !== 'string')
+    throw new InvalidArgumentError(
+      "https:// etcd endpoints need --etcd-tls-dir DIR (ca.pem, cert.pem, key.pem: etcd's CA and a client certificate it trusts)",
+    );
+  const read = (file: string): string => {
+    try {
+      return readFileSync(join(dir, file), 'utf8');
+    } catch (error) {
+      throw new InvalidArgumentError(
+        `--etcd-tls-dir ${dir}: cannot read ${file} (${(error as NodeJS.ErrnoException).code ?? String(error)})`,
+      );
+    }
+  };
+  return { ca: read(TLS_FILES.ca), cert: read(TLS_FILES.cert), key: read(TLS_FILES.key) };
+}
+
 /** Exit status of a deposed leader: its supervisor (systemd, the lab) restarts it as a standby. */
 export const EXIT_DEPOSED = 75;
 
@@ -75,6 +109,7 @@ export const controllerCommand: Command = {
     advertise: { type: 'string' },
     'images-dir': { type: 'string' },
     'tls-dir': { type: 'string' },
+    'etcd-tls-dir': { type: 'string' },
   },
   async run(inv) {
     const token = readToken(inv.values['token-file']);
@@ -104,11 +139,12 @@ export const controllerCommand: Command = {
       if (typeof inv.values.etcd !== 'string')
         throw new InvalidArgumentError('--store etcd needs --etcd URL[,URL...]');
       const endpoints = inv.values.etcd.split(',').filter((e) => e.length > 0);
+      const etcdTls = etcdClientTls(endpoints, inv.values['etcd-tls-dir']);
       const advertise =
         typeof inv.values.advertise === 'string'
           ? inv.values.advertise
           : `${tls ? 'https' : 'http'}://${listenText}`;
-      etcd = new Etcd3(etcdClientOptions(endpoints));
+      etcd = new Etcd3(etcdClientOptions(endpoints, etcdTls));
       election = new LeaderElection({ client: etcd, address: advertise });
       const client = etcd;
       const elected = election;
