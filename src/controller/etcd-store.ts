@@ -30,7 +30,8 @@
  * so a reader following `eventsSince` never skips one that commits late).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Etcd3, type IOptions, type Namespace } from 'etcd3';
+import { circuitBreaker, ConsecutiveBreaker, handleWhen } from 'cockatiel';
+import { Etcd3, isRecoverableError, type IOptions, type Namespace } from 'etcd3';
 import { HavenError, NotLeaderError } from '../core/errors.js';
 
 export { NotLeaderError };
@@ -38,6 +39,8 @@ import type { ClusterStore, ContainerIntent, HostRecord, OperationRecord, Stored
 
 /** A store call that etcd did not answer in this time fails as unavailable (no quorum, all members down). */
 const CALL_TIMEOUT_MS = 3_000;
+/** A member the client gave up on (three failures in a row) is tried again after this long. */
+const MEMBER_RETRY_MS = 500;
 /** Events kept: older ones are deleted as new ones come (SQLite keeps all; etcd is not a log store). */
 const EVENTS_KEPT = 20_000;
 
@@ -84,6 +87,17 @@ export interface EtcdClientTls {
 export function etcdClientOptions(endpoints: string[], tls?: EtcdClientTls): IOptions {
   return {
     hosts: endpoints,
+    faultHandling: {
+      // A member that failed three calls in a row is skipped, and tried again
+      // after 500 ms — not the client's default 5 s: a leader whose keep-alives
+      // failed while etcd had no quorum would otherwise go on deciding nothing
+      // for up to 5 s after the quorum came back.
+      host: () =>
+        circuitBreaker(handleWhen(isRecoverableError), {
+          halfOpenAfter: MEMBER_RETRY_MS,
+          breaker: new ConsecutiveBreaker(3),
+        }),
+    },
     ...(tls
       ? {
           credentials: {
