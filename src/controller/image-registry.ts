@@ -11,7 +11,12 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
-import { CorruptCheckpointError, InvalidArgumentError, NotFoundError } from '../core/errors.js';
+import {
+  CorruptCheckpointError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+} from '../core/errors.js';
 
 /** An image as the registry lists it. */
 export interface RegistryImage {
@@ -122,11 +127,19 @@ export class ImageRegistry {
     return matches[0]!;
   }
 
-  /** Path of a stored image's tar. */
+  /**
+   * Path of a stored image's tar.
+   * @throws FailedPreconditionError when the image is known but its tar is
+   *   gone (deleted or lost on this disk): push it again.
+   */
   async tarPath(ref: string): Promise<{ image: RegistryImage; path: string }> {
     const image = await this.resolve(ref);
     const path = join(this.dir, `${image.id.slice(7)}.tar`);
-    await stat(path);
+    await stat(path).catch((error: NodeJS.ErrnoException) => {
+      throw new FailedPreconditionError(
+        `image ${image.id.slice(0, 19)}… is listed but its data is gone from the controller (${error.code ?? String(error)}): push it again`,
+      );
+    });
     return { image, path };
   }
 
