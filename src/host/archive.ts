@@ -24,7 +24,6 @@
  * (a restored process that used such an instruction would die with SIGILL).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
 import { lstat, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { arch, constants as osConstants, release } from 'node:os';
@@ -36,6 +35,7 @@ import {
   InvalidArgumentError,
   RuntimeFailedError,
 } from '../core/errors.js';
+import { sha256File } from './checkpoint-manifest.js';
 import { tarEnd, tarFile, TarFormatError, TarScanner, type StreamedFile } from './tar-stream.js';
 
 /** Current archive format; importers refuse newer ones. */
@@ -298,6 +298,7 @@ async function writePlainArchive(
 /** Hashes what {@link contentArgs} archives: the checkpoint's files (but logs and manifest) and the image. */
 async function hashParts(parts: ArchiveParts): Promise<StreamedArchive> {
   const files: ArchivedFile[] = [];
+  const buffer = Buffer.allocUnsafe(1 << 20);
   const walk = async (dir: string, prefix: string): Promise<void> => {
     for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) =>
       a.name.localeCompare(b.name),
@@ -307,10 +308,10 @@ async function hashParts(parts: ArchiveParts): Promise<StreamedArchive> {
       const full = join(dir, entry.name);
       if (entry.isDirectory()) await walk(full, `${path}/`);
       else if (entry.isFile())
-        files.push({ path, size: (await lstat(full)).size, sha256: await sha256Of(full) });
+        files.push({ path, size: (await lstat(full)).size, sha256: await sha256File(full, buffer) });
     }
   };
-  const [imageSha256] = await Promise.all([sha256Of(parts.imageTar), walk(parts.checkpointDir, '')]);
+  const [imageSha256] = await Promise.all([sha256File(parts.imageTar), walk(parts.checkpointDir, '')]);
   return { files, imageSha256 };
 }
 
@@ -533,21 +534,16 @@ export async function verifyStreamed(
   streamed: ReadonlyMap<string, StreamedFile>,
   prefix = 'checkpoint/',
 ): Promise<void> {
+  const buffer = Buffer.allocUnsafe(1 << 20);
   for (const file of files) {
     const seen = streamed.get(`${prefix}${file.path}`) ?? {
       size: file.size,
-      sha256: await sha256Of(join(dir, file.path)),
+      sha256: await sha256File(join(dir, file.path), buffer),
     };
     if (seen.size !== file.size || seen.sha256 !== file.sha256) {
       throw new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is corrupted (checksum mismatch)`);
     }
   }
-}
-
-async function sha256Of(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 8 << 20 })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }
 
 /**

@@ -14,8 +14,8 @@
  *   volumes/<name>/     each volume's content at the freeze
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
-import { lstat, readdir, readFile, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { lstat, open, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { CorruptCheckpointError } from '../core/errors.js';
 import type { DumpStats } from '../runtime/driver.js';
@@ -60,6 +60,10 @@ export interface CheckpointManifest {
 export async function hashTree(dir: string, options: { hash?: boolean } = {}): Promise<ManifestFile[]> {
   const hash = options.hash ?? true;
   const files: ManifestFile[] = [];
+  // One read buffer for the whole tree: a checkpoint has dozens of small
+  // image files, and a read stream per file allocated 8 MiB each (measured:
+  // 122 ms for a post-copy checkpoint's ~300 KB, inside its downtime).
+  const buffer = Buffer.allocUnsafe(HASH_READ_BYTES);
   const walk = async (current: string): Promise<void> => {
     for (const entry of (await readdir(current, { withFileTypes: true })).sort((a, b) =>
       a.name.localeCompare(b.name),
@@ -69,7 +73,7 @@ export async function hashTree(dir: string, options: { hash?: boolean } = {}): P
       else if (entry.isFile()) {
         const path = relative(dir, full);
         if (path === 'manifest.json') continue;
-        files.push({ path, size: (await lstat(full)).size, sha256: hash ? await sha256Of(full) : '' });
+        files.push({ path, size: (await lstat(full)).size, sha256: hash ? await sha256File(full, buffer) : '' });
       }
     }
   };
@@ -77,9 +81,26 @@ export async function hashTree(dir: string, options: { hash?: boolean } = {}): P
   return files;
 }
 
-async function sha256Of(path: string): Promise<string> {
+/** Bytes read at a time while hashing a checkpoint's files. */
+const HASH_READ_BYTES = 1 << 20;
+
+/**
+ * SHA-256 of a file (hex), read through `buffer`: callers hashing many files
+ * pass one and reuse it, so no read allocates.
+ */
+export async function sha256File(path: string, buffer = Buffer.allocUnsafe(HASH_READ_BYTES)): Promise<string> {
   const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 8 << 20 })) hash.update(chunk as Buffer);
+  const handle = await open(path, 'r');
+  try {
+    for (let offset = 0; ; ) {
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
+      if (bytesRead === 0) break;
+      hash.update(buffer.subarray(0, bytesRead));
+      offset += bytesRead;
+    }
+  } finally {
+    await handle.close();
+  }
   return hash.digest('hex');
 }
 
@@ -114,6 +135,7 @@ export async function verifyCheckpoint(
       `checkpoint ${dir}: unsupported manifest version ${String(manifest.version)}`,
     );
   }
+  const buffer = Buffer.allocUnsafe(HASH_READ_BYTES);
   for (const file of manifest.files) {
     const full = join(dir, file.path);
     if (!existsSync(full)) throw new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is missing`);
@@ -123,7 +145,7 @@ export async function verifyCheckpoint(
         `checkpoint ${dir}: ${file.path} is truncated or altered (${size} bytes, expected ${file.size})`,
       );
     }
-    if (!options.contentVerified && !manifest.memoryOnly && (await sha256Of(full)) !== file.sha256) {
+    if (!options.contentVerified && !manifest.memoryOnly && (await sha256File(full, buffer)) !== file.sha256) {
       throw new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is corrupted (checksum mismatch)`);
     }
   }
