@@ -263,10 +263,23 @@ function containerOf(row: ContainerRow): ContainerIntent {
   };
 }
 
+const OPERATION_KINDS: ReadonlyArray<OperationRecord['kind']> = ['failover', 'switchover', 'migration'];
+
+/**
+ * An operation's kind as stored. Read back exactly: a migration resumed as a
+ * failover (as an older reader here did) fences its source while the
+ * destination still pulls pages from it.
+ */
+function operationKind(kind: string): OperationRecord['kind'] {
+  const known = OPERATION_KINDS.find((k) => k === kind);
+  if (!known) throw new Error(`unknown operation kind "${kind}" in the store`);
+  return known;
+}
+
 function operationOf(row: OperationRow): OperationRecord {
   return {
     container: row.container,
-    kind: row.kind === 'switchover' ? 'switchover' : 'failover',
+    kind: operationKind(row.kind),
     from: row.from_host,
     to: row.to_host,
     step: row.step,

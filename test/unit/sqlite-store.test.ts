@@ -107,6 +107,38 @@ test('hosts: update in place keeps the registration time, cordon is a field, del
     await store.close();
   }));
 
+test('every operation kind reads back as stored (a resumed migration must not be driven as a failover)', () =>
+  withFile(async (path) => {
+    const first = new SqliteStore(path);
+    for (const [container, kind] of [
+      ['a', 'failover'],
+      ['b', 'switchover'],
+      ['c', 'migration'],
+    ] as const) {
+      await first.putOperation({
+        container,
+        kind,
+        from: 'h1',
+        to: 'h2',
+        step: 'shipped',
+        generation: 1,
+        epoch: null,
+        detail: {},
+        startedAt: '2026-11-27T00:00:00Z',
+      });
+    }
+    await first.close();
+    const second = new SqliteStore(path);
+    const kinds = (await second.listOperations()).map((op) => [op.container, op.kind]).sort();
+    assert.deepEqual(kinds, [
+      ['a', 'failover'],
+      ['b', 'switchover'],
+      ['c', 'migration'],
+    ]);
+    assert.equal((await second.getOperation('c'))?.kind, 'migration');
+    await second.close();
+  }));
+
 test('an operation survives a restart step by step, one per container, until deleted', () =>
   withFile(async (path) => {
     const first = new SqliteStore(path);
