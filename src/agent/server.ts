@@ -28,7 +28,7 @@ import { createReadStream } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { connect } from 'node:net';
-import { NotFoundError } from '../core/errors.js';
+import { asNoSpace, NotFoundError } from '../core/errors.js';
 import { sendMetrics } from '../core/metrics.js';
 import { agentMetrics, freezeOfRequest } from './metrics.js';
 import {
@@ -93,7 +93,10 @@ export interface AgentServerOptions {
 /** Builds the agent's HTTP server (not yet listening). */
 export function createAgentServer(options: AgentServerOptions): Server {
   const handler = (req: IncomingMessage, res: ServerResponse): void => {
-    handle(req, res, options).catch((error: unknown) => sendError(res, error, 'agent'));
+    handle(req, res, options).catch((error: unknown) =>
+      // A full disk is named with this host, for whoever relays it (a migration's source, the CLI).
+      sendError(res, asNoSpace(error, `host ${options.host.config.hostName}`), 'agent'),
+    );
   };
   // With a TLS identity: HTTPS, every client asked for a certificate of this cluster.
   return options.tls ? createHttpsServer(serverTlsOptions(options.tls), handler) : createServer(handler);

@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'corrupt_checkpoint'
   | 'runtime_failed'
   | 'unavailable'
+  | 'resource_exhausted'
   | 'internal';
 
 /** Base class: a message for people, a code for programs. */
@@ -96,6 +97,30 @@ export class NotLeaderError extends HavenError {
   }
 }
 
+/**
+ * A disk (or quota) is full: what was being written is not written, nothing
+ * else changed. Retryable once space is freed.
+ */
+export class NoSpaceError extends HavenError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, 'resource_exhausted', true, options);
+  }
+}
+
+/**
+ * A file system's "no space left" (ENOSPC, EDQUOT) as a {@link NoSpaceError}
+ * that says so and where; any other error as it is.
+ */
+export function asNoSpace(error: unknown, where = 'this host'): unknown {
+  const code = (error as NodeJS.ErrnoException | null)?.code;
+  if (code !== 'ENOSPC' && code !== 'EDQUOT') return error;
+  const path = (error as NodeJS.ErrnoException).path;
+  return new NoSpaceError(
+    `no space left on ${where}'s disk${path ? ` (writing ${path})` : ''}: free some space and try again`,
+    { cause: error },
+  );
+}
+
 /** Exit status the CLI uses for each error code. */
 export function exitCodeFor(error: unknown): number {
   if (!(error instanceof HavenError)) return 70;
@@ -110,6 +135,8 @@ export function exitCodeFor(error: unknown): number {
       return 66;
     case 'unavailable':
       return 69;
+    case 'resource_exhausted':
+      return 73; // EX_CANTCREAT
     default:
       return 70;
   }

@@ -113,6 +113,7 @@ const CODES: Record<number, ErrorCode> = {
   413: 'invalid_argument',
   422: 'corrupt_checkpoint',
   503: 'unavailable',
+  507: 'resource_exhausted',
 };
 
 /** Turns a non-2xx response into the Haven error the server described. */

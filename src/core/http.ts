@@ -7,7 +7,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
 import type { ZodType, ZodTypeDef } from 'zod';
-import { HavenError } from './errors.js';
+import { asNoSpace, HavenError } from './errors.js';
 import type { Role } from './ca.js';
 import { logger } from './log.js';
 import { peerOf } from './tls.js';
@@ -41,6 +41,8 @@ export function statusFor(error: unknown): number {
       return 422;
     case 'unavailable':
       return 503;
+    case 'resource_exhausted':
+      return 507;
     default:
       return 500;
   }
@@ -123,6 +125,8 @@ export function sendJson(res: ServerResponse, status: number, body: unknown): vo
  * is logged in full under `label` and answered with "internal error" only.
  */
 export function sendError(res: ServerResponse, error: unknown, label: string): void {
+  // A full disk is the caller's to hear of, in plain words, not an internal error.
+  error = asNoSpace(error);
   const status = statusFor(error);
   const message = status === 500 ? 'internal error' : error instanceof Error ? error.message : String(error);
   if (status === 500) {
