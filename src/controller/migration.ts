@@ -800,32 +800,46 @@ export class Migrations {
    */
   private async postCopy(operation: OperationRecord): Promise<OperationRecord> {
     const { ctx } = this;
-    const op = operation;
+    let op = operation;
     const name = op.container;
     const pc = op.detail.postCopy as { address: string; port: number; pagesBytes: number | null };
     const path = `/v1/replicas/${encodeURIComponent(name)}`;
-    let phase = 'restore';
+    // Switched already (a restarted controller resumes here): the destination runs it and
+    // pulls its pages; ordering the restore again would fail, so it is waited on instead.
+    let phase = op.detail.switched === true ? 'post-copy' : 'restore';
     try {
       const to = await ctx.upHost(op.to);
-      await this.progress(name, { phase, to: op.to, postCopy: true });
-      const promoted = await ctx.callAgent<{ view: ContainerView; assembleMs: number; restoreMs: number }>(
-        to,
-        `${path}/promote-lazy`,
-        {
-          method: 'POST',
-          body: { epoch: op.epoch, from: { address: pc.address, port: pc.port } },
-          timeoutMs: 120_000,
-        },
-      );
-      ctx.noteReported(to.name, {
-        name,
-        state: promoted.view.state,
-        pid: promoted.view.pid,
-        ip: promoted.view.ip,
-      });
-      const downtimeMs = ctx.now() - Date.parse(String(op.detail.takenAt));
-      phase = 'post-copy';
-      await this.progress(name, { phase, runsOn: op.to, downtimeMs, leftBytes: pc.pagesBytes });
+      if (phase === 'restore') {
+        await this.progress(name, { phase, to: op.to, postCopy: true });
+        const promoted = await ctx.callAgent<{ view: ContainerView; assembleMs: number; restoreMs: number }>(
+          to,
+          `${path}/promote-lazy`,
+          {
+            method: 'POST',
+            body: { epoch: op.epoch, from: { address: pc.address, port: pc.port } },
+            timeoutMs: 120_000,
+          },
+        );
+        ctx.noteReported(to.name, {
+          name,
+          state: promoted.view.state,
+          pid: promoted.view.pid,
+          ip: promoted.view.ip,
+        });
+        const downtimeMs = ctx.now() - Date.parse(String(op.detail.takenAt));
+        phase = 'post-copy';
+        op = await ctx.store.putOperation({
+          ...op,
+          detail: {
+            ...op.detail,
+            switched: true,
+            assembleMs: Math.round(promoted.assembleMs),
+            restoreMs: Math.round(promoted.restoreMs),
+            downtimeMs,
+          },
+        });
+        await this.progress(name, { phase, runsOn: op.to, downtimeMs, leftBytes: pc.pagesBytes });
+      }
       const pulling = ctx.now();
       let outcome: LazyOutcome;
       for (;;) {
@@ -861,9 +875,6 @@ export class Migrations {
         step: 'promoted',
         detail: {
           ...op.detail,
-          assembleMs: Math.round(promoted.assembleMs),
-          restoreMs: Math.round(promoted.restoreMs),
-          downtimeMs,
           pagesMs: Math.round(outcome.ms),
           pages: outcome.transferred?.[1] ?? 0,
         },
@@ -966,9 +977,11 @@ export class Migrations {
     }
     if (op.to !== op.detail.backup && ctx.isUp(op.to)) {
       const to = await ctx.store.getHost(op.to);
+      // Clean-up only, so briefly: a destination that just died (not yet seen down) held
+      // the rollback for its connection timeouts (measured: 73 s).
       if (to)
         await ctx
-          .callAgent(to, `/v1/replicas/${encodeURIComponent(name)}`, { method: 'DELETE' })
+          .callAgent(to, `/v1/replicas/${encodeURIComponent(name)}`, { method: 'DELETE', timeoutMs: 3000 })
           .catch(() => undefined);
     }
     const intent = await ctx.store.getContainer(name);

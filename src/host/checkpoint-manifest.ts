@@ -73,7 +73,11 @@ export async function hashTree(dir: string, options: { hash?: boolean } = {}): P
       else if (entry.isFile()) {
         const path = relative(dir, full);
         if (path === 'manifest.json') continue;
-        files.push({ path, size: (await lstat(full)).size, sha256: hash ? await sha256File(full, buffer) : '' });
+        files.push({
+          path,
+          size: (await lstat(full)).size,
+          sha256: hash ? await sha256File(full, buffer) : '',
+        });
       }
     }
   };
@@ -88,11 +92,14 @@ const HASH_READ_BYTES = 1 << 20;
  * SHA-256 of a file (hex), read through `buffer`: callers hashing many files
  * pass one and reuse it, so no read allocates.
  */
-export async function sha256File(path: string, buffer = Buffer.allocUnsafe(HASH_READ_BYTES)): Promise<string> {
+export async function sha256File(
+  path: string,
+  buffer = Buffer.allocUnsafe(HASH_READ_BYTES),
+): Promise<string> {
   const hash = createHash('sha256');
   const handle = await open(path, 'r');
   try {
-    for (let offset = 0; ; ) {
+    for (let offset = 0; ;) {
       const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
       if (bytesRead === 0) break;
       hash.update(buffer.subarray(0, bytesRead));
@@ -145,7 +152,11 @@ export async function verifyCheckpoint(
         `checkpoint ${dir}: ${file.path} is truncated or altered (${size} bytes, expected ${file.size})`,
       );
     }
-    if (!options.contentVerified && !manifest.memoryOnly && (await sha256File(full, buffer)) !== file.sha256) {
+    if (
+      !options.contentVerified &&
+      !manifest.memoryOnly &&
+      (await sha256File(full, buffer)) !== file.sha256
+    ) {
       throw new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is corrupted (checksum mismatch)`);
     }
   }

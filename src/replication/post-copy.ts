@@ -15,7 +15,7 @@
  *                                            the container runs here, pulling
  *                                            POST /v1/replicas/:name/lazy-wait:
  *                                              every page arrived? (the proof:
- *                                              the daemon's own count, n/n)
+ *                                              the daemon exits 0 only then)
  *   complete → the frozen source is killed
  *   failed   → the destination copy is killed here first, then the source
  *              thaws: its state as at the freeze; what the container did on
@@ -95,6 +95,13 @@ interface Session {
 /** Post-copy restores on this host, while their pages arrive. */
 export class PostCopyDestination {
   private readonly sessions = new Map<string, Session>();
+  /**
+   * How each container's last post-copy restore here ended, once a wait has
+   * returned it: a controller restarted between that answer and its next
+   * step asks again and hears the same, instead of "no such restore" (which
+   * would roll back a copy that is whole).
+   */
+  private readonly finished = new Map<string, LazyOutcome>();
 
   constructor(
     private readonly host: ContainerHost,
@@ -137,6 +144,7 @@ export class PostCopyDestination {
           rm(scratch, { recursive: true, force: true }),
         ),
       };
+      this.finished.delete(name);
       this.sessions.set(name, session);
       // Its epoch is no longer needed here, but dropping it scans the chunk store
       // (a prune): done after the answer, outside the container's downtime.
@@ -194,7 +202,11 @@ export class PostCopyDestination {
   /** Waits until every page of `name` has arrived or the transfer failed (at most `timeoutMs`). */
   async wait(name: string, timeoutMs: number): Promise<LazyOutcome> {
     const session = this.sessions.get(name);
-    if (!session) throw new NotFoundError(`no post-copy restore of "${name}" on this host`);
+    if (!session) {
+      const outcome = this.finished.get(name);
+      if (outcome) return outcome;
+      throw new NotFoundError(`no post-copy restore of "${name}" on this host`);
+    }
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<LazyOutcome>((resolve) => {
       timer = setTimeout(
@@ -221,7 +233,10 @@ export class PostCopyDestination {
     });
     const outcome = await Promise.race([session.outcome, timeout]);
     clearTimeout(timer);
-    if (!outcome.pending) this.sessions.delete(name);
+    if (!outcome.pending) {
+      this.sessions.delete(name);
+      this.finished.set(name, outcome);
+    }
     return outcome;
   }
 

@@ -215,7 +215,8 @@ export interface LazyCheckpoint {
 export interface LazyPagesDaemon {
   /**
    * Resolves when it exits: `complete` if every page reached the restored
-   * process, otherwise why not.
+   * processes (that did not exit or unmap it meanwhile), otherwise why not;
+   * `transferred` sums its per-process counts, for the record.
    */
   exited: Promise<{ complete: boolean; code: number; transferred?: [number, number]; errors: string[] }>;
   /** Pages received so far and in all, from its log (undefined before it knows). */

@@ -451,6 +451,52 @@ test('post-copy whose pages stop arriving rolls back: destination copy gone firs
   assert.match(String(failed.data.lostOnDestination), /what it did there is lost.*state at the freeze/);
 });
 
+test('a controller restarted after the post-copy switch waits for the pages and finishes: no second restore', async () => {
+  const { controller, calls, events, store } = await cluster({ lazy: 'complete' });
+  const intent = (await store.getContainer('db'))!;
+  // As the killed controller left it: the destination runs it, its pages on the way.
+  await store.putOperation({
+    container: 'db',
+    kind: 'migration',
+    from: 'h1',
+    to: 'h3',
+    step: 'shipped',
+    generation: intent.generation,
+    epoch: 77,
+    detail: {
+      id: 'm-resumed-1',
+      strategy: 'post-copy',
+      backup: null,
+      takenAt: new Date().toISOString(),
+      postCopy: { address: 'h1', port: 27001, pagesBytes: 1000 * MB },
+      switched: true,
+      assembleMs: 5,
+      restoreMs: 50,
+      downtimeMs: 300,
+    },
+    startedAt: new Date().toISOString(),
+  });
+  assert.equal(await controller.resumeOperations(), 1);
+  const done = await waitForEvent(events, 'container.migrated');
+  assert.equal(done.data.resumed, true);
+  const order = calls
+    .filter((c) => /migrate|promote|lazy-wait/.test(c.path))
+    .map((c) => `${c.host} ${c.path.split('/').at(-1)!}`);
+  assert.deepEqual(order, ['h3 lazy-wait', 'h3 lazy-wait', 'h1 migrate-end'], 'no promote-lazy again');
+  assert.equal(calls.find((c) => c.path.endsWith('/migrate-end'))!.body?.outcome, 'complete');
+  assert.equal((await store.getContainer('db'))!.host, 'h3');
+  assert.equal(await store.getOperation('db'), undefined, 'the operation is done');
+});
+
+async function waitForEvent(events: StoredEvent[], kind: string): Promise<StoredEvent> {
+  for (let i = 0; i < 200; i++) {
+    const found = events.find((e) => e.kind === kind);
+    if (found) return found;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`no ${kind} event: ${events.map((e) => e.kind).join(', ')}`);
+}
+
 test('hybrid on this kernel is refused before anything stops', async () => {
   const { controller, calls } = await cluster({});
   await assert.rejects(
