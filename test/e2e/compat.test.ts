@@ -26,6 +26,7 @@ import { after, before, test } from 'node:test';
 import { REDIS_ARGS } from '../../src/fixtures/images.js';
 import { parseCpuFlags } from '../../src/host/compat.js';
 import { events, haven, inspect, labWithRedis, ok, waitFor } from '../support/lab-cli.js';
+import { assertCounts, counted } from '../support/migration.js';
 
 interface View {
   name: string;
@@ -118,20 +119,6 @@ interface FileSyncRound {
   changedFiles: number;
   readBytes: number;
   sentBytes: number;
-}
-
-/** Lines of a file on host h's disk, as numbers (the container is stopped first). */
-async function counted(host: string, path: string): Promise<number[]> {
-  const text = await readFile(`/var/lib/haven-lab/hosts/${host}/${path}`, 'utf8');
-  return text
-    .split('\n')
-    .filter((l) => l.length > 0)
-    .map(Number);
-}
-
-function assertCounts(lines: number[], what: string): void {
-  assert.ok(lines.length > 10, `${what}: ${lines.length} lines`);
-  lines.forEach((n, i) => assert.equal(n, i, `${what}: line ${i} is ${n}`));
 }
 
 test('files in the writable layer and on a volume sync while it runs; the freeze sends only what changed', async () => {

@@ -24,13 +24,10 @@
  * Measured figures are printed as `# ...` lines.
  */
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
-import { REPO_ROOT } from '../../src/core/config.js';
 import { run } from '../../src/core/exec.js';
 import { memhogImage, REDIS_ARGS } from '../../src/fixtures/images.js';
-import { CLIENT_NETNS } from '../../src/lab/index.js';
 import {
   events,
   haven,
@@ -40,6 +37,7 @@ import {
   waitFor,
   writeLoad,
 } from '../support/lab-cli.js';
+import { checkLoad, fill, keysIntact, memhogCheck, oneCopyOn, redis } from '../support/migration.js';
 
 interface View {
   name: string;
@@ -63,62 +61,8 @@ interface Report {
   totalMs: number;
   postCopy?: { pagesMs: number; pages: number };
 }
-interface Load {
-  acks: Array<[number, number]>;
-  errors: Array<[number, string]>;
-}
 
 const inspect = (name: string): Promise<View> => inspectAs<View>(name);
-
-/** The containers a host's own agent has (asked inside its namespaces). */
-async function copiesOn(host: string): Promise<Array<{ name: string; state: string }>> {
-  const out = await ok(['lab', 'exec', host, '--', join(REPO_ROOT, 'bin', 'haven'), 'ps', '--json']);
-  return JSON.parse(out) as Array<{ name: string; state: string }>;
-}
-
-function redis(ip: string, ...command: string[]): Promise<string> {
-  return run(['nsenter', `--net=/run/netns/${CLIENT_NETNS}`, 'redis-cli', '-h', ip, ...command]).then((r) =>
-    r.stdout.trim(),
-  );
-}
-
-/** `count` keys `k:<i>` of ~1 KB each, distinct (so chunks do not deduplicate). */
-async function fill(ip: string, count: number): Promise<void> {
-  const script =
-    "for i=1,tonumber(ARGV[1]) do redis.call('SET','k:'..i,string.rep(redis.sha1hex(tostring(i)),25)) end return 1";
-  assert.equal(await redis(ip, 'EVAL', script, '0', String(count)), '1');
-}
-
-/** Every write acknowledged once, in order; the connection never broke; the longest wait for a reply. */
-function checkLoad(load: Load, what: string): number {
-  assert.ok(load.acks.length > 0, `${what}: the load ran`);
-  const broken = load.errors.filter(([, message]) => message !== 'timeout');
-  assert.deepEqual(broken, [], `${what}: the load's connection survived`);
-  // The load's own deadline can cut its last write off (done, never answered)
-  // a millisecond before its loop ends and it writes once more: the last
-  // 50 ms of the run are not counted.
-  const end = load.acks.at(-1)![1] - 50;
-  const steps = load.acks
-    .map(([v, t], i) => ({ i, v, t }))
-    .filter(({ i, v, t }) => i > 0 && t < end && v !== load.acks[i - 1]![0] + 1)
-    .map(({ i }) => load.acks.slice(Math.max(0, i - 2), i + 3));
-  assert.deepEqual(
-    steps,
-    [],
-    `${what}: every acknowledged write is there, once (around each step: [value, ms])`,
-  );
-  let gap = 0;
-  for (let i = 1; i < load.acks.length; i++) gap = Math.max(gap, load.acks[i]![1] - load.acks[i - 1]![1]);
-  return gap;
-}
-
-/** Exactly one copy of `name`, running on `host`. */
-async function oneCopyOn(name: string, host: string, hosts: readonly string[]): Promise<void> {
-  for (const h of hosts) {
-    const copies = (await copiesOn(h)).filter((c) => c.name === name).map((c) => c.state);
-    assert.deepEqual(copies, h === host ? ['running'] : [], `copies of ${name} on ${h}`);
-  }
-}
 
 const KEYS = 3000;
 
@@ -164,12 +108,7 @@ async function migrateUnderLoad(to: string, strategy: string): Promise<{ report:
     counter === last || counter === last + 1,
     `the counter (${counter}) as last acknowledged (${last})`,
   );
-  assert.equal(await redis(after.ip, 'DBSIZE'), String(KEYS + 1), 'every key');
-  assert.equal(
-    await redis(after.ip, 'GET', `k:${KEYS}`),
-    await redis(after.ip, 'EVAL', `return string.rep(redis.sha1hex('${KEYS}'),25)`, '0'),
-    'a key intact',
-  );
+  await keysIntact(after.ip, KEYS, 1);
   await oneCopyOn('kv', to, ['h1', 'h2', 'h3']);
   process.stdout.write(
     `# ${strategy} ${report.from} → ${report.to}: downtime ${report.downtimeMs} ms (final round frozen ` +
@@ -227,17 +166,6 @@ test(
     );
   },
 );
-
-/** The C workload's log lines since `from` (its own memory check answers SIGUSR1 there). */
-async function memhogCheck(name: string, pid: number): Promise<string> {
-  const before = (await ok(['logs', name])).length;
-  process.kill(pid, 'SIGUSR1');
-  return waitFor(
-    'the memory check',
-    async () => /check (ok|FAILED)[^\n]*/.exec((await ok(['logs', name])).slice(before))?.[0],
-    60_000,
-  );
-}
 
 test(
   'post-copy, the destination killed while pages are pulled: the frozen source resumes with its memory intact, one copy',
