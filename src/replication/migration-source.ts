@@ -91,7 +91,10 @@ export interface MigrationRoundReport {
 
 /** A migration's rounds on its source host. */
 export class MigrationSource {
-  private readonly inFlight = new Map<string, Promise<MigrationRoundReport>>();
+  private readonly inFlight = new Map<
+    string,
+    { id: string; final: boolean; work: Promise<MigrationRoundReport> }
+  >();
   /** Post-copy sources frozen here, by container: their pages are being served. */
   private readonly lazy = new Map<string, { id: string; source: LazySource }>();
 
@@ -131,16 +134,18 @@ export class MigrationSource {
   /**
    * Runs one round. One round at a time per container; a final round ordered
    * again with the same ID joins the one in flight, or reports the one done
-   * while the container is still stopped by it.
+   * while the container is still stopped by it. A final round ordered while
+   * an earlier round of the same migration runs (a restarted controller goes
+   * straight to its final round) waits for that round, then runs.
    */
   async round(name: string, order: MigrationRoundOrder): Promise<MigrationRoundReport> {
     const running = this.inFlight.get(name);
     if (running) {
-      if (order.final) {
-        const report = await running;
-        if (report.id === order.id && report.final) return { ...report, already: true };
-      }
-      throw new FailedPreconditionError(`a migration round of "${name}" is already running`);
+      if (!order.final || running.id !== order.id)
+        throw new FailedPreconditionError(`a migration round of "${name}" is already running`);
+      if (running.final) return { ...(await running.work), already: true };
+      await running.work.catch(() => undefined);
+      return this.round(name, order);
     }
     if (order.final) {
       const done = await readFile(this.doneFile(name), 'utf8')
@@ -159,7 +164,7 @@ export class MigrationSource {
         ? this.runPostCopyRound(name, order, order.postCopy)
         : this.runRound(name, order)
     ).finally(() => this.inFlight.delete(name));
-    this.inFlight.set(name, work);
+    this.inFlight.set(name, { id: order.id, final: order.final, work });
     return work;
   }
 
