@@ -129,6 +129,12 @@ export const agentCommand: Command = {
       host: host.config.hostName,
       listen: listenText,
     });
+    // Now, not inside the first checkpoint's freeze or the first migration's downtime.
+    await host
+      .prepareStaging()
+      .catch((error: unknown) =>
+        logger('agent').warn(`cannot mount the staging tmpfs yet: ${String(error)}`),
+      );
     const cluster = link;
     instrumentAgent({ host, protection, prober, ...(cluster ? { lastAckAt: () => cluster.lastAckAt } : {}) });
     await link?.start();

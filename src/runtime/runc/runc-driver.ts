@@ -108,6 +108,9 @@ export class RuncDriver implements RuntimeDriver {
   }
 
   async delete(id: string): Promise<void> {
+    // Nothing runc knows of: nothing to delete. Spares a runc process (~8 ms)
+    // in every restore, which clears leftovers of an earlier life first.
+    if (!existsSync(join(this.config.runcRoot, id))) return;
     await this.runc(['delete', '--force', id]);
   }
 
