@@ -55,6 +55,7 @@ import {
   memhogCheck,
   oneCopyOn,
   redis,
+  type View,
 } from '../support/migration.js';
 
 type Scenario = 'redis' | 'memhog' | 'files';
@@ -90,13 +91,6 @@ const KEYS = 2000;
 /** Keys of 1 KB of chained hashes (hex: they compress to about half, no better). */
 const BALLAST = 4000;
 
-interface View {
-  name: string;
-  host: string;
-  state: string;
-  ip: string;
-  pid: number;
-}
 interface LabStatus {
   controller: { pid: number | null };
 }

@@ -37,15 +37,16 @@ import {
   waitFor,
   writeLoad,
 } from '../support/lab-cli.js';
-import { checkLoad, fill, keysIntact, memhogCheck, oneCopyOn, redis } from '../support/migration.js';
+import {
+  checkLoad,
+  fill,
+  keysIntact,
+  memhogCheck,
+  oneCopyOn,
+  redis,
+  type View,
+} from '../support/migration.js';
 
-interface View {
-  name: string;
-  host: string;
-  state: string;
-  ip: string;
-  pid: number;
-}
 interface Report {
   from: string;
   to: string;

@@ -13,6 +13,15 @@ import { run } from '../../src/core/exec.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
 import { ok, waitFor, type LoadResult } from './lab-cli.js';
 
+/** What the migration tests read of `haven inspect NAME --json`. */
+export interface View {
+  name: string;
+  host: string;
+  state: string;
+  ip: string;
+  pid: number;
+}
+
 /** The containers a host's own agent has (asked inside its namespaces). */
 export async function copiesOn(host: string): Promise<Array<{ name: string; state: string }>> {
   const out = await ok(['lab', 'exec', host, '--', join(REPO_ROOT, 'bin', 'haven'), 'ps', '--json']);
