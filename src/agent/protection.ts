@@ -128,19 +128,8 @@ export class Protection {
   private readonly replicators = new Map<string, Replicator>();
   /** Output-commit proxies of this host's continuously protected primaries (with or without a backup). */
   private readonly proxies = new Map<string, { order: ProtectionOrder; proxy: OutputCommitProxy }>();
-  /** Primaries (and provisional copies) this host froze because it lost its lease. */
+  /** Primaries this host froze because it lost its lease. */
   private readonly fenced = new Set<string>();
-  /**
-   * Copies a promotion restored here (a migration's, a switchover's, a
-   * failover's) that the controller does not yet place here: until an
-   * acknowledgement lists them among this host's containers they run on the
-   * controller's word only. A host cut off from the controller for its lease
-   * freezes them, as it freezes its primaries — the controller may be rolling
-   * the move back and restoring the source, which it does only after that
-   * lease (so the two never run at once, and no client is answered by a copy
-   * about to be discarded).
-   */
-  private readonly provisional = new Set<string>();
   private fenceTimer: NodeJS.Timeout | undefined;
   private fencing = false;
   /** The latest ask of the backups during this silence (keyed by the acknowledgement it began after). */
@@ -306,29 +295,19 @@ export class Protection {
     const silentMs = Date.now() - lastAckAt;
     if (silentMs <= LEASE_MS - PEER_ASK_LEAD_MS) return;
     const primaries = [...this.replicators.values()].filter((r) => !this.fenced.has(r.name));
-    const provisional = [...this.provisional].filter((name) => !this.fenced.has(name));
-    if (primaries.length === 0 && provisional.length === 0) return;
+    if (primaries.length === 0) return;
     // Cut off from the controller only (its link, or it is down)? Then a peer
     // answers: the controller cannot fail this host over without a peer
     // agreeing it is gone. Asked ahead of the lease's end, and again every
     // PEER_ASK_LEAD_MS while the silence lasts.
     const ask = this.peerAsk;
-    if (
-      primaries.length > 0 &&
-      (!ask || ask.after !== lastAckAt || Date.now() - ask.at >= PEER_ASK_LEAD_MS)
-    ) {
+    if (!ask || ask.after !== lastAckAt || Date.now() - ask.at >= PEER_ASK_LEAD_MS) {
       this.askPeers(primaries, lastAckAt);
     }
     if (silentMs <= LEASE_MS) return;
-    // Provisional copies go whatever the peers say: only the controller can confirm them.
-    if (provisional.length > 0) await this.fence(provisional, lastAckAt);
     // The lease has run out: only a backup's answer already in keeps the primaries running.
-    if (primaries.length === 0) return;
     if (this.peerAsk?.after === lastAckAt && this.peerAsk.reachable === true) return;
-    await this.fence(
-      primaries.map((r) => r.name),
-      lastAckAt,
-    );
+    await this.fence(primaries, lastAckAt);
   }
 
   /** Asks the backups of `primaries` whether they are reachable; the answer lands in `peerAsk`. */
@@ -353,44 +332,24 @@ export class Protection {
   }
 
   /** Freezes every one of `primaries` at once (the controller's restore elsewhere is at most a margin away). */
-  private async fence(names: readonly string[], lastAckAt: number): Promise<void> {
+  private async fence(primaries: readonly Replicator[], lastAckAt: number): Promise<void> {
     await Promise.all(
-      names.map(async (name) => {
+      primaries.map(async (r) => {
         try {
-          await this.host.pause(name);
-          this.fenced.add(name);
+          await this.host.pause(r.name);
+          this.fenced.add(r.name);
           // Its kernel would still answer ARP for the address the restored copy takes over.
           await this.host
-            .setLink(name, 'down')
-            .catch((error: unknown) => this.log(`fencing: cannot cut ${name} off: ${String(error)}`));
+            .setLink(r.name, 'down')
+            .catch((error: unknown) => this.log(`fencing: cannot cut ${r.name} off: ${String(error)}`));
           // Its clients must not reach it either: the service address goes (the new primary claims it).
-          await this.closeProxy(name);
-          this.log(
-            `fencing: no controller for ${Date.now() - lastAckAt} ms` +
-              `${this.provisional.has(name) ? ' (a copy not yet placed here)' : ' and no peer'}: froze ${name}`,
-          );
+          await this.closeProxy(r.name);
+          this.log(`fencing: no controller for ${Date.now() - lastAckAt} ms and no peer: froze ${r.name}`);
         } catch (error) {
-          // Gone meanwhile: nothing to freeze, nothing to remember.
-          if (error instanceof NotFoundError) this.provisional.delete(name);
-          else this.log(`fencing: cannot freeze ${name}: ${(error as Error).message}`);
+          this.log(`fencing: cannot freeze ${r.name}: ${(error as Error).message}`);
         }
       }),
     );
-  }
-
-  /**
-   * A promotion restored `name` here: provisional until an acknowledgement
-   * from the controller lists it among this host's containers (see
-   * {@link provisional}).
-   */
-  placedByPromotion(name: string): void {
-    this.provisional.add(name);
-  }
-
-  /** A container removed from this host: nothing of it is to be fenced or thawed any more. */
-  forget(name: string): void {
-    this.provisional.delete(name);
-    this.fenced.delete(name);
   }
 
   /**
@@ -399,8 +358,6 @@ export class Protection {
    * the controller removes them (they were failed over elsewhere).
    */
   async onPrimaries(names: readonly string[]): Promise<void> {
-    // Placed here now: no longer provisional (a fenced one is thawed below).
-    for (const name of names) this.provisional.delete(name);
     for (const name of [...this.fenced]) {
       if (!names.includes(name)) continue;
       await this.host
@@ -576,7 +533,6 @@ export class Protection {
       return { ...earlier, view: running, already: true };
     }
     const report = await this.promoteNewest(name, options);
-    this.placedByPromotion(name);
     await mkdir(join(this.host.config.stateDir, 'promotions'), { recursive: true });
     await writeFile(this.promotionFile(name), JSON.stringify(report));
     return report;

@@ -32,7 +32,6 @@
  * `auto` is {@link chooseStrategy}, from one measured round.
  */
 import { randomBytes } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { FailedPreconditionError, HavenError, NotFoundError } from '../core/errors.js';
 import type { ContainerView } from '../host/container-host.js';
 import type { MigrationRoundReport } from '../replication/migration-source.js';
@@ -410,11 +409,6 @@ export interface MigrationContext {
   emit(kind: string, subject: string, data: Record<string, unknown>): Promise<StoredEvent>;
   /** Whether the controller sees the host up. */
   isUp(host: string): boolean;
-  /**
-   * When a host last heard from at its last heartbeat has, if cut off, frozen
-   * the copies it was not told it may run (its lease from then, plus a margin).
-   */
-  leaseEnd(host: string): number;
   /** A host the step needs, waited for (after a restart) or a retryable error. */
   upHost(name: string): Promise<HostRecord>;
   /** Claims a container for an operation; undefined if one already holds it. */
@@ -732,18 +726,10 @@ export class Migrations {
           timeoutMs: 600_000,
         });
       } catch (error) {
-        // Not restored there — or restored, and the answer lost: it must not run there
-        // either before the source runs again.
-        const removed = await ctx.removeCopy(to, name).then(
-          () => true,
-          (e: unknown) => {
-            if (ctx.isUp(op.to)) throw e; // alive and refusing: try again later, never two copies
-            return false;
-          },
-        );
-        // Down is not dead: a host cut off may run the copy it restored. Its agent freezes
-        // that copy (not yet placed there) once its lease runs out: waited for.
-        if (!removed) await sleep(Math.max(0, ctx.leaseEnd(op.to) - ctx.now()));
+        // Not restored there: it must not run there either before the source runs again.
+        await ctx.removeCopy(to, name).catch((e: unknown) => {
+          if (ctx.isUp(op.to)) throw e; // alive and refusing: try again later, never two copies
+        });
         await this.rollBack(op, 'restore', 0, error);
         throw new MigrationFailedError('restore', 0, op.from, error);
       }
