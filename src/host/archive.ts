@@ -35,7 +35,7 @@ import {
   InvalidArgumentError,
   RuntimeFailedError,
 } from '../core/errors.js';
-import { sha256File } from './checkpoint-manifest.js';
+import { hashBuffer, sha256File } from './checkpoint-manifest.js';
 import { tarEnd, tarFile, TarFormatError, TarScanner, type StreamedFile } from './tar-stream.js';
 
 /** Current archive format; importers refuse newer ones. */
@@ -298,7 +298,7 @@ async function writePlainArchive(
 /** Hashes what {@link contentArgs} archives: the checkpoint's files (but logs and manifest) and the image. */
 async function hashParts(parts: ArchiveParts): Promise<StreamedArchive> {
   const files: ArchivedFile[] = [];
-  const buffer = Buffer.allocUnsafe(1 << 20);
+  const buffer = hashBuffer();
   const walk = async (dir: string, prefix: string): Promise<void> => {
     for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) =>
       a.name.localeCompare(b.name),
@@ -534,7 +534,7 @@ export async function verifyStreamed(
   streamed: ReadonlyMap<string, StreamedFile>,
   prefix = 'checkpoint/',
 ): Promise<void> {
-  const buffer = Buffer.allocUnsafe(1 << 20);
+  const buffer = hashBuffer();
   for (const file of files) {
     const seen = streamed.get(`${prefix}${file.path}`) ?? {
       size: file.size,
