@@ -681,9 +681,9 @@ export class ContainerHost {
       }
     } catch (error) {
       if (stopping) {
-        // Not safely stored: the container goes on as if nothing happened.
+        // Not safely stored: the container goes on as if nothing happened (unless paused meanwhile).
         await resetNetworkLock(this.netns(name)).catch(() => undefined);
-        await this.driver.resume(runtimeId).catch(() => undefined);
+        await this.driver.thaw(runtimeId).catch(() => undefined);
       }
       await rm(staging, { recursive: true, force: true });
       await rm(join(checkpoints, `.tmp-${id}`), { recursive: true, force: true });
@@ -1141,7 +1141,7 @@ export class ContainerHost {
     };
     const thaw = async (): Promise<void> => {
       await resetNetworkLock(netns).catch(() => undefined);
-      await driver.resume(runtimeId).catch(() => undefined);
+      await driver.thaw(runtimeId).catch(() => undefined);
     };
     let lazy: LazyCheckpoint | undefined;
     try {

@@ -153,8 +153,15 @@ export interface RuntimeDriver {
   exec(id: string, argv: readonly string[], timeoutMs: number): Promise<number>;
   /** Deletes the container from the runtime (force kills a running one). */
   delete(id: string): Promise<void>;
+  /**
+   * Freezes the container on purpose (fencing, `haven pause`): it stays
+   * frozen until {@link resume}, whatever checkpoint freezes and thaws it meanwhile.
+   */
   pause(id: string): Promise<void>;
+  /** Thaws a container paused on purpose (or frozen by a checkpoint). */
   resume(id: string): Promise<void>;
+  /** Thaws a container a checkpoint left frozen, unless it is paused on purpose (see {@link pause}). */
+  thaw(id: string): Promise<void>;
   checkpoint(id: string, options: CheckpointOptions): Promise<CheckpointResult>;
   /** Post-copy's dump (optional: a runtime without lazy pages leaves it out). */
   checkpointLazy?(id: string, options: CheckpointOptions, listen: LazyListen): Promise<LazyCheckpoint>;

@@ -18,8 +18,8 @@ import {
   copyRunsOn,
   copyCgroup,
   events,
-  haven,
   inspect as inspectAs,
+  labDown,
   labWithRedis,
   ok,
   protectedRedis,
@@ -63,9 +63,7 @@ before(async () => {
   await labWithRedis();
 });
 
-after(async () => {
-  await haven(['lab', 'down']);
-});
+after(labDown);
 
 async function lab(): Promise<{
   hosts: Array<{ name: string; agentPid: number | null }>;

@@ -34,12 +34,12 @@
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
-import { run } from '../../src/core/exec.js';
 import { memhogImage, REDIS_ARGS } from '../../src/fixtures/images.js';
 import {
   events,
   haven,
   inspect,
+  labDown,
   labWithRedis,
   ok,
   waitFor,
@@ -108,14 +108,7 @@ before(async () => {
   await ok(['image', 'push', await memhogImage(), '--name', 'memhog']);
 });
 
-after(async () => {
-  // For diagnosis: the lab's logs, before they go with it.
-  if (process.env.HAVEN_KEEP_LAB_LOGS)
-    await run(['cp', '-r', '/var/lib/haven-lab/logs', process.env.HAVEN_KEEP_LAB_LOGS], {
-      allowFailure: true,
-    });
-  await haven(['lab', 'down']);
-});
+after(labDown);
 
 /** Starts the scenario as `name` on `host`; resolves once it is ready. */
 async function start(scenario: Scenario, name: string, host: string): Promise<View> {

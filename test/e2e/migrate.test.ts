@@ -26,12 +26,12 @@
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
-import { run } from '../../src/core/exec.js';
 import { memhogImage, REDIS_ARGS } from '../../src/fixtures/images.js';
 import {
   events,
   haven,
   inspect as inspectAs,
+  labDown,
   labWithRedis,
   ok,
   waitFor,
@@ -78,14 +78,7 @@ before(async () => {
   await fill(view.ip, KEYS);
 });
 
-after(async () => {
-  // For diagnosis: the lab's logs, before they go with it.
-  if (process.env.HAVEN_KEEP_LAB_LOGS)
-    await run(['cp', '-r', '/var/lib/haven-lab/logs', process.env.HAVEN_KEEP_LAB_LOGS], {
-      allowFailure: true,
-    });
-  await haven(['lab', 'down']);
-});
+after(labDown);
 
 async function migrateUnderLoad(to: string, strategy: string): Promise<{ report: Report; gap: number }> {
   const before = await inspect('kv');

@@ -25,6 +25,18 @@ export async function ok(args: string[]): Promise<string> {
   return r.stdout;
 }
 
+/**
+ * `haven lab down`; first, when HAVEN_KEEP_LAB_LOGS names a directory, the
+ * lab's logs are copied there for diagnosis (they go with the lab).
+ */
+export async function labDown(): Promise<void> {
+  if (process.env.HAVEN_KEEP_LAB_LOGS)
+    await run(['cp', '-r', '/var/lib/haven-lab/logs', process.env.HAVEN_KEEP_LAB_LOGS], {
+      allowFailure: true,
+    });
+  await haven(['lab', 'down']);
+}
+
 /** Waits (30 s by default) until `probe` returns a value. */
 export function waitFor<T>(
   what: string,

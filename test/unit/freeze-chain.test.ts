@@ -19,12 +19,18 @@ test('the lock table drops eth0 traffic only while locked and not unlocked, and 
 });
 
 /** Runs a chain script with bash against a fake cgroup v1 freezer file. */
-async function runChain(dump: string[], hooks: Parameters<typeof checkpointChainScript>[1]) {
+async function runChain(
+  dump: string[],
+  hooks: Parameters<typeof checkpointChainScript>[1],
+  options: { held?: boolean } = {},
+) {
   const dir = await mkdtemp(join(tmpdir(), 'haven-chain-'));
   const state = join(dir, 'freezer.state');
   await writeFile(state, 'THAWED\n');
   const log = join(dir, 'log');
-  const script = checkpointChainScript(dump, hooks, { path: state, version: 1 });
+  const held = join(dir, 'held');
+  if (options.held) await writeFile(held, '');
+  const script = checkpointChainScript(dump, hooks, { path: state, version: 1, held });
   const r = spawnSync('bash', ['-c', script], { input: 'go\n', env: { ...process.env, LOG: log } });
   const out = {
     code: r.status,
@@ -86,4 +92,20 @@ test('cgroup v2: the chain writes cgroup.freeze and waits for cgroup.events to s
   assert.equal(r.status, 0);
   assert.equal((await readFile(freeze, 'utf8')).trim(), '1', 'kept frozen after a successful dump');
   await rm(dir, { recursive: true });
+});
+
+test('a container held (paused on purpose) stays frozen after the dump, whether it succeeded, failed or its lock did', async () => {
+  // The hold may come while the dump runs (fencing): the chain looks for it only when it would thaw.
+  const held = await runChain(['sh', '-c', 'touch "$(dirname "$LOG")/held"'], undefined);
+  assert.equal(held.code, 0);
+  assert.equal(held.state, 'FROZEN', 'a hold taken during the dump');
+  for (const [dump, hooks] of [
+    [['true'], undefined],
+    [['sh', '-c', 'exit 7'], undefined],
+    [['true'], { before: [['false']] }],
+  ] as const) {
+    const r = await runChain([...dump], hooks, { held: true });
+    assert.notEqual(r.code, null);
+    assert.equal(r.state, 'FROZEN', `dump ${dump.join(' ')}`);
+  }
 });

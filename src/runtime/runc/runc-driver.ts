@@ -14,8 +14,8 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, openSync, closeSync } from 'node:fs';
-import { mkdir, open, readFile, stat, statfs, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { lastLines, run } from '../../core/exec.js';
 import { FailedPreconditionError, RuntimeFailedError } from '../../core/errors.js';
@@ -108,6 +108,7 @@ export class RuncDriver implements RuntimeDriver {
   }
 
   async delete(id: string): Promise<void> {
+    await rm(this.heldMarker(id), { force: true });
     // Nothing runc knows of: nothing to delete. Spares a runc process (~8 ms)
     // in every restore, which clears leftovers of an earlier life first.
     if (!existsSync(join(this.config.runcRoot, id))) return;
@@ -115,12 +116,35 @@ export class RuncDriver implements RuntimeDriver {
   }
 
   async pause(id: string): Promise<void> {
+    // Held before frozen: a checkpoint's freeze chain running now then leaves it
+    // frozen at its end instead of thawing it (CRIU's own freeze would too).
+    await mkdir(dirname(this.heldMarker(id)), { recursive: true });
+    await writeFile(this.heldMarker(id), '');
+    await this.freezeNow(id);
+  }
+
+  async resume(id: string): Promise<void> {
+    await rm(this.heldMarker(id), { force: true });
+    await this.thawNow(id);
+  }
+
+  async thaw(id: string): Promise<void> {
+    if (existsSync(this.heldMarker(id))) return;
+    await this.thawNow(id);
+  }
+
+  /** Where a container paused on purpose is marked (see {@link FreezerFile.held}); beside runc's root. */
+  private heldMarker(id: string): string {
+    return join(`${this.config.runcRoot}.held`, id);
+  }
+
+  private async freezeNow(id: string): Promise<void> {
     const control = await this.freezer(id);
     if (control) control.freeze();
     else await this.runc(['pause', id]);
   }
 
-  async resume(id: string): Promise<void> {
+  private async thawNow(id: string): Promise<void> {
     const control = await this.freezer(id);
     if (control) control.thaw();
     else await this.runc(['resume', id]);
@@ -174,6 +198,9 @@ export class RuncDriver implements RuntimeDriver {
       chain.on('close', (n) => resolve(n ?? 128));
     });
     const wallMs = performance.now() - started;
+    // Paused on purpose while the chain ran, just as it checked for the hold
+    // and thawed (or CRIU thawed it)? Frozen again: a fenced copy stays fenced.
+    if (existsSync(this.heldMarker(id))) await this.freezeNow(id);
     if (code !== 0) {
       throw new RuntimeFailedError(
         `checkpoint of "${id}" failed${code === 125 ? ' (network lock)' : code === 124 ? ' (copying files)' : code === 123 ? ' (freeze)' : ''}`,
@@ -398,9 +425,12 @@ export class RuncDriver implements RuntimeDriver {
   private async freezerFile(id: string): Promise<FreezerFile> {
     const state = await this.runcState(id);
     const v1 = state.cgroup_paths?.freezer;
-    if (v1 && existsSync(join(v1, 'freezer.state'))) return { path: join(v1, 'freezer.state'), version: 1 };
+    const held = this.heldMarker(id);
+    if (v1 && existsSync(join(v1, 'freezer.state')))
+      return { path: join(v1, 'freezer.state'), version: 1, held };
     const v2 = state.cgroup_paths?.[''];
-    if (v2 && existsSync(join(v2, 'cgroup.freeze'))) return { path: join(v2, 'cgroup.freeze'), version: 2 };
+    if (v2 && existsSync(join(v2, 'cgroup.freeze')))
+      return { path: join(v2, 'cgroup.freeze'), version: 2, held };
     throw new RuntimeFailedError(`no freezer cgroup found for "${id}"`, 'runc', []);
   }
 
@@ -656,6 +686,18 @@ function shellQuote(word: string): string {
 export interface FreezerFile {
   path: string;
   version: 1 | 2;
+  /**
+   * A file that exists while the container is paused on purpose (fencing,
+   * `pause`): a chain that froze it for a checkpoint does not thaw it then.
+   */
+  held?: string;
+}
+
+/** The shell command that thaws `freezer`'s cgroup, unless it is held (see {@link FreezerFile.held}). */
+function thawCommand(freezer: FreezerFile): string {
+  const f = shellQuote(freezer.path);
+  const thaw = freezer.version === 1 ? `echo THAWED > ${f}` : `echo 0 > ${f}`;
+  return freezer.held ? `{ [ -e ${shellQuote(freezer.held)} ] || ${thaw}; }` : thaw;
 }
 
 /**
@@ -669,7 +711,8 @@ export interface FreezerFile {
  * `alongside` command failed, 123 if the cgroup would not freeze. A failure
  * always thaws (the container runs on); a success thaws unless `keepFrozen`
  * (the caller then persists the checkpoint and kills the container, or thaws
- * it if that fails). `$EPOCHREALTIME` (bash ≥ 5) stamps the phases without
+ * it if that fails). No thaw happens while `freezer.held` exists: a container
+ * paused on purpose during the dump stays paused. `$EPOCHREALTIME` (bash ≥ 5) stamps the phases without
  * starting `date`.
  */
 export function checkpointChainScript(
@@ -687,7 +730,7 @@ export function checkpointChainScript(
           `echo FROZEN > ${f}`,
           'n=0',
           `while read -r s < ${f}; [ "$s" != FROZEN ]; do`,
-          '  n=$((n+1)); [ $n -gt 500000 ] && { echo THAWED > ' + f + '; exit 123; }',
+          '  n=$((n+1)); [ $n -gt 500000 ] && { ' + thawCommand(freezer) + '; exit 123; }',
           `  echo FROZEN > ${f}`,
           'done',
         ]
@@ -697,10 +740,10 @@ export function checkpointChainScript(
           // Builtins only: a process start per poll would cost more than the freeze itself.
           'until [ "$frozen" = 1 ]; do',
           `  while read -r k v; do [ "$k" = frozen ] && frozen=$v; done < ${shellQuote(freezer.path.replace(/cgroup\.freeze$/, 'cgroup.events'))}`,
-          '  n=$((n+1)); [ $n -gt 500000 ] && { echo 0 > ' + f + '; exit 123; }',
+          '  n=$((n+1)); [ $n -gt 500000 ] && { ' + thawCommand(freezer) + '; exit 123; }',
           'done',
         ];
-  const thaw = !freezer ? [] : [freezer.version === 1 ? `echo THAWED > ${f}` : `echo 0 > ${f}`];
+  const thaw = freezer ? [thawCommand(freezer)] : [];
   return [
     'set -u',
     'read -r go',

@@ -1,0 +1,66 @@
+/**
+ * Fencing freezes a primary whatever its epochs do: a container paused on
+ * purpose while a leave-running checkpoint has it frozen must still be
+ * frozen when the checkpoint ends (the checkpoint's own thaw once undid the
+ * pause, and a partitioned primary ran on beside its restored copy). Real
+ * runc and CRIU, a real Redis.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, test } from 'node:test';
+import { shortHash } from '../../src/runtime/network.js';
+import { TestHost } from '../support/test-host.js';
+
+let t: TestHost;
+before(async () => {
+  t = await TestHost.create('pausedump');
+  await t.startClient();
+});
+after(async () => t?.dispose());
+
+const redis = async (ip: string, ...args: string[]): Promise<string> =>
+  (await t.inClient(['redis-cli', '-h', ip, ...args])).stdout.trim();
+
+/** The container's cgroup v1 freezer state, as the kernel has it. */
+function freezerState(name: string): string {
+  const dir = join('/sys/fs/cgroup/freezer/haven', shortHash(t.config.hostName), name);
+  return readFileSync(join(dir, 'freezer.state'), 'utf8').trim();
+}
+
+test(
+  'a container paused while a checkpoint has it frozen stays frozen after the checkpoint; resumed, it runs',
+  { timeout: 120_000 },
+  async () => {
+    const ip = '10.88.1.4';
+    await t.runRedis('kv', ip);
+    // Enough memory that the dump lasts long enough to pause inside it.
+    const fill = "for i = 1, 300000 do redis.call('SET', 'k:' .. i, string.rep('x', 100)) end";
+    await redis(ip, 'EVAL', fill, '0');
+    assert.equal(await redis(ip, 'DBSIZE'), '300000');
+    assert.equal(freezerState('kv'), 'THAWED');
+
+    const checkpoint = t.host.checkpoint('kv', { leaveRunning: true, keep: 1 });
+    let sawFrozen = false;
+    for (let i = 0; i < 20_000 && !sawFrozen; i++) {
+      if (freezerState('kv') === 'FROZEN') sawFrozen = true;
+      else await sleep(0);
+    }
+    assert.ok(sawFrozen, 'the checkpoint froze the container');
+    await t.host.pause('kv');
+    await checkpoint;
+    assert.equal(freezerState('kv'), 'FROZEN', 'still frozen after the checkpoint');
+    await sleep(200);
+    assert.equal(freezerState('kv'), 'FROZEN', 'and stays so');
+    assert.equal((await t.host.inspect('kv')).state, 'paused');
+
+    await t.host.resume('kv');
+    assert.equal(freezerState('kv'), 'THAWED');
+    assert.equal(await redis(ip, 'DBSIZE'), '300000');
+    // A later checkpoint thaws it again as usual: the hold went with the resume.
+    await t.host.checkpoint('kv', { leaveRunning: true, keep: 1 });
+    assert.equal(freezerState('kv'), 'THAWED');
+    await t.host.remove('kv', { force: true });
+  },
+);
