@@ -110,6 +110,12 @@ export interface HandoverReport extends EpochResult {
  */
 export const LEASE_MS = 500;
 
+/**
+ * Test knob: milliseconds an agent holds back the answer of a migration's
+ * (provisional) promotion after the restore, as a slow or lost answer would.
+ */
+export const PROMOTE_HOLD_VARIABLE = 'HAVEN_TEST_PROMOTE_HOLD_MS';
+
 /** How often the lease is looked at: the freeze comes at most this late. */
 const LEASE_CHECK_MS = 25;
 
@@ -128,8 +134,17 @@ export class Protection {
   private readonly replicators = new Map<string, Replicator>();
   /** Output-commit proxies of this host's continuously protected primaries (with or without a backup). */
   private readonly proxies = new Map<string, { order: ProtectionOrder; proxy: OutputCommitProxy }>();
-  /** Primaries this host froze because it lost its lease. */
+  /** Primaries (and provisional copies) this host froze because it lost its lease. */
   private readonly fenced = new Set<string>();
+  /**
+   * Copies a migration's promotion restored here that the controller has not
+   * yet placed here (see {@link confirm}). Until then they run on an order
+   * whose answer the controller may never have had: cut off from it for the
+   * lease, this host freezes them whatever its peers say — the controller
+   * may be rolling the migration back and running the source again, which it
+   * does only after that lease (so the two never serve at once).
+   */
+  private readonly provisional = new Set<string>();
   private fenceTimer: NodeJS.Timeout | undefined;
   private fencing = false;
   /** The latest ask of the backups during this silence (keyed by the acknowledgement it began after). */
@@ -295,6 +310,11 @@ export class Protection {
     const silentMs = Date.now() - lastAckAt;
     if (silentMs <= LEASE_MS - PEER_ASK_LEAD_MS) return;
     const primaries = [...this.replicators.values()].filter((r) => !this.fenced.has(r.name));
+    const provisional = [...this.provisional].filter((name) => !this.fenced.has(name));
+    if (silentMs > LEASE_MS && provisional.length > 0) {
+      // Only the controller can confirm these: no peer's answer keeps them running.
+      await this.fence(provisional, lastAckAt, 'a copy not yet placed here');
+    }
     if (primaries.length === 0) return;
     // Cut off from the controller only (its link, or it is down)? Then a peer
     // answers: the controller cannot fail this host over without a peer
@@ -307,7 +327,11 @@ export class Protection {
     if (silentMs <= LEASE_MS) return;
     // The lease has run out: only a backup's answer already in keeps the primaries running.
     if (this.peerAsk?.after === lastAckAt && this.peerAsk.reachable === true) return;
-    await this.fence(primaries, lastAckAt);
+    await this.fence(
+      primaries.map((r) => r.name),
+      lastAckAt,
+      'no peer',
+    );
   }
 
   /** Asks the backups of `primaries` whether they are reachable; the answer lands in `peerAsk`. */
@@ -331,25 +355,50 @@ export class Protection {
     });
   }
 
-  /** Freezes every one of `primaries` at once (the controller's restore elsewhere is at most a margin away). */
-  private async fence(primaries: readonly Replicator[], lastAckAt: number): Promise<void> {
+  /**
+   * Freezes every one of `names` at once (the controller's restore elsewhere
+   * is at most a margin away); `why` goes into the log.
+   */
+  private async fence(names: readonly string[], lastAckAt: number, why: string): Promise<void> {
     await Promise.all(
-      primaries.map(async (r) => {
+      names.map(async (name) => {
         try {
-          await this.host.pause(r.name);
-          this.fenced.add(r.name);
+          await this.host.pause(name);
+          this.fenced.add(name);
           // Its kernel would still answer ARP for the address the restored copy takes over.
           await this.host
-            .setLink(r.name, 'down')
-            .catch((error: unknown) => this.log(`fencing: cannot cut ${r.name} off: ${String(error)}`));
+            .setLink(name, 'down')
+            .catch((error: unknown) => this.log(`fencing: cannot cut ${name} off: ${String(error)}`));
           // Its clients must not reach it either: the service address goes (the new primary claims it).
-          await this.closeProxy(r.name);
-          this.log(`fencing: no controller for ${Date.now() - lastAckAt} ms and no peer: froze ${r.name}`);
+          await this.closeProxy(name);
+          this.log(`fencing: no controller for ${Date.now() - lastAckAt} ms (${why}): froze ${name}`);
         } catch (error) {
-          this.log(`fencing: cannot freeze ${r.name}: ${(error as Error).message}`);
+          // Gone meanwhile: nothing left to freeze or to confirm.
+          // (A promotion still restoring it is looked at again on the next check.)
+          if (error instanceof NotFoundError && !this.promoting.has(name)) this.provisional.delete(name);
+          else this.log(`fencing: cannot freeze ${name}: ${(error as Error).message}`);
         }
       }),
     );
+  }
+
+  /** `name` runs here on trust until {@link confirm}ed (see {@link provisional}). */
+  markProvisional(name: string): void {
+    this.provisional.add(name);
+  }
+
+  /**
+   * The controller placed `name` here (it moved the container's intent):
+   * a provisional copy is confirmed, and thawed if this host had fenced it.
+   */
+  async confirm(name: string): Promise<void> {
+    await this.onPrimaries([name]);
+  }
+
+  /** A container removed from this host: nothing of it is to be fenced, thawed or confirmed any more. */
+  forget(name: string): void {
+    this.provisional.delete(name);
+    this.fenced.delete(name);
   }
 
   /**
@@ -358,6 +407,7 @@ export class Protection {
    * the controller removes them (they were failed over elsewhere).
    */
   async onPrimaries(names: readonly string[]): Promise<void> {
+    for (const name of names) this.provisional.delete(name);
     for (const name of [...this.fenced]) {
       if (!names.includes(name)) continue;
       await this.host
@@ -501,11 +551,25 @@ export class Protection {
    */
   async promote(
     name: string,
-    options: { tcpClose?: boolean; epoch?: number } = {},
+    options: { tcpClose?: boolean; epoch?: number; provisional?: boolean } = {},
   ): Promise<PromotionReport & { already?: boolean }> {
+    // Marked before the restore: an order whose answer is lost leaves a copy the controller may not count on.
+    if (options.provisional) this.markProvisional(name);
     const inFlight = this.promoting.get(name);
     if (inFlight) return inFlight;
-    const work = this.promoteOnce(name, options).finally(() => this.promoting.delete(name));
+    const work = this.promoteOnce(name, options)
+      .then(async (report) => {
+        // Test knob: the answer of a migration's promotion held back, so that a test can
+        // cut the host off between its restore and the controller's hearing of it.
+        const holdMs = Number(process.env[PROMOTE_HOLD_VARIABLE] ?? 0);
+        if (options.provisional && holdMs > 0) await sleep(holdMs);
+        return report;
+      })
+      .catch((error: unknown) => {
+        if (options.provisional) this.provisional.delete(name); // nothing restored: nothing to fence
+        throw error;
+      })
+      .finally(() => this.promoting.delete(name));
     this.promoting.set(name, work);
     return work;
   }

@@ -146,8 +146,16 @@ export const promoteRequestSchema = z
     tcpClose: z.boolean().default(true),
     /** Only this epoch (a switchover's final one), never an older one. */
     epoch: z.number().int().positive().optional(),
+    /**
+     * A migration's: the copy runs on trust until the controller confirms it
+     * (`POST /v1/containers/:name/placed`); cut off before that, the host freezes it.
+     */
+    provisional: z.boolean().default(false),
   })
   .strict();
+
+/** `POST /v1/containers/:name/placed`: the controller placed the container here (no options). */
+export const placedRequestSchema = z.object({}).strict();
 
 /** `POST /v1/containers/:name/handover`: a planned switchover's final epoch (no options yet). */
 export const handoverRequestSchema = z.object({}).strict();

@@ -65,6 +65,7 @@ import {
   nameSchema,
   prepareReplicaSchema,
   probeRequestSchema,
+  placedRequestSchema,
   promoteRequestSchema,
   protectRequestSchema,
   restoreRequestSchema,
@@ -156,6 +157,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
       await options.protection?.protect(name, null);
       await options.prober?.forget(name);
       await host.remove(name, { force: url.searchParams.get('force') === 'true' });
+      options.protection?.forget(name);
       return send(res, 200, { removed: name });
     }
   } else if (action === 'logs' && method === 'GET') {
@@ -210,6 +212,12 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     if (action === 'migrate-end' && options.protection) {
       const body = decode(lazyEndSchema, raw);
       return send(res, 200, await options.protection.migrations.end(name, body));
+    }
+    if (action === 'placed' && options.protection) {
+      decode(placedRequestSchema, raw);
+      await host.inspect(name); // a 404 for a container not here
+      await options.protection.confirm(name);
+      return send(res, 200, { placed: name });
     }
     if (action === 'migrate-facts' && options.protection) {
       decode(z.object({}).strict(), raw);
@@ -325,6 +333,7 @@ async function replicaRoute(
     const body = decode(promoteRequestSchema, await readJsonBody(req));
     const promoted = await protection.promote(name, {
       tcpClose: body.tcpClose,
+      provisional: body.provisional,
       ...(body.epoch !== undefined ? { epoch: body.epoch } : {}),
     });
     await options.prober?.watch(name); // the record carries its watchdog to this host

@@ -241,6 +241,10 @@ export class Controller {
       now: this.now,
       emit: (kind, subject, data) => this.emit(kind, subject, data),
       isUp: (host) => this.liveness.get(host)?.state === 'up',
+      leaseEnd: (host) => {
+        const live = this.liveness.get(host);
+        return live ? live.lastSeen + AGENT_LEASE_MS + LEASE_MARGIN_MS : this.now();
+      },
       upHost: (name) => this.upHost(name),
       claim: (name) => this.tryHold(name),
       snapshot: () => this.snapshot(),

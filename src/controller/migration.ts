@@ -32,7 +32,9 @@
  * `auto` is {@link chooseStrategy}, from one measured round.
  */
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { FailedPreconditionError, HavenError, NotFoundError } from '../core/errors.js';
+import { UnreachableError } from '../core/http-client.js';
 import type { ContainerView } from '../host/container-host.js';
 import type { MigrationRoundReport } from '../replication/migration-source.js';
 import { LAZY_STALL_MS, type LazyOutcome } from '../replication/post-copy.js';
@@ -409,6 +411,11 @@ export interface MigrationContext {
   emit(kind: string, subject: string, data: Record<string, unknown>): Promise<StoredEvent>;
   /** Whether the controller sees the host up. */
   isUp(host: string): boolean;
+  /**
+   * When host `host`, if cut off since its last heartbeat, has frozen the
+   * copies it was not yet told it may run (its lease from then, plus a margin).
+   */
+  leaseEnd(host: string): number;
   /** A host the step needs, waited for (after a restart) or a retryable error. */
   upHost(name: string): Promise<HostRecord>;
   /** Claims a container for an operation; undefined if one already holds it. */
@@ -720,17 +727,37 @@ export class Migrations {
       await this.progress(name, { phase: 'restore', to: op.to });
       let promoted: { assembleMs: number; restoreMs: number; view: ContainerView };
       try {
-        promoted = await ctx.callAgent(to, `/v1/replicas/${encodeURIComponent(name)}/promote`, {
-          method: 'POST',
-          body: { tcpClose: false, epoch: op.epoch },
-          timeoutMs: 600_000,
-        });
+        promoted = await this.whileUp(
+          op.to,
+          ctx.callAgent(to, `/v1/replicas/${encodeURIComponent(name)}/promote`, {
+            method: 'POST',
+            // Provisional: until the intent moves, a destination cut off from us freezes it.
+            body: { tcpClose: false, epoch: op.epoch, provisional: true },
+            timeoutMs: 600_000,
+          }),
+        );
       } catch (error) {
-        // Not restored there: it must not run there either before the source runs again.
-        await ctx.removeCopy(to, name).catch((e: unknown) => {
-          if (ctx.isUp(op.to)) throw e; // alive and refusing: try again later, never two copies
+        // Not restored there — or restored, and the answer lost: it must not run
+        // there either before the source runs again.
+        // (A host seen down is not asked: the connection alone would wait its minute out.)
+        const removed =
+          ctx.isUp(op.to) &&
+          (await this.whileUp(op.to, ctx.removeCopy(to, name)).then(
+            () => true,
+            (e: unknown) => {
+              if (ctx.isUp(op.to)) throw e; // alive and refusing: try again later, never two copies
+              return false;
+            },
+          ));
+        // Down is not dead: a host cut off may run the copy it restored. Its agent
+        // freezes that copy (provisional) once its lease runs out: waited for.
+        if (!removed) await sleep(Math.max(0, ctx.leaseEnd(op.to) - ctx.now()));
+        await this.rollBack(op, 'restore', 0, error, {
+          lostOnDestination: removed
+            ? 'nothing: its copy there, if any, was removed before the source ran again'
+            : `whatever its copy on ${op.to} did, if the restore there went through, until its host froze it ` +
+              '(a host cut off freezes a copy not yet placed there once its lease runs out)',
         });
-        await this.rollBack(op, 'restore', 0, error);
         throw new MigrationFailedError('restore', 0, op.from, error);
       }
       ctx.noteReported(to.name, {
@@ -754,6 +781,17 @@ export class Migrations {
     const moved = await ctx.moveIntent(op);
     if (!moved)
       throw new FailedPreconditionError(`the migration of "${name}" was overtaken by another change`);
+    // Its copy there is no longer provisional. Not waited for: lost, the host's next
+    // report's answer (the containers it may run) says the same.
+    const placedOn = await store.getHost(op.to);
+    if (placedOn)
+      void ctx
+        .callAgent(placedOn, `/v1/containers/${encodeURIComponent(name)}/placed`, {
+          method: 'POST',
+          body: {},
+          timeoutMs: 3000,
+        })
+        .catch(() => undefined);
     const from = await store.getHost(op.from);
     if (from && ctx.isUp(from.name)) await ctx.removeCopy(from, name);
     const d = op.detail;
@@ -889,6 +927,26 @@ export class Migrations {
             : 'nothing: it had not run on the destination',
       });
       throw new MigrationFailedError(phase, 0, op.from, error);
+    }
+  }
+
+  /**
+   * `call`, given up as soon as the controller sees host `host` down: an
+   * order to a host cut off would otherwise wait out its connection's idle
+   * timeout (minutes) for an answer that may never come.
+   */
+  private async whileUp<T>(host: string, call: Promise<T>): Promise<T> {
+    call.catch(() => undefined); // failing after it was given up on concerns no one
+    let timer: NodeJS.Timeout | undefined;
+    const down = new Promise<never>((_, reject) => {
+      timer = setInterval(() => {
+        if (!this.ctx.isUp(host)) reject(new UnreachableError(`host ${host} went down before it answered`));
+      }, 100);
+    });
+    try {
+      return await Promise.race([call, down]);
+    } finally {
+      clearInterval(timer);
     }
   }
 

@@ -287,7 +287,11 @@ test('pre-copy with fake agents: rounds, final round, restore exactly that epoch
   assert.ok(report.rounds.length >= 1);
   const promote = calls.find((c) => c.path.endsWith('/promote'))!;
   assert.equal(promote.host, 'h3');
-  assert.deepEqual(promote.body, { tcpClose: false, epoch: 77 });
+  assert.deepEqual(promote.body, { tcpClose: false, epoch: 77, provisional: true });
+  assert.ok(
+    calls.some((c) => c.host === 'h3' && c.path === '/v1/containers/db/placed'),
+    'the destination told its copy is placed',
+  );
   assert.ok(
     calls.some((c) => c.host === 'h1' && c.method === 'DELETE'),
     'the source copy is removed',

@@ -1,0 +1,74 @@
+/**
+ * Copies a migration's promotion restored are provisional until the
+ * controller confirms them (or lists them among the host's containers): a
+ * host cut off from the controller for its lease freezes them whatever its
+ * peers say — the controller may be rolling the migration back and
+ * restoring the source, which it does only after that lease — and thaws
+ * them if the controller, back, places them there after all. (The migration
+ * matrix found a destination, partitioned while restoring, serving a Redis
+ * copy whose writes the rollback then discarded.)
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { LEASE_MS, Protection } from '../../src/agent/protection.js';
+import { NotFoundError } from '../../src/core/errors.js';
+import type { ContainerHost } from '../../src/host/container-host.js';
+
+const dirs: string[] = [];
+after(async () => {
+  for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+});
+
+/** A host that records what fencing does to its containers (and knows only `present`). */
+async function fakeHost(present: string[]): Promise<{ host: ContainerHost; did: string[] }> {
+  const dir = await mkdtemp(join(tmpdir(), 'haven-provisional-'));
+  dirs.push(dir);
+  const did: string[] = [];
+  const known = (name: string): void => {
+    if (!present.includes(name)) throw new NotFoundError(`no such container: "${name}"`);
+  };
+  const host = {
+    config: { stateDir: dir, hostName: 'h3' },
+    pause: (name: string) => Promise.resolve(known(name)).then(() => void did.push(`pause ${name}`)),
+    resume: (name: string) => Promise.resolve(known(name)).then(() => void did.push(`resume ${name}`)),
+    setLink: (name: string, state: string) => Promise.resolve(void did.push(`link ${state} ${name}`)),
+  } as unknown as ContainerHost;
+  return { host, did };
+}
+
+test('a provisional copy is frozen once the lease runs out, and thawed when the controller places it here', async () => {
+  const { host, did } = await fakeHost(['web']);
+  const protection = new Protection(host, 'token', () => undefined);
+  protection.markProvisional('web');
+  const lastAck = Date.now();
+  protection.startFencing(() => lastAck);
+  await sleep(LEASE_MS / 2);
+  assert.deepEqual(did, [], 'nothing before the lease runs out');
+  await sleep(LEASE_MS);
+  assert.deepEqual(did, ['pause web', 'link down web'], 'frozen and cut off, no peer asked');
+  await protection.confirm('web');
+  assert.deepEqual(did.slice(2), ['link up web', 'resume web'], 'thawed: the controller places it here');
+  await sleep(100);
+  assert.equal(did.length, 4, 'placed here now: not frozen again while the silence lasts');
+  await protection.stopAll();
+});
+
+test('a copy the controller confirmed or listed before the silence, or one removed, is never frozen', async () => {
+  const { host, did } = await fakeHost(['db', 'web']);
+  const protection = new Protection(host, 'token', () => undefined);
+  protection.markProvisional('db');
+  protection.markProvisional('web');
+  protection.markProvisional('gone');
+  await protection.onPrimaries(['db']);
+  await protection.confirm('web');
+  protection.forget('gone');
+  const lastAck = Date.now() - 2 * LEASE_MS;
+  protection.startFencing(() => lastAck);
+  await sleep(100);
+  assert.deepEqual(did, []);
+  await protection.stopAll();
+});
