@@ -170,6 +170,19 @@ export class Protection {
 
   /** Resumes protection of every container that had it (after an agent restart). */
   async resume(): Promise<void> {
+    // Copies still provisional when this agent stopped, that are still here.
+    if (existsSync(this.provisionalDir)) {
+      for (const name of await readdir(this.provisionalDir)) {
+        if (
+          await this.host.inspect(name).then(
+            () => true,
+            () => false,
+          )
+        )
+          this.provisional.add(name);
+        else await rm(join(this.provisionalDir, name), { force: true });
+      }
+    }
     if (!existsSync(this.specDir)) return;
     for (const file of await readdir(this.specDir)) {
       if (!file.endsWith('.json')) continue;
@@ -375,7 +388,7 @@ export class Protection {
         } catch (error) {
           // Gone meanwhile: nothing left to freeze or to confirm.
           // (A promotion still restoring it is looked at again on the next check.)
-          if (error instanceof NotFoundError && !this.promoting.has(name)) this.provisional.delete(name);
+          if (error instanceof NotFoundError && !this.promoting.has(name)) await this.unmarkProvisional(name);
           else this.log(`fencing: cannot freeze ${name}: ${(error as Error).message}`);
         }
       }),
@@ -383,8 +396,20 @@ export class Protection {
   }
 
   /** `name` runs here on trust until {@link confirm}ed (see {@link provisional}). */
-  markProvisional(name: string): void {
+  async markProvisional(name: string): Promise<void> {
     this.provisional.add(name);
+    // Remembered on disk: an agent restarted meanwhile must go on treating it so.
+    await mkdir(this.provisionalDir, { recursive: true });
+    await writeFile(join(this.provisionalDir, name), '');
+  }
+
+  private async unmarkProvisional(name: string): Promise<void> {
+    if (!this.provisional.delete(name)) return;
+    await rm(join(this.provisionalDir, name), { force: true });
+  }
+
+  private get provisionalDir(): string {
+    return join(this.host.config.stateDir, 'provisional');
   }
 
   /**
@@ -396,8 +421,8 @@ export class Protection {
   }
 
   /** A container removed from this host: nothing of it is to be fenced, thawed or confirmed any more. */
-  forget(name: string): void {
-    this.provisional.delete(name);
+  async forget(name: string): Promise<void> {
+    await this.unmarkProvisional(name);
     this.fenced.delete(name);
   }
 
@@ -407,7 +432,7 @@ export class Protection {
    * the controller removes them (they were failed over elsewhere).
    */
   async onPrimaries(names: readonly string[]): Promise<void> {
-    for (const name of names) this.provisional.delete(name);
+    for (const name of names) await this.unmarkProvisional(name);
     for (const name of [...this.fenced]) {
       if (!names.includes(name)) continue;
       await this.host
@@ -553,11 +578,13 @@ export class Protection {
     name: string,
     options: { tcpClose?: boolean; epoch?: number; provisional?: boolean } = {},
   ): Promise<PromotionReport & { already?: boolean }> {
-    // Marked before the restore: an order whose answer is lost leaves a copy the controller may not count on.
-    if (options.provisional) this.markProvisional(name);
     const inFlight = this.promoting.get(name);
     if (inFlight) return inFlight;
-    const work = this.promoteOnce(name, options)
+    const work = (async () => {
+      // Marked before the restore: an order whose answer is lost leaves a copy the controller may not count on.
+      if (options.provisional) await this.markProvisional(name);
+      return this.promoteOnce(name, options);
+    })()
       .then(async (report) => {
         // Test knob: the answer of a migration's promotion held back, so that a test can
         // cut the host off between its restore and the controller's hearing of it.
@@ -565,8 +592,8 @@ export class Protection {
         if (options.provisional && holdMs > 0) await sleep(holdMs);
         return report;
       })
-      .catch((error: unknown) => {
-        if (options.provisional) this.provisional.delete(name); // nothing restored: nothing to fence
+      .catch(async (error: unknown) => {
+        if (options.provisional) await this.unmarkProvisional(name); // nothing restored: nothing to fence
         throw error;
       })
       .finally(() => this.promoting.delete(name));

@@ -157,7 +157,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
       await options.protection?.protect(name, null);
       await options.prober?.forget(name);
       await host.remove(name, { force: url.searchParams.get('force') === 'true' });
-      options.protection?.forget(name);
+      await options.protection?.forget(name);
       return send(res, 200, { removed: name });
     }
   } else if (action === 'logs' && method === 'GET') {

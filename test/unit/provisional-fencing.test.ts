@@ -36,6 +36,7 @@ async function fakeHost(present: string[]): Promise<{ host: ContainerHost; did: 
     pause: (name: string) => Promise.resolve(known(name)).then(() => void did.push(`pause ${name}`)),
     resume: (name: string) => Promise.resolve(known(name)).then(() => void did.push(`resume ${name}`)),
     setLink: (name: string, state: string) => Promise.resolve(void did.push(`link ${state} ${name}`)),
+    inspect: (name: string) => Promise.resolve().then(() => (known(name), { name, state: 'running' })),
   } as unknown as ContainerHost;
   return { host, did };
 }
@@ -43,7 +44,7 @@ async function fakeHost(present: string[]): Promise<{ host: ContainerHost; did: 
 test('a provisional copy is frozen once the lease runs out, and thawed when the controller places it here', async () => {
   const { host, did } = await fakeHost(['web']);
   const protection = new Protection(host, 'token', () => undefined);
-  protection.markProvisional('web');
+  await protection.markProvisional('web');
   const lastAck = Date.now();
   protection.startFencing(() => lastAck);
   await sleep(LEASE_MS / 2);
@@ -60,15 +61,30 @@ test('a provisional copy is frozen once the lease runs out, and thawed when the 
 test('a copy the controller confirmed or listed before the silence, or one removed, is never frozen', async () => {
   const { host, did } = await fakeHost(['db', 'web']);
   const protection = new Protection(host, 'token', () => undefined);
-  protection.markProvisional('db');
-  protection.markProvisional('web');
-  protection.markProvisional('gone');
+  await protection.markProvisional('db');
+  await protection.markProvisional('web');
+  await protection.markProvisional('gone');
   await protection.onPrimaries(['db']);
   await protection.confirm('web');
-  protection.forget('gone');
+  await protection.forget('gone');
   const lastAck = Date.now() - 2 * LEASE_MS;
   protection.startFencing(() => lastAck);
   await sleep(100);
   assert.deepEqual(did, []);
   await protection.stopAll();
+});
+
+test('an agent restarted while a copy is provisional goes on treating it so (and forgets copies gone meanwhile)', async () => {
+  const { host, did } = await fakeHost(['web']);
+  const before = new Protection(host, 'token', () => undefined);
+  await before.markProvisional('web');
+  await before.markProvisional('gone');
+  const after = new Protection(host, 'token', () => undefined);
+  await after.resume();
+  const lastAck = Date.now() - 2 * LEASE_MS;
+  after.startFencing(() => lastAck);
+  await sleep(100);
+  assert.deepEqual(did, ['pause web', 'link down web'], 'the restarted agent freezes it');
+  await after.stopAll();
+  await before.stopAll();
 });
