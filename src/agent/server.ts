@@ -134,7 +134,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
     return;
   }
   if (parts[0] === 'replicas' && options.protection)
-    return replicaRoute(req, res, options, options.protection, parts, method);
+    return replicaRoute(req, res, options, options.protection, parts, method, url);
   if (parts[0] !== 'containers') throw new HttpError(404, `no route ${url.pathname}`);
   if (parts.length === 1) {
     if (method === 'GET') return send(res, 200, await host.list());
@@ -264,6 +264,7 @@ async function replicaRoute(
   protection: Protection,
   parts: string[],
   method: string,
+  url: URL,
 ): Promise<void> {
   const [, id, action, ...extra] = parts;
   if (extra.length > 0) throw new HttpError(404, 'no such replica route');
@@ -302,7 +303,10 @@ async function replicaRoute(
     const image = (manifest.record as { image?: unknown }).image;
     if (typeof image !== 'string') throw new HttpError(400, 'the manifest record has no image');
     await ensureImage(options, decode(imageIdSchema, image));
-    await protection.replicas.commit(manifest);
+    const durable = url.searchParams.get('durable');
+    if (durable !== null && durable !== 'false' && durable !== 'true')
+      throw new HttpError(400, `durable must be true or false, not "${durable}"`);
+    await protection.replicas.commit(manifest, { durable: durable !== 'false' });
     return send(res, 200, { name, epoch: manifest.epoch, committed: true });
   }
   if (action === 'prepare') {

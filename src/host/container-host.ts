@@ -50,6 +50,7 @@ import {
   NotFoundError,
 } from '../core/errors.js';
 import { macForIp, parseIpv4Cidr, validateName } from '../core/names.js';
+import { logger } from '../core/log.js';
 import type { HostConfig } from '../core/config.js';
 import type {
   CheckpointResult,
@@ -71,6 +72,7 @@ import {
   readEstablished,
   LOCK_COMMAND,
   resetNetworkLock,
+  unlockNetwork,
   setContainerLink,
   UNLOCK_COMMAND,
   shortHash,
@@ -548,6 +550,23 @@ export class ContainerHost {
     }
   }
 
+  /** Network-lock resets a restore left running (see {@link resetLockLater}), by container. */
+  private readonly lockResets = new Map<string, Promise<void>>();
+
+  /**
+   * Empties `name`'s lock sets in the background: the next checkpoint's lock
+   * (an addition to the same set) must not be flushed away by it, so
+   * checkpoints wait for it first.
+   */
+  private resetLockLater(name: string): void {
+    const reset: Promise<void> = resetNetworkLock(this.netns(name))
+      .catch((error: unknown) => logger('host').warn(`network lock of ${name} not reset: ${String(error)}`))
+      .finally(() => {
+        if (this.lockResets.get(name) === reset) this.lockResets.delete(name);
+      });
+    this.lockResets.set(name, reset);
+  }
+
   /**
    * Containers being checkpointed now (and how many times over). Their own
    * checkpoint freezes them for milliseconds: anyone asking meanwhile (a
@@ -557,6 +576,7 @@ export class ContainerHost {
   private readonly checkpointing = new Map<string, number>();
 
   private async checkpointNow(name: string, options: CheckpointOptions): Promise<CheckpointReport> {
+    await this.lockResets.get(name);
     const record = await this.record(name);
     // Raw: a container paused by fencing (or frozen by another checkpoint) is not to be dumped and thawed.
     const view = await this.inspectRaw(name);
@@ -843,6 +863,7 @@ export class ContainerHost {
     const runtimeId = this.runtimeId(name);
     // Leftovers of an earlier life, independent of each other: a stale runc
     // entry (exited container) would block the restore's ID.
+    await this.lockResets.get(name);
     await Promise.all([
       this.driver.delete(runtimeId).catch(() => undefined),
       this.unmountRootfs(name),
@@ -897,7 +918,10 @@ export class ContainerHost {
         tcpClose: options.tcpClose ?? false,
         ...(lazy ? { lazyPages: true } : {}),
       });
-      await resetNetworkLock(this.netns(name));
+      // Unlocked by an addition (fast); the sets are emptied (an RCU grace
+      // period, 15-20 ms) after the answer — a checkpoint waits for that first.
+      await unlockNetwork(this.netns(name));
+      this.resetLockLater(name);
       record.state = 'running';
       delete record.exported;
       await this.save(record);
@@ -1108,6 +1132,7 @@ export class ContainerHost {
   async checkpointLazy(name: string, listen: LazyListen): Promise<LazySource> {
     const driver = this.driver;
     if (!driver.checkpointLazy) throw new FailedPreconditionError('this runtime cannot serve lazy pages');
+    await this.lockResets.get(name);
     const record = await this.record(name);
     const view = await this.inspectRaw(name);
     if (view.state !== 'running')

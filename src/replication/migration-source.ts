@@ -204,7 +204,8 @@ export class MigrationSource {
       let commitMs = 0;
       if (order.final) {
         const committing = performance.now();
-        await commitEpoch(order.to.address, this.token, manifest, MIGRATION_IDLE_MS * 4);
+        // Not synced there: a migration's epoch need not outlive the destination (see ReplicaStore.commit).
+        await commitEpoch(order.to.address, this.token, manifest, MIGRATION_IDLE_MS * 4, { durable: false });
         commitMs = performance.now() - committing;
       }
       const report: MigrationRoundReport = {
@@ -278,7 +279,7 @@ export class MigrationSource {
         ...(order.compress ? { compress: order.compress } : {}),
       });
       const committing = performance.now();
-      await commitEpoch(order.to.address, this.token, manifest, MIGRATION_IDLE_MS * 4);
+      await commitEpoch(order.to.address, this.token, manifest, MIGRATION_IDLE_MS * 4, { durable: false });
       const commitMs = performance.now() - committing;
       this.lazy.set(name, { id: order.id, source });
       const facts = await this.host.migrationFacts(name).catch(() => undefined);

@@ -178,10 +178,16 @@ export class ReplicaStore {
 
   /**
    * Commits an epoch: every chunk must be here. The manifest is written
-   * atomically and synced before the acknowledgement; then older epochs
-   * beyond {@link EPOCHS_KEPT} and unreferenced chunks are pruned.
+   * atomically and, unless `durable` is false, synced before the
+   * acknowledgement; then older epochs beyond {@link EPOCHS_KEPT} and
+   * unreferenced chunks are pruned. A live migration's epochs are not
+   * synced: if this host dies before the copy runs here the migration rolls
+   * back to the source (which keeps its own final state), and once it runs
+   * here its state is newer than any epoch — so the ~15 ms of the fsync
+   * would only lengthen the downtime. (A manifest torn by a crash is read
+   * back as a damaged epoch and skipped.)
    */
-  async commit(manifest: EpochManifest): Promise<void> {
+  async commit(manifest: EpochManifest, options: { durable?: boolean } = {}): Promise<void> {
     if (this.options.manifestKey) {
       try {
         verifyManifest(
@@ -211,7 +217,7 @@ export class ReplicaStore {
     const handle = await open(temp, 'w');
     try {
       await handle.writeFile(JSON.stringify(manifest));
-      await handle.sync();
+      if (options.durable !== false) await handle.sync();
     } finally {
       await handle.close();
     }

@@ -261,14 +261,20 @@ export async function* readFrames(
   if (pending.length > 0) throw new CorruptCheckpointError('the chunk stream ended in the middle of a chunk');
 }
 
-/** Commits an epoch on the receiver: acknowledged once its manifest and every chunk are on its disk. */
+/**
+ * Commits an epoch on the receiver: acknowledged once its manifest and every
+ * chunk are on its disk — synced there unless `durable` is false (see
+ * {@link ReplicaStore.commit}).
+ */
 export async function commitEpoch(
   address: string,
   token: string,
   manifest: EpochManifest,
   timeoutMs = 120_000,
+  options: { durable?: boolean } = {},
 ): Promise<void> {
-  await callJson(address, `/v1/replicas/${encodeURIComponent(manifest.container)}/epochs`, token, {
+  const query = options.durable === false ? '?durable=false' : '';
+  await callJson(address, `/v1/replicas/${encodeURIComponent(manifest.container)}/epochs${query}`, token, {
     // Authenticated end to end: the receiver refuses a manifest without this cluster's MAC.
     body: signManifest(manifest, manifestKey(token)),
     timeoutMs,

@@ -185,6 +185,11 @@ export const LOCK_COMMAND: readonly string[] = ['nft', 'add element inet haven l
 /** The command that lets the traffic through again: an addition only, so it is fast. */
 export const UNLOCK_COMMAND: readonly string[] = ['nft', 'add element inet haven unlock { "eth0" }'];
 
+/** Lets a locked container's traffic through (an addition: fast; see {@link lockTableRuleset}). */
+export function unlockNetwork(netns: string): Promise<void> {
+  return nft(netns, `${UNLOCK_COMMAND.slice(1).join(' ')}\n`);
+}
+
 /** Empties both sets once the container runs again, ready for the next lock. */
 export function resetNetworkLock(netns: string): Promise<void> {
   return nft(netns, 'flush set inet haven lock\nflush set inet haven unlock\n');
