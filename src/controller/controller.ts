@@ -17,6 +17,7 @@ import { AlreadyExistsError, FailedPreconditionError, HavenError, NotFoundError 
 import type { ContainerView } from '../host/container-host.js';
 import type { ImageRegistry } from './image-registry.js';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { DEFAULT_HEARTBEAT_MS } from '../agent/cluster-link.js';
 import { LEASE_MS as AGENT_LEASE_MS } from '../agent/protection.js';
 import { ArrivalWindow, phiAccrualDefaults } from './failure-detector.js';
 import { MigrationFailedError, Migrations, type MigrationContext } from './migration.js';
@@ -45,6 +46,11 @@ export const DEFAULT_FAILURE_MS = 1000;
  * (the lease is measured on the agent, from when the acknowledgement arrived).
  */
 const LEASE_MARGIN_MS = 100;
+/**
+ * How long after a controller's start (or election) a host known from the
+ * store must have registered before it is suspected (see adoptKnownHosts).
+ */
+const ADOPTED_GRACE_MS = 5000;
 
 /** An event loop busier than this over a detector tick may not have read every beat that came. */
 const SATURATED = 0.9;
@@ -177,6 +183,8 @@ interface Liveness {
   health: Map<string, string>;
   /** CPU flags, kernel and CRIU as reported at registration (compatibility of checkpoints). */
   machine?: MachineFacts;
+  /** Known from the store only (see {@link Controller.adoptKnownHosts}): not registered with this controller yet. */
+  adopted?: boolean;
 }
 
 /** Protection of a container as the API shows it. */
@@ -240,7 +248,7 @@ export class Controller {
       callAgent: this.options.callAgent,
       now: this.now,
       emit: (kind, subject, data) => this.emit(kind, subject, data),
-      isUp: (host) => this.liveness.get(host)?.state === 'up',
+      isUp: (host) => this.isLive(host),
       leaseEnd: (host) => {
         const live = this.liveness.get(host);
         return live ? live.lastSeen + AGENT_LEASE_MS + LEASE_MARGIN_MS : this.now();
@@ -323,7 +331,7 @@ export class Controller {
     };
     await this.options.store.putHost(record);
     const previous = this.liveness.get(request.name);
-    const rebooted = previous !== undefined && previous.bootId !== request.bootId;
+    const rebooted = previous !== undefined && !previous.adopted && previous.bootId !== request.bootId;
     const beatKey = randomBytes(16);
     const arrivals = new ArrivalWindow(phiAccrualDefaults(request.heartbeatMs, this.failureAfterMs));
     arrivals.reset(this.now());
@@ -423,6 +431,45 @@ export class Controller {
   /** Last time unprotected checkpoint containers were offered a backup. */
   private lastReprotect = 0;
 
+  /**
+   * Watches the hosts of the store that have not registered with this
+   * controller (it has just started, or just been elected) as if heard from
+   * now: a host that died while no controller ran never registers again, and
+   * must still be declared down and its containers failed over. Live agents
+   * register again within their retry back-off (at most 2 s), so such a host
+   * is suspected only {@link ADOPTED_GRACE_MS} later; until it registers it
+   * is offered no new work. Returns how many hosts were adopted.
+   */
+  async adoptKnownHosts(): Promise<number> {
+    const now = this.now();
+    let adopted = 0;
+    for (const host of await this.options.store.listHosts()) {
+      if (this.liveness.has(host.name)) continue;
+      const arrivals = new ArrivalWindow(phiAccrualDefaults(DEFAULT_HEARTBEAT_MS, this.failureAfterMs));
+      arrivals.reset(now + ADOPTED_GRACE_MS);
+      this.liveness.set(host.name, {
+        lastSeen: now,
+        arrivals,
+        state: 'up',
+        bootId: '', // no beat matches until it registers
+        beatKey: randomBytes(16),
+        containers: new Map(),
+        protection: new Map(),
+        replicas: new Map(),
+        health: new Map(),
+        adopted: true,
+      });
+      adopted++;
+    }
+    return adopted;
+  }
+
+  /** Whether host `name` is up and registered with this controller (not only {@link adoptKnownHosts adopted}). */
+  private isLive(name: string): boolean {
+    const live = this.liveness.get(name);
+    return live?.state === 'up' && live.adopted !== true;
+  }
+
   /** Marks hosts whose heartbeats stopped as down; emits one event per transition. */
   async checkLiveness(): Promise<void> {
     const now = this.now();
@@ -467,7 +514,7 @@ export class Controller {
     const target = await this.options.store.getHost(hostName);
     if (!target) return 'unseen';
     const peers = (await this.options.store.listHosts())
-      .filter((h) => h.name !== hostName && this.liveness.get(h.name)?.state === 'up')
+      .filter((h) => h.name !== hostName && this.isLive(h.name))
       .slice(0, 2);
     // Every other host silent too: more likely the controller is the one cut
     // off. Without a witness, nothing is failed over (it could not reach a
@@ -598,7 +645,7 @@ export class Controller {
     if (replicated(mode)) {
       const backupName = typeof intent.spec.backup === 'string' ? intent.spec.backup : undefined;
       const backup = backupName ? await this.options.store.getHost(backupName) : undefined;
-      if (!backup || this.liveness.get(backup.name)?.state !== 'up') {
+      if (!backup || !this.isLive(backup.name)) {
         throw new FailedPreconditionError(`its backup host ${backupName ?? '(none)'} is not up`);
       }
       to = backup.name;
@@ -1266,7 +1313,7 @@ export class Controller {
         cpuMillis: h.cpuMillis,
         memoryBytes: h.memoryBytes,
         labels: h.labels,
-        schedulable: !h.cordoned && this.liveness.get(h.name)?.state === 'up',
+        schedulable: !h.cordoned && this.isLive(h.name),
         ...(this.liveness.get(h.name)?.machine ? { machine: this.liveness.get(h.name)!.machine } : {}),
       })),
       containers: intents

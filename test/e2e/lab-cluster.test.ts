@@ -3,7 +3,8 @@
  * pinned and placed, `ps` showing where; an agent SIGKILLed while a client
  * in `client` keeps talking to Redis, the supervised agent back and
  * re-adopting it; the controller SIGKILLed and back with the same state;
- * a host killed and revived, rejoining empty.
+ * a host killed and revived, rejoining empty; a host that dies while no
+ * controller runs, failed over by the controller that starts next.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -11,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { REPO_ROOT } from '../../src/core/config.js';
 import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
-import { haven, ok, waitFor } from '../support/lab-cli.js';
+import { haven, inspect, ok, waitFor, type ProtectedView } from '../support/lab-cli.js';
 import { CLIENT_NETNS, type LabStatus } from '../../src/lab/index.js';
 import { RedisSession } from '../support/test-host.js';
 
@@ -162,5 +163,81 @@ test(
     // The controller may place it anew: the revived host takes new work.
     await ok(['run', 'reborn', '--image', 'redis', '--host', 'h3', '--', ...REDIS_ARGS]);
     assert.equal((await ps()).find((r) => r.name === 'reborn')?.state, 'running');
+  },
+);
+
+test(
+  'a host dies while no controller runs: the next controller declares it down once the others registered, and fails its container over',
+  { timeout: 120_000 },
+  async () => {
+    await ok([
+      'run',
+      'guarded',
+      '--image',
+      'redis',
+      '--host',
+      'h2',
+      '--memory',
+      '256m',
+      '--ha',
+      'checkpoint',
+      '--interval',
+      '1s',
+      '--',
+      ...REDIS_ARGS,
+    ]);
+    const protectedView = await waitFor(
+      'guarded protected',
+      async () => {
+        const v = await inspect<ProtectedView>('guarded');
+        return v.state === 'running' && v.protection.backup && v.protection.committedEpoch ? v : undefined;
+      },
+      60_000,
+    );
+    const set = await haven([
+      'lab',
+      'exec',
+      'client',
+      '--',
+      'redis-cli',
+      '-h',
+      protectedView.ip,
+      'SET',
+      'k',
+      'kept',
+    ]);
+    assert.equal(set.stdout.trim(), 'OK');
+    const writtenAt = Date.now();
+    await waitFor('an epoch after the write', async () =>
+      ((await inspect<ProtectedView>('guarded')).protection.committedEpoch ?? 0) > writtenAt + 200
+        ? true
+        : undefined,
+    );
+    // No controller while h2 dies: the supervisor is held (SIGSTOP) so that it
+    // restarts the killed controller only once h2 is gone.
+    const lab = await status();
+    process.kill(lab.supervisorPid!, 'SIGSTOP');
+    try {
+      process.kill(lab.controller.pid!, 'SIGKILL');
+      await ok(['lab', 'kill-host', 'h2']);
+    } finally {
+      process.kill(lab.supervisorPid!, 'SIGCONT');
+    }
+    const moved = await waitFor(
+      'guarded running on its backup',
+      async () => {
+        const row = (await ps()).find((r) => r.name === 'guarded');
+        return row?.state === 'running' && row.host === protectedView.protection.backup ? row : undefined;
+      },
+      60_000,
+    );
+    assert.equal(moved.ip, protectedView.ip, 'the same address');
+    assert.equal(
+      (await haven(['lab', 'exec', 'client', '--', 'redis-cli', '-h', moved.ip, 'GET', 'k'])).stdout.trim(),
+      'kept',
+    );
+    const events = await ok(['events', '--json']);
+    assert.match(events, /"kind":"host.down","subject":"h2"/);
+    await ok(['lab', 'revive', 'h2']);
   },
 );

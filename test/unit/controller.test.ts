@@ -193,6 +193,38 @@ test('heartbeats keep a host up; silence marks it down and its containers lost; 
   );
 });
 
+test('a controller started anew watches the hosts it knows: one that never registers is declared down after the grace, the others are not', async () => {
+  const first = await rig();
+  for (const name of ['h1', 'h2']) await first.controller.registerHost(host(name));
+  await first.controller.runContainer(request('c', { host: 'h1' }));
+  // A second controller on the same store (the first one killed): h1 died meanwhile, h2 registers again.
+  const clock = { now: 2_000_000 };
+  const second = new Controller({
+    store: await CachedStore.over(first.backend),
+    images: new ImageRegistry(await mkdtemp(join(dir, 'images-'))),
+    callAgent: () => Promise.reject(new Error('unreachable')),
+    failureAfterMs: 3000,
+    now: () => clock.now,
+  });
+  assert.equal(await second.adoptKnownHosts(), 2);
+  clock.now += 500;
+  await second.registerHost(host('h2'));
+  const snapshotOf = async () => Object.fromEntries((await second.listHosts()).map((h) => [h.name, h.state]));
+  for (let seq = 0; seq < 40; seq++) {
+    clock.now += 100;
+    second.heartbeat('h2', { seq, bootId: 'b00710aa' });
+  }
+  await second.checkLiveness();
+  assert.deepEqual(await snapshotOf(), { h1: 'up', h2: 'up' }, 'within the grace: not suspected');
+  clock.now += 1500;
+  second.heartbeat('h2', { seq: 41, bootId: 'b00710aa' });
+  await second.checkLiveness();
+  assert.deepEqual(await snapshotOf(), { h1: 'down', h2: 'up' });
+  const kinds = (await second.eventsSince(0, 100)).map((e) => `${e.kind} ${e.subject}`);
+  assert.ok(kinds.includes('host.down h1'), kinds.join(', '));
+  assert.ok(!kinds.includes('host.rebooted h2'), 'an adopted host registering is no reboot');
+});
+
 test('a host that comes back with a new disk has none of its old containers; rm forgets them', async () => {
   const { controller, calls } = await rig();
   await controller.registerHost(host('h1'));
