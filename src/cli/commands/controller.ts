@@ -255,12 +255,12 @@ export const controllerCommand: Command = {
     });
     tcpOptions.controller = controller;
     controller.events.on('event', logEvent);
-    // Before the API serves: a failover cut short by the last controller (or
-    // the last leader) is claimed before any heartbeat could take its
-    // promoted copy for a stray.
     // Hosts that died while no controller ran never register: watched from now on.
     const adopted = await controller.adoptKnownHosts();
     if (adopted > 0) log.info(`watching ${adopted} known host(s) until they register`, { hosts: adopted });
+    // Before the API serves: a failover cut short by the last controller (or
+    // the last leader) is claimed before any heartbeat could take its
+    // promoted copy for a stray.
     const resumed = await controller.resumeOperations();
     if (resumed > 0) log.info(`resuming ${resumed} unfinished operation(s)`, { operations: resumed });
     controller.start();
