@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { REPO_ROOT } from '../../src/core/config.js';
 import { redisImage, REDIS_ARGS } from '../../src/fixtures/images.js';
-import { haven, inspect, ok, waitFor, type ProtectedView } from '../support/lab-cli.js';
+import { haven, inspect, ok, protectedRedis, waitFor, type ProtectedView } from '../support/lab-cli.js';
 import { CLIENT_NETNS, type LabStatus } from '../../src/lab/index.js';
 import { RedisSession } from '../support/test-host.js';
 
@@ -170,30 +170,7 @@ test(
   'a host dies while no controller runs: the next controller declares it down once the others registered, and fails its container over',
   { timeout: 120_000 },
   async () => {
-    await ok([
-      'run',
-      'guarded',
-      '--image',
-      'redis',
-      '--host',
-      'h2',
-      '--memory',
-      '256m',
-      '--ha',
-      'checkpoint',
-      '--interval',
-      '1s',
-      '--',
-      ...REDIS_ARGS,
-    ]);
-    const protectedView = await waitFor(
-      'guarded protected',
-      async () => {
-        const v = await inspect<ProtectedView>('guarded');
-        return v.state === 'running' && v.protection.backup && v.protection.committedEpoch ? v : undefined;
-      },
-      60_000,
-    );
+    const protectedView = await protectedRedis('guarded', '1s', ['--host', 'h2']);
     const set = await haven([
       'lab',
       'exec',

@@ -120,12 +120,13 @@ export interface ProtectedView {
 }
 
 /**
- * Runs Redis as `name` with `--ha checkpoint --interval INTERVAL` and waits
+ * Runs Redis as `name` with `--ha checkpoint --interval INTERVAL` (and `flags`, e.g. a pin) and waits
  * (60 s at most) until it runs with a backup and a first committed epoch.
  */
 export async function protectedRedis<T extends ProtectedView = ProtectedView>(
   name: string,
   interval = '1s',
+  flags: readonly string[] = [],
 ): Promise<T> {
   await ok([
     'run',
@@ -138,6 +139,7 @@ export async function protectedRedis<T extends ProtectedView = ProtectedView>(
     'checkpoint',
     '--interval',
     interval,
+    ...flags,
     '--',
     ...REDIS_ARGS,
   ]);
