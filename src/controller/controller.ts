@@ -183,8 +183,6 @@ interface Liveness {
   health: Map<string, string>;
   /** CPU flags, kernel and CRIU as reported at registration (compatibility of checkpoints). */
   machine?: MachineFacts;
-  /** Known from the store only (see {@link Controller.adoptKnownHosts}): not registered with this controller yet. */
-  adopted?: boolean;
 }
 
 /** Protection of a container as the API shows it. */
@@ -331,7 +329,9 @@ export class Controller {
     };
     await this.options.store.putHost(record);
     const previous = this.liveness.get(request.name);
-    const rebooted = previous !== undefined && !previous.adopted && previous.bootId !== request.bootId;
+    // (A host only adopted from the store, `unknown`, has no boot to compare with.)
+    const rebooted =
+      previous !== undefined && previous.state !== 'unknown' && previous.bootId !== request.bootId;
     const beatKey = randomBytes(16);
     const arrivals = new ArrivalWindow(phiAccrualDefaults(request.heartbeatMs, this.failureAfterMs));
     arrivals.reset(this.now());
@@ -438,7 +438,7 @@ export class Controller {
    * must still be declared down and its containers failed over. Live agents
    * register again within their retry back-off (at most 2 s), so such a host
    * is suspected only {@link ADOPTED_GRACE_MS} later; until it registers it
-   * is offered no new work. Returns how many hosts were adopted.
+   * is `unknown` and offered no new work. Returns how many hosts were adopted.
    */
   async adoptKnownHosts(): Promise<number> {
     const now = this.now();
@@ -450,24 +450,22 @@ export class Controller {
       this.liveness.set(host.name, {
         lastSeen: now,
         arrivals,
-        state: 'up',
+        state: 'unknown',
         bootId: '', // no beat matches until it registers
         beatKey: randomBytes(16),
         containers: new Map(),
         protection: new Map(),
         replicas: new Map(),
         health: new Map(),
-        adopted: true,
       });
       adopted++;
     }
     return adopted;
   }
 
-  /** Whether host `name` is up and registered with this controller (not only {@link adoptKnownHosts adopted}). */
+  /** Whether host `name` is up: registered with this controller and beating (not `unknown`, not `down`). */
   private isLive(name: string): boolean {
-    const live = this.liveness.get(name);
-    return live?.state === 'up' && live.adopted !== true;
+    return this.liveness.get(name)?.state === 'up';
   }
 
   /** Marks hosts whose heartbeats stopped as down; emits one event per transition. */
@@ -479,7 +477,8 @@ export class Controller {
       await this.retryOperations();
     }
     for (const [name, live] of this.liveness) {
-      if (live.state === 'up' && live.arrivals.suspectAt(now)) {
+      // `unknown`: adopted from the store and never registered since (see adoptKnownHosts).
+      if ((live.state === 'up' || live.state === 'unknown') && live.arrivals.suspectAt(now)) {
         live.state = 'down';
         this.stageOnBackups(name);
         const lost = [...live.containers.keys()];
@@ -551,7 +550,7 @@ export class Controller {
       for (const intent of await this.options.store.listContainers()) {
         if (intent.host !== hostName || intent.desired !== 'running' || !replicated(haOf(intent))) continue;
         const backupName = typeof intent.spec.backup === 'string' ? intent.spec.backup : undefined;
-        if (!backupName || this.liveness.get(backupName)?.state !== 'up') continue;
+        if (!backupName || !this.isLive(backupName)) continue;
         const backup = await this.options.store.getHost(backupName);
         if (!backup) continue;
         void this.options
@@ -837,7 +836,7 @@ export class Controller {
     for (;;) {
       const host = await this.options.store.getHost(name);
       const state = this.liveness.get(name)?.state;
-      if (host && state === 'up') return host;
+      if (host && this.isLive(name)) return host;
       if (!host || state === 'down' || this.now() > deadline)
         throw new HavenError(`host "${name}" is not up`, 'unavailable', true);
       await sleep(100);
@@ -942,8 +941,7 @@ export class Controller {
       const backup = typeof intent.spec.backup === 'string' ? intent.spec.backup : undefined;
       if (!backup) throw new FailedPreconditionError(`"${name}" has no backup host now`);
       for (const h of [intent.host, backup]) {
-        if (this.liveness.get(h)?.state !== 'up')
-          throw new HavenError(`host "${h}" of "${name}" is not up`, 'unavailable', true);
+        if (!this.isLive(h)) throw new HavenError(`host "${h}" of "${name}" is not up`, 'unavailable', true);
       }
       const operation = await this.options.store.putOperation({
         container: name,
@@ -1031,7 +1029,7 @@ export class Controller {
     if (!moved)
       throw new FailedPreconditionError(`the switchover of "${name}" was overtaken by another change`);
     const from = await store.getHost(op.from);
-    if (from && this.liveness.get(from.name)?.state === 'up') await this.removeCopy(from, name);
+    if (from && this.isLive(from.name)) await this.removeCopy(from, name);
     const report: SwitchoverReport = {
       name,
       from: op.from,
@@ -1085,7 +1083,7 @@ export class Controller {
     for (const intent of await this.options.store.listContainers()) {
       if (!replicated(haOf(intent)) || intent.spec.backup || !intent.host || intent.desired !== 'running')
         continue;
-      if (this.failingOver.has(intent.name) || this.liveness.get(intent.host)?.state !== 'up') continue;
+      if (this.failingOver.has(intent.name) || !this.isLive(intent.host)) continue;
       const work = this.reprotect(intent.name, true)
         .catch(() => undefined)
         .finally(() => this.failingOver.delete(intent.name));
@@ -1693,7 +1691,7 @@ export class Controller {
       typeof intent.spec.backup === 'string'
         ? await this.options.store.getHost(intent.spec.backup)
         : undefined;
-    if (backup && this.liveness.get(backup.name)?.state === 'up') {
+    if (backup && this.isLive(backup.name)) {
       await this.options
         .callAgent(backup, `/v1/replicas/${encodeURIComponent(name)}`, { method: 'DELETE' })
         .catch(() => undefined);

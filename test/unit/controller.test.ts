@@ -215,7 +215,7 @@ test('a controller started anew watches the hosts it knows: one that never regis
     second.heartbeat('h2', { seq, bootId: 'b00710aa' });
   }
   await second.checkLiveness();
-  assert.deepEqual(await snapshotOf(), { h1: 'up', h2: 'up' }, 'within the grace: not suspected');
+  assert.deepEqual(await snapshotOf(), { h1: 'unknown', h2: 'up' }, 'within the grace: not suspected');
   clock.now += 1500;
   second.heartbeat('h2', { seq: 41, bootId: 'b00710aa' });
   await second.checkLiveness();

@@ -711,9 +711,9 @@ function thawCommand(freezer: FreezerFile): string {
  * `alongside` command failed, 123 if the cgroup would not freeze. A failure
  * always thaws (the container runs on); a success thaws unless `keepFrozen`
  * (the caller then persists the checkpoint and kills the container, or thaws
- * it if that fails). No thaw happens while `freezer.held` exists: a container
- * paused on purpose during the dump stays paused. `$EPOCHREALTIME` (bash ≥ 5) stamps the phases without
- * starting `date`.
+ * it if that fails). No thaw happens while `freezer.held` exists: a
+ * container paused on purpose during the dump stays paused.
+ * `$EPOCHREALTIME` (bash ≥ 5) stamps the phases without starting `date`.
  */
 export function checkpointChainScript(
   argv: readonly string[],
