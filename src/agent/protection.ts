@@ -170,6 +170,10 @@ export class Protection {
 
   /** Resumes protection of every container that had it (after an agent restart). */
   async resume(): Promise<void> {
+    // Frozen by fencing before this agent restarted (the freeze and its hold
+    // outlive it; nothing else pauses a container): thawed as before, once the
+    // controller places them here again.
+    for (const c of await this.host.list()) if (c.state === 'paused') this.fenced.add(c.name);
     // Copies still provisional when this agent stopped, that are still here.
     if (existsSync(this.provisionalDir)) {
       for (const name of await readdir(this.provisionalDir)) {

@@ -204,7 +204,12 @@ test(
     const oldCopy = primary;
     const newCopy = before.protection.backup!;
     const running = (host: string): boolean => copyRunsOn(host, 'cr');
-    assert.equal(running(oldCopy), true, 'sampling sees the primary');
+    // Looked at until seen running: an epoch's checkpoint freezes it for tens of ms every interval.
+    await waitFor(
+      'sampling sees the primary',
+      () => Promise.resolve(running(oldCopy) ? true : undefined),
+      2000,
+    );
     const samples: Array<[number, boolean, boolean]> = [];
     let sampling = true;
     const sampler = (async () => {

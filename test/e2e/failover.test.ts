@@ -236,7 +236,12 @@ test(
     const oldCopy = before.host;
     const newCopy = before.protection.backup!;
     const running = (host: string): boolean => copyRunsOn(host, 'kv');
-    assert.equal(running(oldCopy), true, 'sampling sees the primary');
+    // Looked at until seen running: an epoch's checkpoint freezes it for tens of ms every interval.
+    await waitFor(
+      'sampling sees the primary',
+      () => Promise.resolve(running(oldCopy) ? true : undefined),
+      2000,
+    );
     const seenBefore = (await events()).length;
 
     // Sample both copies every few milliseconds while the partition plays out.

@@ -24,7 +24,10 @@ after(async () => {
 });
 
 /** A host that records what fencing does to its containers (and knows only `present`). */
-async function fakeHost(present: string[]): Promise<{ host: ContainerHost; did: string[] }> {
+async function fakeHost(
+  present: string[],
+  paused: string[] = [],
+): Promise<{ host: ContainerHost; did: string[] }> {
   const dir = await mkdtemp(join(tmpdir(), 'haven-provisional-'));
   dirs.push(dir);
   const did: string[] = [];
@@ -36,6 +39,7 @@ async function fakeHost(present: string[]): Promise<{ host: ContainerHost; did: 
     pause: (name: string) => Promise.resolve(known(name)).then(() => void did.push(`pause ${name}`)),
     resume: (name: string) => Promise.resolve(known(name)).then(() => void did.push(`resume ${name}`)),
     setLink: (name: string, state: string) => Promise.resolve(void did.push(`link ${state} ${name}`)),
+    list: () => Promise.resolve(paused.map((name) => ({ name, state: 'paused' }))),
     inspect: (name: string) => Promise.resolve().then(() => (known(name), { name, state: 'running' })),
   } as unknown as ContainerHost;
   return { host, did };
@@ -87,4 +91,13 @@ test('an agent restarted while a copy is provisional goes on treating it so (and
   assert.deepEqual(did, ['pause web', 'link down web'], 'the restarted agent freezes it');
   await after.stopAll();
   await before.stopAll();
+});
+
+test('a copy fenced before the agent restarted is thawed by the restarted agent when the controller places it there', async () => {
+  const { host, did } = await fakeHost(['db'], ['db']);
+  const protection = new Protection(host, 'token', () => undefined);
+  await protection.resume();
+  await protection.onPrimaries(['db']);
+  assert.deepEqual(did, ['link up db', 'resume db']);
+  await protection.stopAll();
 });
