@@ -647,7 +647,7 @@ export class Protection {
       try {
         const restoreStarted = performance.now();
         // Every chunk was hash-checked as it was assembled: no second pass over the files.
-        await this.host.adoptCheckpoint(manifest.record, dir, {
+        const restored = await this.host.adoptCheckpoint(manifest.record, dir, {
           tcpClose: options.tcpClose ?? true,
           contentVerified: true,
         });
@@ -659,7 +659,7 @@ export class Protection {
           (e: unknown) => this.log(`promote ${name}: cleaning up: ${String(e)}`),
         );
         return {
-          view: await this.host.inspect(name),
+          view: await this.host.restoredView(name, restored.pid),
           epoch,
           takenAt: manifest.takenAt,
           skipped,

@@ -54,6 +54,7 @@ import { FRAMES_HEADER } from '../replication/transfer.js';
 import { probeSpecSchema, type Prober } from './probes.js';
 import type { Protection } from './protection.js';
 import { z } from 'zod';
+import { trace } from '../core/exec.js';
 import {
   checkpointRequestSchema,
   handoverRequestSchema,
@@ -287,13 +288,16 @@ async function replicaRoute(
   }
   if (action === 'chunks') {
     const format = req.headers[FRAMES_HEADER];
+    const receiving = performance.now();
     const stored = await protection.replicas.receive(
       req as AsyncIterable<Buffer>,
       typeof format === 'string' ? format : undefined,
     );
+    trace(`replica ${name}: ${stored} chunks stored`, receiving);
     return send(res, 200, { stored });
   }
   if (action === 'epochs') {
+    const committing = performance.now();
     const manifest = validateEpochManifest(await readJsonBody(req, MAX_REPLICATION_JSON));
     if (manifest.container !== name) throw new HttpError(400, 'the manifest names another container');
     // The record is what a promotion adopts: it must be this container's, not another's state directory.
@@ -307,6 +311,7 @@ async function replicaRoute(
     if (durable !== null && durable !== 'false' && durable !== 'true')
       throw new HttpError(400, `durable must be true or false, not "${durable}"`);
     await protection.replicas.commit(manifest, { durable: durable !== 'false' });
+    trace(`replica ${name}: epoch committed`, committing);
     return send(res, 200, { name, epoch: manifest.epoch, committed: true });
   }
   if (action === 'prepare') {

@@ -43,6 +43,7 @@ import type { CompressSetting } from '../replication/compression.js';
 import type { SyncRoundReport } from '../replication/fs-sync.js';
 import { replicated } from './schemas.js';
 import type { ClusterStore, ContainerIntent, HostRecord, OperationRecord, StoredEvent } from './store.js';
+import { trace } from '../core/exec.js';
 
 /** How a container moves. */
 export type MigrationStrategy = 'stop-copy' | 'pre-copy' | 'post-copy' | 'hybrid' | 'auto';
@@ -666,7 +667,9 @@ export class Migrations {
           frozen: true,
           ...(strategy === 'post-copy' ? { postCopy: true } : {}),
         });
+        const finalStarted = performance.now();
         const final = await order(true);
+        trace(`migration ${name}: final round answered`, finalStarted);
         op = await store.putOperation({
           ...op,
           step: 'shipped',
@@ -696,6 +699,7 @@ export class Migrations {
             ...(final.compression ? { compression: final.compression, finalWireBytes: final.wireBytes } : {}),
           },
         });
+        trace(`migration ${name}: shipped recorded`, finalStarted);
         await this.progress(name, {
           phase,
           round,
@@ -849,6 +853,8 @@ export class Migrations {
       const to = await ctx.upHost(op.to);
       if (phase === 'restore') {
         await this.progress(name, { phase, to: op.to, postCopy: true });
+        const promoting = performance.now();
+        trace(`migration ${name}: promote ordered`, promoting);
         const promoted = await ctx.callAgent<{ view: ContainerView; assembleMs: number; restoreMs: number }>(
           to,
           `${path}/promote-lazy`,
@@ -865,6 +871,7 @@ export class Migrations {
           ip: promoted.view.ip,
         });
         const downtimeMs = ctx.now() - Date.parse(String(op.detail.takenAt));
+        trace(`migration ${name}: promoted (downtime ${downtimeMs} ms)`, promoting);
         phase = 'post-copy';
         op = await ctx.store.putOperation({
           ...op,

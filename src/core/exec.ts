@@ -12,13 +12,32 @@ export interface ExecResult {
   code: number;
 }
 
-/** `HAVEN_TRACE=1` prints every command Haven runs, with its duration, to stderr. */
+/**
+ * `HAVEN_TRACE=1` prints every command Haven runs, and the steps of a
+ * migration's downtime, with the time each ended and its duration, to stderr.
+ */
 const TRACE = process.env.HAVEN_TRACE === '1';
+
+/**
+ * Prints `what` with the time it ended and its duration (since `startedAt`,
+ * a `performance.now()` reading) when HAVEN_TRACE=1; a no-op otherwise.
+ */
+export function trace(what: string, startedAt: number): void {
+  if (!TRACE) return;
+  const ended = new Date().toISOString().slice(11, 23);
+  process.stderr.write(
+    `[trace] ${ended} ${(performance.now() - startedAt).toFixed(1).padStart(7)} ms  ${what}\n`,
+  );
+}
 
 /** Options for {@link run}. */
 export interface ExecOptions {
-  /** Text written to the command's stdin. */
-  input?: string;
+  /**
+   * Text written to the command's stdin; a promise of it starts the command
+   * now and hands it its input later (a process start taken off a critical
+   * path: the command waits, already running, on its input).
+   */
+  input?: string | Promise<string>;
   /** Do not throw on a non-zero exit; return the result instead. */
   allowFailure?: boolean;
   /** Kill the command after this many milliseconds. */
@@ -50,10 +69,7 @@ export function run(argv: readonly string[], options: ExecOptions = {}): Promise
       reject(new RuntimeFailedError(`cannot run ${cmd}: ${e.message}`, toolName(cmd, args), [])),
     );
     child.on('close', (code, signal) => {
-      if (TRACE)
-        process.stderr.write(
-          `[trace] ${(performance.now() - started).toFixed(1).padStart(7)} ms  ${argv.join(' ').slice(0, 160)}\n`,
-        );
+      trace(argv.join(' ').slice(0, 160), started);
       const result = {
         stdout: Buffer.concat(out).toString(),
         stderr: Buffer.concat(err).toString(),
@@ -71,7 +87,7 @@ export function run(argv: readonly string[], options: ExecOptions = {}): Promise
     });
     // A command that exits without reading its input must not crash us with EPIPE.
     child.stdin.on('error', () => undefined);
-    child.stdin.end(options.input ?? '');
+    void Promise.resolve(options.input ?? '').then((text) => child.stdin.end(text));
   });
 }
 

@@ -14,10 +14,11 @@
  *   volumes/<name>/     each volume's content at the freeze
  */
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { lstat, open, readdir, readFile, writeFile } from 'node:fs/promises';
+import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { open, readFile, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { CorruptCheckpointError } from '../core/errors.js';
+import { SMALL_FILE_BYTES } from '../core/small-io.js';
 import type { DumpStats } from '../runtime/driver.js';
 import type { TcpConnection } from '../runtime/network.js';
 import type { MachineRequirements } from './archive.js';
@@ -56,28 +57,36 @@ export interface CheckpointManifest {
   memoryOnly?: boolean;
 }
 
-/** Lists every regular file under `dir` with size and SHA-256 (`hash: false`: sizes only, `sha256` empty). */
-export async function hashTree(dir: string, options: { hash?: boolean } = {}): Promise<ManifestFile[]> {
+/**
+ * Lists every regular file under `dir` with size and SHA-256 (`hash: false`:
+ * sizes only, `sha256` empty), except under the top-level directories named
+ * in `skip` (CRIU's work directory and logs: not part of the checkpoint, and
+ * at CRIU's debug level a 1 GB dump's log alone is megabytes to hash).
+ */
+export async function hashTree(
+  dir: string,
+  options: { hash?: boolean; skip?: readonly string[] } = {},
+): Promise<ManifestFile[]> {
   const hash = options.hash ?? true;
+  const skip = new Set((options.skip ?? []).map((d) => join(dir, d)));
   const files: ManifestFile[] = [];
   // One read buffer for the whole tree: a checkpoint has dozens of small
   // image files, and a read stream per file allocated 8 MiB each (measured:
   // 122 ms for a post-copy checkpoint's ~300 KB, inside its downtime).
   const buffer = hashBuffer();
+  // The walk and small files synchronously (see SMALL_FILE_BYTES); large ones through the buffer.
   const walk = async (current: string): Promise<void> => {
-    for (const entry of (await readdir(current, { withFileTypes: true })).sort((a, b) =>
+    for (const entry of readdirSync(current, { withFileTypes: true }).sort((a, b) =>
       a.name.localeCompare(b.name),
     )) {
       const full = join(current, entry.name);
-      if (entry.isDirectory()) await walk(full);
-      else if (entry.isFile()) {
+      if (entry.isDirectory()) {
+        if (!skip.has(full)) await walk(full);
+      } else if (entry.isFile()) {
         const path = relative(dir, full);
         if (path === 'manifest.json') continue;
-        files.push({
-          path,
-          size: (await lstat(full)).size,
-          sha256: hash ? await sha256File(full, buffer) : '',
-        });
+        const size = lstatSync(full).size;
+        files.push({ path, size, sha256: hash ? await sha256Sized(full, size, buffer) : '' });
       }
     }
   };
@@ -111,6 +120,12 @@ export async function sha256File(path: string, buffer = hashBuffer()): Promise<s
     await handle.close();
   }
   return hash.digest('hex');
+}
+
+/** {@link sha256File} of a file of known `size`; a small one read at once, synchronously (see SMALL_FILE_BYTES). */
+async function sha256Sized(path: string, size: number, buffer: Buffer): Promise<string> {
+  if (size <= SMALL_FILE_BYTES) return createHash('sha256').update(readFileSync(path)).digest('hex');
+  return sha256File(path, buffer);
 }
 
 /** Writes the manifest: the last step of a checkpoint. */
@@ -148,7 +163,7 @@ export async function verifyCheckpoint(
   for (const file of manifest.files) {
     const full = join(dir, file.path);
     if (!existsSync(full)) throw new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is missing`);
-    const size = (await lstat(full)).size;
+    const size = lstatSync(full).size;
     if (size !== file.size) {
       throw new CorruptCheckpointError(
         `checkpoint ${dir}: ${file.path} is truncated or altered (${size} bytes, expected ${file.size})`,
@@ -157,7 +172,7 @@ export async function verifyCheckpoint(
     if (
       !options.contentVerified &&
       !manifest.memoryOnly &&
-      (await sha256File(full, buffer)) !== file.sha256
+      (await sha256Sized(full, size, buffer)) !== file.sha256
     ) {
       throw new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is corrupted (checksum mismatch)`);
     }

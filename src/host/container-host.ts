@@ -41,7 +41,7 @@ import {
 } from 'node:fs/promises';
 import { isAbsolute, join, normalize } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { run } from '../core/exec.js';
+import { run, trace } from '../core/exec.js';
 import {
   AlreadyExistsError,
   CorruptCheckpointError,
@@ -67,12 +67,13 @@ import { NOTIFY_SOCKET_NAME, ociConfig } from '../runtime/runc/bundle.js';
 import {
   containerNetnsName,
   createContainerNetwork,
+  ensureHostNetwork,
   removeContainerNetwork,
   netnsPath,
   readEstablished,
   LOCK_COMMAND,
+  prepareUnlock,
   resetNetworkLock,
-  unlockNetwork,
   setContainerLink,
   UNLOCK_COMMAND,
   shortHash,
@@ -99,6 +100,9 @@ import {
 
 /** Checkpoints kept per container unless told otherwise; older ones are deleted after a new one is complete. */
 export const DEFAULT_KEEP_CHECKPOINTS = 3;
+
+/** How long after a restore's unlock its lock sets are emptied (see `resetLockLater`). */
+const LOCK_RESET_DELAY_MS = 100;
 
 /** A volume mounted into a container. */
 export interface VolumeMount {
@@ -245,6 +249,8 @@ export interface RestoreReport {
   checkpoint: string;
   stats?: RestoreStats;
   wallMs: number;
+  /** The restored init's PID (host namespace). */
+  pid: number;
 }
 
 /** The containers of one host. */
@@ -300,18 +306,7 @@ export class ContainerHost {
   /** As {@link inspect}, but a container frozen by its own checkpoint shows as it is: paused. */
   private async inspectRaw(name: string): Promise<ContainerView> {
     const record = await this.record(name);
-    const view: ContainerView = {
-      name: record.name,
-      state: record.state,
-      ip: record.ip,
-      host: record.host,
-      mac: record.mac,
-      image: record.image,
-      pid: 0,
-      createdAt: record.createdAt,
-      volumes: record.volumes,
-      checkpoints: record.checkpoints,
-    };
+    const view = viewOf(record);
     if (record.state === 'running') {
       const status = await this.driver.state(this.runtimeId(name));
       if (status && status.state !== 'stopped') {
@@ -325,6 +320,15 @@ export class ContainerHost {
       }
     }
     return view;
+  }
+
+  /**
+   * The view of a container this host has just restored, its init `pid`
+   * known from the restore: no runtime call (a process start, ~20 ms, on a
+   * failover's or migration's critical path).
+   */
+  async restoredView(name: string, pid: number): Promise<ContainerView> {
+    return { ...viewOf(await this.record(name)), state: 'running', pid };
   }
 
   /** Every container on this host. */
@@ -559,7 +563,10 @@ export class ContainerHost {
    * checkpoints wait for it first.
    */
   private resetLockLater(name: string): void {
-    const reset: Promise<void> = resetNetworkLock(this.netns(name))
+    // Started a little later: a process start blocks this thread for
+    // milliseconds, and the restore's answer is on its way out now.
+    const reset: Promise<void> = sleep(LOCK_RESET_DELAY_MS)
+      .then(() => resetNetworkLock(this.netns(name)))
       .catch((error: unknown) => logger('host').warn(`network lock of ${name} not reset: ${String(error)}`))
       .finally(() => {
         if (this.lockResets.get(name) === reset) this.lockResets.delete(name);
@@ -679,9 +686,7 @@ export class ContainerHost {
         manifest = {
           ...described,
           // An epoch kept in memory is hashed once, by the replication that ships it, not here too.
-          files: (await hashTree(staging, { hash: !keptInMemory })).filter(
-            (f) => !f.path.startsWith('logs/'),
-          ),
+          files: await hashTree(staging, { hash: !keptInMemory, skip: ['logs'] }),
           ...(keptInMemory ? { memoryOnly: true } : {}),
         };
         await writeManifest(staging, manifest);
@@ -769,12 +774,13 @@ export class ContainerHost {
   }
 
   /**
-   * Mounts the staging tmpfs (checkpoints staged in memory, post-copy
-   * scratch) ahead of its first use: the mount costs two process starts
-   * (~10 ms), which would otherwise fall inside a freeze or a downtime.
+   * Readies ahead of first use what a checkpoint or restore would otherwise
+   * set up inside a freeze or a downtime: the staging tmpfs (checkpoints
+   * staged in memory, post-copy scratch) and the host's bridge — two process
+   * starts each, ~10 ms (a failover's or migration's first restore on a host).
    */
-  async prepareStaging(): Promise<void> {
-    await this.stagingRoot();
+  async prepare(): Promise<void> {
+    await Promise.all([this.stagingRoot(), ensureHostNetwork(this.config)]);
   }
 
   /** Staging roots seen mounted by this process. */
@@ -864,6 +870,7 @@ export class ContainerHost {
     // Leftovers of an earlier life, independent of each other: a stale runc
     // entry (exited container) would block the restore's ID.
     await this.lockResets.get(name);
+    trace(`restore ${name}: begun`, started);
     await Promise.all([
       this.driver.delete(runtimeId).catch(() => undefined),
       this.unmountRootfs(name),
@@ -897,7 +904,10 @@ export class ContainerHost {
       for (const step of await Promise.allSettled([files, network])) {
         if (step.status === 'rejected') throw step.reason;
       }
+      trace(`restore ${name}: files and network ready`, started);
       undo.push(() => this.driver.delete(runtimeId).catch(() => undefined));
+      const unlocking = prepareUnlock(this.netns(name));
+      undo.push(() => Promise.resolve(unlocking.cancel()));
       const workDir = join(this.dir(name), 'restore-work');
       await rm(workDir, { recursive: true, force: true });
       await rm(join(this.dir(name), 'exit.json'), { force: true });
@@ -918,9 +928,11 @@ export class ContainerHost {
         tcpClose: options.tcpClose ?? false,
         ...(lazy ? { lazyPages: true } : {}),
       });
-      // Unlocked by an addition (fast); the sets are emptied (an RCU grace
-      // period, 15-20 ms) after the answer — a checkpoint waits for that first.
-      await unlockNetwork(this.netns(name));
+      // Unlocked by an addition (fast), through an nft started ahead; the sets are
+      // emptied (an RCU grace period, 15-20 ms) after the answer — a checkpoint waits for that first.
+      trace(`restore ${name}: restored`, started);
+      await unlocking.unlock();
+      trace(`restore ${name}: unlocked`, started);
       this.resetLockLater(name);
       record.state = 'running';
       delete record.exported;
@@ -929,6 +941,7 @@ export class ContainerHost {
         checkpoint: chosen,
         ...(result.stats ? { stats: result.stats } : {}),
         wallMs: performance.now() - started,
+        pid: result.status.pid,
       };
     } catch (error) {
       for (const step of undo.reverse()) await step().catch(() => undefined);
@@ -1184,6 +1197,10 @@ export class ContainerHost {
         listen,
       );
       const ready = await lazy.ready;
+      trace(
+        `lazy checkpoint ${name}: images ready (${ready.readyMs.toFixed(1)} ms after the freeze)`,
+        performance.now(),
+      );
       const manifest: CheckpointManifest = {
         version: MANIFEST_VERSION,
         id,
@@ -1192,7 +1209,7 @@ export class ContainerHost {
         leaveRunning: false,
         connections,
         origin: { host: this.config.hostName, ...(await this.thisMachine()) },
-        files: (await hashTree(staging)).filter((f) => !f.path.startsWith('work/')),
+        files: await hashTree(staging, { skip: ['work'] }),
       };
       await writeManifest(staging, manifest);
       const started = lazy;
@@ -1406,6 +1423,22 @@ const DEVICE_NODES: ReadonlyArray<readonly [string, number, number]> = [
  * /sys/firmware mask (see `BundleSpec.dev`). runc makes device nodes only in
  * a tmpfs /dev, so the standard ones are made here. Idempotent.
  */
+/** A container's view from its record alone: its state as recorded, no PID. */
+function viewOf(record: ContainerRecord): ContainerView {
+  return {
+    name: record.name,
+    state: record.state,
+    ip: record.ip,
+    host: record.host,
+    mac: record.mac,
+    image: record.image,
+    pid: 0,
+    createdAt: record.createdAt,
+    volumes: record.volumes,
+    checkpoints: record.checkpoints,
+  };
+}
+
 async function prepareDevDir(containerDir: string): Promise<void> {
   const dev = join(containerDir, 'dev');
   for (const d of [

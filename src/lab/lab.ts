@@ -12,7 +12,8 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmdirSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { cp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FailedPreconditionError, HavenError, InvalidArgumentError, NotFoundError } from '../core/errors.js';
 import { lastLines } from '../core/exec.js';
@@ -330,8 +331,14 @@ async function notifySupervisor(generation: number): Promise<void> {
  * Tears the lab down completely, whatever state it is in (also after a
  * failed `up`): processes, namespaces, mounts, links, cgroups, files.
  * Idempotent. Returns what could not be removed (empty when clean).
+ * When HAVEN_KEEP_LAB_LOGS names a directory, the lab's logs are copied
+ * there first (they go with the lab; tests and benchmarks keep them so).
  */
 export async function labDown(): Promise<string[]> {
+  const keep = process.env.HAVEN_KEEP_LAB_LOGS;
+  if (keep && existsSync(LAB_PATHS.logsDir)) {
+    await cp(LAB_PATHS.logsDir, join(keep, `logs-${Date.now()}`), { recursive: true }).catch(() => undefined);
+  }
   let spec: LabSpec | undefined;
   try {
     spec = readLabSpec();

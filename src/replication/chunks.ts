@@ -11,7 +11,20 @@
  * order, so a page changed in place changes one chunk, and growth appends.
  */
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  writeFileSync,
+} from 'node:fs';
 import {
   chmod,
   chown,
@@ -28,6 +41,7 @@ import {
 import { dirname, join, relative } from 'node:path';
 import { run } from '../core/exec.js';
 import { CorruptCheckpointError, InvalidArgumentError } from '../core/errors.js';
+import { SMALL_FILE_BYTES } from '../core/small-io.js';
 
 /** Chunk size: small enough that a changed page costs little, large enough that hashes stay few. */
 export const CHUNK_BYTES = 256 * 1024;
@@ -99,14 +113,15 @@ export async function chunkDirectory(
   const files: ChunkedFile[] = [];
   const others: string[] = [];
   const where = new Map<string, { file: string; offset: number; length: number }>();
+  // Metadata and small files synchronously (see SMALL_FILE_BYTES).
   const walk = async (current: string): Promise<void> => {
-    for (const entry of (await readdir(current, { withFileTypes: true })).sort((a, b) =>
+    for (const entry of readdirSync(current, { withFileTypes: true }).sort((a, b) =>
       a.name < b.name ? -1 : 1,
     )) {
       const full = join(current, entry.name);
       const path = relative(dir, full);
       if (entry.isFile()) {
-        const info = await lstat(full);
+        const info = lstatSync(full);
         const chunks = await hashChunks(
           full,
           info.size,
@@ -156,6 +171,18 @@ export async function chunkDirectory(
     if (fromSkeleton) return fromSkeleton;
     const at = where.get(hash);
     if (!at) throw new InvalidArgumentError(`no chunk ${hash} in this epoch`);
+    if (at.length <= SMALL_FILE_BYTES) {
+      const buffer = Buffer.alloc(at.length);
+      const fd = openSync(at.file, 'r');
+      try {
+        readSync(fd, buffer, 0, at.length, at.offset);
+      } finally {
+        closeSync(fd);
+      }
+      if (sha256(buffer) !== hash)
+        throw new CorruptCheckpointError(`${at.file} changed while it was being sent`);
+      return buffer;
+    }
     const handle = await open(at.file, 'r');
     try {
       const buffer = Buffer.alloc(at.length);
@@ -184,6 +211,16 @@ async function hashChunks(
   seen: (hash: string, offset: number, length: number) => void,
   chunkBytes = CHUNK_BYTES,
 ): Promise<string[]> {
+  if (size <= Math.min(SMALL_FILE_BYTES, chunkBytes)) {
+    // At most one chunk, and small: read at once (a small chunk is never the all-zero one).
+    const data = readFileSync(file);
+    if (data.length !== size)
+      throw new CorruptCheckpointError(`${file} changed size while it was being chunked`);
+    if (size === 0) return [];
+    const hash = sha256(data);
+    seen(hash, 0, size);
+    return [hash];
+  }
   const zero = chunkBytes === CHUNK_BYTES ? ZERO : Buffer.alloc(chunkBytes);
   const chunks: string[] = [];
   const buffer = Buffer.allocUnsafe(
@@ -251,19 +288,34 @@ export class ChunkStore {
     if (existsSync(path)) return;
     const prefix = dirname(path);
     if (!this.prefixes.has(prefix)) {
-      await mkdir(prefix, { recursive: true });
+      mkdirSync(prefix, { recursive: true });
       this.prefixes.add(prefix);
     }
     const temp = `${path}.tmp-${process.pid}`;
+    if (data.length <= SMALL_FILE_BYTES) {
+      writeFileSync(temp, data);
+      renameSync(temp, path);
+      return;
+    }
     await writeFile(temp, data);
     await rename(temp, path);
   }
 
-  /** A chunk's bytes, checked against its hash: a chunk damaged on disk is reported, never used. */
-  async get(hash: string): Promise<Buffer> {
-    const data = await readFile(this.path(hash)).catch(() => {
-      throw new CorruptCheckpointError(`chunk ${hash.slice(0, 12)}… is missing`);
-    });
+  /**
+   * A chunk's bytes, checked against its hash: a chunk damaged on disk is
+   * reported, never used. One known to be small (`size`) is read at once,
+   * synchronously (see SMALL_FILE_BYTES).
+   */
+  async get(hash: string, size?: number): Promise<Buffer> {
+    const path = this.path(hash);
+    const small = size !== undefined && size <= SMALL_FILE_BYTES;
+    let data: Buffer | undefined;
+    try {
+      data = small ? readFileSync(path) : await readFile(path);
+    } catch {
+      data = undefined;
+    }
+    if (!data) throw new CorruptCheckpointError(`chunk ${hash.slice(0, 12)}… is missing`);
     if (sha256(data) !== hash)
       throw new CorruptCheckpointError(`chunk ${hash.slice(0, 12)}… is damaged on disk`);
     return data;
@@ -323,7 +375,18 @@ export async function assembleDirectory(
       throw new CorruptCheckpointError(`epoch ${manifest.epoch}: unsafe path ${file.path}`);
     }
     const full = join(target, file.path);
-    await mkdir(dirname(full), { recursive: true });
+    mkdirSync(dirname(full), { recursive: true });
+    if (file.size <= SMALL_FILE_BYTES && file.chunks.length <= 1) {
+      // A small file in one step, synchronously (see SMALL_FILE_BYTES).
+      const hash = file.chunks[0];
+      const data = hash === undefined ? Buffer.alloc(0) : await store.get(hash, file.size);
+      if (data.length !== file.size)
+        throw new CorruptCheckpointError(`epoch ${manifest.epoch}: ${file.path} chunk 0 has the wrong size`);
+      writeFileSync(full, data);
+      chownSync(full, file.uid, file.gid);
+      chmodSync(full, file.mode);
+      continue;
+    }
     const out = await open(full, 'w');
     try {
       // Chunks sit at fixed offsets: several are read, verified and written

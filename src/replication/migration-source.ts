@@ -31,6 +31,7 @@ import type { CompressSetting } from './compression.js';
 import { FileTracker, syncFiles, type SyncRoundReport } from './fs-sync.js';
 import { sampleDirtyRate, type DirtySample } from './post-copy-sampler.js';
 import { commitEpoch, sendChunks, type TransferResult } from './transfer.js';
+import { trace } from '../core/exec.js';
 
 /**
  * Silence on a migration transfer after which it is given up: a dead
@@ -259,6 +260,7 @@ export class MigrationSource {
         throw reportable(error);
       });
     const checkpointMs = performance.now() - started;
+    trace(`migration ${name}: lazy checkpoint written`, started);
     try {
       const chunking = performance.now();
       const chunked = await chunkDirectory(source.dir);
@@ -274,13 +276,17 @@ export class MigrationSource {
         files: chunked.files,
       };
       const chunkMs = performance.now() - chunking;
+      trace(`migration ${name}: chunked`, chunking);
+      const sending = performance.now();
       const sent = await sendChunks(order.to.address, this.token, name, chunkHashes(manifest), chunked.read, {
         idleTimeoutMs: MIGRATION_IDLE_MS,
         ...(order.compress ? { compress: order.compress } : {}),
       });
+      trace(`migration ${name}: sent (ask ${sent.askMs.toFixed(1)} ms)`, sending);
       const committing = performance.now();
       await commitEpoch(order.to.address, this.token, manifest, MIGRATION_IDLE_MS * 4, { durable: false });
       const commitMs = performance.now() - committing;
+      trace(`migration ${name}: committed`, committing);
       this.lazy.set(name, { id: order.id, source });
       const facts = await this.host.migrationFacts(name).catch(() => undefined);
       return {

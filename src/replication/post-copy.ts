@@ -35,6 +35,7 @@ import type { ContainerHost, ContainerView } from '../host/container-host.js';
 import type { LazyPagesDaemon } from '../runtime/driver.js';
 import { assembleDirectory } from './chunks.js';
 import type { ReplicaStore } from './replica-store.js';
+import { trace } from '../core/exec.js';
 
 /** A post-copy transfer without progress for this long is given up (and the destination copy killed). */
 export const LAZY_STALL_MS = 3000;
@@ -129,13 +130,15 @@ export class PostCopyDestination {
     try {
       await assembleDirectory(manifest, this.replicas.chunks, dir);
       const assembleMs = performance.now() - began;
+      trace(`post-copy ${name}: assembled`, began);
       const restoring = performance.now();
-      await this.host.adoptCheckpoint(manifest.record, dir, {
+      const restored = await this.host.adoptCheckpoint(manifest.record, dir, {
         tcpClose: false,
         contentVerified: true,
         lazy: { from: order.from, started: (d) => (daemon = d) },
       });
       const restoreMs = performance.now() - restoring;
+      trace(`post-copy ${name}: restored`, restoring);
       if (!daemon) throw new Error('the lazy-pages daemon did not start');
       const session: Session = {
         daemon,
@@ -151,7 +154,7 @@ export class PostCopyDestination {
       void this.replicas
         .drop(name)
         .catch((e: unknown) => this.log(`post-copy of ${name}: dropping its epoch: ${String(e)}`));
-      return { view: await this.host.inspect(name), assembleMs, restoreMs };
+      return { view: await this.host.restoredView(name, restored.pid), assembleMs, restoreMs };
     } catch (error) {
       daemon?.kill();
       await rm(scratch, { recursive: true, force: true });

@@ -9,7 +9,7 @@
  * restore. Nothing a failed transfer or a full disk does can remove the last
  * committed epoch: chunks are written before, and pruned after, a commit.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
@@ -214,12 +214,17 @@ export class ReplicaStore {
     await mkdir(dir, { recursive: true });
     const file = join(dir, `${manifest.epoch}.json`);
     const temp = `${file}.tmp`;
-    const handle = await open(temp, 'w');
-    try {
-      await handle.writeFile(JSON.stringify(manifest));
-      if (options.durable !== false) await handle.sync();
-    } finally {
-      await handle.close();
+    if (options.durable === false) {
+      // Not synced: written at once (see SMALL_FILE_BYTES on why synchronously).
+      writeFileSync(temp, JSON.stringify(manifest));
+    } else {
+      const handle = await open(temp, 'w');
+      try {
+        await handle.writeFile(JSON.stringify(manifest));
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
     }
     await rename(temp, file);
     this.pinned.delete(manifest.container);

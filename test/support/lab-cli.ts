@@ -26,14 +26,10 @@ export async function ok(args: string[]): Promise<string> {
 }
 
 /**
- * `haven lab down`; first, when HAVEN_KEEP_LAB_LOGS names a directory, the
- * lab's logs are copied there for diagnosis (they go with the lab).
+ * `haven lab down` (which first copies the lab's logs to HAVEN_KEEP_LAB_LOGS
+ * when that names a directory).
  */
 export async function labDown(): Promise<void> {
-  if (process.env.HAVEN_KEEP_LAB_LOGS)
-    await run(['cp', '-r', '/var/lib/haven-lab/logs', process.env.HAVEN_KEEP_LAB_LOGS], {
-      allowFailure: true,
-    });
   await haven(['lab', 'down']);
 }
 

@@ -131,9 +131,9 @@ export const agentCommand: Command = {
     });
     // Now, not inside the first checkpoint's freeze or the first migration's downtime.
     await host
-      .prepareStaging()
+      .prepare()
       .catch((error: unknown) =>
-        logger('agent').warn(`cannot mount the staging tmpfs yet: ${String(error)}`),
+        logger('agent').warn(`cannot prepare the staging tmpfs or the bridge yet: ${String(error)}`),
       );
     const cluster = link;
     instrumentAgent({ host, protection, prober, ...(cluster ? { lastAckAt: () => cluster.lastAckAt } : {}) });
