@@ -15,7 +15,9 @@ criu_bin=/usr/local/sbin/criu
 # a tmpfs; /run is not one on every machine, so Haven builds CRIU with a RUNDIR
 # of its own and mounts a small tmpfs there (see docs/CHECKPOINT-FAST-PATH.md).
 criu_rundir=/run/haven/criu
-criu_flavor=rundir-haven1
+# The flavor names the build options and scripts/criu-patches/ (bump it when
+# either changes, so a cached build without them is not used).
+criu_flavor=rundir-haven2
 log() { printf '[setup] %s\n' "$*"; }
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -29,7 +31,7 @@ runtime_packages=(runc iptables nftables iproute2 busybox-static iputils-ping ip
   etcd-server etcd-client)     # the control plane of several controllers (haven lab up --store etcd)
 criu_build_packages=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev
   protobuf-c-compiler protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev
-  libcap-dev libbsd-dev libnftables-dev libgnutls28-dev libaio-dev uuid-dev dpkg-dev)
+  libcap-dev libbsd-dev libnftables-dev libgnutls28-dev libaio-dev uuid-dev dpkg-dev patch)
 
 apt_updated=0
 apt_install() {
@@ -134,6 +136,10 @@ SRC
     log "criu $upstream: checksum ok ($got), building"
     rm -rf "$work/build" && mkdir -p "$work/build"
     tar -xf "$tarball" -C "$work/build" --strip-components=1
+    for p in "$repo"/scripts/criu-patches/*.patch; do
+      log "criu $upstream: applying $(basename "$p")"
+      patch -s -d "$work/build" -p1 <"$p"
+    done
     make -C "$work/build" -j"$(nproc)" RUNDIR="$criu_rundir" criu >"$work/build.log" 2>&1 || {
       tail -20 "$work/build.log" >&2
       echo "setup-host: criu $upstream failed to build (log: $work/build.log)" >&2
