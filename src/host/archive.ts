@@ -25,7 +25,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createReadStream, existsSync } from 'node:fs';
-import { lstat, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { arch, constants as osConstants, release } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -35,7 +35,7 @@ import {
   InvalidArgumentError,
   RuntimeFailedError,
 } from '../core/errors.js';
-import { hashBuffer, sha256File } from './checkpoint-manifest.js';
+import { hashBuffer, hashTree, sha256File } from './checkpoint-manifest.js';
 import { tarEnd, tarFile, TarFormatError, TarScanner, type StreamedFile } from './tar-stream.js';
 
 /** Current archive format; importers refuse newer ones. */
@@ -297,21 +297,10 @@ async function writePlainArchive(
 
 /** Hashes what {@link contentArgs} archives: the checkpoint's files (but logs and manifest) and the image. */
 async function hashParts(parts: ArchiveParts): Promise<StreamedArchive> {
-  const files: ArchivedFile[] = [];
-  const buffer = hashBuffer();
-  const walk = async (dir: string, prefix: string): Promise<void> => {
-    for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) =>
-      a.name.localeCompare(b.name),
-    )) {
-      const path = `${prefix}${entry.name}`;
-      if (path === 'logs' || path === 'manifest.json') continue;
-      const full = join(dir, entry.name);
-      if (entry.isDirectory()) await walk(full, `${path}/`);
-      else if (entry.isFile())
-        files.push({ path, size: (await lstat(full)).size, sha256: await sha256File(full, buffer) });
-    }
-  };
-  const [imageSha256] = await Promise.all([sha256File(parts.imageTar), walk(parts.checkpointDir, '')]);
+  const [imageSha256, files] = await Promise.all([
+    sha256File(parts.imageTar),
+    hashTree(parts.checkpointDir, { skip: ['logs'] }),
+  ]);
   return { files, imageSha256 };
 }
 
@@ -547,22 +536,18 @@ export async function verifyStreamed(
 }
 
 /**
- * Writes a file's dirty pages to disk (fdatasync); never rejects. Started
- * right after an export so that the write-back runs while the container is
- * torn down: otherwise the overlay unmount at the end of a stopping
- * checkpoint syncs the whole file system under it — the archive included —
- * and waits for it (~0.25 s per 256 MB here).
+ * Writes a file's data to disk (fdatasync). A stopping checkpoint's archive
+ * is synced before the container is stopped: it must outlive a crash of
+ * this host, since nothing else holds that state once the container is gone.
+ * A full disk may surface only here (delayed allocation), failing the
+ * checkpoint — and the container runs on.
  */
-export async function flushFile(file: string): Promise<void> {
+export async function syncFile(file: string): Promise<void> {
+  const fd = await open(file, 'r');
   try {
-    const fd = await open(file, 'r');
-    try {
-      await fd.datasync();
-    } finally {
-      await fd.close();
-    }
-  } catch {
-    // Only a head start: the unmount's sync or the kernel's write-back does it otherwise.
+    await fd.datasync();
+  } finally {
+    await fd.close();
   }
 }
 

@@ -44,6 +44,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { run, trace } from '../core/exec.js';
 import {
   AlreadyExistsError,
+  asNoSpace,
   CorruptCheckpointError,
   FailedPreconditionError,
   InvalidArgumentError,
@@ -82,7 +83,7 @@ import { ImageStore } from './images.js';
 import {
   compressionFor,
   extractArchive,
-  flushFile,
+  syncFile,
   verifyStreamed,
   writeArchive,
   ARCHIVE_VERSION,
@@ -554,8 +555,31 @@ export class ContainerHost {
     }
   }
 
-  /** Network-lock resets a restore left running (see {@link resetLockLater}), by container. */
-  private readonly lockResets = new Map<string, Promise<void>>();
+  /**
+   * Work on a container left running after an answer went out — a
+   * restore's lock reset, a stopping checkpoint's tear-down — by container.
+   * The next checkpoint or restore of that container waits for it; a
+   * restore of any container waits for all of it (a torn-down copy may
+   * still hold the address it is about to take).
+   */
+  private readonly settling = new Map<string, Promise<void>>();
+
+  /** Runs `work` on `name` after the answer (see {@link settling}); its failure is logged. */
+  private settleLater(name: string, what: string, work: () => Promise<void>): void {
+    const done: Promise<void> = (this.settling.get(name) ?? Promise.resolve())
+      .then(work)
+      .catch((error: unknown) => logger('host').warn(`${what} of ${name} failed: ${String(error)}`))
+      .finally(() => {
+        if (this.settling.get(name) === done) this.settling.delete(name);
+      });
+    this.settling.set(name, done);
+  }
+
+  /** Waits for the work left running on `name` (on every container when none is named). */
+  private async settled(name?: string): Promise<void> {
+    if (name !== undefined) await this.settling.get(name);
+    else await Promise.all(this.settling.values());
+  }
 
   /**
    * Empties `name`'s lock sets in the background: the next checkpoint's lock
@@ -565,13 +589,10 @@ export class ContainerHost {
   private resetLockLater(name: string): void {
     // Started a little later: a process start blocks this thread for
     // milliseconds, and the restore's answer is on its way out now.
-    const reset: Promise<void> = sleep(LOCK_RESET_DELAY_MS)
-      .then(() => resetNetworkLock(this.netns(name)))
-      .catch((error: unknown) => logger('host').warn(`network lock of ${name} not reset: ${String(error)}`))
-      .finally(() => {
-        if (this.lockResets.get(name) === reset) this.lockResets.delete(name);
-      });
-    this.lockResets.set(name, reset);
+    this.settleLater(name, 'the network lock reset', async () => {
+      await sleep(LOCK_RESET_DELAY_MS);
+      await resetNetworkLock(this.netns(name));
+    });
   }
 
   /**
@@ -583,7 +604,7 @@ export class ContainerHost {
   private readonly checkpointing = new Map<string, number>();
 
   private async checkpointNow(name: string, options: CheckpointOptions): Promise<CheckpointReport> {
-    await this.lockResets.get(name);
+    await this.settled(name);
     const record = await this.record(name);
     // Raw: a container paused by fencing (or frozen by another checkpoint) is not to be dumped and thawed.
     const view = await this.inspectRaw(name);
@@ -652,8 +673,8 @@ export class ContainerHost {
       throw error;
     }
     const phases = result.freeze ?? { freezeMs: 0, dumpMs: result.wallMs, thawMs: 0 };
-    // The slow part of the lock (deleting set elements) waits until the container runs.
-    if (!stopping) await resetNetworkLock(this.netns(name));
+    // The slow part of the lock (deleting set elements) runs after the answer.
+    if (!stopping) this.resetLockLater(name);
     let manifest: CheckpointManifest;
     try {
       // CRIU's logs stay beside the images for diagnosis, outside the verified set.
@@ -681,6 +702,13 @@ export class ContainerHost {
           options.exportTo.file,
           compressionFor(options.exportTo.file, options.exportTo.compression),
         );
+        if (stopping) {
+          const file = options.exportTo.file;
+          await syncFile(file).catch(async (error: unknown) => {
+            await rm(file, { force: true });
+            throw asNoSpace(error, 'the archive');
+          });
+        }
         if (keepLocal) await writeManifest(staging, manifest);
       } else {
         manifest = {
@@ -715,16 +743,18 @@ export class ContainerHost {
       throw error;
     }
     if (stopping) {
-      // Stored: now stop it. Still frozen and locked, so no packet of its closing sockets leaves.
-      // (If it died on its own meanwhile, there is nothing left to kill: the checkpoint stands.)
-      // An archive's write-back runs meanwhile, not inside the unmount's sync of the whole disk.
-      const flushed = options.exportTo ? flushFile(options.exportTo.file) : Promise.resolve();
-      await this.driver.kill(runtimeId, 'SIGKILL').catch(() => undefined);
-      await this.driver.resume(runtimeId).catch(() => undefined);
-      await this.driver.delete(runtimeId).catch(() => undefined);
-      await removeContainerNetwork(this.config, this.netns(name));
-      await flushed;
-      await this.unmountRootfs(name);
+      // Stored — an archive synced to disk above — so the answer can go: the container is torn down after it (~0.1 s of process
+      // starts and an unmount). Still frozen and locked, so no packet of its
+      // closing sockets leaves; whatever comes next for it, or for its
+      // address, waits for that. (If it died on its own meanwhile, there is
+      // nothing left to kill: the checkpoint stands.)
+      this.settleLater(name, 'the tear-down after its checkpoint', async () => {
+        await this.driver.kill(runtimeId, 'SIGKILL').catch(() => undefined);
+        await this.driver.resume(runtimeId).catch(() => undefined);
+        await this.driver.delete(runtimeId).catch(() => undefined);
+        await removeContainerNetwork(this.config, this.netns(name));
+        await this.unmountRootfs(name);
+      });
       record.state = 'checkpointed';
     }
     if (keepLocal) {
@@ -868,8 +898,9 @@ export class ContainerHost {
     const started = performance.now();
     const runtimeId = this.runtimeId(name);
     // Leftovers of an earlier life, independent of each other: a stale runc
-    // entry (exited container) would block the restore's ID.
-    await this.lockResets.get(name);
+    // entry (exited container) would block the restore's ID. Tear-downs still
+    // running (this container's, or another's on the same address) end first.
+    await this.settled();
     trace(`restore ${name}: begun`, started);
     await Promise.all([
       this.driver.delete(runtimeId).catch(() => undefined),
@@ -1145,7 +1176,7 @@ export class ContainerHost {
   async checkpointLazy(name: string, listen: LazyListen): Promise<LazySource> {
     const driver = this.driver;
     if (!driver.checkpointLazy) throw new FailedPreconditionError('this runtime cannot serve lazy pages');
-    await this.lockResets.get(name);
+    await this.settled(name);
     const record = await this.record(name);
     const view = await this.inspectRaw(name);
     if (view.state !== 'running')
@@ -1317,6 +1348,7 @@ export class ContainerHost {
 
   /** Removes a container and everything of it (not its volumes). */
   async remove(name: string, options: { force?: boolean } = {}): Promise<void> {
+    await this.settled(name); // a tear-down still running ends first
     const view = await this.inspect(name);
     if ((view.state === 'running' || view.state === 'paused') && !options.force) {
       throw new FailedPreconditionError(`container "${name}" is running; stop it first or use --force`);
