@@ -1034,6 +1034,7 @@ export class ContainerHost {
     let record: ContainerRecord | undefined;
     try {
       const { header, streamed } = await extractArchive(file, staging);
+      trace(`import ${file}: extracted`, started);
       const source = validateImportedRecord(header.container);
       const name = validateName(options.as ?? source.name, 'container');
       if (existsSync(this.dir(name))) {
@@ -1052,7 +1053,9 @@ export class ContainerHost {
       if (!existsSync(imageTar) || streamed.get('image.tar')?.sha256 !== header.imageSha256) {
         throw new CorruptCheckpointError(`archive "${file}": its image (image.tar) is missing or corrupted`);
       }
-      const image = await this.images.import(imageTar);
+      // Hashed as it streamed out of the archive (compared just above): not read again.
+      const image = await this.images.import(imageTar, { sha256: header.imageSha256 });
+      trace(`import ${file}: verified, image imported`, started);
       await mkdir(join(this.dir(name), 'upper'), { recursive: true });
       record = {
         ...source,

@@ -77,8 +77,12 @@ export class ImageStore {
     return tar;
   }
 
-  /** Imports a root filesystem directory or tar archive; returns its record. */
-  async import(source: string): Promise<ImageRecord> {
+  /**
+   * Imports a root filesystem directory or tar archive; returns its record.
+   * `sha256`: the tar's hash, when the caller has just computed it from the
+   * very bytes (an archive's import hashes its members as they stream by).
+   */
+  async import(source: string, options: { sha256?: string } = {}): Promise<ImageRecord> {
     await mkdir(this.root, { recursive: true });
     const info = await stat(source);
     const staging = join(this.root, `.import-${process.pid}-${Date.now()}`);
@@ -91,7 +95,8 @@ export class ImageStore {
       } else if (!info.isFile()) {
         throw new InvalidArgumentError(`image "${source}" is neither a directory nor a tar file`);
       }
-      const id = `sha256:${await sha256File(tarPath)}`;
+      const known = tarPath === source ? options.sha256 : undefined;
+      const id = `sha256:${known ?? (await sha256File(tarPath))}`;
       const finalDir = join(this.root, hexOf(id));
       if (!existsSync(join(finalDir, 'image.json'))) {
         const rootfs = join(staging, 'rootfs');
