@@ -113,8 +113,36 @@ export class TarScanner {
   private pax: Map<string, string> | undefined;
   private started = false;
 
-  /** @param onMember called for each member before any of its data is passed on; throw to refuse it. */
-  constructor(private readonly onMember: (member: TarMember) => void = () => undefined) {}
+  /**
+   * @param onMember called for each member before any of its data is passed on; throw to refuse it.
+   * @param options.headersOnly regular files' content is not hashed: the
+   *   caller skips it ({@link skipContent}) and feeds only headers (and the
+   *   small records of long names and pax attributes).
+   */
+  constructor(
+    private readonly onMember: (member: TarMember) => void = () => undefined,
+    private readonly options: { headersOnly?: boolean } = {},
+  ) {}
+
+  /** True once the end-of-archive marker has been read. */
+  get ended(): boolean {
+    return this.state === 'end';
+  }
+
+  /**
+   * Headers-only: the bytes of content (and padding) that follow now, which
+   * the caller skips instead of feeding; the scanner moves past them.
+   */
+  skipContent(): number {
+    if (!this.options.headersOnly || this.state !== 'data' || this.collected) return 0;
+    const skipped = this.remaining + this.paddingLeft;
+    this.offset += skipped;
+    this.paddingLeft = 0;
+    this.remaining = 0;
+    this.endMember();
+    this.state = 'header';
+    return skipped;
+  }
 
   /** Feeds the next chunk. @throws TarFormatError, or whatever `onMember` throws. */
   push(chunk: Buffer): void {
@@ -194,7 +222,7 @@ export class TarScanner {
     this.member = member;
     this.startData(
       regular || !['1', '2', '3', '4', '5', '6'].includes(type) ? size : 0,
-      regular ? createHash('sha256') : undefined,
+      regular && !this.options.headersOnly ? createHash('sha256') : undefined,
       undefined,
     );
   }

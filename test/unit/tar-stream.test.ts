@@ -84,6 +84,51 @@ for (const format of ['gnu', 'pax']) {
   });
 }
 
+for (const format of ['gnu', 'pax']) {
+  test(`headers only: every member of a ${format} archive is seen while its content is skipped`, () => {
+    const archive = execFileSync('tar', [
+      '-c',
+      `--format=${format}`,
+      '--sort=name',
+      '-f',
+      '-',
+      '-C',
+      dir,
+      'tree',
+    ]);
+    const names = (members: TarMember[]): string[] => members.map((m) => `${m.type} ${m.name} ${m.linkName}`);
+    const headers: TarMember[] = [];
+    const scanner = new TarScanner((m) => headers.push(m), { headersOnly: true });
+    let fed = 0;
+    for (let offset = 0; !scanner.ended && offset < archive.length;) {
+      const block = archive.subarray(offset, offset + 512);
+      scanner.push(block);
+      fed += block.length;
+      offset += block.length + scanner.skipContent();
+    }
+    scanner.finish();
+    assert.deepEqual(names(headers), names(scan(archive, 4096).members));
+    assert.equal(scanner.files.size, 0, 'nothing hashed');
+    assert.ok(fed < 70_000, `only headers were read (${fed} bytes of ${archive.length})`);
+  });
+}
+
+test('headers only: an archive cut inside a member is noticed', () => {
+  const archive = execFileSync('tar', ['-c', '-f', '-', '-C', dir, 'tree']);
+  const cut = archive.subarray(0, 3000);
+  const scanner = new TarScanner(() => undefined, { headersOnly: true });
+  for (let offset = 0; !scanner.ended && offset < cut.length;) {
+    const block = cut.subarray(offset, offset + 512);
+    if (block.length === 0) break;
+    scanner.push(block);
+    offset += block.length + scanner.skipContent();
+  }
+  assert.throws(
+    () => scanner.finish(),
+    (e: unknown) => e instanceof TarFormatError && e.started,
+  );
+});
+
 test('a stream cut short is noticed', () => {
   const archive = execFileSync('tar', ['-c', '-f', '-', '-C', dir, 'tree']);
   const scanner = new TarScanner();
