@@ -198,3 +198,9 @@ export const migrateRoundSchema = z
 
 /** `POST /v1/replicas/:name/prepare`: a migration's destination fetches the image before anything stops. */
 export const prepareReplicaSchema = z.object({ image: imageIdSchema }).strict();
+
+/**
+ * `POST /v1/containers/:name/migrate-facts`: what a migration's decision
+ * weighs; the dirty rate's sample (a second long) only when asked, for `auto`.
+ */
+export const migrateFactsSchema = z.object({ sampleDirtyRate: z.boolean().default(true) }).strict();

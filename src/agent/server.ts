@@ -16,6 +16,7 @@
  *   POST   /v1/containers/:name/handover       a switchover's final epoch, shipped to the backup
  *   POST   /v1/containers/:name/recover        restore it here from its newest committed epoch
  *   POST   /v1/containers/:name/migrate        (migrateRoundSchema) one round of a live migration, as its source
+ *   POST   /v1/containers/:name/migrate-facts  (migrateFactsSchema) memory, abilities and (for auto) the dirty rate
  *   POST   /v1/replicas/:name/prepare          (prepareReplicaSchema) a migration's destination: fetch the image
  *   POST   /v1/replicas/:name/stage            assemble the newest intact epoch ahead of a likely promotion
  *   DELETE /v1/containers/:name[?force=true]
@@ -64,6 +65,7 @@ import {
   migrateRoundSchema,
   missingChunksSchema,
   nameSchema,
+  migrateFactsSchema,
   prepareReplicaSchema,
   probeRequestSchema,
   placedRequestSchema,
@@ -221,8 +223,8 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: AgentS
       return send(res, 200, { placed: name });
     }
     if (action === 'migrate-facts' && options.protection) {
-      decode(z.object({}).strict(), raw);
-      return send(res, 200, await options.protection.migrations.facts(name));
+      const body = decode(migrateFactsSchema, raw);
+      return send(res, 200, await options.protection.migrations.facts(name, body));
     }
     if (action === 'stop') {
       const body = decode(stopRequestSchema, raw);

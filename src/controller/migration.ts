@@ -593,7 +593,8 @@ export class Migrations {
           const facts = await ctx.callAgent<MigrationFacts>(
             from,
             `/v1/containers/${encodeURIComponent(name)}/migrate-facts`,
-            { method: 'POST', body: {} },
+            // The dirty rate's sample takes a second: only auto weighs it.
+            { method: 'POST', body: { sampleDirtyRate: asked === 'auto' } },
           );
           if (asked === 'hybrid') throw new FailedPreconditionError(hybridRefusal(facts) ?? 'hybrid refused');
           if (asked === 'post-copy' && !facts.lazyPages)

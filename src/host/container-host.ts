@@ -558,27 +558,33 @@ export class ContainerHost {
   /**
    * Work on a container left running after an answer went out — a
    * restore's lock reset, a stopping checkpoint's tear-down — by container.
-   * The next checkpoint or restore of that container waits for it; a
-   * restore of any container waits for all of it (a torn-down copy may
-   * still hold the address it is about to take).
+   * The next checkpoint or restore of that container waits for it.
    */
   private readonly settling = new Map<string, Promise<void>>();
+  /**
+   * The tear-downs among that work: a restore of *any* container waits for
+   * them, since a copy being torn down may still hold the address it is
+   * about to take. (Not for other containers' lock resets: restores of
+   * several containers in a row, a failover's, must not wait on each other.)
+   */
+  private readonly tearingDown = new Map<string, Promise<void>>();
 
   /** Runs `work` on `name` after the answer (see {@link settling}); its failure is logged. */
-  private settleLater(name: string, what: string, work: () => Promise<void>): void {
+  private settleLater(name: string, what: string, work: () => Promise<void>, teardown = false): void {
     const done: Promise<void> = (this.settling.get(name) ?? Promise.resolve())
       .then(work)
       .catch((error: unknown) => logger('host').warn(`${what} of ${name} failed: ${String(error)}`))
       .finally(() => {
         if (this.settling.get(name) === done) this.settling.delete(name);
+        if (this.tearingDown.get(name) === done) this.tearingDown.delete(name);
       });
     this.settling.set(name, done);
+    if (teardown) this.tearingDown.set(name, done);
   }
 
-  /** Waits for the work left running on `name` (on every container when none is named). */
-  private async settled(name?: string): Promise<void> {
-    if (name !== undefined) await this.settling.get(name);
-    else await Promise.all(this.settling.values());
+  /** Waits for the work left running on `name`. */
+  private async settled(name: string): Promise<void> {
+    await this.settling.get(name);
   }
 
   /**
@@ -743,18 +749,24 @@ export class ContainerHost {
       throw error;
     }
     if (stopping) {
-      // Stored — an archive synced to disk above — so the answer can go: the container is torn down after it (~0.1 s of process
-      // starts and an unmount). Still frozen and locked, so no packet of its
-      // closing sockets leaves; whatever comes next for it, or for its
-      // address, waits for that. (If it died on its own meanwhile, there is
-      // nothing left to kill: the checkpoint stands.)
-      this.settleLater(name, 'the tear-down after its checkpoint', async () => {
-        await this.driver.kill(runtimeId, 'SIGKILL').catch(() => undefined);
-        await this.driver.resume(runtimeId).catch(() => undefined);
-        await this.driver.delete(runtimeId).catch(() => undefined);
-        await removeContainerNetwork(this.config, this.netns(name));
-        await this.unmountRootfs(name);
-      });
+      // Stored (an archive is synced to disk above), so the answer can go:
+      // the container is torn down after it (~0.1 s of process starts and an
+      // unmount). Still frozen and locked, so no packet of its closing
+      // sockets leaves; whatever comes next for it, or for its address,
+      // waits for that. (If it died on its own meanwhile, there is nothing
+      // left to kill: the checkpoint stands.)
+      this.settleLater(
+        name,
+        'the tear-down after its checkpoint',
+        async () => {
+          await this.driver.kill(runtimeId, 'SIGKILL').catch(() => undefined);
+          await this.driver.resume(runtimeId).catch(() => undefined);
+          await this.driver.delete(runtimeId).catch(() => undefined);
+          await removeContainerNetwork(this.config, this.netns(name));
+          await this.unmountRootfs(name);
+        },
+        true,
+      );
       record.state = 'checkpointed';
     }
     if (keepLocal) {
@@ -898,9 +910,11 @@ export class ContainerHost {
     const started = performance.now();
     const runtimeId = this.runtimeId(name);
     // Leftovers of an earlier life, independent of each other: a stale runc
-    // entry (exited container) would block the restore's ID. Tear-downs still
-    // running (this container's, or another's on the same address) end first.
-    await this.settled();
+    // entry (exited container) would block the restore's ID. Work still
+    // running on this container, and any tear-down (it may hold the same
+    // address), ends first.
+    await this.settled(name);
+    await Promise.all(this.tearingDown.values());
     trace(`restore ${name}: begun`, started);
     await Promise.all([
       this.driver.delete(runtimeId).catch(() => undefined),
@@ -1231,10 +1245,6 @@ export class ContainerHost {
         listen,
       );
       const ready = await lazy.ready;
-      trace(
-        `lazy checkpoint ${name}: images ready (${ready.readyMs.toFixed(1)} ms after the freeze)`,
-        performance.now(),
-      );
       const manifest: CheckpointManifest = {
         version: MANIFEST_VERSION,
         id,
@@ -1453,11 +1463,6 @@ const DEVICE_NODES: ReadonlyArray<readonly [string, number, number]> = [
   ['tty', 5, 0],
 ];
 
-/**
- * Builds the host directories behind the container's /dev, /dev/shm and the
- * /sys/firmware mask (see `BundleSpec.dev`). runc makes device nodes only in
- * a tmpfs /dev, so the standard ones are made here. Idempotent.
- */
 /** A container's view from its record alone: its state as recorded, no PID. */
 function viewOf(record: ContainerRecord): ContainerView {
   return {
@@ -1474,6 +1479,11 @@ function viewOf(record: ContainerRecord): ContainerView {
   };
 }
 
+/**
+ * Builds the host directories behind the container's /dev, /dev/shm and the
+ * /sys/firmware mask (see `BundleSpec.dev`). runc makes device nodes only in
+ * a tmpfs /dev, so the standard ones are made here. Idempotent.
+ */
 async function prepareDevDir(containerDir: string): Promise<void> {
   const dev = join(containerDir, 'dev');
   for (const d of [

@@ -352,8 +352,11 @@ export class MigrationSource {
   /** What `auto` weighs, from this host (see `ContainerHost.migrationFacts`). */
   async facts(
     name: string,
+    options: { sampleDirtyRate?: boolean } = {},
   ): Promise<Awaited<ReturnType<ContainerHost['migrationFacts']>> & { dirty?: DirtySample }> {
     const facts = await this.host.migrationFacts(name);
+    // The sample takes a second: only `auto` weighs it.
+    if (options.sampleDirtyRate === false) return facts;
     // Measured without a stall (see post-copy-sampler.ts): post-copy suits slow writers only.
     const view = await this.host.inspect(name).catch(() => undefined);
     const dirty = view && view.pid > 0 ? await sampleDirtyRate(view.pid) : undefined;

@@ -75,7 +75,7 @@ const ROUTES: RouteTemplate[] = [
   },
   { method: 'POST', path: '/v1/containers/:name/handover', bodies: [{}] },
   { method: 'POST', path: '/v1/containers/:name/migrate-end', bodies: [{ id: 'm-1', outcome: 'rollback' }] },
-  { method: 'POST', path: '/v1/containers/:name/migrate-facts', bodies: [{}] },
+  { method: 'POST', path: '/v1/containers/:name/migrate-facts', bodies: [{}, { sampleDirtyRate: false }] },
   { method: 'POST', path: '/v1/containers/:name/recover', bodies: [{}] },
   {
     method: 'POST',

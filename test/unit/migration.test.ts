@@ -403,6 +403,8 @@ test('post-copy with fake agents: images frozen, runs on the destination, pages 
   assert.match(report.why, /lazy pages yes/);
   assert.deepEqual(report.rounds, [], 'no pre-copy round stalled the workload');
   assert.deepEqual(report.postCopy, { pagesMs: 1800, pages: 1000 });
+  const facts = calls.find((c) => c.path.endsWith('/migrate-facts'));
+  assert.equal(facts?.body?.sampleDirtyRate, true, 'auto weighs the dirty rate: the source samples it');
   const order = calls
     .filter((c) => /migrate|promote|lazy-wait/.test(c.path))
     .map((c) => `${c.host} ${c.path.split('/').at(-1)!}`);
@@ -440,6 +442,12 @@ test('post-copy whose pages stop arriving rolls back: destination copy gone firs
       maxRounds: 8,
     }),
     (error: unknown) => error instanceof MigrationFailedError && /phase post-copy/.test(error.message),
+  );
+  const facts = calls.find((c) => c.path.endsWith('/migrate-facts'));
+  assert.equal(
+    facts?.body?.sampleDirtyRate,
+    false,
+    'post-copy asked: no second spent sampling the dirty rate',
   );
   const removed = calls.findIndex(
     (c) => c.host === 'h3' && c.method === 'DELETE' && c.path.startsWith('/v1/containers/db'),
