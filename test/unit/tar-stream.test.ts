@@ -46,18 +46,14 @@ function scan(archive: Buffer, chunk: number): { scanner: TarScanner; members: T
   return { scanner, members };
 }
 
+/** The test tree as GNU tar writes it in `format` (`gnu`: long-name records; `pax`: extended headers). */
+function treeArchive(format: string): Buffer {
+  return execFileSync('tar', ['-c', `--format=${format}`, '--sort=name', '-f', '-', '-C', dir, 'tree']);
+}
+
 for (const format of ['gnu', 'pax']) {
   test(`every member of a ${format} archive is seen with its content hash, whatever the chunk size`, () => {
-    const archive = execFileSync('tar', [
-      '-c',
-      `--format=${format}`,
-      '--sort=name',
-      '-f',
-      '-',
-      '-C',
-      dir,
-      'tree',
-    ]);
+    const archive = treeArchive(format);
     for (const chunk of [1, 511, 512, 4096, 1 << 20]) {
       const { scanner, members } = scan(archive, chunk);
       for (const [name, data] of content) {
@@ -86,16 +82,7 @@ for (const format of ['gnu', 'pax']) {
 
 for (const format of ['gnu', 'pax']) {
   test(`headers only: every member of a ${format} archive is seen while its content is skipped`, () => {
-    const archive = execFileSync('tar', [
-      '-c',
-      `--format=${format}`,
-      '--sort=name',
-      '-f',
-      '-',
-      '-C',
-      dir,
-      'tree',
-    ]);
+    const archive = treeArchive(format);
     const names = (members: TarMember[]): string[] => members.map((m) => `${m.type} ${m.name} ${m.linkName}`);
     const headers: TarMember[] = [];
     const scanner = new TarScanner((m) => headers.push(m), { headersOnly: true });
