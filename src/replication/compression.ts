@@ -147,12 +147,19 @@ export function throughputOf(measure: CodecMeasure, linkBps: number): number {
  * model knows nothing of the receiver's CPU or of other load on the host,
  * the transfer itself does. `none` wins ties and near-ties (within 3%),
  * and against any codec that does not shrink the sample below 95%:
- * compressing for no gain costs CPU the container's host may need. Pure.
+ * compressing for no gain costs CPU the container's host may need. With
+ * `current`, the codec in use is kept unless another promises more than
+ * {@link SWITCH_GAIN} over it: the codec in use is capped by what it really
+ * achieved, the others only by a sample's optimism, so near-equals must not
+ * trade places on noise. (It does not cure the zstd/gzip wavering on text at
+ * 200 Mbit/s, where gzip's sampled speed is far from what it achieves beside
+ * the receiver on two shared cores: docs/BENCHMARKS.md.) Pure.
  */
 export function bestCodec(
   measures: Partial<Record<Codec, CodecMeasure>>,
   linkBps: number,
   caps: Partial<Record<Codec, number>> = {},
+  current?: Codec,
 ): Codec {
   const rateOf = (codec: Codec): number => {
     const m = measures[codec];
@@ -171,8 +178,14 @@ export function bestCodec(
       bestRate = rate;
     }
   }
+  const currentUsable =
+    current === 'none' || (current !== undefined && (measures[current]?.ratio ?? 1) <= INCOMPRESSIBLE);
+  if (currentUsable && current !== best && rateOf(current) * SWITCH_GAIN >= bestRate) return current;
   return best;
 }
+
+/** How much more another codec must promise before `auto` leaves the one in use (see {@link bestCodec}). */
+export const SWITCH_GAIN = 1.1;
 
 /** What `auto` decided, for reports: the codec, and from what. */
 export interface AutoDecision {
@@ -264,7 +277,7 @@ export class AutoCodec {
         decompressBps: Math.max(...recent.map((r) => r.decompressBps)),
       };
     }
-    const codec = bestCodec(measures, this.linkBps ?? ASSUMED_LINK_BPS, this.caps);
+    const codec = bestCodec(measures, this.linkBps ?? ASSUMED_LINK_BPS, this.caps, this.current);
     this.windowLength = this.windowBytes;
     if (codec !== this.current || this.decisions.length === 0) {
       this.decisions.push({

@@ -97,6 +97,17 @@ test('auto picks what moves raw bytes fastest: strong codecs on a slow link, non
   assert.equal(bestCodec(text, 125e6, { zstd: 58e6 }), 'lz4');
   // Near-ties go to none: 2% is not worth the CPU.
   assert.equal(bestCodec({ none: m(1, 10_000, 10_000), lz4: m(0.98, 5000, 5000) }, 100e6), 'none');
+  // The codec in use stays unless another promises more than 10% over it (no wavering between near-equals).
+  const near = { none: m(1, 10_000, 10_000), zstd: m(0.341, 70, 500), gzip: m(0.372, 75, 300) };
+  // At 25 MB/s: zstd is capped to 70 MB/s by its speed, gzip reaches 67 by the link: zstd wins by a little.
+  assert.equal(bestCodec(near, 25e6), 'zstd');
+  // Seen at 64 MB/s, zstd loses to gzip's 67 modelled — but not by 10%: in use, it stays.
+  assert.equal(bestCodec(near, 25e6, { zstd: 64e6 }), 'gzip');
+  assert.equal(bestCodec(near, 25e6, { zstd: 64e6 }, 'zstd'), 'zstd');
+  // Seen at 50 MB/s it is left.
+  assert.equal(bestCodec(near, 25e6, { zstd: 50e6 }, 'zstd'), 'gzip');
+  // Data that stopped shrinking is left at once, whatever is in use.
+  assert.equal(bestCodec(random, 125e6, {}, 'zstd'), 'none');
 });
 
 test('auto re-decides each window on the data at hand, and learns the link only when it was the bottleneck', async () => {
