@@ -454,7 +454,7 @@ export async function extractArchive(file: string, dir: string): Promise<Extract
   // Uncompressed, every member is checked first from its header alone (a
   // read per member), then tar reads the file itself while the same bytes
   // are hashed here — two readers of the page cache on two cores, instead
-  // of every byte piped through this process (1 GB: 1.9 s → ~0.7 s).
+  // of every byte piped through this process (1 GB here: 1.9 → 1.3 s).
   // Compressed, the stream passes through here: checked, hashed, then handed on.
   const piped = unzip !== undefined;
   if (!piped) {
