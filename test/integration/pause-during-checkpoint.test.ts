@@ -64,3 +64,40 @@ test(
     await t.host.remove('kv', { force: true });
   },
 );
+
+test(
+  'a container paused after CRIU has seized it (and thawed its cgroup to run its code in it) is frozen when the checkpoint ends, and the checkpoint ends',
+  { timeout: 120_000 },
+  async () => {
+    const ip = '10.88.1.5';
+    await t.runRedis('kv2', ip);
+    const fill = "for i = 1, 300000 do redis.call('SET', 'k:' .. i, string.rep('x', 100)) end";
+    await redis(ip, 'EVAL', fill, '0');
+    let settled = false;
+    const checkpoint = t.host
+      .checkpoint('kv2', { leaveRunning: true, keep: 1 })
+      .finally(() => (settled = true));
+    // The chain freezes the cgroup; CRIU seizes the tasks and thaws it again to run its parasite.
+    let phase: 'start' | 'frozen' | 'thawed by CRIU' = 'start';
+    for (let i = 0; i < 200_000 && phase !== 'thawed by CRIU' && !settled; i++) {
+      const state = freezerState('kv2');
+      if (phase === 'start' && state === 'FROZEN') phase = 'frozen';
+      else if (phase === 'frozen' && state === 'THAWED') phase = 'thawed by CRIU';
+      else await sleep(0);
+    }
+    assert.equal(phase, 'thawed by CRIU', 'CRIU thawed the cgroup while it dumped');
+    await t.host.pause('kv2'); // frozen now, CRIU would wait for its parasite forever
+    const hung = Symbol('hung');
+    const outcome = await Promise.race([checkpoint, sleep(30_000).then(() => hung)]);
+    if (outcome === hung) {
+      await t.host.resume('kv2'); // lets CRIU finish, so that this process can end
+      await checkpoint.catch(() => undefined);
+      assert.fail('the checkpoint hung: its container was frozen under CRIU');
+    }
+    assert.equal(freezerState('kv2'), 'FROZEN', 'paused on purpose: frozen once the checkpoint ended');
+    assert.equal((await t.host.inspect('kv2')).state, 'paused');
+    await t.host.resume('kv2');
+    assert.equal(await redis(ip, 'DBSIZE'), '300000');
+    await t.host.remove('kv2', { force: true });
+  },
+);

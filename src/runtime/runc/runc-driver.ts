@@ -120,7 +120,30 @@ export class RuncDriver implements RuntimeDriver {
     // frozen at its end instead of thawing it (CRIU's own freeze would too).
     await mkdir(dirname(this.heldMarker(id)), { recursive: true });
     await writeFile(this.heldMarker(id), '');
-    await this.freezeNow(id);
+    // Not frozen under CRIU's feet: once it has seized the tasks CRIU thaws the
+    // cgroup and runs its parasite code in them; frozen then, they never run it
+    // and CRIU waits for them forever (seen: a checkpoint hung, its container
+    // killed under it left CRIU in wait4 for good). Meanwhile the tasks are
+    // held by the dump anyway; the chain's end freezes them (see checkpoint()).
+    if (!this.dumping.has(id)) await this.freezeNow(id);
+  }
+
+  /** Checkpoint chains running now, by container (see {@link pause}). */
+  private readonly dumping = new Map<string, number>();
+
+  /** Counts a chain running on `id` until `ended` settles; then a hold is applied (frozen). */
+  private trackDump(id: string, ended: Promise<unknown>): void {
+    this.dumping.set(id, (this.dumping.get(id) ?? 0) + 1);
+    void ended
+      .catch(() => undefined)
+      .then(async () => {
+        const left = (this.dumping.get(id) ?? 1) - 1;
+        if (left > 0) this.dumping.set(id, left);
+        else this.dumping.delete(id);
+        // Paused on purpose while the chain ran, just as it checked for the hold
+        // and thawed (or CRIU thawed it)? Frozen again: a fenced copy stays fenced.
+        if (left <= 0 && existsSync(this.heldMarker(id))) await this.freezeNow(id).catch(() => undefined);
+      });
   }
 
   async resume(id: string): Promise<void> {
@@ -193,14 +216,15 @@ export class RuncDriver implements RuntimeDriver {
     let stderr = '';
     chain.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
     chain.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    const code = await new Promise<number>((resolve, reject) => {
+    const closed = new Promise<number>((resolve, reject) => {
       chain.on('error', reject);
       chain.on('spawn', () => chain.stdin.end('go\n'));
       chain.on('close', (n) => resolve(n ?? 128));
     });
+    this.trackDump(id, closed);
+    const code = await closed;
     const wallMs = performance.now() - started;
-    // Paused on purpose while the chain ran, just as it checked for the hold
-    // and thawed (or CRIU thawed it)? Frozen again: a fenced copy stays fenced.
+    // Paused on purpose while the chain ran (see trackDump)? Frozen before this answers.
     if (existsSync(this.heldMarker(id))) await this.freezeNow(id);
     if (code !== 0) {
       throw new RuntimeFailedError(
@@ -314,6 +338,7 @@ export class RuncDriver implements RuntimeDriver {
         });
       });
     });
+    this.trackDump(id, done);
     return {
       ready,
       done,
@@ -359,7 +384,7 @@ export class RuncDriver implements RuntimeDriver {
         // Level 4 logs each copy ("uffd_copy: ADDR/BYTES") and each process's summary: the progress.
         '-v4',
       ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
+      { stdio: ['ignore', 'ignore', 'pipe'], env: LAZY_PAGES_ENV },
     );
     let stderr = '';
     daemon.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
@@ -841,6 +866,17 @@ async function readTail(path: string, bytes: number): Promise<string> {
  * without the patch ignores the variable.
  */
 const CRIU_DUMP_ENV: NodeJS.ProcessEnv = { ...process.env, CRIU_SKIP_EXTERNAL_NETNS_CONNTRACK: '1' };
+
+/**
+ * The environment of the lazy-pages daemon. CRIU pulls the pages in the
+ * background one request at a time and, unpatched, shrinks each request to
+ * 64 KiB at every page fault: a workload that faults every millisecond kept
+ * the pull at 88–98 MB/s of a 125 MB/s link. Haven's CRIU build takes a
+ * floor (`scripts/criu-patches/`): 1 MiB requests, ~8 ms at 1 Gbit/s, which
+ * is also the longest a fault waits behind one. A CRIU without the patch
+ * ignores the variable.
+ */
+const LAZY_PAGES_ENV: NodeJS.ProcessEnv = { ...process.env, CRIU_LAZY_MIN_XFER_LEN: String(1 << 20) };
 
 /** Where Haven's CRIU build keeps its kernel-feature cache (`make RUNDIR=…` in setup). */
 export const CRIU_RUNDIR = '/run/haven/criu';
