@@ -384,7 +384,7 @@ export class RuncDriver implements RuntimeDriver {
         // Level 4 logs each copy ("uffd_copy: ADDR/BYTES") and each process's summary: the progress.
         '-v4',
       ],
-      { stdio: ['ignore', 'ignore', 'pipe'], env: LAZY_PAGES_ENV },
+      { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     let stderr = '';
     daemon.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
@@ -866,17 +866,6 @@ async function readTail(path: string, bytes: number): Promise<string> {
  * without the patch ignores the variable.
  */
 const CRIU_DUMP_ENV: NodeJS.ProcessEnv = { ...process.env, CRIU_SKIP_EXTERNAL_NETNS_CONNTRACK: '1' };
-
-/**
- * The environment of the lazy-pages daemon. CRIU pulls the pages in the
- * background one request at a time and, unpatched, shrinks each request to
- * 64 KiB at every page fault: a workload that faults every millisecond kept
- * the pull at 88–98 MB/s of a 125 MB/s link. Haven's CRIU build takes a
- * floor (`scripts/criu-patches/`): 1 MiB requests, ~8 ms at 1 Gbit/s, which
- * is also the longest a fault waits behind one. A CRIU without the patch
- * ignores the variable.
- */
-const LAZY_PAGES_ENV: NodeJS.ProcessEnv = { ...process.env, CRIU_LAZY_MIN_XFER_LEN: String(1 << 20) };
 
 /** Where Haven's CRIU build keeps its kernel-feature cache (`make RUNDIR=…` in setup). */
 export const CRIU_RUNDIR = '/run/haven/criu';
