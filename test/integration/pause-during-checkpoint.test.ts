@@ -88,7 +88,12 @@ test(
     assert.equal(phase, 'thawed by CRIU', 'CRIU thawed the cgroup while it dumped');
     await t.host.pause('kv2'); // frozen now, CRIU would wait for its parasite forever
     const hung = Symbol('hung');
-    const outcome = await Promise.race([checkpoint, sleep(30_000).then(() => hung)]);
+    const patience = new AbortController(); // the timer must not outlive the test (it kept the file 30 s)
+    const outcome = await Promise.race([
+      checkpoint,
+      sleep(30_000, hung, { signal: patience.signal }).catch(() => undefined),
+    ]);
+    patience.abort();
     if (outcome === hung) {
       await t.host.resume('kv2'); // lets CRIU finish, so that this process can end
       await checkpoint.catch(() => undefined);
