@@ -29,15 +29,18 @@ function freezerState(name: string): string {
   return readFileSync(join(dir, 'freezer.state'), 'utf8').trim();
 }
 
+/** A Redis holding 300,000 keys (~40 MB): enough that a dump lasts long enough to pause inside it. */
+async function runFilledRedis(name: string, ip: string): Promise<void> {
+  await t.runRedis(name, ip);
+  await redis(ip, 'EVAL', "for i = 1, 300000 do redis.call('SET', 'k:' .. i, string.rep('x', 100)) end", '0');
+}
+
 test(
   'a container paused while a checkpoint has it frozen stays frozen after the checkpoint; resumed, it runs',
   { timeout: 120_000 },
   async () => {
     const ip = '10.88.1.4';
-    await t.runRedis('kv', ip);
-    // Enough memory that the dump lasts long enough to pause inside it.
-    const fill = "for i = 1, 300000 do redis.call('SET', 'k:' .. i, string.rep('x', 100)) end";
-    await redis(ip, 'EVAL', fill, '0');
+    await runFilledRedis('kv', ip);
     assert.equal(await redis(ip, 'DBSIZE'), '300000');
     assert.equal(freezerState('kv'), 'THAWED');
 
@@ -70,9 +73,7 @@ test(
   { timeout: 120_000 },
   async () => {
     const ip = '10.88.1.5';
-    await t.runRedis('kv2', ip);
-    const fill = "for i = 1, 300000 do redis.call('SET', 'k:' .. i, string.rep('x', 100)) end";
-    await redis(ip, 'EVAL', fill, '0');
+    await runFilledRedis('kv2', ip);
     let settled = false;
     const checkpoint = t.host
       .checkpoint('kv2', { leaveRunning: true, keep: 1 })
