@@ -11,7 +11,11 @@
  *     echo ping every 2 ms from the lab's client (bench/support/ping-until.mjs);
  *   - the controller's downtime (freeze to running on the destination);
  *   - total time: from the order until every page is on the destination and
- *     the workload's own check of all its memory passed there.
+ *     the workload's own check of all its memory passed there. The order,
+ *     the look-ups and the log reads inside that window go to the
+ *     controller's API from this process: each `haven` CLI process costs
+ *     ~0.4 s to start on this machine, and the polls of `haven logs` for the
+ *     check's answer had added 1–1.5 s to every total.
  * Issue 6's goals: downtime ≤ 300 ms for 1 GB at 1,000 pages/s with
  * post-copy and auto; total ≤ 1.3 × M/B.
  *
@@ -29,6 +33,7 @@ import { REPO_ROOT } from '../src/core/config.js';
 import { run } from '../src/core/exec.js';
 import { memhogImage } from '../src/fixtures/images.js';
 import { runHaven, waitUntil } from '../src/lab/cli-driver.js';
+import { ClusterClient, findCluster } from '../src/cli/cluster-client.js';
 import { CLIENT_NETNS } from '../src/lab/index.js';
 
 const { values } = parseArgs({
@@ -73,27 +78,31 @@ async function haven(args: string[], timeoutMs = 600_000): Promise<string> {
   return result.stdout;
 }
 
+/** The lab's controller, called from this process (set once the lab is up). */
+let api: ClusterClient;
+
 async function view(name: string): Promise<{ pid: number; ip: string; host: string; state: string }> {
-  return JSON.parse(await haven(['inspect', name, '--json'])) as {
-    pid: number;
-    ip: string;
-    host: string;
-    state: string;
-  };
+  return api.call(`/v1/containers/${encodeURIComponent(name)}`);
 }
 
-/** The first match of `pattern` in the container's log after offset `from`. */
-function logLine(name: string, pattern: RegExp, from: number, timeoutMs = 300_000): Promise<string> {
-  return waitUntil(
-    `${String(pattern)} in ${name}'s log`,
-    async () => pattern.exec((await haven(['logs', name])).slice(from))?.[0],
-    timeoutMs,
-  );
+function logs(name: string): Promise<string> {
+  return api.call<string>(`/v1/containers/${encodeURIComponent(name)}/logs`);
+}
+
+/** The first match of `pattern` in the container's log after offset `from` (polled every 10 ms). */
+async function logLine(name: string, pattern: RegExp, from: number, timeoutMs = 300_000): Promise<string> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const found = pattern.exec((await logs(name).catch(() => '')).slice(from))?.[0];
+    if (found !== undefined) return found;
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${String(pattern)} in ${name}'s log`);
+    await sleep(10);
+  }
 }
 
 /** Signals the workload and returns its answer line. */
 async function ask(name: string, signal: 'SIGUSR1' | 'SIGUSR2', pattern: RegExp): Promise<string> {
-  const from = (await haven(['logs', name])).length;
+  const from = (await logs(name)).length;
   process.kill((await view(name)).pid, signal);
   return logLine(name, pattern, from);
 }
@@ -170,17 +179,18 @@ async function migrateCase(sizeMb: number, dirty: number, asked: string): Promis
     await sleep(1500);
     await ask(name, 'SIGUSR2', /stall max_ms=[\d.]+/); // resets the workload's maximum
     const started = performance.now();
-    const result = await runHaven(
-      ['migrate', name, '--to', 'h2', '--strategy', asked, '--max-downtime', '300ms', '--json'],
-      {},
-      1_800_000,
-    );
-    if (result.code !== 0) {
-      row.note = result.stderr.trim().replace(/^haven: /, '');
+    let report: Report;
+    try {
+      report = await api.call<Report>(`/v1/containers/${name}/migrate`, {
+        method: 'POST',
+        body: { to: 'h2', strategy: asked, maxDowntimeMs: 300 },
+        timeoutMs: 1_800_000,
+      });
+    } catch (error) {
+      row.note = error instanceof Error ? error.message : String(error);
       await ping.stop();
       return row;
     }
-    const report = JSON.parse(result.stdout) as Report;
     const checked = /check ok/.test(await ask(name, 'SIGUSR1', /check (ok|FAILED)[^\n]*/));
     const totalMs = performance.now() - started;
     const stall = await ask(name, 'SIGUSR2', /stall max_ms=([\d.]+)/);
@@ -322,7 +332,8 @@ function table(rows: Row[]): string {
   const head =
     '| MB | dirty pages/s | strategy | workload stall ms | client gap ms | controller downtime ms | total ms | 1.3·M/B ms | check | connection | notes |';
   const lines = rows.map((r) => {
-    const bound = Math.round((1.3 * r.sizeMb * 1e6) / 125_000);
+    // M in bytes (memhog's --mb is MiB) over 1 Gbit/s = 125,000 bytes per ms.
+    const bound = Math.round((1.3 * r.sizeMb * 1024 * 1024) / 125_000);
     const n = (x: number | undefined): string =>
       x === undefined || Number.isNaN(x) ? '–' : String(Math.round(x));
     return (
@@ -354,6 +365,9 @@ async function main(): Promise<void> {
       },
       120_000,
     );
+    const cluster = findCluster();
+    if (!cluster) throw new Error("the lab's hosts are up but its controller was not found");
+    api = new ClusterClient(cluster);
     await haven(['image', 'push', await memhogImage(), '--name', 'memhog']);
     for (const h of ['h1', 'h2']) await haven(['lab', 'shape', h, '--rate', values.rate]);
     const podImage = podman ? await podmanImage(work) : '';
