@@ -95,7 +95,8 @@ async function logLine(name: string, pattern: RegExp, from: number, timeoutMs = 
   for (;;) {
     const found = pattern.exec((await logs(name).catch(() => '')).slice(from))?.[0];
     if (found !== undefined) return found;
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${String(pattern)} in ${name}'s log`);
+    if (performance.now() > deadline)
+      throw new Error(`timed out waiting for ${String(pattern)} in ${name}'s log`);
     await sleep(10);
   }
 }

@@ -307,7 +307,8 @@ export class RuncDriver implements RuntimeDriver {
             `frozen → locked ${(locked - frozenAt).toFixed(1)} ms, frozen → images ${(Date.now() - frozenAt).toFixed(1)} ms`,
           started,
         );
-        settle.resolve({ frozenAt, readyMs: performance.now() - started });
+        // From the freeze (not from the spawn: the container ran until then) to the images.
+        settle.resolve({ frozenAt, readyMs: frozenAt ? Date.now() - frozenAt : performance.now() - started });
       }
     });
     chain.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
