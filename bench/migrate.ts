@@ -108,8 +108,22 @@ async function ask(name: string, signal: 'SIGUSR1' | 'SIGUSR2', pattern: RegExp)
   return logLine(name, pattern, from);
 }
 
+/** What the client felt (the last line of ping-until.mjs). */
+interface Felt {
+  maxGapMs: number;
+  error?: string;
+  /** False when no reply came after the move, even after a wait (see ping-until.mjs). */
+  resumed?: boolean;
+}
+
+/** How a client's connection came through the move. */
+function connectionOf(felt: Felt): string {
+  if (felt.error) return `broken (${felt.error})`;
+  return felt.resumed === false ? 'silent (no reply within 60 s)' : 'kept';
+}
+
 /** A client pinging the workload from the lab's client namespace until stopped. */
-function pinger(ip: string): { stop: () => Promise<{ maxGapMs: number; error?: string }> } {
+function pinger(ip: string): { stop: () => Promise<Felt> } {
   const child = spawn(
     'nsenter',
     [
@@ -119,6 +133,7 @@ function pinger(ip: string): { stop: () => Promise<{ maxGapMs: number; error?: s
       ip,
       String(PORT),
       '2',
+      '60000',
     ],
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
@@ -129,7 +144,7 @@ function pinger(ip: string): { stop: () => Promise<{ maxGapMs: number; error?: s
     stop: async () => {
       child.stdin.end();
       await closed;
-      return JSON.parse(out.trim().split('\n').pop() ?? '{}') as { maxGapMs: number; error?: string };
+      return JSON.parse(out.trim().split('\n').pop() ?? '{}') as Felt;
     },
   };
 }
@@ -202,7 +217,7 @@ async function migrateCase(sizeMb: number, dirty: number, asked: string): Promis
       strategy: report.strategy,
       workloadStallMs: Number(/[\d.]+$/.exec(stall)?.[0] ?? NaN),
       clientGapMs: felt.maxGapMs,
-      connection: felt.error ? `broken (${felt.error})` : 'kept',
+      connection: connectionOf(felt),
       controllerDowntimeMs: report.downtimeMs,
       totalMs: Math.round(totalMs),
       checked,

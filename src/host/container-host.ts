@@ -74,6 +74,7 @@ import {
   readEstablished,
   LOCK_COMMAND,
   prepareUnlock,
+  announceContainer,
   resetNetworkLock,
   setContainerLink,
   UNLOCK_COMMAND,
@@ -978,6 +979,7 @@ export class ContainerHost {
       trace(`restore ${name}: restored`, started);
       await unlocking.unlock();
       trace(`restore ${name}: unlocked`, started);
+      announceContainer(this.netns(name), record.ip);
       this.resetLockLater(name);
       record.state = 'running';
       delete record.exported;
