@@ -214,9 +214,9 @@ export function prepareUnlock(netns: string): { unlock(): Promise<void>; cancel(
  * the container sends a frame they keep delivering its clients' packets
  * there, where its old copy is locked (a post-copy source stays so until
  * the last page) or gone. In the lab, clients of a migrated server with
- * nothing to send waited 1.5–1.7 s against 0.3–0.8 s of downtime; with the
- * announcement, the downtime (docs/BENCHMARKS.md). In the background; a
- * failure only costs that wait.
+ * nothing to send waited 1.5–1.7 s against 0.3–0.8 s of downtime, and
+ * 0.4–0.8 s with the announcement (docs/BENCHMARKS.md). In the background;
+ * a failure only costs that wait.
  */
 export function announceContainer(netns: string, address: string): void {
   void run(['nsenter', `--net=${netnsPath(netns)}`, 'arping', '-q', '-U', '-c', '1', '-I', 'eth0', address], {
