@@ -93,10 +93,11 @@ export async function createContainerNetwork(config: HostConfig, spec: Container
     `link set eth0 address ${spec.mac}`,
     `addr add ${spec.address}/${spec.prefix} dev eth0`,
     'IP',
-    // arp_notify: bringing eth0 up announces the address with a gratuitous
-    // ARP, so a container restored on another host (same IP, same MAC) is
-    // found there at once — switches learn its new port, neighbours refresh —
-    // rather than when it next happens to send.
+    // arp_notify: bringing eth0 up (a thaw after fencing, too) announces the
+    // address with a gratuitous ARP. Not enough for a restored container: a
+    // capture on the lab's bridge showed that first announcement leave before
+    // the bridge had taken the new port in, so it kept sending clients to the
+    // old one — see announceContainer, which the restore calls once it runs.
     `nsenter --net=${netnsPath(spec.netns)} sh -c 'echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_notify && exec nft -f -' <<'RULES'`,
     lockTableRuleset(spec.locked ?? false).trimEnd(),
     'RULES',
@@ -213,10 +214,12 @@ export function prepareUnlock(netns: string): { unlock(): Promise<void>; cancel(
  * bridges and switches on the way learnt its MAC on the old host's port: until
  * the container sends a frame they keep delivering its clients' packets
  * there, where its old copy is locked (a post-copy source stays so until
- * the last page) or gone. In the lab, clients of a migrated server with
- * nothing to send waited 1.5–1.7 s against 0.3–0.8 s of downtime, and
- * 0.4–0.8 s with the announcement (docs/BENCHMARKS.md). In the background;
- * a failure only costs that wait.
+ * the last page) or gone. The announcement `arp_notify` makes when the
+ * namespace's link comes up is not enough: a capture on the lab's bridge
+ * showed clients' packets still going to the old port after it. Without
+ * this, clients of a migrated server with nothing to send waited 1.5–1.7 s
+ * against 0.3–0.8 s of downtime; with it 0.4–0.8 s (docs/BENCHMARKS.md).
+ * In the background; a failure only costs that wait.
  */
 export function announceContainer(netns: string, address: string): void {
   void run(['nsenter', `--net=${netnsPath(netns)}`, 'arping', '-q', '-U', '-c', '1', '-I', 'eth0', address], {
