@@ -75,7 +75,6 @@ import {
   LOCK_COMMAND,
   prepareUnlock,
   announceContainer,
-  nudgeConnections,
   resetNetworkLock,
   setContainerLink,
   UNLOCK_COMMAND,
@@ -981,17 +980,6 @@ export class ContainerHost {
       await unlocking.unlock();
       trace(`restore ${name}: unlocked`, started);
       announceContainer(this.netns(name), record.ip);
-      if (!options.tcpClose) {
-        // Best effort, like the announcement: a process already gone has nothing to nudge.
-        const restored = (() => {
-          try {
-            return readEstablished(result.status.pid);
-          } catch {
-            return [];
-          }
-        })();
-        nudgeConnections(this.netns(name), restored);
-      }
       this.resetLockLater(name);
       record.state = 'running';
       delete record.exported;

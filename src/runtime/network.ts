@@ -18,9 +18,8 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { run } from '../core/exec.js';
-import { REPO_ROOT, type HostConfig } from '../core/config.js';
+import type { HostConfig } from '../core/config.js';
 
 /** An established TCP connection seen from inside a container. */
 export interface TcpConnection {
@@ -229,35 +228,6 @@ export function announceContainer(netns: string, address: string): void {
     if (r.code !== 0)
       process.stderr.write(`announcing ${address} (${netns}): arping failed: ${r.stderr.trim()}
 `);
-  });
-}
-
-/** The native helper of {@link nudgeConnections} (`native/haven-tcp-nudge.c`). */
-const TCP_NUDGE = join(REPO_ROOT, 'build', 'haven-tcp-nudge');
-
-/**
- * Makes each restored TCP connection tell its peer at once where it stands
- * (its sequence and acknowledgement numbers), once the network is unlocked.
- * CRIU unlocks the network before it takes sockets out of repair mode, so
- * the window probe the kernel sends then reaches the peer; Haven's lock lifts
- * after `runc restore` returns, and that probe is dropped. A peer whose data
- * the server had received, but whose acknowledgement was lost in the freeze,
- * then waited for a retransmission timer (a capture in the lab: the gap ended
- * ~90 ms after the unlock, when the server's fired). The helper sends each
- * socket an out-of-window ACK from inside the namespace; the kernel answers
- * it with a duplicate acknowledgement, which is that probe. Nothing of the
- * connections changes. In the background; a failure only costs that wait.
- */
-export function nudgeConnections(netns: string, connections: readonly TcpConnection[]): void {
-  if (connections.length === 0) return;
-  const args = connections.flatMap((c) => [
-    c.localAddress,
-    String(c.localPort),
-    c.remoteAddress,
-    String(c.remotePort),
-  ]);
-  void run(['nsenter', `--net=${netnsPath(netns)}`, TCP_NUDGE, ...args], { allowFailure: true }).then((r) => {
-    if (r.code !== 0) process.stderr.write(`nudging the connections of ${netns}: ${r.stderr.trim()}\n`);
   });
 }
 
