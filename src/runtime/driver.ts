@@ -207,8 +207,8 @@ export interface LazyCheckpoint {
    * Resolves once the images without the lazy pages and the container's
    * files are written (the destination may restore now); rejects if the
    * dump failed before that (the chain then thawed nothing: see `done`).
+   * `frozenAt`: the freeze's start (epoch ms); `readyMs`: from then to the images.
    */
-  /** `frozenAt`: the freeze's start (epoch ms); `readyMs`: from then to the images. */
   ready: Promise<{ frozenAt: number; readyMs: number }>;
   /**
    * Resolves when CRIU has exited — every page served (code 0) or the

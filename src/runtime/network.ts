@@ -226,8 +226,7 @@ export function announceContainer(netns: string, address: string): void {
     allowFailure: true,
   }).then((r) => {
     if (r.code !== 0)
-      process.stderr.write(`announcing ${address} (${netns}): arping failed: ${r.stderr.trim()}
-`);
+      process.stderr.write(`announcing ${address} (${netns}): arping failed: ${r.stderr.trim()}\n`);
   });
 }
 
