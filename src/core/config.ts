@@ -32,6 +32,8 @@ export interface HostConfig {
   readonly criuPath: string;
   readonly runcPath: string;
   readonly shimPath: string;
+  /** CRIU's action script (native/haven-criu-action.c): the restore's early unlock. */
+  readonly criuActionPath: string;
   readonly networkNamespace: string;
   readonly bridge: string;
   readonly subnet: { base: string; prefix: number };
@@ -55,6 +57,7 @@ export function compileHostConfig(
     criuPath: options.criuPath ?? env.HAVEN_CRIU ?? defaultCriu(),
     runcPath: env.HAVEN_RUNC ?? 'runc',
     shimPath: join(REPO_ROOT, 'build', 'haven-shim'),
+    criuActionPath: join(REPO_ROOT, 'build', 'haven-criu-action'),
     networkNamespace: options.networkNamespace ?? env.HAVEN_NETNS ?? 'haven-net',
     bridge: 'hvbr0',
     subnet: { base, prefix: Number(prefixText) },

@@ -161,5 +161,12 @@ export async function runDoctor(config: HostConfig): Promise<DoctorCheck[]> {
     detail: config.shimPath,
     fix: 'npm run build',
   });
+  add({
+    name: 'haven-criu-action',
+    ok: existsSync(config.criuActionPath),
+    required: true,
+    detail: config.criuActionPath,
+    fix: 'npm run build',
+  });
   return checks;
 }

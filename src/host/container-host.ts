@@ -74,6 +74,7 @@ import {
   readEstablished,
   LOCK_COMMAND,
   prepareUnlock,
+  relockNetwork,
   announceContainer,
   resetNetworkLock,
   setContainerLink,
@@ -494,8 +495,10 @@ export class ContainerHost {
     // runc (re)creates the cgroups from config.json; CRIU must neither dump them
     // (slow, inside the freeze) nor move tasks into the old host's cgroup paths.
     // Haven locks the network itself (see lockTableRuleset in network.ts):
-    // CRIU's own locks cost 12-40 ms of freeze.
+    // CRIU's own locks cost 12-40 ms of freeze. Its action script lifts that
+    // lock at CRIU's own unlock point of a restore (native/haven-criu-action.c).
     const lines = ['manage-cgroups=ignore', 'network-lock skip', ...criuOptions];
+    if (existsSync(this.config.criuActionPath)) lines.push(`action-script ${this.config.criuActionPath}`);
     await writeFile(criuConfigFile, lines.map((o) => `${o}\n`).join(''));
     const config = ociConfig({
       rootfs: join(dir, 'rootfs'),
@@ -954,6 +957,9 @@ export class ContainerHost {
       undo.push(() => this.driver.delete(runtimeId).catch(() => undefined));
       const unlocking = prepareUnlock(this.netns(name));
       undo.push(() => Promise.resolve(unlocking.cancel()));
+      // CRIU's action script unlocks where CRIU itself would (see nftAtPostRestore):
+      // a failure after that point locks again before the processes are killed.
+      undo.push(() => relockNetwork(this.netns(name)));
       const workDir = join(this.dir(name), 'restore-work');
       await rm(workDir, { recursive: true, force: true });
       await rm(join(this.dir(name), 'exit.json'), { force: true });
@@ -973,9 +979,12 @@ export class ContainerHost {
         tcpEstablished: true,
         tcpClose: options.tcpClose ?? false,
         ...(lazy ? { lazyPages: true } : {}),
+        // Before the sockets leave repair mode, so each one's window probe reaches its peer.
+        nftAtPostRestore: UNLOCK_COMMAND[1],
       });
-      // Unlocked by an addition (fast), through an nft started ahead; the sets are
-      // emptied (an RCU grace period, 15-20 ms) after the answer — a checkpoint waits for that first.
+      // Unlocked already by CRIU's action script (at worst, by this: an idempotent
+      // addition through an nft started ahead); the sets are emptied (an RCU
+      // grace period, 15-20 ms) after the answer — a checkpoint waits for that first.
       trace(`restore ${name}: restored`, started);
       await unlocking.unlock();
       trace(`restore ${name}: unlocked`, started);

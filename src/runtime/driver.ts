@@ -97,6 +97,14 @@ export interface RestoreOptions extends CreateRequest {
   tcpClose?: boolean;
   /** Restore with lazy pages served by a lazy-pages daemon sharing `workDir`. */
   lazyPages?: boolean;
+  /**
+   * An nft command to run in the container's network namespace once CRIU has
+   * recreated the processes and sockets, before the sockets leave repair mode
+   * (CRIU's own network-unlock point): the runtime's CRIU action script runs
+   * it. The caller still unlocks after the restore (the command must be
+   * idempotent); a failure here is reported, not fatal.
+   */
+  nftAtPostRestore?: string;
 }
 
 /** CRIU's own statistics of a dump, in milliseconds and pages. */

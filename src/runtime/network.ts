@@ -230,6 +230,15 @@ export function announceContainer(netns: string, address: string): void {
   });
 }
 
+/**
+ * Locks a restored container again after an unlock (its @lock set still
+ * holds the interface): a restore that fails after CRIU's early unlock must
+ * not let its dying sockets' resets reach the clients.
+ */
+export function relockNetwork(netns: string): Promise<void> {
+  return nft(netns, 'flush set inet haven unlock\n');
+}
+
 /** Empties both sets once the container runs again, ready for the next lock. */
 export function resetNetworkLock(netns: string): Promise<void> {
   return nft(netns, 'flush set inet haven lock\nflush set inet haven unlock\n');

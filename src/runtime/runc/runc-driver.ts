@@ -594,7 +594,12 @@ export class RuncDriver implements RuntimeDriver {
     args.push(id);
     const started = performance.now();
     try {
-      await this.underShim(options, args);
+      // CRIU inherits runc's environment, and its action script reads this there.
+      await this.underShim(
+        options,
+        args,
+        options.nftAtPostRestore ? { HAVEN_POST_RESTORE_NFT: options.nftAtPostRestore } : {},
+      );
     } catch (error) {
       if (error instanceof RuntimeFailedError) {
         throw new RuntimeFailedError(
@@ -672,7 +677,11 @@ export class RuncDriver implements RuntimeDriver {
    * Runs a runc command that starts container processes (create, restore)
    * under a detached haven-shim, and waits for runc itself to finish.
    */
-  private async underShim(request: CreateRequest, runcArgs: string[]): Promise<void> {
+  private async underShim(
+    request: CreateRequest,
+    runcArgs: string[],
+    env: Record<string, string> = {},
+  ): Promise<void> {
     const runcLog = join(request.bundle, 'runc.log');
     await writeFile(runcLog, ''); // only this call's errors are reported
     const shimErr = openSync(join(request.bundle, 'shim.err'), 'a');
@@ -691,7 +700,11 @@ export class RuncDriver implements RuntimeDriver {
       ...runcArgs,
     ];
     const shimStarted = performance.now();
-    const shim = spawn(this.config.shimPath, argv, { detached: true, stdio: ['ignore', 'pipe', shimErr] });
+    const shim = spawn(this.config.shimPath, argv, {
+      detached: true,
+      stdio: ['ignore', 'pipe', shimErr],
+      env: { ...process.env, ...env },
+    });
     closeSync(shimErr);
     const stdout = shim.stdout;
     if (!stdout) throw new Error('haven-shim started without a stdout pipe');
