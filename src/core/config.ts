@@ -32,8 +32,8 @@ export interface HostConfig {
   readonly criuPath: string;
   readonly runcPath: string;
   readonly shimPath: string;
-  /** CRIU's action script (native/haven-criu-action.c): the restore's early unlock. */
-  readonly criuActionPath: string;
+  /** The network lock's tool and CRIU's action script (native/haven-netlock.c). */
+  readonly netlockPath: string;
   readonly networkNamespace: string;
   readonly bridge: string;
   readonly subnet: { base: string; prefix: number };
@@ -41,6 +41,9 @@ export interface HostConfig {
 
 /** The repository root (for the native helpers built into `build/`). */
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+/** Where `npm run build` puts haven-netlock (native/haven-netlock.c). */
+export const NETLOCK_PATH = join(REPO_ROOT, 'build', 'haven-netlock');
 
 /** Resolves options against the environment (`HAVEN_*`) and defaults. */
 export function compileHostConfig(
@@ -57,7 +60,7 @@ export function compileHostConfig(
     criuPath: options.criuPath ?? env.HAVEN_CRIU ?? defaultCriu(),
     runcPath: env.HAVEN_RUNC ?? 'runc',
     shimPath: join(REPO_ROOT, 'build', 'haven-shim'),
-    criuActionPath: join(REPO_ROOT, 'build', 'haven-criu-action'),
+    netlockPath: NETLOCK_PATH,
     networkNamespace: options.networkNamespace ?? env.HAVEN_NETNS ?? 'haven-net',
     bridge: 'hvbr0',
     subnet: { base, prefix: Number(prefixText) },

@@ -162,10 +162,10 @@ export async function runDoctor(config: HostConfig): Promise<DoctorCheck[]> {
     fix: 'npm run build',
   });
   add({
-    name: 'haven-criu-action',
-    ok: existsSync(config.criuActionPath),
+    name: 'haven-netlock',
+    ok: existsSync(config.netlockPath),
     required: true,
-    detail: config.criuActionPath,
+    detail: config.netlockPath,
     fix: 'npm run build',
   });
   return checks;

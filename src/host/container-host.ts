@@ -495,10 +495,14 @@ export class ContainerHost {
     // runc (re)creates the cgroups from config.json; CRIU must neither dump them
     // (slow, inside the freeze) nor move tasks into the old host's cgroup paths.
     // Haven locks the network itself (see lockTableRuleset in network.ts):
-    // CRIU's own locks cost 12-40 ms of freeze. Its action script lifts that
-    // lock at CRIU's own unlock point of a restore (native/haven-criu-action.c).
-    const lines = ['manage-cgroups=ignore', 'network-lock skip', ...criuOptions];
-    if (existsSync(this.config.criuActionPath)) lines.push(`action-script ${this.config.criuActionPath}`);
+    // CRIU's own locks cost 12-40 ms of freeze. The lock's tool is also CRIU's
+    // action script: it unlocks a restore at CRIU's own unlock point.
+    const lines = [
+      'manage-cgroups=ignore',
+      'network-lock skip',
+      `action-script ${this.config.netlockPath}`,
+      ...criuOptions,
+    ];
     await writeFile(criuConfigFile, lines.map((o) => `${o}\n`).join(''));
     const config = ociConfig({
       rootfs: join(dir, 'rootfs'),
@@ -980,7 +984,7 @@ export class ContainerHost {
         tcpClose: options.tcpClose ?? false,
         ...(lazy ? { lazyPages: true } : {}),
         // Before the sockets leave repair mode, so each one's window probe reaches its peer.
-        nftAtPostRestore: UNLOCK_COMMAND[1],
+        unlockAtPostRestore: true,
       });
       // Unlocked already by CRIU's action script (at worst, by this: an idempotent
       // addition through an nft started ahead); the sets are emptied (an RCU

@@ -98,13 +98,13 @@ export interface RestoreOptions extends CreateRequest {
   /** Restore with lazy pages served by a lazy-pages daemon sharing `workDir`. */
   lazyPages?: boolean;
   /**
-   * An nft command to run in the container's network namespace once CRIU has
-   * recreated the processes and sockets, before the sockets leave repair mode
-   * (CRIU's own network-unlock point): the runtime's CRIU action script runs
-   * it. The caller still unlocks after the restore (the command must be
-   * idempotent); a failure here is reported, not fatal.
+   * Lift Haven's network lock (see lockTableRuleset in network.ts) once CRIU
+   * has recreated the processes and sockets, before the sockets leave repair
+   * mode — CRIU's own unlock point: the lock's tool, CRIU's action script,
+   * does it. The caller still unlocks after the restore (an idempotent
+   * addition); a failure here lands in CRIU's log and is not fatal.
    */
-  nftAtPostRestore?: string;
+  unlockAtPostRestore?: boolean;
 }
 
 /** CRIU's own statistics of a dump, in milliseconds and pages. */

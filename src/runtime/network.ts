@@ -19,7 +19,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { run } from '../core/exec.js';
-import type { HostConfig } from '../core/config.js';
+import { NETLOCK_PATH, type HostConfig } from '../core/config.js';
 
 /** An established TCP connection seen from inside a container. */
 export interface TcpConnection {
@@ -177,14 +177,15 @@ export function lockTableRuleset(locked: boolean): string {
   ].join('\n');
 }
 
-async function nft(netns: string, script: string): Promise<void> {
-  await run(['nsenter', `--net=${netnsPath(netns)}`, 'nft', '-f', '-'], { input: script });
-}
-
-/** The command (run inside the container's namespace) that drops its traffic (see {@link lockTableRuleset}). */
-export const LOCK_COMMAND: readonly string[] = ['nft', 'add element inet haven lock { "eth0" }'];
+/**
+ * The command (run inside the container's namespace) that drops its traffic
+ * (see {@link lockTableRuleset}): one netlink message from a small static
+ * program, native/haven-netlock.c (`nft` costs ~2.6 ms more a call, and the
+ * lock and the unlock both sit inside every freeze).
+ */
+export const LOCK_COMMAND: readonly string[] = [NETLOCK_PATH, 'lock'];
 /** The command that lets the traffic through again: an addition only, so it is fast. */
-export const UNLOCK_COMMAND: readonly string[] = ['nft', 'add element inet haven unlock { "eth0" }'];
+export const UNLOCK_COMMAND: readonly string[] = [NETLOCK_PATH, 'unlock'];
 
 /**
  * Lets a locked container's traffic through (an addition: fast; see
@@ -200,7 +201,7 @@ export function prepareUnlock(netns: string): { unlock(): Promise<void>; cancel(
   done.catch(() => undefined); // reported by unlock(); after cancel() nobody waits
   return {
     unlock: () => {
-      give(`${UNLOCK_COMMAND.slice(1).join(' ')}\n`);
+      give('add element inet haven unlock { "eth0" }\n'); // UNLOCK_COMMAND's addition, as nft's input
       return done.then(() => undefined);
     },
     cancel: () => give(''),
@@ -235,13 +236,13 @@ export function announceContainer(netns: string, address: string): void {
  * holds the interface): a restore that fails after CRIU's early unlock must
  * not let its dying sockets' resets reach the clients.
  */
-export function relockNetwork(netns: string): Promise<void> {
-  return nft(netns, 'flush set inet haven unlock\n');
+export async function relockNetwork(netns: string): Promise<void> {
+  await run(['nsenter', `--net=${netnsPath(netns)}`, NETLOCK_PATH, 'relock']);
 }
 
 /** Empties both sets once the container runs again, ready for the next lock. */
-export function resetNetworkLock(netns: string): Promise<void> {
-  return nft(netns, 'flush set inet haven lock\nflush set inet haven unlock\n');
+export async function resetNetworkLock(netns: string): Promise<void> {
+  await run(['nsenter', `--net=${netnsPath(netns)}`, NETLOCK_PATH, 'reset']);
 }
 
 /**

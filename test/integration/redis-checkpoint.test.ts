@@ -48,8 +48,8 @@ test(
         join(t.config.stateDir, 'containers', 'redis', 'restore-work', 'restore.log'),
         'utf8',
       );
-      assert.match(restoreLog, /Running post-restore scripts\n(?:.*\n){0,3}.*\[[^\]]*haven-criu-action\]/);
-      assert.doesNotMatch(restoreLog, /haven-criu-action: /);
+      assert.match(restoreLog, /Running post-restore scripts\n(?:.*\n){0,3}.*\[[^\]]*haven-netlock\]/);
+      assert.doesNotMatch(restoreLog, /haven-netlock: /);
 
       // The same connection (no reconnect: the client would print "closed" and exit).
       assert.deepEqual(await session.command('INCR counter', 20_000), { reply: 2 });

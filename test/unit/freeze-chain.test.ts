@@ -14,8 +14,8 @@ test('the lock table drops eth0 traffic only while locked and not unlocked, and 
   assert.match(open, /meta mark 0xc114 accept; iifname @lock iifname != @unlock drop;/);
   assert.match(open, /meta mark 0xc114 accept; oifname @lock oifname != @unlock drop;/);
   // Locking and unlocking only ever add elements: deletions wait for an RCU grace period.
-  assert.match(LOCK_COMMAND.join(' '), /^nft add element inet haven lock/);
-  assert.match(UNLOCK_COMMAND.join(' '), /^nft add element inet haven unlock/);
+  assert.match(LOCK_COMMAND.join(' '), /haven-netlock lock$/);
+  assert.match(UNLOCK_COMMAND.join(' '), /haven-netlock unlock$/);
 });
 
 /** Runs a chain script with bash against a fake cgroup v1 freezer file. */

@@ -594,11 +594,11 @@ export class RuncDriver implements RuntimeDriver {
     args.push(id);
     const started = performance.now();
     try {
-      // CRIU inherits runc's environment, and its action script reads this there.
+      // CRIU inherits runc's environment, and its action script (haven-netlock) reads this there.
       await this.underShim(
         options,
         args,
-        options.nftAtPostRestore ? { HAVEN_POST_RESTORE_NFT: options.nftAtPostRestore } : {},
+        options.unlockAtPostRestore ? { HAVEN_UNLOCK_AT_POST_RESTORE: '1' } : {},
       );
     } catch (error) {
       if (error instanceof RuntimeFailedError) {
