@@ -486,23 +486,28 @@ export class ContainerHost {
     if (await isMountPoint(rootfs)) await run(['umount', rootfs]);
   }
 
+  /** CRIU's configuration for Haven's direct dumps of container `name` (see writeBundle). */
+  private dumpCriuConfig(name: string): string {
+    return join(this.dir(name), 'criu.conf');
+  }
+
   private async writeBundle(record: ContainerRecord, criuOptions: readonly string[]): Promise<void> {
     const dir = this.dir(record.name);
     await mkdir(join(dir, 'bundle'), { recursive: true });
     await prepareDevDir(dir);
     if (record.watchdog) await mkdir(join(dir, 'notify'), { recursive: true });
-    const criuConfigFile = join(dir, 'criu.conf');
     // runc (re)creates the cgroups from config.json; CRIU must neither dump them
     // (slow, inside the freeze) nor move tasks into the old host's cgroup paths.
     // Haven locks the network itself (see lockTableRuleset in network.ts):
-    // CRIU's own locks cost 12-40 ms of freeze. The lock's tool is also CRIU's
-    // action script: it unlocks a restore at CRIU's own unlock point.
-    const lines = [
-      'manage-cgroups=ignore',
-      'network-lock skip',
-      `action-script ${this.config.netlockPath}`,
-      ...criuOptions,
-    ];
+    // CRIU's own locks cost 12-40 ms of freeze.
+    const lines = ['manage-cgroups=ignore', 'network-lock skip', ...criuOptions];
+    await writeFile(this.dumpCriuConfig(record.name), lines.map((o) => `${o}\n`).join(''));
+    // What runc hands CRIU (restores, and runc's own dumps) adds the action
+    // script — the lock's tool, which unlocks a restore at CRIU's own unlock
+    // point. Not in Haven's direct dumps: CRIU runs it at every step, and one
+    // step (post-dump, ~1.2 ms) falls inside the freeze.
+    const criuConfigFile = join(dir, 'criu-runc.conf');
+    lines.push(`action-script ${this.config.netlockPath}`);
     await writeFile(criuConfigFile, lines.map((o) => `${o}\n`).join(''));
     const config = ociConfig({
       rootfs: join(dir, 'rootfs'),
@@ -672,6 +677,7 @@ export class ContainerHost {
         keepFrozen: stopping,
         tcpEstablished: true,
         netnsPath: netnsPath(this.netns(name)),
+        criuConfigFile: this.dumpCriuConfig(name),
         freeze: true,
         hooks: {
           before: [LOCK_COMMAND],
@@ -1254,6 +1260,7 @@ export class ContainerHost {
           leaveRunning: true,
           tcpEstablished: true,
           netnsPath: netnsPath(netns),
+          criuConfigFile: this.dumpCriuConfig(name),
           freeze: true,
           hooks: { before: [LOCK_COMMAND], alongside: trees.map(([from, to]) => copyTreeCommand(from, to)) },
         },

@@ -58,6 +58,11 @@ export interface CheckpointOptions {
   /** Dump through `runc checkpoint` instead of Haven's direct CRIU call (for comparison). */
   viaRunc?: boolean;
   /**
+   * CRIU's configuration file for a direct dump; by default the one runc
+   * hands CRIU (the container's `org.criu.config` annotation).
+   */
+  criuConfigFile?: string;
+  /**
    * Freeze the container's cgroup right before the dump (and thaw after a
    * leave-running one) in the dump's own process chain, rather than leaving
    * the freeze to CRIU, whose cgroup v1 freeze sleeps 100 ms on its first look.

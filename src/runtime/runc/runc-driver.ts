@@ -535,9 +535,9 @@ export class RuncDriver implements RuntimeDriver {
         argv.push('--external', `mnt[${path}]:/dev/null`);
       }
     }
-    const criuConfig = config.labels
-      ?.find((l) => l.startsWith('org.criu.config='))
-      ?.slice('org.criu.config='.length);
+    const criuConfig =
+      options.criuConfigFile ??
+      config.labels?.find((l) => l.startsWith('org.criu.config='))?.slice('org.criu.config='.length);
     if (criuConfig && existsSync(criuConfig)) argv.push('--config', criuConfig);
     if (options.leaveRunning) argv.push('--leave-running');
     // A connection still in the listen backlog (a client connecting just
