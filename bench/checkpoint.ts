@@ -228,8 +228,8 @@ async function benchRunc(host: TestHost, image: string, mb: number, work: string
   const netns = netnsPath(containerNetnsName(c, 'rb'));
   const runc = ['nsenter', `--net=${netns}`, 'runc', '--root', c.runcRoot, '--criu', c.criuPath];
   const dir = join(work, `runc-${mb}`);
-  // Plain runc: CRIU's defaults (iptables network lock, cgroups dumped), not the CRIU config Haven gives runc.
-  await writeFile(join(c.stateDir, 'containers', 'rb', 'criu-runc.conf'), '');
+  // Plain runc: CRIU's defaults (iptables network lock, cgroups dumped), not Haven's CRIU config.
+  await writeFile(join(c.stateDir, 'containers', 'rb', 'criu.conf'), '');
   const freeze = await freezeMeasured(host, pid, logs, async () => {
     await run([
       ...runc,

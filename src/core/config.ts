@@ -32,7 +32,7 @@ export interface HostConfig {
   readonly criuPath: string;
   readonly runcPath: string;
   readonly shimPath: string;
-  /** The network lock's tool and CRIU's action script (native/haven-netlock.c). */
+  /** The network lock's tool (native/haven-netlock.c). */
   readonly netlockPath: string;
   readonly networkNamespace: string;
   readonly bridge: string;

@@ -74,7 +74,6 @@ import {
   readEstablished,
   LOCK_COMMAND,
   prepareUnlock,
-  relockNetwork,
   announceContainer,
   resetNetworkLock,
   setContainerLink,
@@ -486,28 +485,17 @@ export class ContainerHost {
     if (await isMountPoint(rootfs)) await run(['umount', rootfs]);
   }
 
-  /** CRIU's configuration for Haven's direct dumps of container `name` (see writeBundle). */
-  private dumpCriuConfig(name: string): string {
-    return join(this.dir(name), 'criu.conf');
-  }
-
   private async writeBundle(record: ContainerRecord, criuOptions: readonly string[]): Promise<void> {
     const dir = this.dir(record.name);
     await mkdir(join(dir, 'bundle'), { recursive: true });
     await prepareDevDir(dir);
     if (record.watchdog) await mkdir(join(dir, 'notify'), { recursive: true });
+    const criuConfigFile = join(dir, 'criu.conf');
     // runc (re)creates the cgroups from config.json; CRIU must neither dump them
     // (slow, inside the freeze) nor move tasks into the old host's cgroup paths.
     // Haven locks the network itself (see lockTableRuleset in network.ts):
     // CRIU's own locks cost 12-40 ms of freeze.
     const lines = ['manage-cgroups=ignore', 'network-lock skip', ...criuOptions];
-    await writeFile(this.dumpCriuConfig(record.name), lines.map((o) => `${o}\n`).join(''));
-    // What runc hands CRIU (restores, and runc's own dumps) adds the action
-    // script — the lock's tool, which unlocks a restore at CRIU's own unlock
-    // point. Not in Haven's direct dumps: CRIU runs it at every step, and one
-    // step (post-dump, ~1.2 ms) falls inside the freeze.
-    const criuConfigFile = join(dir, 'criu-runc.conf');
-    lines.push(`action-script ${this.config.netlockPath}`);
     await writeFile(criuConfigFile, lines.map((o) => `${o}\n`).join(''));
     const config = ociConfig({
       rootfs: join(dir, 'rootfs'),
@@ -575,24 +563,44 @@ export class ContainerHost {
    */
   private readonly settling = new Map<string, Promise<void>>();
   /**
-   * The tear-downs among that work: a restore of *any* container waits for
-   * them, since a copy being torn down may still hold the address it is
-   * about to take. (Not for other containers' lock resets: restores of
-   * several containers in a row, a failover's, must not wait on each other.)
+   * Tear-downs that still hold an address: a restore of *any* container
+   * waits for these, since a copy being torn down may hold the address it
+   * is about to take — but only until the tear-down has released it, not
+   * for the rest (killing, `runc delete`, the unmount: ~60 ms that an import
+   * right after an export waited for). Not for other containers' lock
+   * resets: restores of several containers in a row, a failover's, must not
+   * wait on each other.
    */
-  private readonly tearingDown = new Map<string, Promise<void>>();
+  private readonly holdingAddress = new Map<string, Promise<void>>();
 
-  /** Runs `work` on `name` after the answer (see {@link settling}); its failure is logged. */
-  private settleLater(name: string, what: string, work: () => Promise<void>, teardown = false): void {
+  /**
+   * Runs `work` on `name` after the answer (see {@link settling}); its
+   * failure is logged. A tear-down (`teardown`) calls the `addressFree` it
+   * is given once the container's address is released (at its end at the
+   * latest).
+   */
+  private settleLater(
+    name: string,
+    what: string,
+    work: (addressFree: () => void) => Promise<void>,
+    teardown = false,
+  ): void {
+    let free: () => void = () => undefined;
+    const released = new Promise<void>((resolve) => (free = resolve));
     const done: Promise<void> = (this.settling.get(name) ?? Promise.resolve())
-      .then(work)
+      .then(() => work(free))
       .catch((error: unknown) => logger('host').warn(`${what} of ${name} failed: ${String(error)}`))
       .finally(() => {
+        free();
         if (this.settling.get(name) === done) this.settling.delete(name);
-        if (this.tearingDown.get(name) === done) this.tearingDown.delete(name);
       });
     this.settling.set(name, done);
-    if (teardown) this.tearingDown.set(name, done);
+    if (teardown) {
+      this.holdingAddress.set(name, released);
+      void released.then(() => {
+        if (this.holdingAddress.get(name) === released) this.holdingAddress.delete(name);
+      });
+    }
   }
 
   /** Waits for the work left running on `name`. */
@@ -677,7 +685,6 @@ export class ContainerHost {
         keepFrozen: stopping,
         tcpEstablished: true,
         netnsPath: netnsPath(this.netns(name)),
-        criuConfigFile: this.dumpCriuConfig(name),
         freeze: true,
         hooks: {
           before: [LOCK_COMMAND],
@@ -772,11 +779,15 @@ export class ContainerHost {
       this.settleLater(
         name,
         'the tear-down after its checkpoint',
-        async () => {
+        async (addressFree) => {
+          // The address first (a restore of another container waits for it):
+          // with its link gone before anything is killed, nothing of the
+          // closing sockets can leave either.
+          await removeContainerNetwork(this.config, this.netns(name));
+          addressFree();
           await this.driver.kill(runtimeId, 'SIGKILL').catch(() => undefined);
           await this.driver.resume(runtimeId).catch(() => undefined);
           await this.driver.delete(runtimeId).catch(() => undefined);
-          await removeContainerNetwork(this.config, this.netns(name));
           await this.unmountRootfs(name);
         },
         true,
@@ -925,10 +936,10 @@ export class ContainerHost {
     const runtimeId = this.runtimeId(name);
     // Leftovers of an earlier life, independent of each other: a stale runc
     // entry (exited container) would block the restore's ID. Work still
-    // running on this container, and any tear-down (it may hold the same
-    // address), ends first.
+    // running on this container, and any tear-down until it has released
+    // its address (it may be the same), ends first.
     await this.settled(name);
-    await Promise.all(this.tearingDown.values());
+    await Promise.all(this.holdingAddress.values());
     trace(`restore ${name}: begun`, started);
     await Promise.all([
       this.driver.delete(runtimeId).catch(() => undefined),
@@ -967,9 +978,6 @@ export class ContainerHost {
       undo.push(() => this.driver.delete(runtimeId).catch(() => undefined));
       const unlocking = prepareUnlock(this.netns(name));
       undo.push(() => Promise.resolve(unlocking.cancel()));
-      // CRIU's action script unlocks where CRIU itself would (see nftAtPostRestore):
-      // a failure after that point locks again before the processes are killed.
-      undo.push(() => relockNetwork(this.netns(name)));
       const workDir = join(this.dir(name), 'restore-work');
       await rm(workDir, { recursive: true, force: true });
       await rm(join(this.dir(name), 'exit.json'), { force: true });
@@ -989,12 +997,9 @@ export class ContainerHost {
         tcpEstablished: true,
         tcpClose: options.tcpClose ?? false,
         ...(lazy ? { lazyPages: true } : {}),
-        // Before the sockets leave repair mode, so each one's window probe reaches its peer.
-        unlockAtPostRestore: true,
       });
-      // Unlocked already by CRIU's action script (at worst, by this: an idempotent
-      // addition through an nft started ahead); the sets are emptied (an RCU
-      // grace period, 15-20 ms) after the answer — a checkpoint waits for that first.
+      // Unlocked by an addition (fast), through an nft started ahead; the sets are
+      // emptied (an RCU grace period, 15-20 ms) after the answer — a checkpoint waits for that first.
       trace(`restore ${name}: restored`, started);
       await unlocking.unlock();
       trace(`restore ${name}: unlocked`, started);
@@ -1260,7 +1265,6 @@ export class ContainerHost {
           leaveRunning: true,
           tcpEstablished: true,
           netnsPath: netnsPath(netns),
-          criuConfigFile: this.dumpCriuConfig(name),
           freeze: true,
           hooks: { before: [LOCK_COMMAND], alongside: trees.map(([from, to]) => copyTreeCommand(from, to)) },
         },

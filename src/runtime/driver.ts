@@ -58,11 +58,6 @@ export interface CheckpointOptions {
   /** Dump through `runc checkpoint` instead of Haven's direct CRIU call (for comparison). */
   viaRunc?: boolean;
   /**
-   * CRIU's configuration file for a direct dump; by default the one runc
-   * hands CRIU (the container's `org.criu.config` annotation).
-   */
-  criuConfigFile?: string;
-  /**
    * Freeze the container's cgroup right before the dump (and thaw after a
    * leave-running one) in the dump's own process chain, rather than leaving
    * the freeze to CRIU, whose cgroup v1 freeze sleeps 100 ms on its first look.
@@ -102,14 +97,6 @@ export interface RestoreOptions extends CreateRequest {
   tcpClose?: boolean;
   /** Restore with lazy pages served by a lazy-pages daemon sharing `workDir`. */
   lazyPages?: boolean;
-  /**
-   * Lift Haven's network lock (see lockTableRuleset in network.ts) once CRIU
-   * has recreated the processes and sockets, before the sockets leave repair
-   * mode — CRIU's own unlock point: the lock's tool, CRIU's action script,
-   * does it. The caller still unlocks after the restore (an idempotent
-   * addition); a failure here lands in CRIU's log and is not fatal.
-   */
-  unlockAtPostRestore?: boolean;
 }
 
 /** CRIU's own statistics of a dump, in milliseconds and pages. */

@@ -231,15 +231,6 @@ export function announceContainer(netns: string, address: string): void {
   });
 }
 
-/**
- * Locks a restored container again after an unlock (its @lock set still
- * holds the interface): a restore that fails after CRIU's early unlock must
- * not let its dying sockets' resets reach the clients.
- */
-export async function relockNetwork(netns: string): Promise<void> {
-  await run(['nsenter', `--net=${netnsPath(netns)}`, NETLOCK_PATH, 'relock']);
-}
-
 /** Empties both sets once the container runs again, ready for the next lock. */
 export async function resetNetworkLock(netns: string): Promise<void> {
   await run(['nsenter', `--net=${netnsPath(netns)}`, NETLOCK_PATH, 'reset']);

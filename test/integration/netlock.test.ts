@@ -1,8 +1,7 @@
 /**
  * haven-netlock, the network lock's tool, against the kernel: in a network
  * namespace of its own with Haven's lock table, each command leaves the sets
- * as `nft` reads them back, a missing table is a clear error, and as CRIU's
- * action script it unlocks at post-restore only when asked to.
+ * as `nft` reads them back, and a missing table is a clear error.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -21,11 +20,8 @@ after(async () => {
   for (const ns of [netns, bare]) await run(['ip', 'netns', 'del', ns], { allowFailure: true });
 });
 
-function netlock(ns: string, args: string[], env: NodeJS.ProcessEnv = {}) {
-  return run(['nsenter', `--net=${netnsPath(ns)}`, NETLOCK_PATH, ...args], {
-    allowFailure: true,
-    env: { ...process.env, ...env },
-  });
+function netlock(ns: string, args: string[]) {
+  return run(['nsenter', `--net=${netnsPath(ns)}`, NETLOCK_PATH, ...args], { allowFailure: true });
 }
 
 /** The elements of @lock and @unlock, as nft lists them. */
@@ -39,15 +35,13 @@ async function sets(): Promise<{ lock: string[]; unlock: string[] }> {
   return { lock: result.lock ?? [], unlock: result.unlock ?? [] };
 }
 
-test('lock, unlock, relock and reset set the lock table as nft reads it', async () => {
+test('lock, unlock and reset set the lock table as nft reads it', async () => {
   assert.deepEqual(await sets(), { lock: [], unlock: [] });
   assert.equal((await netlock(netns, ['lock'])).code, 0);
   assert.deepEqual(await sets(), { lock: ['eth0'], unlock: [] });
   assert.equal((await netlock(netns, ['lock'])).code, 0, 'locking twice is no error');
   assert.equal((await netlock(netns, ['unlock'])).code, 0);
   assert.deepEqual(await sets(), { lock: ['eth0'], unlock: ['eth0'] });
-  assert.equal((await netlock(netns, ['relock'])).code, 0);
-  assert.deepEqual(await sets(), { lock: ['eth0'], unlock: [] });
   assert.equal((await netlock(netns, ['reset'])).code, 0);
   assert.deepEqual(await sets(), { lock: [], unlock: [] });
 });
@@ -58,34 +52,5 @@ test('a namespace without the table and an unknown command fail with the reason'
   assert.match(missing.stderr, /table inet haven: No such file or directory/);
   const unknown = await netlock(netns, ['open-sesame']);
   assert.equal(unknown.code, 2);
-  assert.match(unknown.stderr, /usage: haven-netlock lock\|unlock\|relock\|reset/);
-});
-
-test("as CRIU's action script it unlocks at post-restore only when asked, and never fails a step", async () => {
-  await netlock(netns, ['lock']);
-  for (const action of ['pre-restore', 'post-dump', 'network-unlock', 'post-resume']) {
-    const step = await netlock(netns, [], {
-      CRTOOLS_SCRIPT_ACTION: action,
-      HAVEN_UNLOCK_AT_POST_RESTORE: '1',
-    });
-    assert.equal(step.code, 0, action);
-  }
-  const unasked = await netlock(netns, [], { CRTOOLS_SCRIPT_ACTION: 'post-restore' });
-  assert.equal(unasked.code, 0);
-  assert.deepEqual(await sets(), { lock: ['eth0'], unlock: [] }, 'no step but an asked post-restore unlocks');
-
-  const asked = await netlock(netns, [], {
-    CRTOOLS_SCRIPT_ACTION: 'post-restore',
-    HAVEN_UNLOCK_AT_POST_RESTORE: '1',
-  });
-  assert.equal(asked.code, 0);
-  assert.deepEqual(await sets(), { lock: ['eth0'], unlock: ['eth0'] });
-
-  // Where the unlock cannot work, the step still succeeds (CRIU would abort the restore) and says why.
-  const failing = await netlock(bare, [], {
-    CRTOOLS_SCRIPT_ACTION: 'post-restore',
-    HAVEN_UNLOCK_AT_POST_RESTORE: '1',
-  });
-  assert.equal(failing.code, 0);
-  assert.match(failing.stderr, /the early unlock failed/);
+  assert.match(unknown.stderr, /usage: haven-netlock lock\|unlock\|reset/);
 });

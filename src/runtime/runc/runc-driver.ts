@@ -535,9 +535,9 @@ export class RuncDriver implements RuntimeDriver {
         argv.push('--external', `mnt[${path}]:/dev/null`);
       }
     }
-    const criuConfig =
-      options.criuConfigFile ??
-      config.labels?.find((l) => l.startsWith('org.criu.config='))?.slice('org.criu.config='.length);
+    const criuConfig = config.labels
+      ?.find((l) => l.startsWith('org.criu.config='))
+      ?.slice('org.criu.config='.length);
     if (criuConfig && existsSync(criuConfig)) argv.push('--config', criuConfig);
     if (options.leaveRunning) argv.push('--leave-running');
     // A connection still in the listen backlog (a client connecting just
@@ -594,12 +594,7 @@ export class RuncDriver implements RuntimeDriver {
     args.push(id);
     const started = performance.now();
     try {
-      // CRIU inherits runc's environment, and its action script (haven-netlock) reads this there.
-      await this.underShim(
-        options,
-        args,
-        options.unlockAtPostRestore ? { HAVEN_UNLOCK_AT_POST_RESTORE: '1' } : {},
-      );
+      await this.underShim(options, args);
     } catch (error) {
       if (error instanceof RuntimeFailedError) {
         throw new RuntimeFailedError(
@@ -677,11 +672,7 @@ export class RuncDriver implements RuntimeDriver {
    * Runs a runc command that starts container processes (create, restore)
    * under a detached haven-shim, and waits for runc itself to finish.
    */
-  private async underShim(
-    request: CreateRequest,
-    runcArgs: string[],
-    env: Record<string, string> = {},
-  ): Promise<void> {
+  private async underShim(request: CreateRequest, runcArgs: string[]): Promise<void> {
     const runcLog = join(request.bundle, 'runc.log');
     await writeFile(runcLog, ''); // only this call's errors are reported
     const shimErr = openSync(join(request.bundle, 'shim.err'), 'a');
@@ -700,11 +691,7 @@ export class RuncDriver implements RuntimeDriver {
       ...runcArgs,
     ];
     const shimStarted = performance.now();
-    const shim = spawn(this.config.shimPath, argv, {
-      detached: true,
-      stdio: ['ignore', 'pipe', shimErr],
-      env: { ...process.env, ...env },
-    });
+    const shim = spawn(this.config.shimPath, argv, { detached: true, stdio: ['ignore', 'pipe', shimErr] });
     closeSync(shimErr);
     const stdout = shim.stdout;
     if (!stdout) throw new Error('haven-shim started without a stdout pipe');
