@@ -581,21 +581,27 @@ export class Migrations {
             method: 'POST',
             body: { backup: null },
           });
-        // The image now, so that no final round waits on its download.
-        await ctx.callAgent(to, `/v1/replicas/${encodeURIComponent(name)}/prepare`, {
-          method: 'POST',
-          body: { image: intent.spec.image },
-          timeoutMs: 600_000,
-        });
         const asked = String(op.detail.strategy);
-        if (!resumed && (asked === 'auto' || asked === 'hybrid' || asked === 'post-copy')) {
-          // Decided before anything stalls the workload (see chooseAuto).
-          const facts = await ctx.callAgent<MigrationFacts>(
-            from,
-            `/v1/containers/${encodeURIComponent(name)}/migrate-facts`,
-            // The dirty rate's sample takes a second: only auto weighs it.
-            { method: 'POST', body: { sampleDirtyRate: asked === 'auto' } },
-          );
+        const decides = !resumed && (asked === 'auto' || asked === 'hybrid' || asked === 'post-copy');
+        // Side by side: the image on the destination now, so that no final
+        // round waits on its download; and what the strategy is decided on,
+        // before anything stalls the workload (see chooseAuto).
+        const [, facts] = await Promise.all([
+          ctx.callAgent(to, `/v1/replicas/${encodeURIComponent(name)}/prepare`, {
+            method: 'POST',
+            body: { image: intent.spec.image },
+            timeoutMs: 600_000,
+          }),
+          decides
+            ? ctx.callAgent<MigrationFacts>(
+                from,
+                `/v1/containers/${encodeURIComponent(name)}/migrate-facts`,
+                // The dirty rate's sample takes ~0.4 s: only auto weighs it.
+                { method: 'POST', body: { sampleDirtyRate: asked === 'auto' } },
+              )
+            : undefined,
+        ]);
+        if (facts) {
           if (asked === 'hybrid') throw new FailedPreconditionError(hybridRefusal(facts) ?? 'hybrid refused');
           if (asked === 'post-copy' && !facts.lazyPages)
             throw new FailedPreconditionError(

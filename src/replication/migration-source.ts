@@ -355,7 +355,7 @@ export class MigrationSource {
     options: { sampleDirtyRate?: boolean } = {},
   ): Promise<Awaited<ReturnType<ContainerHost['migrationFacts']>> & { dirty?: DirtySample }> {
     const facts = await this.host.migrationFacts(name);
-    // The sample takes a second: only `auto` weighs it.
+    // The sample takes ~0.4 s: only `auto` weighs it.
     if (options.sampleDirtyRate === false) return facts;
     // Measured without a stall (see post-copy-sampler.ts): post-copy suits slow writers only.
     const view = await this.host.inspect(name).catch(() => undefined);
