@@ -74,7 +74,6 @@ import {
   readEstablished,
   LOCK_COMMAND,
   prepareUnlock,
-  announceContainer,
   resetNetworkLock,
   setContainerLink,
   UNLOCK_COMMAND,
@@ -976,7 +975,7 @@ export class ContainerHost {
       }
       trace(`restore ${name}: files and network ready`, started);
       undo.push(() => this.driver.delete(runtimeId).catch(() => undefined));
-      const unlocking = prepareUnlock(this.netns(name));
+      const unlocking = prepareUnlock(this.netns(name), record.ip);
       undo.push(() => Promise.resolve(unlocking.cancel()));
       const workDir = join(this.dir(name), 'restore-work');
       await rm(workDir, { recursive: true, force: true });
@@ -998,12 +997,12 @@ export class ContainerHost {
         tcpClose: options.tcpClose ?? false,
         ...(lazy ? { lazyPages: true } : {}),
       });
-      // Unlocked by an addition (fast), through an nft started ahead; the sets are
-      // emptied (an RCU grace period, 15-20 ms) after the answer — a checkpoint waits for that first.
+      // Unlocked by an addition (fast), through a process started ahead, which
+      // then announces the container; the sets are emptied (an RCU grace
+      // period, 15-20 ms) after the answer — a checkpoint waits for that first.
       trace(`restore ${name}: restored`, started);
       await unlocking.unlock();
       trace(`restore ${name}: unlocked`, started);
-      announceContainer(this.netns(name), record.ip);
       this.resetLockLater(name);
       record.state = 'running';
       delete record.exported;

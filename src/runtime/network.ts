@@ -16,9 +16,11 @@
  *
  * Nothing here adds a route out: the bridge has no address and no uplink.
  */
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { run } from '../core/exec.js';
+import { RuntimeFailedError } from '../core/errors.js';
+import { run, trace } from '../core/exec.js';
 import { NETLOCK_PATH, type HostConfig } from '../core/config.js';
 
 /** An established TCP connection seen from inside a container. */
@@ -188,47 +190,78 @@ export const LOCK_COMMAND: readonly string[] = [NETLOCK_PATH, 'lock'];
 export const UNLOCK_COMMAND: readonly string[] = [NETLOCK_PATH, 'unlock'];
 
 /**
- * Lets a locked container's traffic through (an addition: fast; see
- * {@link lockTableRuleset}), made ready ahead: `nft` already started in the namespace,
- * waiting on its input. `unlock()` hands it the command — the process start
- * (~10 ms) falls before the downtime's end instead of inside it; `cancel()`
- * lets it exit with nothing done.
- */
-export function prepareUnlock(netns: string): { unlock(): Promise<void>; cancel(): void } {
-  let give: (text: string) => void = () => undefined;
-  const input = new Promise<string>((resolve) => (give = resolve));
-  const done = run(['nsenter', `--net=${netnsPath(netns)}`, 'nft', '-f', '-'], { input });
-  done.catch(() => undefined); // reported by unlock(); after cancel() nobody waits
-  return {
-    unlock: () => {
-      give('add element inet haven unlock { "eth0" }\n'); // UNLOCK_COMMAND's addition, as nft's input
-      return done.then(() => undefined);
-    },
-    cancel: () => give(''),
-  };
-}
-
-/**
- * Announces a container that came back on another host (a restore,
- * failover or migration) with unsolicited ARP from its own interface, as a
- * hypervisor announces a migrated VM. Its IP and MAC are the same, but the
- * bridges and switches on the way learnt its MAC on the old host's port: until
- * the container sends a frame they keep delivering its clients' packets
- * there, where its old copy is locked (a post-copy source stays so until
- * the last page) or gone. The announcement `arp_notify` makes when the
+ * Lets a restored container's traffic through, then announces it — from one
+ * process made ready ahead, so neither costs a process start when it
+ * counts: a shell already started in the namespace waits on its input;
+ * `unlock()` hands it the word, it runs `haven-netlock unlock` (~1 ms;
+ * `nft` took ~6 ms at this point) and reports, then becomes `arping` for
+ * the announcement (see below). A process started from Node at that point
+ * blocked the restore's answer for ~10 ms. `cancel()` lets it exit with
+ * nothing done.
+ *
+ * The announcement: a container that came back on another host (a restore,
+ * failover or migration) sends one unsolicited ARP from its own interface,
+ * as a hypervisor announces a migrated VM. Its IP and MAC are the same, but
+ * the bridges and switches on the way learnt its MAC on the old host's port:
+ * until the container sends a frame they keep delivering its clients'
+ * packets there, where its old copy is locked (a post-copy source stays so
+ * until the last page) or gone. The announcement `arp_notify` makes when the
  * namespace's link comes up is not enough: a capture on the lab's bridge
- * showed clients' packets still going to the old port after it. Without
- * this, clients of a migrated server with nothing to send waited 1.5–1.7 s
- * against 0.3–0.8 s of downtime; with it 0.4–0.8 s (docs/BENCHMARKS.md).
- * In the background; a failure only costs that wait.
+ * showed clients' packets still going to the old port after it. Without it,
+ * clients of a migrated server with nothing to send waited 1.5–1.7 s against
+ * 0.3–0.8 s of downtime; with it 0.4–0.8 s (docs/BENCHMARKS.md). A failed
+ * announcement only costs that wait: it is logged, not raised.
  */
-export function announceContainer(netns: string, address: string): void {
-  void run(['nsenter', `--net=${netnsPath(netns)}`, 'arping', '-q', '-U', '-c', '1', '-I', 'eth0', address], {
-    allowFailure: true,
-  }).then((r) => {
-    if (r.code !== 0)
-      process.stderr.write(`announcing ${address} (${netns}): arping failed: ${r.stderr.trim()}\n`);
+export function prepareUnlock(netns: string, address: string): { unlock(): Promise<void>; cancel(): void } {
+  const script = [
+    'read -r go || exit 0', // cancelled: input closed
+    '"$0" unlock || exit 1',
+    'echo unlocked',
+    'exec arping -q -U -c 1 -I eth0 "$1"',
+  ].join('\n');
+  const child = spawn('nsenter', [`--net=${netnsPath(netns)}`, 'sh', '-c', script, NETLOCK_PATH, address], {
+    stdio: ['pipe', 'pipe', 'pipe'],
   });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  child.stdin.on('error', () => undefined); // a shell that died early is reported by unlock()
+  const exited = new Promise<number>((resolve) => {
+    child.on('error', () => resolve(127));
+    child.on('close', (code) => resolve(code ?? 128));
+  });
+  return {
+    unlock: () =>
+      new Promise<void>((resolve, reject) => {
+        const started = performance.now();
+        const onData = (): void => {
+          if (!stdout.includes('unlocked\n')) return;
+          child.stdout.off('data', onData);
+          trace(`unlock ${netns}`, started);
+          resolve();
+          // The announcement goes on in the background.
+          void exited.then((code) => {
+            if (code !== 0)
+              process.stderr.write(
+                `announcing ${address} (${netns}): arping failed (${code}): ${stderr.trim()}\n`,
+              );
+          });
+        };
+        child.stdout.on('data', onData);
+        onData();
+        void exited.then((code) => {
+          if (!stdout.includes('unlocked\n'))
+            reject(
+              new RuntimeFailedError(`unlocking ${netns} failed (exit ${code})`, 'haven-netlock', [
+                stderr.trim(),
+              ]),
+            );
+        });
+        child.stdin.end('go\n');
+      }),
+    cancel: () => child.stdin.end(),
+  };
 }
 
 /** Empties both sets once the container runs again, ready for the next lock. */
