@@ -23,6 +23,7 @@
 import { Readable } from 'node:stream';
 import { CorruptCheckpointError, InvalidArgumentError } from '../core/errors.js';
 import { callJson, errorFrom, openRequest } from '../core/http-client.js';
+import { trace } from '../core/exec.js';
 import { CHUNK_BYTES, type EpochManifest } from './chunks.js';
 import { manifestKey, signManifest } from './manifest-mac.js';
 import {
@@ -150,12 +151,16 @@ export async function sendChunks(
         let windowRaw = 0;
         let waitedSocket = 0;
         let waitedFrames = 0;
+        // Over the whole transfer, for HAVEN_TRACE: where a slow send spent its time.
+        let framesTotal = 0;
+        let socketTotal = 0;
         fill();
         while (ahead.length > 0) {
           const asked = performance.now();
           const { frame, raw } = await ahead.shift()!;
           // Time the next frame was not ready: reading and compressing held the stream back.
           waitedFrames += performance.now() - asked;
+          framesTotal += performance.now() - asked;
           fill();
           sent += raw;
           wire += frame.length - (setting === undefined ? HEADER_V1 : HEADER_V2);
@@ -165,6 +170,7 @@ export async function sendChunks(
           yield frame;
           // Time until the stream wanted more: the socket (the link, the receiver) was full.
           waitedSocket += performance.now() - handed;
+          socketTotal += performance.now() - handed;
           onProgress?.(sent);
           if (auto && windowWire >= LINK_WINDOW_BYTES) {
             const now = performance.now();
@@ -184,6 +190,11 @@ export async function sendChunks(
             waitedFrames = 0;
           }
         }
+        trace(
+          `sending ${missing.length} chunks of ${name}: waited ${framesTotal.toFixed(1)} ms for frames, ` +
+            `${socketTotal.toFixed(1)} ms for the socket`,
+          sending,
+        );
       })(),
       { highWaterMark: 1 },
     );
