@@ -154,6 +154,8 @@ export class ReplicaStore {
   /** Chunks of epochs on their way, by container (see {@link missing}). */
   private readonly pinned = new Map<string, { at: number; hashes: Set<string> }>();
   private lastPrune = 0;
+  /** The prune under way, if any: one at a time. */
+  private pruning: Promise<void> | undefined;
 
   /**
    * Stores chunks from a framed stream (format 1, or 2 with compressed
@@ -179,8 +181,8 @@ export class ReplicaStore {
   /**
    * Commits an epoch: every chunk must be here. The manifest is written
    * atomically and, unless `durable` is false, synced before the
-   * acknowledgement; then older epochs beyond {@link EPOCHS_KEPT} and
-   * unreferenced chunks are pruned. A live migration's epochs are not
+   * acknowledgement; then older epochs beyond {@link EPOCHS_KEPT} are
+   * removed, and unreferenced chunks pruned after the answer. A live migration's epochs are not
    * synced: if this host dies before the copy runs here the migration rolls
    * back to the source (which keeps its own final state), and once it runs
    * here its state is newer than any epoch — so the ~15 ms of the fsync
@@ -230,7 +232,7 @@ export class ReplicaStore {
     this.pinned.delete(manifest.container);
     const epochs = await this.epochs(manifest.container);
     for (const old of epochs.slice(EPOCHS_KEPT)) await rm(join(dir, `${old}.json`), { force: true });
-    await this.pruneChunks();
+    this.pruneLater();
   }
 
   /** Committed epochs of a container, newest first. */
@@ -272,6 +274,20 @@ export class ReplicaStore {
     await rm(join(this.dir, 'containers', validateName(name, 'container')), { recursive: true, force: true });
     this.pinned.delete(name);
     await this.pruneChunks(true);
+  }
+
+  /**
+   * Starts a prune after a commit without waiting for it. A prune reads every
+   * kept manifest and walks the chunk store (~10 ms here, growing with the
+   * store), and a migration's final round commits inside the container's
+   * downtime. Chunks arriving meanwhile are safe: a prune removes only
+   * chunks past a grace period, and those of epochs on their way are pinned.
+   */
+  private pruneLater(): void {
+    if (this.pruning || Date.now() - this.lastPrune < PRUNE_EVERY_MS) return;
+    this.pruning = this.pruneChunks()
+      .catch((error: unknown) => logger('agent.replication').warn(`pruning chunks failed: ${String(error)}`))
+      .finally(() => (this.pruning = undefined));
   }
 
   /**
