@@ -182,10 +182,11 @@ export class ReplicaStore {
    * Commits an epoch: every chunk must be here. The manifest is written
    * atomically and, unless `durable` is false, synced before the
    * acknowledgement; then older epochs beyond {@link EPOCHS_KEPT} are
-   * removed, and unreferenced chunks pruned after the answer. A live migration's epochs are not
-   * synced: if this host dies before the copy runs here the migration rolls
-   * back to the source (which keeps its own final state), and once it runs
-   * here its state is newer than any epoch — so the ~15 ms of the fsync
+   * removed, and unreferenced chunks pruned after the answer. A live
+   * migration's epochs are not synced: if this host dies before the copy
+   * runs here the migration rolls back to the source (which keeps its own
+   * final state), and once it runs here its state is newer than any epoch —
+   * so the ~15 ms of the fsync
    * would only lengthen the downtime. (A manifest torn by a crash is read
    * back as a damaged epoch and skipped.)
    */
