@@ -24,7 +24,14 @@
  * (a restored process that used such an instruction would die with SIGILL).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, createReadStream, existsSync, openSync, readSync } from 'node:fs';
+import {
+  closeSync,
+  constants as fsConstants,
+  createReadStream,
+  existsSync,
+  openSync,
+  readSync,
+} from 'node:fs';
 import { open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { arch, constants as osConstants, release } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -33,6 +40,7 @@ import {
   CorruptCheckpointError,
   FailedPreconditionError,
   InvalidArgumentError,
+  NoSpaceError,
   RuntimeFailedError,
 } from '../core/errors.js';
 import { hashBuffer, hashTree, sha256File } from './checkpoint-manifest.js';
@@ -101,6 +109,44 @@ export function incompatibility(source: MachineRequirements, here: MachineRequir
     return `this CPU lacks features the checkpoint's processes may use: ${missing.slice(0, 12).join(' ')}${missing.length > 12 ? ' …' : ''}`;
   }
   return undefined;
+}
+
+/**
+ * tar's record size for archive files, in 512-byte blocks (1 MiB). GNU tar
+ * reads and writes in records of 20 blocks by default: 10 KiB a system call,
+ * ~26,000 of them for 256 MB. Measured here for a 256 MB checkpoint between
+ * the staging tmpfs and ext4: writing the archive 220 → 85 ms, extracting it
+ * 190 → 105 ms. The record size is not part of the format: members and
+ * block numbers stay in 512-byte blocks, any tar reads the result, and the
+ * padding of the last record is cut off with the end marker (see
+ * writePlainArchive).
+ */
+const RECORD_BLOCKS = ['-b', '2048'];
+
+/**
+ * Whether `file` can be written with O_DIRECT (creating it, empty). An
+ * uncompressed archive is written around the page cache where the file
+ * system allows it: on this machine kind, copying a 256 MB checkpoint into
+ * fresh page-cache pages cost 0.07–0.75 s of kernel time (nearly all of it
+ * in the copy to pages the hypervisor must first back), and the
+ * fdatasync a stopping checkpoint needs wrote it all again; direct writes
+ * took 0.12–0.18 s and leave almost nothing to sync. File systems without
+ * O_DIRECT (EINVAL) — and any other error, which tar then reports — get
+ * the buffered path.
+ */
+function directWriteWorks(file: string): boolean {
+  try {
+    closeSync(
+      openSync(
+        file,
+        fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_DIRECT,
+        0o644,
+      ),
+    );
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** The compressor a stream goes through, at a fast level: an archive is written inside a migration or a backup window. */
@@ -258,26 +304,50 @@ async function writePlainArchive(
   parts: ArchiveParts,
   trailer: (streamed: StreamedArchive) => ArchiveTrailer | Promise<ArchiveTrailer>,
 ): Promise<StreamedArchive> {
-  const tar = spawn('tar', ['-c', '-v', '--block-number', '-f', tmp, ...contentArgs(parts)], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const direct = directWriteWorks(tmp);
+  const writer = direct
+    ? spawn('dd', [`of=${tmp}`, 'bs=1M', 'iflag=fullblock', 'oflag=direct', 'status=none'], {
+        stdio: ['pipe', 'ignore', 'pipe'],
+      })
+    : undefined;
+  const tar = spawn(
+    'tar',
+    ['-c', '-v', '--block-number', ...RECORD_BLOCKS, '-f', direct ? '-' : tmp, ...contentArgs(parts)],
+    { stdio: ['ignore', writer?.stdin ?? 'pipe', 'pipe'] },
+  );
+  // tar holds the pipe's write end now: dd reads to its end when tar exits.
+  writer?.stdin?.destroy();
+  // The listing ("block N: name") is on tar's stdout, or on its stderr when the archive is its stdout.
   let listing = '';
-  tar.stdout.on('data', (b: Buffer) => {
+  (tar.stdout ?? tar.stderr)?.on('data', (b: Buffer) => {
     listing = (listing + b.toString()).slice(-8192);
   });
   const tarError = stderrOf(tar);
+  const writerError = writer ? stderrOf(writer) : () => '';
   const tarDone = exited(tar);
+  const writerDone = writer ? exited(writer) : Promise.resolve(0);
   let hashed: StreamedArchive;
   try {
     hashed = await hashParts(parts);
   } catch (error) {
     tar.kill('SIGKILL');
-    await tarDone;
+    writer?.kill('SIGKILL');
+    await Promise.all([tarDone, writerDone]);
     throw error;
   }
-  const tarCode = await tarDone;
-  if (tarCode !== 0) {
-    throw new RuntimeFailedError(`writing archive failed (tar exit ${tarCode})`, 'tar', [tarError()]);
+  const [tarCode, writerCode] = await Promise.all([tarDone, writerDone]);
+  // The writer first: when it fails (a full disk), tar only sees its pipe break.
+  for (const [code, tool, why] of [
+    [writerCode, 'dd', writerError()],
+    [tarCode, 'tar', tarError()],
+  ] as const) {
+    if (code === 0) continue;
+    if (/No space left on device|Disk quota exceeded/.test(why)) {
+      throw new NoSpaceError(
+        `no space left on the archive's disk (writing ${tmp}): free some space and try again`,
+      );
+    }
+    throw new RuntimeFailedError(`writing archive failed (${tool} exit ${code})`, tool, [why]);
   }
   // "block N: image.tar": the last member's header; its data follows, then tar's end marker.
   const imageName = basename(parts.imageTar).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -467,9 +537,13 @@ export async function extractArchive(file: string, dir: string): Promise<Extract
   }
   const tar =
     failure === undefined
-      ? spawn('tar', ['--numeric-owner', '-xpf', piped ? '-' : file, '-C', dir], {
-          stdio: [piped ? 'pipe' : 'ignore', 'ignore', 'pipe'],
-        })
+      ? spawn(
+          'tar',
+          ['--numeric-owner', ...(piped ? ['-xpf', '-'] : [...RECORD_BLOCKS, '-xpf', file]), '-C', dir],
+          {
+            stdio: [piped ? 'pipe' : 'ignore', 'ignore', 'pipe'],
+          },
+        )
       : undefined;
   const tarError = tar ? stderrOf(tar) : () => '';
   const tarDone = tar ? exited(tar) : Promise.resolve(128 + 9);

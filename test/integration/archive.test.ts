@@ -113,3 +113,36 @@ test('a checkpoint from a CPU with features this one lacks is refused before any
   assert.match(r.stderr, /the CPU lacks features .*avx10_9_imaginary/);
   assert.ok(!existsSync(join(b.config.stateDir, 'containers', 'kv5')));
 });
+
+test(
+  'an uncompressed export: a full disk fails it and the container runs on; then it imports',
+  { timeout: 120_000 },
+  async () => {
+    const plainIp = '10.88.3.3';
+    await a.runRedis('plain', plainIp);
+    await a.inClient(['redis-cli', '-h', plainIp, 'SET', 'plain', 'kept']);
+    // Written around the page cache (O_DIRECT) where the file system allows it,
+    // as tmpfs does here: the full disk surfaces in that writer, not in tar.
+    const full = join(work, 'full');
+    await run(['mkdir', '-p', full]);
+    await run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'haven-test-archive-full', full]);
+    try {
+      const r = await a.cli(['checkpoint', 'plain', '--export', join(full, 'plain.tar')]);
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /no space left/i);
+      assert.deepEqual(await readdir(full), [], 'no partial archive is left');
+    } finally {
+      await run(['umount', full]);
+    }
+    assert.equal((await a.host.inspect('plain')).state, 'running');
+    assert.equal((await a.inClient(['redis-cli', '-h', plainIp, 'GET', 'plain'])).stdout.trim(), 'kept');
+
+    const archive = join(work, 'plain.tar');
+    assert.equal((await a.cli(['checkpoint', 'plain', '--export', archive])).code, 0);
+    const imported = await b.cli(['restore', '--import', archive, '--name', 'plain2']);
+    assert.equal(imported.code, 0, imported.stderr);
+    await a.waitForRedis(plainIp);
+    assert.equal((await a.inClient(['redis-cli', '-h', plainIp, 'GET', 'plain'])).stdout.trim(), 'kept');
+    assert.equal((await b.cli(['stop', 'plain2', '--time', '1'])).code, 0);
+  },
+);
