@@ -15,6 +15,8 @@
  *   haven-netlock lock      add "eth0" to @lock     (traffic dropped)
  *   haven-netlock unlock    add "eth0" to @unlock   (traffic passes)
  *   haven-netlock reset     flush @lock and @unlock  (open, ready to lock)
+ *   haven-netlock hold [-- COMMAND...]
+ *                           a restore's hold: see hold() below
  * Exit 0 on success; 1 with the kernel's reason on stderr otherwise.
  */
 #define _GNU_SOURCE
@@ -23,18 +25,26 @@
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_queue.h>
 #include <linux/netlink.h>
 #include <net/if.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* Names shared with lockTableRuleset (src/runtime/network.ts). */
 static const char TABLE[] = "haven";
 static const char INTERFACE[] = "eth0";
+/* The netfilter queue a restore's hold rule feeds (HOLD_QUEUE in src/runtime/network.ts). */
+static const uint16_t HOLD_QUEUE = 7;
+/* hold's exit status when its input closed without "go": nothing was unlocked. */
+static const int CANCELLED = 10;
 
 struct batch {
 	char data[2048];
@@ -173,10 +183,203 @@ static int run(const char *command)
 	return commit(&b, acks);
 }
 
+/* What the hold queue has counted: the highest packet id (a batch verdict on it covers every packet before) and how many. */
+struct held {
+	uint32_t last;
+	unsigned count;
+};
+
+/*
+ * Receives from the hold queue (with MSG_DONTWAIT: what is there now):
+ * packets are counted into `h`; an acknowledgement sets `*acked`.
+ * Returns 1 if something was read, 0 if nothing was there, -1 on an error.
+ */
+static int queue_receive(int sk, int flags, struct held *h, int *acked)
+{
+	char buf[65536];
+	ssize_t n = recv(sk, buf, sizeof(buf), flags);
+	if (n < 0) {
+		/* ENOBUFS: notifications were lost, not packets (they stay queued); a later id covers them. */
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ENOBUFS)
+			return 0;
+		perror("haven-netlock: hold: receive");
+		return -1;
+	}
+	for (struct nlmsghdr *m = (struct nlmsghdr *)buf; NLMSG_OK(m, (size_t)n); m = NLMSG_NEXT(m, n)) {
+		if (m->nlmsg_type == NLMSG_ERROR) {
+			const struct nlmsgerr *e = NLMSG_DATA(m);
+			if (e->error != 0) {
+				fprintf(stderr, "haven-netlock: hold: queue %u: %s\n", HOLD_QUEUE, strerror(-e->error));
+				return -1;
+			}
+			*acked = 1;
+			continue;
+		}
+		if (m->nlmsg_type != ((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET))
+			continue;
+		int len = m->nlmsg_len - NLMSG_LENGTH(sizeof(struct nfgenmsg));
+		for (struct nlattr *a = (struct nlattr *)((char *)NLMSG_DATA(m) + NLMSG_ALIGN(sizeof(struct nfgenmsg)));
+		     len >= (int)sizeof(*a) && a->nla_len >= sizeof(*a) && a->nla_len <= len;
+		     len -= NLA_ALIGN(a->nla_len), a = (struct nlattr *)((char *)a + NLA_ALIGN(a->nla_len))) {
+			if ((a->nla_type & NLA_TYPE_MASK) != NFQA_PACKET_HDR)
+				continue;
+			const struct nfqnl_msg_packet_hdr *p = (const void *)((char *)a + NLA_HDRLEN);
+			h->last = ntohl(p->packet_id);
+			h->count++;
+		}
+	}
+	return 1;
+}
+
+/* Sends one message to the hold queue; with `ack`, waits for its acknowledgement, counting packets meanwhile. */
+static int queue_send(int sk, uint16_t type, uint16_t attr, const void *value, size_t len, int ack, struct held *h)
+{
+	struct batch b = { .len = 0, .seq = 0 };
+	struct nlmsghdr *m = message(&b, (NFNL_SUBSYS_QUEUE << 8) | type, ack ? NLM_F_ACK : 0, AF_UNSPEC, HOLD_QUEUE);
+	attribute(m, attr, value, len);
+	close_message(&b, m);
+	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+	if (sendto(sk, b.data, b.len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0) {
+		perror("haven-netlock: hold: send");
+		return 1;
+	}
+	for (int acked = !ack; !acked;)
+		if (queue_receive(sk, 0, h, &acked) < 0)
+			return 1;
+	return 0;
+}
+
+/* Lets every packet up to id `last` through. */
+static int queue_release(int sk, struct held *h)
+{
+	struct nfqnl_msg_verdict_hdr verdict = { .verdict = htonl(NF_ACCEPT), .id = htonl(h->last) };
+	return queue_send(sk, NFQNL_MSG_VERDICT_BATCH, NFQA_VERDICT_HDR, &verdict, sizeof(verdict), 0, h);
+}
+
+/*
+ * A restore's hold. While a container is restored its namespace is locked;
+ * what its clients send meanwhile used to be dropped, and a client whose
+ * retransmission was dropped waits out its backed-off timer (a capture: the
+ * first retransmission 210 ms after the freeze, dropped; the next 430 ms
+ * later). A rule before the lock (`iptables -t mangle … -j NFQUEUE
+ * --queue-num 7 --queue-bypass`, made by the caller) hands those packets to
+ * this program instead, which keeps them in the kernel's queue:
+ *
+ *   1. binds queue HOLD_QUEUE (metadata only) and prints "holding";
+ *   2. on the line "announce" on stdin, runs COMMAND, not waiting for it (the
+ *      caller's announcement: the container's clients are sent here from then
+ *      on, to be held);
+ *   3. on the line "go" (the restore is done): unlocks as `unlock` does, then
+ *      lets every held packet through in one batch verdict — the restored
+ *      sockets get them at once — and prints "unlocked N";
+ *   4. on end of input without "go": exits CANCELLED; closing the queue
+ *      drops what it held, which never reaches a socket that was not restored.
+ *
+ * Without a listener (before the bind, after the exit) the rule's bypass
+ * lets packets on to the lock, which drops them while locked: nothing is
+ * lost that the lock would not have dropped anyway.
+ */
+static int hold(char **command)
+{
+	int sk = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+	if (sk < 0) {
+		perror("haven-netlock: hold: netlink socket");
+		return 1;
+	}
+	/* Room for a full queue's notifications (1,024 packets by default, ~200 bytes each). */
+	int room = 1 << 20;
+	setsockopt(sk, SOL_SOCKET, SO_RCVBUFFORCE, &room, sizeof(room));
+	/*
+	 * A new queue copies nothing (NFQNL_COPY_NONE), and the kernel passes
+	 * packets on rather than queue them so (the rule's bypass): metadata is
+	 * all a verdict needs.
+	 */
+	struct nfqnl_msg_config_cmd bind_cmd = { .command = NFQNL_CFG_CMD_BIND };
+	struct nfqnl_msg_config_params meta = { .copy_range = 0, .copy_mode = NFQNL_COPY_META };
+	struct held h = { 0, 0 };
+	if (queue_send(sk, NFQNL_MSG_CONFIG, NFQA_CFG_CMD, &bind_cmd, sizeof(bind_cmd), 1, &h) ||
+	    queue_send(sk, NFQNL_MSG_CONFIG, NFQA_CFG_PARAMS, &meta, sizeof(meta), 1, &h))
+		return 1;
+	printf("holding\n");
+	fflush(stdout);
+	signal(SIGCHLD, SIG_IGN); /* the announcement is not waited for, and leaves no zombie */
+	int announced = 0, acked = 0;
+	char line[64];
+	size_t used = 0;
+	for (;;) {
+		struct pollfd fds[2] = { { .fd = sk, .events = POLLIN }, { .fd = 0, .events = POLLIN } };
+		if (poll(fds, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			perror("haven-netlock: hold: poll");
+			return 1;
+		}
+		if (fds[0].revents & POLLIN && queue_receive(sk, MSG_DONTWAIT, &h, &acked) < 0)
+			return 1;
+		if (!(fds[1].revents & (POLLIN | POLLHUP)))
+			continue;
+		ssize_t n = read(0, line + used, sizeof(line) - 1 - used);
+		if (n <= 0)
+			return CANCELLED;
+		used += n;
+		line[used] = 0;
+		if (!announced && strstr(line, "announce\n") && command && command[0]) {
+			announced = 1;
+			if (fork() == 0) {
+				signal(SIGCHLD, SIG_DFL);
+				execvp(command[0], command);
+				perror("haven-netlock: hold: command");
+				_exit(127);
+			}
+		}
+		if (strstr(line, "go\n"))
+			break;
+		if (used == sizeof(line) - 1)
+			used = 0;
+	}
+	if (run("unlock"))
+		return 1;
+	/*
+	 * The queue stops taking packets before it is released and closed: with
+	 * nothing to copy, the kernel passes new ones on (the bypass), so none
+	 * can arrive between the last receive and the close, which would drop
+	 * it. (A capture showed why this matters: the released packets draw the
+	 * client's retransmission within a millisecond.)
+	 */
+	struct nfqnl_msg_config_params none = { .copy_range = 0, .copy_mode = NFQNL_COPY_NONE };
+	if (queue_send(sk, NFQNL_MSG_CONFIG, NFQA_CFG_PARAMS, &none, sizeof(none), 1, &h))
+		return 1;
+	/* What came in meanwhile (an enqueue racing the change included), then one verdict for all of it. */
+	for (int quiet = 0; quiet < 2;) {
+		int got = queue_receive(sk, MSG_DONTWAIT, &h, &acked);
+		if (got < 0)
+			return 1;
+		if (got > 0) {
+			quiet = 0;
+			continue;
+		}
+		quiet++;
+		struct pollfd pending = { .fd = sk, .events = POLLIN };
+		poll(&pending, 1, 1);
+	}
+	if (h.count && queue_release(sk, &h))
+		return 1;
+	printf("unlocked %u\n", h.count);
+	fflush(stdout);
+	close(sk);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
-	if (argc == 2)
+	if (argc >= 2 && strcmp(argv[1], "hold") == 0) {
+		if (argc == 2)
+			return hold(NULL);
+		if (strcmp(argv[2], "--") == 0)
+			return hold(argv + 3);
+	} else if (argc == 2) {
 		return run(argv[1]);
-	fprintf(stderr, "usage: haven-netlock lock|unlock|reset\n");
+	}
+	fprintf(stderr, "usage: haven-netlock lock|unlock|reset|hold [-- COMMAND...]\n");
 	return 2;
 }

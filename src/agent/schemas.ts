@@ -197,7 +197,13 @@ export const migrateRoundSchema = z
   .strict();
 
 /** `POST /v1/replicas/:name/prepare`: a migration's destination fetches the image before anything stops. */
-export const prepareReplicaSchema = z.object({ image: imageIdSchema }).strict();
+export const prepareReplicaSchema = z
+  .object({
+    image: imageIdSchema,
+    /** The container's address (ADDR/PREFIX): its network is made here ahead of the freeze (ContainerHost.prepareNetwork). */
+    network: z.string().max(32).optional(),
+  })
+  .strict();
 
 /**
  * `POST /v1/containers/:name/migrate-facts`: what a migration's decision

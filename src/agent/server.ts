@@ -56,6 +56,7 @@ import { probeSpecSchema, type Prober } from './probes.js';
 import type { Protection } from './protection.js';
 import { z } from 'zod';
 import { trace } from '../core/exec.js';
+import { logger } from '../core/log.js';
 import {
   checkpointRequestSchema,
   handoverRequestSchema,
@@ -277,6 +278,8 @@ async function replicaRoute(
   }
   const name = decode(nameSchema, id);
   if (!action && method === 'DELETE') {
+    // A migration rolled back: what its prepare made here goes too.
+    await options.host.discardPremadeNetwork(name);
     await protection.replicas.drop(name);
     return send(res, 200, { dropped: name });
   }
@@ -322,7 +325,20 @@ async function replicaRoute(
     await ensureImage(options, body.image);
     const here = await options.host.inspect(name).catch(() => undefined);
     if (here) throw new HttpError(409, `a container "${name}" already exists on this host (${here.state})`);
-    return send(res, 200, { name, ready: true });
+    // Best effort: without it the restore makes the network itself, ~20 ms later, and holds nothing early.
+    const network = body.network
+      ? await options.host.prepareNetwork(name, body.network).then(
+          () => true,
+          (error: unknown) => {
+            logger('agent').warn('cannot make the network ahead of the migration', {
+              name,
+              error: String(error),
+            });
+            return false;
+          },
+        )
+      : false;
+    return send(res, 200, { name, ready: true, network });
   }
   if (action === 'stage') {
     // Its primary's host is suspected: assemble the newest epoch now, so a promotion finds it ready.

@@ -589,7 +589,12 @@ export class Migrations {
         const [, facts] = await Promise.all([
           ctx.callAgent(to, `/v1/replicas/${encodeURIComponent(name)}/prepare`, {
             method: 'POST',
-            body: { image: intent.spec.image },
+            body: {
+              image: intent.spec.image,
+              ...(typeof intent.spec.ip === 'string' && intent.spec.ip.includes('/')
+                ? { network: intent.spec.ip }
+                : {}),
+            },
             timeoutMs: 600_000,
           }),
           decides

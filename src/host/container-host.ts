@@ -75,6 +75,7 @@ import {
   LOCK_COMMAND,
   prepareUnlock,
   resetNetworkLock,
+  type Holder,
   setContainerLink,
   UNLOCK_COMMAND,
   shortHash,
@@ -101,6 +102,9 @@ import {
 
 /** Checkpoints kept per container unless told otherwise; older ones are deleted after a new one is complete. */
 export const DEFAULT_KEEP_CHECKPOINTS = 3;
+
+/** How long a network made ahead of a migration waits for its restore (see ContainerHost.prepareNetwork). */
+export const PREMADE_NETWORK_MS = 10 * 60_000;
 
 /** How long after a restore's unlock its lock sets are emptied (see `resetLockLater`). */
 const LOCK_RESET_DELAY_MS = 100;
@@ -573,6 +577,68 @@ export class ContainerHost {
   private readonly holdingAddress = new Map<string, Promise<void>>();
 
   /**
+   * Networks made ahead of a migration's freeze (see {@link prepareNetwork}),
+   * by container name, each with its hold already in place.
+   */
+  private readonly premade = new Map<
+    string,
+    { ip: string; prefix: number; mac: string; holder: Holder; expiry: NodeJS.Timeout }
+  >();
+
+  /**
+   * A migration's destination, before the source freezes: makes the
+   * container's network namespace now — locked, its link down (the
+   * container still runs on the source with the same address and MAC: see
+   * `linkDown` in runtime/network.ts), and its hold bound — so that
+   * the restore after the freeze neither makes it (~20 ms of process starts
+   * inside the downtime) nor waits for it to announce: its first act brings
+   * the link up, and from then on what the clients send is held for the
+   * restored sockets instead of dropped (see {@link prepareUnlock}). A
+   * restore of `name` with the same address takes it; a network left
+   * unused for {@link PREMADE_NETWORK_MS} (a migration that never got to
+   * its restore) is removed, as by {@link discardPremadeNetwork}.
+   */
+  async prepareNetwork(name: string, cidr: string): Promise<void> {
+    validateName(name, 'container');
+    const { address, prefix } = parseIpv4Cidr(cidr);
+    await this.discardPremadeNetwork(name);
+    if (existsSync(this.dir(name))) {
+      throw new AlreadyExistsError(`container "${name}" already exists on this host`);
+    }
+    const netns = this.netns(name);
+    await removeContainerNetwork(this.config, netns);
+    const mac = macForIp(address);
+    await createContainerNetwork(this.config, { netns, address, prefix, mac, locked: true, linkDown: true });
+    const holder = prepareUnlock(netns, address);
+    const expiry = setTimeout(() => void this.discardPremadeNetwork(name), PREMADE_NETWORK_MS);
+    expiry.unref();
+    this.premade.set(name, { ip: address, prefix, mac, holder, expiry });
+  }
+
+  /** Removes a network {@link prepareNetwork} made, if any (a migration rolled back). */
+  async discardPremadeNetwork(name: string): Promise<void> {
+    const made = this.premade.get(name);
+    if (!made) return;
+    this.premade.delete(name);
+    clearTimeout(made.expiry);
+    made.holder.cancel();
+    await removeContainerNetwork(this.config, this.netns(name));
+  }
+
+  /** The network made ahead for `record`, if its address matches; any other is discarded. */
+  private async takePremade(record: ContainerRecord): Promise<Holder | undefined> {
+    const made = this.premade.get(record.name);
+    if (!made) return undefined;
+    if (made.ip !== record.ip || made.prefix !== record.prefix || made.mac !== record.mac) {
+      await this.discardPremadeNetwork(record.name);
+      return undefined;
+    }
+    this.premade.delete(record.name);
+    clearTimeout(made.expiry);
+    return made.holder;
+  }
+
+  /**
    * Runs `work` on `name` after the answer (see {@link settling}); its
    * failure is logged. A tear-down (`teardown`) calls the `addressFree` it
    * is given once the container's address is released (at its end at the
@@ -940,13 +1006,21 @@ export class ContainerHost {
     await this.settled(name);
     await Promise.all(this.holdingAddress.values());
     trace(`restore ${name}: begun`, started);
+    // A network made ahead (a migration's destination) is announced first of
+    // all: its clients' packets come here from now on, to be held.
+    const premade = await this.takePremade(record);
+    premade?.announce();
     await Promise.all([
       this.driver.delete(runtimeId).catch(() => undefined),
       this.unmountRootfs(name),
-      removeContainerNetwork(this.config, this.netns(name)),
+      premade ? undefined : removeContainerNetwork(this.config, this.netns(name)),
     ]);
     record.host = this.config.hostName;
     const undo: Array<() => Promise<unknown>> = [];
+    if (premade) {
+      undo.push(() => removeContainerNetwork(this.config, this.netns(name)));
+      undo.push(() => Promise.resolve(premade.cancel()));
+    }
     try {
       // The files and the network are made side by side (each costs tens of ms of process starts).
       const files = (async () => {
@@ -961,6 +1035,7 @@ export class ContainerHost {
         await this.writeBundle(record, options.tcpClose ? ['tcp-close'] : []);
       })();
       const network = (async () => {
+        if (premade) return;
         await createContainerNetwork(this.config, {
           netns: this.netns(name),
           address: record.ip,
@@ -975,8 +1050,11 @@ export class ContainerHost {
       }
       trace(`restore ${name}: files and network ready`, started);
       undo.push(() => this.driver.delete(runtimeId).catch(() => undefined));
-      const unlocking = prepareUnlock(this.netns(name), record.ip);
-      undo.push(() => Promise.resolve(unlocking.cancel()));
+      const unlocking = premade ?? prepareUnlock(this.netns(name), record.ip);
+      if (!premade) {
+        undo.push(() => Promise.resolve(unlocking.cancel()));
+        unlocking.announce();
+      }
       const workDir = join(this.dir(name), 'restore-work');
       await rm(workDir, { recursive: true, force: true });
       await rm(join(this.dir(name), 'exit.json'), { force: true });

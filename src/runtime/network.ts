@@ -43,6 +43,14 @@ export interface ContainerNetworkSpec {
    * unlocks once CRIU has recreated the sockets.
    */
   locked?: boolean;
+  /**
+   * Leave the container's link down: a network made ahead of a migration's
+   * freeze, while the container still runs on the source with the same
+   * address and MAC. A link that is down sends nothing (no ARP, no IPv6
+   * neighbour discovery) that would teach the bridge the MAC's new port too
+   * early; the restore's {@link Holder.announce} brings it up.
+   */
+  linkDown?: boolean;
 }
 
 const NETNS_DIR = '/run/netns';
@@ -103,7 +111,7 @@ export async function createContainerNetwork(config: HostConfig, spec: Container
     `nsenter --net=${netnsPath(spec.netns)} sh -c 'echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_notify && exec nft -f -' <<'RULES'`,
     lockTableRuleset(spec.locked ?? false).trimEnd(),
     'RULES',
-    `ip -n ${spec.netns} link set eth0 up`,
+    ...(spec.linkDown ? [] : [`ip -n ${spec.netns} link set eth0 up`]),
   ].join('\n');
   try {
     await run(['sh', '-c', script]);
@@ -190,14 +198,45 @@ export const LOCK_COMMAND: readonly string[] = [NETLOCK_PATH, 'lock'];
 export const UNLOCK_COMMAND: readonly string[] = [NETLOCK_PATH, 'unlock'];
 
 /**
- * Lets a restored container's traffic through, then announces it — from one
- * process made ready ahead, so neither costs a process start when it
- * counts: a shell already started in the namespace waits on its input;
- * `unlock()` hands it the word, it runs `haven-netlock unlock` (~1 ms;
- * `nft` took ~6 ms at this point) and reports, then becomes `arping` for
- * the announcement (see below). A process started from Node at that point
- * blocked the restore's answer for ~10 ms. `cancel()` lets it exit with
- * nothing done.
+ * The netfilter queue a restore holds its clients' packets in (HOLD_QUEUE in
+ * native/haven-netlock.c): one per namespace, so one number serves all.
+ */
+export const HOLD_QUEUE = 7;
+
+/** A restore's hold on its container's traffic (see {@link prepareUnlock}). */
+export interface Holder {
+  /** Brings the link up (if it was made down) and announces the container: its clients' packets come here, to be held. */
+  announce(): void;
+  /** Unlocks and lets what was held through; resolves with how many packets were held, then announces once more. */
+  unlock(): Promise<number>;
+  /** Ends the hold with nothing unlocked or announced: what was held is dropped. */
+  cancel(): void;
+}
+
+/** Set once a namespace could not get the hold rule: said once per process, not per restore. */
+let holdUnavailable = false;
+
+/**
+ * Holds what a restored container's clients send until it runs, then lets
+ * its traffic through and announces it — from one process made ready
+ * ahead, so none of it costs a process start when it counts.
+ *
+ * The hold: the namespace stays locked while CRIU restores, and what
+ * arrived meanwhile used to be dropped. A capture of a migration's client
+ * showed what that costs: its first retransmission left 210 ms after the
+ * freeze (its minimum timer), was dropped while the destination restored,
+ * and the next came 430 ms later (the timer backs off) — the client felt
+ * 640 ms for 255 ms of downtime. Now a rule ahead of the lock
+ * (`iptables -t mangle … -j NFQUEUE --queue-bypass`) hands those packets to
+ * `haven-netlock hold`, which keeps them in the kernel's queue; `unlock()`
+ * tells it "go": it unlocks, then lets everything held through at once, so
+ * the first retransmission that reaches the new host is answered as soon
+ * as the sockets exist. Made before CRIU starts, in parallel with it: the
+ * rule (~4 ms), the bind (~1 ms). Without a listener the rule's bypass
+ * passes packets on to the lock, which drops them as before; a restore
+ * that fails closes the queue, which drops what it held — nothing reaches
+ * a socket that was not restored. Where the rule cannot be made (no
+ * NFQUEUE in the kernel), the restore goes on without the hold (logged once).
  *
  * The announcement: a container that came back on another host (a restore,
  * failover or migration) sends one unsolicited ARP from its own interface,
@@ -205,19 +244,26 @@ export const UNLOCK_COMMAND: readonly string[] = [NETLOCK_PATH, 'unlock'];
  * the bridges and switches on the way learnt its MAC on the old host's port:
  * until the container sends a frame they keep delivering its clients'
  * packets there, where its old copy is locked (a post-copy source stays so
- * until the last page) or gone. The announcement `arp_notify` makes when the
- * namespace's link comes up is not enough: a capture on the lab's bridge
- * showed clients' packets still going to the old port after it. Without it,
+ * until the last page) or gone. It goes out twice: as soon as the hold is
+ * in place, so that clients' packets come here to be held while CRIU
+ * restores, and after the unlock (a bridge may not have taken in a port made
+ * moments before: a capture on the lab's bridge once showed the first
+ * announcement of a new link lost). The announcement `arp_notify` makes when
+ * the namespace's link comes up was not enough on its own. Without any,
  * clients of a migrated server with nothing to send waited 1.5–1.7 s against
- * 0.3–0.8 s of downtime; with it 0.4–0.8 s (docs/BENCHMARKS.md). A failed
- * announcement only costs that wait: it is logged, not raised.
+ * 0.3–0.8 s of downtime (docs/BENCHMARKS.md). A failed announcement only
+ * costs that wait: it is logged, not raised.
+ *
+ * `cancel()` lets the process exit with nothing done (nor announced).
  */
-export function prepareUnlock(netns: string, address: string): { unlock(): Promise<void>; cancel(): void } {
+export function prepareUnlock(netns: string, address: string): Holder {
+  const announce = `arping -q -U -c 1 -I eth0 "$1"`;
   const script = [
-    'read -r go || exit 0', // cancelled: input closed
-    '"$0" unlock || exit 1',
-    'echo unlocked',
-    'exec arping -q -U -c 1 -I eth0 "$1"',
+    `iptables -w -t mangle -A PREROUTING -i eth0 -j NFQUEUE --queue-num ${HOLD_QUEUE} --queue-bypass 2>/dev/null || echo no-hold`,
+    // Exits 10 when cancelled (input closed without "go"): nothing to announce.
+    // On "announce": the link up (a network made ahead keeps it down), then the first announcement.
+    `"$0" hold -- sh -c 'ip link set eth0 up && ${announce.replace('$1', '$0')}' "$1" || exit $?`,
+    `exec ${announce}`,
   ].join('\n');
   const child = spawn('nsenter', [`--net=${netnsPath(netns)}`, 'sh', '-c', script, NETLOCK_PATH, address], {
     stdio: ['pipe', 'pipe', 'pipe'],
@@ -232,15 +278,25 @@ export function prepareUnlock(netns: string, address: string): { unlock(): Promi
     child.on('close', (code) => resolve(code ?? 128));
   });
   return {
+    announce: () => {
+      if (!child.stdin.writableEnded) child.stdin.write('announce\n');
+    },
     unlock: () =>
-      new Promise<void>((resolve, reject) => {
+      new Promise<number>((resolve, reject) => {
         const started = performance.now();
         const onData = (): void => {
-          if (!stdout.includes('unlocked\n')) return;
+          const released = /^unlocked (\d+)$/m.exec(stdout);
+          if (!released) return;
           child.stdout.off('data', onData);
-          trace(`unlock ${netns}`, started);
-          resolve();
-          // The announcement goes on in the background.
+          trace(`unlock ${netns} (${released[1]} packets held)`, started);
+          if (stdout.includes('no-hold\n') && !holdUnavailable) {
+            holdUnavailable = true;
+            process.stderr.write(
+              `restoring ${netns}: no NFQUEUE rule could be made (iptables): clients' packets are dropped, not held, while containers restore\n`,
+            );
+          }
+          resolve(Number(released[1]));
+          // The second announcement goes on in the background.
           void exited.then((code) => {
             if (code !== 0)
               process.stderr.write(
@@ -251,7 +307,7 @@ export function prepareUnlock(netns: string, address: string): { unlock(): Promi
         child.stdout.on('data', onData);
         onData();
         void exited.then((code) => {
-          if (!stdout.includes('unlocked\n'))
+          if (!/^unlocked /m.test(stdout))
             reject(
               new RuntimeFailedError(`unlocking ${netns} failed (exit ${code})`, 'haven-netlock', [
                 stderr.trim(),
