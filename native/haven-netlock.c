@@ -15,8 +15,8 @@
  *   haven-netlock lock      add "eth0" to @lock     (traffic dropped)
  *   haven-netlock unlock    add "eth0" to @unlock   (traffic passes)
  *   haven-netlock reset     flush @lock and @unlock  (open, ready to lock)
- *   haven-netlock hold [-- COMMAND...]
- *                           a restore's hold: see hold() below
+ *   haven-netlock hold [--idle] [-- COMMAND...]
+ *                           a hold on what clients send while locked: see hold() below
  * Exit 0 on success; 1 with the kernel's reason on stderr otherwise.
  */
 #define _GNU_SOURCE
@@ -29,6 +29,7 @@
 #include <linux/netlink.h>
 #include <net/if.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -45,6 +46,8 @@ static const char INTERFACE[] = "eth0";
 static const uint16_t HOLD_QUEUE = 7;
 /* hold's exit status when its input closed without "go": nothing was unlocked. */
 static const int CANCELLED = 10;
+/* How many packets a hold keeps (the kernel's default queue length). */
+static const uint32_t QUEUE_HOLDS = 1024;
 
 struct batch {
 	char data[2048];
@@ -183,6 +186,17 @@ static int run(const char *command)
 	return commit(&b, acks);
 }
 
+/* Set by SIGUSR1 ("hold") and SIGUSR2 ("go"), the signals a checkpoint's chain sends. */
+static volatile sig_atomic_t signalled_hold, signalled_go;
+
+static void note_signal(int signo)
+{
+	if (signo == SIGUSR1)
+		signalled_hold = 1;
+	else
+		signalled_go = 1;
+}
+
 /* What the hold queue has counted: the highest packet id (a batch verdict on it covers every packet before) and how many. */
 struct held {
 	uint32_t last;
@@ -249,6 +263,34 @@ static int queue_send(int sk, uint16_t type, uint16_t attr, const void *value, s
 	return 0;
 }
 
+/*
+ * Sets how many packets the queue keeps: QUEUE_HOLDS while a lock is on;
+ * 0 otherwise, with fail-open — a packet that finds the queue full is let
+ * through, not dropped. (A queue that copies nothing, NFQNL_COPY_NONE, drops
+ * what it is handed: that is why passing packets on goes this way.)
+ */
+static int queue_capacity(int sk, uint32_t packets, int ack, struct held *h)
+{
+	struct batch b = { .len = 0, .seq = 0 };
+	struct nlmsghdr *m = message(&b, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG, ack ? NLM_F_ACK : 0, AF_UNSPEC, HOLD_QUEUE);
+	struct nfqnl_msg_config_params meta = { .copy_range = 0, .copy_mode = NFQNL_COPY_META };
+	uint32_t maxlen = htonl(packets), fail_open = htonl(NFQA_CFG_F_FAIL_OPEN);
+	attribute(m, NFQA_CFG_PARAMS, &meta, sizeof(meta));
+	attribute(m, NFQA_CFG_QUEUE_MAXLEN, &maxlen, sizeof(maxlen));
+	attribute(m, NFQA_CFG_MASK, &fail_open, sizeof(fail_open));
+	attribute(m, NFQA_CFG_FLAGS, &fail_open, sizeof(fail_open));
+	close_message(&b, m);
+	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+	if (sendto(sk, b.data, b.len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0) {
+		perror("haven-netlock: hold: send");
+		return 1;
+	}
+	for (int acked = !ack; !acked;)
+		if (queue_receive(sk, 0, h, &acked) < 0)
+			return 1;
+	return 0;
+}
+
 /* Lets every packet up to id `last` through. */
 static int queue_release(int sk, struct held *h)
 {
@@ -265,11 +307,14 @@ static int queue_release(int sk, struct held *h)
  * --queue-num 7 --queue-bypass`, made by the caller) hands those packets to
  * this program instead, which keeps them in the kernel's queue:
  *
- *   1. binds queue HOLD_QUEUE (metadata only) and prints "holding";
+ *   1. binds queue HOLD_QUEUE (metadata only) and prints "holding"; with
+ *      --idle (a checkpoint's holder, started before its freeze), keeps
+ *      nothing — every packet passes — until "hold" (a line, or SIGUSR1:
+ *      the chain sends it once its lock is on);
  *   2. on the line "announce" on stdin, runs COMMAND, not waiting for it (the
  *      caller's announcement: the container's clients are sent here from then
  *      on, to be held);
- *   3. on the line "go" (the restore is done): unlocks as `unlock` does, then
+ *   3. on "go" (a line, or SIGUSR2: the restore or the dump is done): unlocks as `unlock` does, then
  *      lets every held packet through in one batch verdict — the restored
  *      sockets get them at once — and prints "unlocked N";
  *   4. on end of input without "go": exits CANCELLED; closing the queue
@@ -279,91 +324,118 @@ static int queue_release(int sk, struct held *h)
  * lets packets on to the lock, which drops them while locked: nothing is
  * lost that the lock would not have dropped anyway.
  */
-static int hold(char **command)
+static int hold(char **command, int idle)
 {
 	int sk = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
 	if (sk < 0) {
 		perror("haven-netlock: hold: netlink socket");
 		return 1;
 	}
+	/*
+	 * Woken at the unlock, when the thawed container, CRIU's exit and the
+	 * agent all want the two cores: a real-time priority lets it release
+	 * the held packets at once rather than when the scheduler gets to it
+	 * (while it waits, new packets are held too). It runs for microseconds;
+	 * best effort.
+	 */
+	struct sched_param realtime = { .sched_priority = 1 };
+	sched_setscheduler(0, SCHED_FIFO, &realtime);
 	/* Room for a full queue's notifications (1,024 packets by default, ~200 bytes each). */
 	int room = 1 << 20;
 	setsockopt(sk, SOL_SOCKET, SO_RCVBUFFORCE, &room, sizeof(room));
-	/*
-	 * A new queue copies nothing (NFQNL_COPY_NONE), and the kernel passes
-	 * packets on rather than queue them so (the rule's bypass): metadata is
-	 * all a verdict needs.
-	 */
+	/* Metadata is all a verdict needs (see queue_capacity for what a bound queue copies and keeps). */
 	struct nfqnl_msg_config_cmd bind_cmd = { .command = NFQNL_CFG_CMD_BIND };
-	struct nfqnl_msg_config_params meta = { .copy_range = 0, .copy_mode = NFQNL_COPY_META };
 	struct held h = { 0, 0 };
 	if (queue_send(sk, NFQNL_MSG_CONFIG, NFQA_CFG_CMD, &bind_cmd, sizeof(bind_cmd), 1, &h) ||
-	    queue_send(sk, NFQNL_MSG_CONFIG, NFQA_CFG_PARAMS, &meta, sizeof(meta), 1, &h))
+	    queue_capacity(sk, idle ? 0 : QUEUE_HOLDS, 1, &h))
 		return 1;
+	/* Signals as well as lines: a checkpoint's chain (bash) sends them with its `kill` builtin, no process start. */
+	sigset_t blocked, during_poll;
+	sigemptyset(&blocked);
+	sigaddset(&blocked, SIGUSR1);
+	sigaddset(&blocked, SIGUSR2);
+	sigprocmask(SIG_BLOCK, &blocked, &during_poll);
+	struct sigaction on_signal = { .sa_handler = note_signal };
+	sigaction(SIGUSR1, &on_signal, NULL);
+	sigaction(SIGUSR2, &on_signal, NULL);
 	printf("holding\n");
 	fflush(stdout);
 	signal(SIGCHLD, SIG_IGN); /* the announcement is not waited for, and leaves no zombie */
-	int announced = 0, acked = 0;
+	int announced = 0, acked = 0, input = 1;
 	char line[64];
 	size_t used = 0;
 	for (;;) {
-		struct pollfd fds[2] = { { .fd = sk, .events = POLLIN }, { .fd = 0, .events = POLLIN } };
-		if (poll(fds, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
+		struct pollfd fds[2] = { { .fd = sk, .events = POLLIN }, { .fd = input ? 0 : -1, .events = POLLIN } };
+		int ready = ppoll(fds, 2, NULL, &during_poll);
+		if (ready < 0 && errno != EINTR) {
 			perror("haven-netlock: hold: poll");
 			return 1;
 		}
-		if (fds[0].revents & POLLIN && queue_receive(sk, MSG_DONTWAIT, &h, &acked) < 0)
+		if (ready > 0 && fds[0].revents & POLLIN && queue_receive(sk, MSG_DONTWAIT, &h, &acked) < 0)
 			return 1;
-		if (!(fds[1].revents & (POLLIN | POLLHUP)))
-			continue;
-		ssize_t n = read(0, line + used, sizeof(line) - 1 - used);
-		if (n <= 0)
-			return CANCELLED;
-		used += n;
-		line[used] = 0;
-		if (!announced && strstr(line, "announce\n") && command && command[0]) {
-			announced = 1;
-			if (fork() == 0) {
-				signal(SIGCHLD, SIG_DFL);
-				execvp(command[0], command);
-				perror("haven-netlock: hold: command");
-				_exit(127);
+		int go = signalled_go;
+		if (ready > 0 && fds[1].revents & (POLLIN | POLLHUP)) {
+			ssize_t n = read(0, line + used, sizeof(line) - 1 - used);
+			if (n <= 0) {
+				/* End of input: a restore's cancel; a checkpoint's holder (--idle) is driven by signals. */
+				if (!idle && !signalled_hold)
+					return CANCELLED;
+				input = 0;
+			} else {
+				used += n;
+				line[used] = 0;
+				if (strstr(line, "go\n"))
+					go = 1;
+				if (strstr(line, "hold\n"))
+					signalled_hold = 1;
+				if (!announced && strstr(line, "announce\n") && command && command[0]) {
+					announced = 1;
+					if (fork() == 0) {
+						struct sched_param normal = { .sched_priority = 0 };
+						sched_setscheduler(0, SCHED_OTHER, &normal);
+						signal(SIGCHLD, SIG_DFL);
+						sigprocmask(SIG_SETMASK, &during_poll, NULL);
+						execvp(command[0], command);
+						perror("haven-netlock: hold: command");
+						_exit(127);
+					}
+				}
+				if (used == sizeof(line) - 1)
+					used = 0;
 			}
 		}
-		if (strstr(line, "go\n"))
+		if (idle && signalled_hold) {
+			/* The lock is on: from now on packets are kept (not waiting for the ack: one dropped meanwhile is what the lock did before). */
+			idle = 0;
+			if (queue_capacity(sk, QUEUE_HOLDS, 0, &h))
+				return 1;
+		}
+		if (go)
 			break;
-		if (used == sizeof(line) - 1)
-			used = 0;
 	}
 	if (run("unlock"))
 		return 1;
 	/*
-	 * The queue stops taking packets before it is released and closed: with
-	 * nothing to copy, the kernel passes new ones on (the bypass), so none
-	 * can arrive between the last receive and the close, which would drop
-	 * it. (A capture showed why this matters: the released packets draw the
-	 * client's retransmission within a millisecond.)
+	 * The queue stops keeping packets before it is released and closed (new
+	 * ones find it full and pass: fail-open), so none can arrive between the
+	 * last receive and the close, which would drop it. (A capture showed why
+	 * this matters: the released packets draw the client's retransmission
+	 * within a millisecond.)
 	 */
-	struct nfqnl_msg_config_params none = { .copy_range = 0, .copy_mode = NFQNL_COPY_NONE };
-	if (queue_send(sk, NFQNL_MSG_CONFIG, NFQA_CFG_PARAMS, &none, sizeof(none), 1, &h))
+	if (queue_capacity(sk, 0, 1, &h))
 		return 1;
-	/* What came in meanwhile (an enqueue racing the change included), then one verdict for all of it. */
-	for (int quiet = 0; quiet < 2;) {
-		int got = queue_receive(sk, MSG_DONTWAIT, &h, &acked);
+	/* What came in meanwhile, then one verdict for all of it; once more for an enqueue that raced the change. */
+	unsigned released = 0;
+	for (int round = 0; round < 2; round++) {
+		int got;
+		while ((got = queue_receive(sk, MSG_DONTWAIT, &h, &acked)) > 0)
+			;
 		if (got < 0)
 			return 1;
-		if (got > 0) {
-			quiet = 0;
-			continue;
-		}
-		quiet++;
-		struct pollfd pending = { .fd = sk, .events = POLLIN };
-		poll(&pending, 1, 1);
+		if (h.count > released && queue_release(sk, &h))
+			return 1;
+		released = h.count;
 	}
-	if (h.count && queue_release(sk, &h))
-		return 1;
 	printf("unlocked %u\n", h.count);
 	fflush(stdout);
 	close(sk);
@@ -373,13 +445,14 @@ static int hold(char **command)
 int main(int argc, char **argv)
 {
 	if (argc >= 2 && strcmp(argv[1], "hold") == 0) {
-		if (argc == 2)
-			return hold(NULL);
-		if (strcmp(argv[2], "--") == 0)
-			return hold(argv + 3);
+		int idle = argc >= 3 && strcmp(argv[2], "--idle") == 0;
+		if (argc == 2 + idle)
+			return hold(NULL, idle);
+		if (strcmp(argv[2 + idle], "--") == 0)
+			return hold(argv + 3 + idle, idle);
 	} else if (argc == 2) {
 		return run(argv[1]);
 	}
-	fprintf(stderr, "usage: haven-netlock lock|unlock|reset|hold [-- COMMAND...]\n");
+	fprintf(stderr, "usage: haven-netlock lock|unlock|reset|hold [--idle] [-- COMMAND...]\n");
 	return 2;
 }

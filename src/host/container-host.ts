@@ -75,6 +75,7 @@ import {
   LOCK_COMMAND,
   prepareUnlock,
   resetNetworkLock,
+  startCheckpointHolder,
   type Holder,
   setContainerLink,
   UNLOCK_COMMAND,
@@ -740,6 +741,10 @@ export class ContainerHost {
       ]),
     ];
     for (const [, to] of trees) await mkdir(to, { recursive: true });
+    // A container that goes on running keeps what its clients send while
+    // locked (see startCheckpointHolder). Not for continuous protection's
+    // epochs: many a second, short, and a process start each.
+    const holder = stopping || keptInMemory ? undefined : await startCheckpointHolder(this.netns(name));
     let result: CheckpointResult;
     try {
       result = await this.driver.checkpoint(runtimeId, {
@@ -756,14 +761,18 @@ export class ContainerHost {
           alongside: trees.map(([from, to]) => copyTreeCommand(from, to)),
           // A stopping container stays locked: its sockets' closing packets must never leave.
           after: stopping ? [] : [UNLOCK_COMMAND],
+          ...(holder ? { holderPid: holder.pid } : {}),
         },
         ...(options.viaRunc ? { viaRunc: true } : {}),
       });
     } catch (error) {
+      await holder?.end();
       await resetNetworkLock(this.netns(name)).catch(() => undefined);
       await rm(staging, { recursive: true, force: true });
       throw error;
     }
+    if (holder)
+      void holder.end().then((held) => trace(`checkpoint ${name}: ${held ?? 'no'} packets held`, started));
     const phases = result.freeze ?? { freezeMs: 0, dumpMs: result.wallMs, thawMs: 0 };
     // The slow part of the lock (deleting set elements) runs after the answer.
     if (!stopping) this.resetLockLater(name);

@@ -86,6 +86,15 @@ export interface CheckpointHooks {
   before?: readonly (readonly string[])[];
   alongside?: readonly (readonly string[])[];
   after?: readonly (readonly string[])[];
+  /**
+   * A holder already running in the namespace (`haven-netlock hold
+   * --idle`, see runtime/network.ts) that keeps what clients send while the
+   * lock is on: sent SIGUSR1 after the `before` hooks, and SIGUSR2 after the
+   * `after` hooks (the unlock, which must come before the thaw: a thawed
+   * container's answers would meet the lock) to let what it kept through.
+   * Signals, from bash's `kill` builtin: no process start inside the freeze.
+   */
+  holderPid?: number;
 }
 
 /** Options of one restore. */

@@ -19,6 +19,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { RuntimeFailedError } from '../core/errors.js';
 import { run, trace } from '../core/exec.js';
 import { NETLOCK_PATH, type HostConfig } from '../core/config.js';
@@ -108,13 +109,24 @@ export async function createContainerNetwork(config: HostConfig, spec: Container
     // capture on the lab's bridge showed that first announcement leave before
     // the bridge had taken the new port in, so it kept sending clients to the
     // old one — see announceContainer, which the restore calls once it runs.
+    // The hold's rule (see prepareUnlock), beside the rest: not waited for
+    // until the end. Without NFQUEUE in the kernel, packets are dropped
+    // while locked instead of held, as before.
+    `{ ip netns exec ${spec.netns} ${HOLD_RULE} 2>/dev/null || echo no-hold; } & rule=$!`,
     `nsenter --net=${netnsPath(spec.netns)} sh -c 'echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_notify && exec nft -f -' <<'RULES'`,
     lockTableRuleset(spec.locked ?? false).trimEnd(),
     'RULES',
     ...(spec.linkDown ? [] : [`ip -n ${spec.netns} link set eth0 up`]),
+    'wait $rule',
   ].join('\n');
   try {
-    await run(['sh', '-c', script]);
+    const made = await run(['sh', '-c', script]);
+    if (made.stdout.includes('no-hold') && !holdUnavailable) {
+      holdUnavailable = true;
+      process.stderr.write(
+        `network ${spec.netns}: no NFQUEUE rule could be made (iptables): clients' packets are dropped, not held, while a container is locked\n`,
+      );
+    }
   } catch (error) {
     await removeContainerNetwork(config, spec.netns);
     throw error;
@@ -203,6 +215,13 @@ export const UNLOCK_COMMAND: readonly string[] = [NETLOCK_PATH, 'unlock'];
  */
 export const HOLD_QUEUE = 7;
 
+/**
+ * The rule, ahead of the lock, that hands a locked namespace's incoming
+ * packets to the hold queue. With `--queue-bypass`, packets pass on to the
+ * lock when nothing listens on the queue (the lock drops them while it is on).
+ */
+export const HOLD_RULE = `iptables -w -t mangle -A PREROUTING -i eth0 -j NFQUEUE --queue-num ${HOLD_QUEUE} --queue-bypass`;
+
 /** A restore's hold on its container's traffic (see {@link prepareUnlock}). */
 export interface Holder {
   /** Brings the link up (if it was made down) and announces the container: its clients' packets come here, to be held. */
@@ -259,7 +278,6 @@ let holdUnavailable = false;
 export function prepareUnlock(netns: string, address: string): Holder {
   const announce = `arping -q -U -c 1 -I eth0 "$1"`;
   const script = [
-    `iptables -w -t mangle -A PREROUTING -i eth0 -j NFQUEUE --queue-num ${HOLD_QUEUE} --queue-bypass 2>/dev/null || echo no-hold`,
     // Exits 10 when cancelled (input closed without "go"): nothing to announce.
     // On "announce": the link up (a network made ahead keeps it down), then the first announcement.
     `"$0" hold -- sh -c 'ip link set eth0 up && ${announce.replace('$1', '$0')}' "$1" || exit $?`,
@@ -289,12 +307,6 @@ export function prepareUnlock(netns: string, address: string): Holder {
           if (!released) return;
           child.stdout.off('data', onData);
           trace(`unlock ${netns} (${released[1]} packets held)`, started);
-          if (stdout.includes('no-hold\n') && !holdUnavailable) {
-            holdUnavailable = true;
-            process.stderr.write(
-              `restoring ${netns}: no NFQUEUE rule could be made (iptables): clients' packets are dropped, not held, while containers restore\n`,
-            );
-          }
           resolve(Number(released[1]));
           // The second announcement goes on in the background.
           void exited.then((code) => {
@@ -317,6 +329,61 @@ export function prepareUnlock(netns: string, address: string): Holder {
         child.stdin.end('go\n');
       }),
     cancel: () => child.stdin.end(),
+  };
+}
+
+/** A checkpoint's holder (see {@link startCheckpointHolder}). */
+export interface CheckpointHolder {
+  /** Its PID, for the checkpoint's chain to signal. */
+  pid: number;
+  /** After the chain: how many packets it held (once it has let them through); ends it if the chain never said "go". */
+  end(): Promise<number | undefined>;
+}
+
+/**
+ * Starts a holder for a leave-running checkpoint (`haven-netlock hold
+ * --idle`): bound to the namespace's hold queue but letting everything pass
+ * until the chain signals that its lock is on; then it keeps what clients
+ * send until the chain's "go", when it unlocks and lets it all through
+ * (see CheckpointHooks.holderPid). A client whose retransmission fell into
+ * a long freeze (over ~200 ms: its first retransmission timer) otherwise
+ * waits out a backed-off timer after the thaw. Started before the freeze
+ * (a process start costs milliseconds); resolves undefined if it cannot
+ * start — the checkpoint then unlocks as before.
+ */
+export async function startCheckpointHolder(netns: string): Promise<CheckpointHolder | undefined> {
+  const child = spawn('nsenter', [`--net=${netnsPath(netns)}`, NETLOCK_PATH, 'hold', '--idle'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+  const exited = new Promise<void>((resolve) => {
+    child.on('error', () => resolve());
+    child.on('close', () => resolve());
+  });
+  const holding = await Promise.race([
+    new Promise<boolean>((resolve) => {
+      const onData = (): void => {
+        if (stdout.includes('holding\n')) resolve(true);
+      };
+      child.stdout.on('data', onData);
+      onData();
+    }),
+    exited.then(() => false),
+    sleep(1000).then(() => false),
+  ]);
+  if (!holding || child.pid === undefined) {
+    child.kill();
+    return undefined;
+  }
+  return {
+    pid: child.pid,
+    end: async () => {
+      const done = await Promise.race([exited.then(() => true), sleep(1000).then(() => false)]);
+      if (!done) child.kill();
+      const released = /^unlocked (\d+)$/m.exec(stdout);
+      return released ? Number(released[1]) : undefined;
+    },
   };
 }
 

@@ -11,7 +11,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { run } from '../../src/core/exec.js';
 import { NETLOCK_PATH } from '../../src/core/config.js';
-import { HOLD_QUEUE, lockTableRuleset, netnsPath, prepareUnlock } from '../../src/runtime/network.js';
+import {
+  HOLD_QUEUE,
+  HOLD_RULE,
+  lockTableRuleset,
+  netnsPath,
+  prepareUnlock,
+} from '../../src/runtime/network.js';
 
 const netns = `hvt-netlock-${process.pid}`;
 const bare = `hvt-netlock-bare-${process.pid}`;
@@ -96,6 +102,7 @@ test(
       ] as const)
         await run(['ip', '-n', ns, 'link', 'set', dev, 'up']);
       await run(['ip', 'netns', 'exec', box, 'nft', '-f', '-'], { input: lockTableRuleset(true) });
+      await run(['ip', 'netns', 'exec', box, 'sh', '-c', HOLD_RULE]);
       listener = spawn('nsenter', [`--net=${netnsPath(box)}`, process.execPath, '-e', server], {
         stdio: 'pipe',
       });

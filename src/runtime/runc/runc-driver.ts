@@ -782,6 +782,8 @@ export function checkpointChainScript(
           'done',
         ];
   const thaw = freezer ? [thawCommand(freezer)] : [];
+  const after = (hooks?.after ?? []).map((cmd) => `${line(cmd)} || true`);
+  const holder = hooks?.holderPid && Number.isInteger(hooks.holderPid) ? hooks.holderPid : undefined;
   return [
     'set -u',
     'read -r go',
@@ -791,9 +793,11 @@ export function checkpointChainScript(
     ...(hooks?.before ?? []).map(
       (cmd) => `${line(cmd)} || { ${thaw.join('; ')}${thaw.length ? '; ' : ''}exit 125; }`,
     ),
+    ...(holder ? [`kill -USR1 ${holder} 2>/dev/null`] : []),
     ...(hooks?.alongside ?? []).map((cmd, i) => `${line(cmd)} & side${i}=$!`),
     `${line(argv)}; status=$?`,
-    ...(hooks?.after ?? []).map((cmd) => `${line(cmd)} || true`),
+    ...after,
+    ...(holder ? [`kill -USR2 ${holder} 2>/dev/null`] : []),
     ...(hooks?.alongside ?? []).map((_, i) => `wait $side${i} || { [ $status -eq 0 ] && status=124; }`),
     't2=$EPOCHREALTIME',
     ...(keepFrozen ? thaw.map((t) => `[ $status -ne 0 ] && ${t}`) : thaw),
