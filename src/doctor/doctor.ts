@@ -5,6 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { run } from '../core/exec.js';
 import type { HostConfig } from '../core/config.js';
+import { HOLD_RULE } from '../runtime/network.js';
 
 /** The outcome of one check. */
 export interface DoctorCheck {
@@ -129,6 +130,22 @@ export async function runDoctor(config: HostConfig): Promise<DoctorCheck[]> {
     required: true,
     detail: iptables.ok ? 'works (CRIU locks TCP connections with it)' : iptables.out,
     fix: 'apt-get install iptables',
+  });
+  // The hold (runtime/network.ts): clients' packets kept, not dropped, while a container is locked.
+  const probe = `hvdoctor-${process.pid}`;
+  const nfqueue = await tool([
+    'sh',
+    '-c',
+    `ip netns add ${probe} && ip netns exec ${probe} ${HOLD_RULE}; status=$?; ip netns del ${probe}; exit $status`,
+  ]);
+  add({
+    name: 'NFQUEUE',
+    ok: nfqueue.ok,
+    required: false,
+    detail: nfqueue.ok
+      ? "available: clients' packets are held, not dropped, while a container is locked"
+      : `${nfqueue.out} — without it packets met while locked are dropped (clients wait for their retransmission timers)`,
+    fix: 'a kernel with CONFIG_NETFILTER_NETLINK_QUEUE and the NFQUEUE target',
   });
   const tc = await tool(['tc', 'qdisc', 'show']);
   add({

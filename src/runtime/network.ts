@@ -19,7 +19,6 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { RuntimeFailedError } from '../core/errors.js';
 import { run, trace } from '../core/exec.js';
 import { NETLOCK_PATH, type HostConfig } from '../core/config.js';
@@ -108,7 +107,7 @@ export async function createContainerNetwork(config: HostConfig, spec: Container
     // address with a gratuitous ARP. Not enough for a restored container: a
     // capture on the lab's bridge showed that first announcement leave before
     // the bridge had taken the new port in, so it kept sending clients to the
-    // old one — see announceContainer, which the restore calls once it runs.
+    // old one — see prepareUnlock, whose holder announces again.
     // The hold's rule (see prepareUnlock), beside the rest: not waited for
     // until the end. Without NFQUEUE in the kernel, packets are dropped
     // while locked instead of held, as before.
@@ -210,8 +209,9 @@ export const LOCK_COMMAND: readonly string[] = [NETLOCK_PATH, 'lock'];
 export const UNLOCK_COMMAND: readonly string[] = [NETLOCK_PATH, 'unlock'];
 
 /**
- * The netfilter queue a restore holds its clients' packets in (HOLD_QUEUE in
- * native/haven-netlock.c): one per namespace, so one number serves all.
+ * The netfilter queue a locked namespace's incoming packets are held in
+ * (HOLD_QUEUE in native/haven-netlock.c): queues are per namespace, so one
+ * number serves all.
  */
 export const HOLD_QUEUE = 7;
 
@@ -250,12 +250,13 @@ let holdUnavailable = false;
  * `haven-netlock hold`, which keeps them in the kernel's queue; `unlock()`
  * tells it "go": it unlocks, then lets everything held through at once, so
  * the first retransmission that reaches the new host is answered as soon
- * as the sockets exist. Made before CRIU starts, in parallel with it: the
- * rule (~4 ms), the bind (~1 ms). Without a listener the rule's bypass
- * passes packets on to the lock, which drops them as before; a restore
- * that fails closes the queue, which drops what it held — nothing reaches
- * a socket that was not restored. Where the rule cannot be made (no
- * NFQUEUE in the kernel), the restore goes on without the hold (logged once).
+ * as the sockets exist. The rule comes with the network
+ * ({@link HOLD_RULE}); the holder binds (~1 ms) while CRIU restores.
+ * Without a listener the rule's bypass passes packets on to the lock, which
+ * drops them as before; a restore that fails closes the queue, which drops
+ * what it held — nothing reaches a socket that was not restored. Where the
+ * rule cannot be made (no NFQUEUE in the kernel), restores go on without
+ * the hold (said once, when a network is made).
  *
  * The announcement: a container that came back on another host (a restore,
  * failover or migration) sends one unsolicited ARP from its own interface,
@@ -263,9 +264,10 @@ let holdUnavailable = false;
  * the bridges and switches on the way learnt its MAC on the old host's port:
  * until the container sends a frame they keep delivering its clients'
  * packets there, where its old copy is locked (a post-copy source stays so
- * until the last page) or gone. It goes out twice: as soon as the hold is
- * in place, so that clients' packets come here to be held while CRIU
- * restores, and after the unlock (a bridge may not have taken in a port made
+ * until the last page) or gone. It goes out twice: on `announce()`, which
+ * the restore calls before CRIU starts (the holder acts on it once bound),
+ * so that clients' packets come here to be held while CRIU restores; and
+ * after the unlock (a bridge may not have taken in a port made
  * moments before: a capture on the lab's bridge once showed the first
  * announcement of a new link lost). The announcement `arp_notify` makes when
  * the namespace's link comes up was not enough on its own. Without any,
@@ -332,6 +334,11 @@ export function prepareUnlock(netns: string, address: string): Holder {
   };
 }
 
+/** A wait that does not keep the process alive (a bound on a holder's answers). */
+function unrefSleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
 /** A checkpoint's holder (see {@link startCheckpointHolder}). */
 export interface CheckpointHolder {
   /** Its PID, for the checkpoint's chain to signal. */
@@ -370,7 +377,7 @@ export async function startCheckpointHolder(netns: string): Promise<CheckpointHo
       onData();
     }),
     exited.then(() => false),
-    sleep(1000).then(() => false),
+    unrefSleep(1000).then(() => false),
   ]);
   if (!holding || child.pid === undefined) {
     child.kill();
@@ -379,7 +386,7 @@ export async function startCheckpointHolder(netns: string): Promise<CheckpointHo
   return {
     pid: child.pid,
     end: async () => {
-      const done = await Promise.race([exited.then(() => true), sleep(1000).then(() => false)]);
+      const done = await Promise.race([exited.then(() => true), unrefSleep(1000).then(() => false)]);
       if (!done) child.kill();
       const released = /^unlocked (\d+)$/m.exec(stdout);
       return released ? Number(released[1]) : undefined;
