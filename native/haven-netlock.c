@@ -245,15 +245,11 @@ static int queue_receive(int sk, int flags, struct held *h, int *acked)
 	return 1;
 }
 
-/* Sends one message to the hold queue; with `ack`, waits for its acknowledgement, counting packets meanwhile. */
-static int queue_send(int sk, uint16_t type, uint16_t attr, const void *value, size_t len, int ack, struct held *h)
+/* Sends `b` to the kernel; with `ack`, waits for its acknowledgement, counting packets meanwhile. */
+static int queue_transmit(int sk, struct batch *b, int ack, struct held *h)
 {
-	struct batch b = { .len = 0, .seq = 0 };
-	struct nlmsghdr *m = message(&b, (NFNL_SUBSYS_QUEUE << 8) | type, ack ? NLM_F_ACK : 0, AF_UNSPEC, HOLD_QUEUE);
-	attribute(m, attr, value, len);
-	close_message(&b, m);
 	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
-	if (sendto(sk, b.data, b.len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0) {
+	if (sendto(sk, b->data, b->len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0) {
 		perror("haven-netlock: hold: send");
 		return 1;
 	}
@@ -261,6 +257,16 @@ static int queue_send(int sk, uint16_t type, uint16_t attr, const void *value, s
 		if (queue_receive(sk, 0, h, &acked) < 0)
 			return 1;
 	return 0;
+}
+
+/* Sends one message to the hold queue (see queue_transmit). */
+static int queue_send(int sk, uint16_t type, uint16_t attr, const void *value, size_t len, int ack, struct held *h)
+{
+	struct batch b = { .len = 0, .seq = 0 };
+	struct nlmsghdr *m = message(&b, (NFNL_SUBSYS_QUEUE << 8) | type, ack ? NLM_F_ACK : 0, AF_UNSPEC, HOLD_QUEUE);
+	attribute(m, attr, value, len);
+	close_message(&b, m);
+	return queue_transmit(sk, &b, ack, h);
 }
 
 /*
@@ -280,15 +286,7 @@ static int queue_capacity(int sk, uint32_t packets, int ack, struct held *h)
 	attribute(m, NFQA_CFG_MASK, &fail_open, sizeof(fail_open));
 	attribute(m, NFQA_CFG_FLAGS, &fail_open, sizeof(fail_open));
 	close_message(&b, m);
-	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
-	if (sendto(sk, b.data, b.len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0) {
-		perror("haven-netlock: hold: send");
-		return 1;
-	}
-	for (int acked = !ack; !acked;)
-		if (queue_receive(sk, 0, h, &acked) < 0)
-			return 1;
-	return 0;
+	return queue_transmit(sk, &b, ack, h);
 }
 
 /* Lets every packet up to id `last` through. */
