@@ -766,7 +766,7 @@ export class ContainerHost {
         ...(options.viaRunc ? { viaRunc: true } : {}),
       });
     } catch (error) {
-      await holder?.end();
+      holder?.cancel();
       await resetNetworkLock(this.netns(name)).catch(() => undefined);
       await rm(staging, { recursive: true, force: true });
       throw error;

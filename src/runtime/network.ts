@@ -345,6 +345,8 @@ export interface CheckpointHolder {
   pid: number;
   /** After the chain: how many packets it held (once it has let them through); ends it if the chain never said "go". */
   end(): Promise<number | undefined>;
+  /** Ends it now (a checkpoint that failed): what it held is dropped, as the lock would have. */
+  cancel(): void;
 }
 
 /**
@@ -391,6 +393,7 @@ export async function startCheckpointHolder(netns: string): Promise<CheckpointHo
       const released = /^unlocked (\d+)$/m.exec(stdout);
       return released ? Number(released[1]) : undefined;
     },
+    cancel: () => child.kill(),
   };
 }
 

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -55,6 +55,46 @@ test('the chain freezes, runs hooks around the dump in order, thaws, and stamps 
   assert.ok(lines.indexOf('dump') < lines.indexOf('unlock'));
   assert.ok(lines.includes('copy'));
   assert.match(r.stdout, /haven-times [\d.]+ [\d.]+ [\d.]+ [\d.]+/);
+});
+
+test('a holder is signalled to keep packets once locked and to let them through after the unlock', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'haven-holder-'));
+  const log = join(dir, 'log');
+  const signals = join(dir, 'signals');
+  // A stand-in holder: records the signals it gets (its traps run as they come, asynchronously to the chain).
+  const holder = spawn(
+    'bash',
+    [
+      '-c',
+      `trap 'echo hold >> "$SIGNALS"' USR1; trap 'echo release >> "$SIGNALS"; exit 0' USR2; echo ready; while :; do sleep 0.05 & wait $!; done`,
+    ],
+    { env: { ...process.env, SIGNALS: signals }, stdio: ['ignore', 'pipe', 'ignore'] },
+  );
+  await new Promise((resolve) => holder.stdout.once('data', resolve));
+  const hooks = {
+    before: [['sh', '-c', 'echo lock >> "$LOG"']],
+    after: [['sh', '-c', 'echo unlock >> "$LOG"']],
+    holderPid: holder.pid,
+  };
+  const script = checkpointChainScript(['sh', '-c', 'echo dump >> "$LOG"'], hooks, undefined);
+  // In the script: the hold right after the lock and before the dump, the release after the unlock.
+  const at = (text: string): number => script.indexOf(text);
+  assert.ok(at('echo lock') < at(`kill -USR1 ${holder.pid}`));
+  assert.ok(at(`kill -USR1 ${holder.pid}`) < at('echo dump'));
+  assert.ok(at('echo unlock') < at(`kill -USR2 ${holder.pid}`));
+  const r = spawnSync('bash', ['-c', script], { input: 'go\n', env: { ...process.env, LOG: log } });
+  await new Promise((resolve) => (holder.exitCode === null ? holder.once('close', resolve) : resolve(0)));
+  assert.equal(r.status, 0);
+  assert.deepEqual((await readFile(log, 'utf8')).trim().split('\n'), ['lock', 'dump', 'unlock']);
+  assert.deepEqual((await readFile(signals, 'utf8')).trim().split('\n'), ['hold', 'release']);
+
+  // A holder that is gone changes nothing: the chain unlocks as before.
+  await writeFile(log, '');
+  const gone = checkpointChainScript(['sh', '-c', 'echo dump >> "$LOG"'], hooks, undefined);
+  const again = spawnSync('bash', ['-c', gone], { input: 'go\n', env: { ...process.env, LOG: log } });
+  assert.equal(again.status, 0);
+  assert.deepEqual((await readFile(log, 'utf8')).trim().split('\n'), ['lock', 'dump', 'unlock']);
+  await rm(dir, { recursive: true });
 });
 
 test('a failed dump still unlocks and thaws, and its status comes back', async () => {

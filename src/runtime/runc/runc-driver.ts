@@ -742,8 +742,10 @@ function thawCommand(freezer: FreezerFile): string {
  * The bash script a checkpoint runs in the container's network namespace:
  *
  *   read "go" ─▶ freeze cgroup (busy poll, no process starts) ─▶ hooks.before
- *   ─▶ hooks.alongside in the background ─▶ the dump command ─▶ hooks.after
- *   ─▶ wait for alongside ─▶ thaw ─▶ print "haven-times t0 t1 t2 t3"
+ *   ─▶ SIGUSR1 to hooks.holderPid (it starts keeping clients' packets) ─▶
+ *   hooks.alongside in the background ─▶ the dump command ─▶ hooks.after ─▶
+ *   SIGUSR2 to the holder (it lets them through) ─▶ wait for alongside ─▶
+ *   thaw ─▶ print "haven-times t0 t1 t2 t3"
  *
  * Exit status: the dump's; 125 if a `before` hook failed, 124 if an
  * `alongside` command failed, 123 if the cgroup would not freeze. A failure
