@@ -297,26 +297,29 @@ static int queue_release(int sk, struct held *h)
 }
 
 /*
- * A restore's hold. While a container is restored its namespace is locked;
- * what its clients send meanwhile used to be dropped, and a client whose
- * retransmission was dropped waits out its backed-off timer (a capture: the
- * first retransmission 210 ms after the freeze, dropped; the next 430 ms
- * later). A rule before the lock (`iptables -t mangle … -j NFQUEUE
- * --queue-num 7 --queue-bypass`, made by the caller) hands those packets to
- * this program instead, which keeps them in the kernel's queue:
+ * The hold. While a container is restored or checkpointed its namespace is
+ * locked; what its clients send meanwhile used to be dropped, and a client
+ * whose retransmission was dropped waits out its backed-off timer (a
+ * capture: the first retransmission 210 ms after the freeze, dropped; the
+ * next 430 ms later). A rule before the lock (`iptables -t mangle … -j
+ * NFQUEUE --queue-num 7 --queue-bypass`, made with every container network)
+ * hands those packets to this program instead, which keeps them in the
+ * kernel's queue:
  *
  *   1. binds queue HOLD_QUEUE (metadata only) and prints "holding"; with
  *      --idle (a checkpoint's holder, started before its freeze), keeps
  *      nothing — every packet passes — until "hold" (a line, or SIGUSR1:
  *      the chain sends it once its lock is on);
- *   2. on the line "announce" on stdin, runs COMMAND, not waiting for it (the
- *      caller's announcement: the container's clients are sent here from then
- *      on, to be held);
- *   3. on "go" (a line, or SIGUSR2: the restore or the dump is done): unlocks as `unlock` does, then
- *      lets every held packet through in one batch verdict — the restored
- *      sockets get them at once — and prints "unlocked N";
- *   4. on end of input without "go": exits CANCELLED; closing the queue
- *      drops what it held, which never reaches a socket that was not restored.
+ *   2. on the line "announce" on stdin, runs COMMAND, not waiting for it (a
+ *      restore's announcement: the container's clients are sent here from
+ *      then on, to be held);
+ *   3. on "go" (a line, or SIGUSR2: the restore or the dump is done):
+ *      unlocks as `unlock` does (a checkpoint's chain has already), then lets
+ *      every held packet through in one batch verdict — the sockets get them
+ *      at once — and prints "unlocked N";
+ *   4. on end of input without "go" (not with --idle, whose input is
+ *      nothing): exits CANCELLED; closing the queue drops what it held, which
+ *      never reaches a socket that was not restored.
  *
  * Without a listener (before the bind, after the exit) the rule's bypass
  * lets packets on to the lock, which drops them while locked: nothing is
