@@ -9,7 +9,9 @@
  *    workload's own longest stall, and CRIU's statistics (`frozen_time`);
  *    one warm-up, then the median of 5;
  *  - checkpoint to a restorable archive (Haven, Podman) or image directory
- *    (runc: it has no archive), and restore from it, wall time.
+ *    (runc: it has no archive), and restore from it, wall time. Before each
+ *    timed step the disk is synced (untimed), and the original container is
+ *    removed before its archive is imported (untimed, as `podman rm -f`).
  *
  * Podman runs with --network none (the recipe in shared/DESIGN.md), so no
  * client can ping it: its freeze is the workload's stall and CRIU's count.
@@ -156,6 +158,16 @@ async function freezeMeasured(
   };
 }
 
+/**
+ * Writes back what earlier steps left dirty (the freeze measurements' own
+ * checkpoints, a removed container's upper layer) before a timed step, for
+ * every system alike: otherwise the next `fsync` — Haven's export syncs its
+ * archive — pays for writeback that belongs to no one's checkpoint.
+ */
+async function settleDisk(): Promise<void> {
+  await run(['sync']);
+}
+
 async function benchHaven(host: TestHost, image: string, mb: number, work: string): Promise<Row> {
   const h = host.host;
   await h.run({
@@ -182,17 +194,19 @@ async function benchHaven(host: TestHost, image: string, mb: number, work: strin
   });
 
   const archive = join(work, `haven-${mb}.tar`);
+  await settleDisk();
   let started = performance.now();
   const exported = (await h.checkpoint('hb', { exportTo: { file: archive, compression: 'none' } })).exported;
   const checkpointMs = performance.now() - started;
-  // Imported right away, the original left as it is (as Podman's flow leaves
-  // its container): the tear-down Haven runs after the checkpoint's answer
-  // overlaps the import, and whatever of it the import must wait for (the
-  // same address) counts in the restore.
+  // The original removed before the import, untimed, as Podman's flow below
+  // removes its own (`podman rm -f`): its tear-down — the kill, the unmount
+  // and the sync of the upper file system that comes with it — does not
+  // share the two cores and the disk with the import it is compared to.
+  await h.remove('hb', { force: true });
+  await settleDisk();
   started = performance.now();
   await h.importArchive(archive, { as: 'hb2' });
   const restoreMs = performance.now() - started;
-  await h.remove('hb', { force: true });
   const logs2 = () => h.logs('hb2');
   const from = (await logs2()).length;
   process.kill((await h.inspect('hb2')).pid, 'SIGUSR1');
@@ -244,6 +258,7 @@ async function benchRunc(host: TestHost, image: string, mb: number, work: string
     ]);
     return readDumpStats(join(dir, 'lr-work', 'stats-dump'))?.frozenMs;
   });
+  await settleDisk();
   let started = performance.now();
   await run([
     ...runc,
@@ -256,6 +271,7 @@ async function benchRunc(host: TestHost, image: string, mb: number, work: string
     'rb',
   ]);
   const checkpointMs = performance.now() - started;
+  await settleDisk();
   started = performance.now();
   // runc restore re-attaches pipes as stdio; node would hand it sockets, so it runs under haven-shim.
   const bundle = join(c.stateDir, 'containers', 'rb', 'bundle');
@@ -320,10 +336,12 @@ async function benchPodman(image: string, mb: number, work: string): Promise<Row
     ),
   );
   const archive = join(work, `podman-${mb}.tar`);
+  await settleDisk();
   let started = performance.now();
   await run([...PODMAN, 'container', 'checkpoint', '--export', archive, name]);
   const checkpointMs = performance.now() - started;
   await run([...PODMAN, 'rm', '-f', name]);
+  await settleDisk();
   started = performance.now();
   await run([...PODMAN, 'container', 'restore', '--import', archive, '--name', `${name}-2`]);
   const restoreMs = performance.now() - started;

@@ -33,7 +33,7 @@ import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { run } from '../core/exec.js';
+import { BASH_C, run } from '../core/exec.js';
 import type { ContainerHost, WatchdogConfig } from '../host/container-host.js';
 import { probeChecked } from './metrics.js';
 
@@ -374,7 +374,7 @@ export class Prober {
     const script = spec.httpGet
       ? `exec 3<>/dev/tcp/127.0.0.1/${port} && printf 'GET ${spec.httpGet.path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && head -1 <&3 | grep -qE ' [23][0-9][0-9]'`
       : `exec 3<>/dev/tcp/127.0.0.1/${port}`;
-    const result = await run(['nsenter', `--net=${this.host.netnsPathOf(name)}`, 'bash', '-c', script], {
+    const result = await run(['nsenter', `--net=${this.host.netnsPathOf(name)}`, ...BASH_C, script], {
       allowFailure: true,
       timeoutMs,
     });

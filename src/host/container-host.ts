@@ -774,6 +774,10 @@ export class ContainerHost {
     if (holder)
       void holder.end().then((held) => trace(`checkpoint ${name}: ${held ?? 'no'} packets held`, started));
     const phases = result.freeze ?? { freezeMs: 0, dumpMs: result.wallMs, thawMs: 0 };
+    trace(
+      `checkpoint ${name}: chain ${result.wallMs.toFixed(1)} ms, frozen ${(phases.freezeMs + phases.dumpMs + phases.thawMs).toFixed(1)} ms`,
+      started,
+    );
     // The slow part of the lock (deleting set elements) runs after the answer.
     if (!stopping) this.resetLockLater(name);
     let manifest: CheckpointManifest;
@@ -791,6 +795,7 @@ export class ContainerHost {
         ...(result.stats ? { stats: result.stats } : {}),
       };
       if (options.exportTo) {
+        trace(`checkpoint ${name}: dumped`, started);
         // The archive is written from the staging copy and hashed as it is
         // written: the manifest comes out of that one read of the checkpoint.
         manifest = await this.writeExport(
@@ -803,12 +808,14 @@ export class ContainerHost {
           options.exportTo.file,
           compressionFor(options.exportTo.file, options.exportTo.compression),
         );
+        trace(`checkpoint ${name}: archive written`, started);
         if (stopping) {
           const file = options.exportTo.file;
           await syncFile(file).catch(async (error: unknown) => {
             await rm(file, { force: true });
             throw asNoSpace(error, 'the archive');
           });
+          trace(`checkpoint ${name}: archive synced`, started);
         }
         if (keepLocal) await writeManifest(staging, manifest);
       } else {

@@ -17,7 +17,7 @@ import { existsSync, openSync, closeSync } from 'node:fs';
 import { mkdir, open, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { lastLines, run, trace } from '../../core/exec.js';
+import { BASH_C, lastLines, run, trace } from '../../core/exec.js';
 import { FailedPreconditionError, RuntimeFailedError } from '../../core/errors.js';
 import type { HostConfig } from '../../core/config.js';
 import type {
@@ -208,7 +208,7 @@ export class RuncDriver implements RuntimeDriver {
     // stdin: starting a process from a large parent costs milliseconds per
     // 100 MB of its memory (fork copies page tables), and none of that may
     // fall inside the freeze.
-    const chain = spawn('nsenter', [`--net=${options.netnsPath}`, 'bash', '-c', script], {
+    const chain = spawn('nsenter', [`--net=${options.netnsPath}`, ...BASH_C, script], {
       stdio: ['pipe', 'pipe', 'pipe'],
       env: CRIU_DUMP_ENV,
     });
@@ -239,6 +239,13 @@ export class RuncDriver implements RuntimeDriver {
       times && freezer
         ? { freezeMs: (t1 - t0) * 1000, dumpMs: (t2 - t1) * 1000, thawMs: (t3 - t2) * 1000 }
         : undefined;
+    if (times) {
+      const spawnedAt = performance.timeOrigin + started;
+      trace(
+        `checkpoint ${id}: spawn → go ${(t0 * 1000 - spawnedAt).toFixed(1)} ms, thawed → closed ${(spawnedAt + wallMs - t3 * 1000).toFixed(1)} ms`,
+        started,
+      );
+    }
     // CRIU writes its statistics into the work directory when one is given.
     const stats =
       readDumpStats(join(options.workDir, 'stats-dump')) ??
@@ -277,7 +284,7 @@ export class RuncDriver implements RuntimeDriver {
     const freezer = await this.freezerFile(id);
     const script = lazyChainScript(argv, options.hooks, freezer);
     const started = performance.now();
-    const chain = spawn('nsenter', [`--net=${options.netnsPath}`, 'bash', '-c', script], {
+    const chain = spawn('nsenter', [`--net=${options.netnsPath}`, ...BASH_C, script], {
       stdio: ['pipe', 'pipe', 'pipe'],
       detached: true,
       env: CRIU_DUMP_ENV,
