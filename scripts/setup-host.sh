@@ -26,6 +26,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 runtime_packages=(runc iptables nftables iproute2 busybox-static iputils-ping iputils-arping redis-server redis-tools zstd
+  b3sum                        # BLAKE3 of large checkpoint files in archives (src/host/blake3.ts)
   gcc libc6-dev make xz-utils ca-certificates procps
   chromium fonts-dejavu-core # the dashboard's end-to-end test drives Debian's Chromium (playwright-core)
   etcd-server etcd-client)     # the control plane of several controllers (haven lab up --store etcd)

@@ -35,15 +35,15 @@ import {
 import { open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { arch, constants as osConstants, release } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import type { Readable, Writable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
 import {
-  CorruptCheckpointError,
   FailedPreconditionError,
   InvalidArgumentError,
   NoSpaceError,
   RuntimeFailedError,
 } from '../core/errors.js';
-import { hashBuffer, hashTree, sha256File } from './checkpoint-manifest.js';
+import { trace } from '../core/exec.js';
+import { checkHashes, hashTree, sha256File, type ManifestFile } from './checkpoint-manifest.js';
 import {
   tarEnd,
   tarFile,
@@ -53,8 +53,14 @@ import {
   type TarMember,
 } from './tar-stream.js';
 
-/** Current archive format; importers refuse newer ones. */
-export const ARCHIVE_VERSION = 1;
+/**
+ * Current archive format; importers refuse newer ones. 2: a large file's
+ * manifest entry may carry BLAKE3 instead of SHA-256 (see blake3.ts).
+ */
+export const ARCHIVE_VERSION = 2;
+
+/** The checkpoint's manifest inside an archive. */
+const MANIFEST_MEMBER = 'checkpoint/manifest.json';
 
 /** Compression of an archive stream. */
 export type ArchiveCompression = 'none' | 'gzip' | 'zstd';
@@ -124,28 +130,25 @@ export function incompatibility(source: MachineRequirements, here: MachineRequir
 const RECORD_BLOCKS = ['-b', '2048'];
 
 /**
- * Whether `file` can be written with O_DIRECT (creating it, empty). An
- * uncompressed archive is written around the page cache where the file
- * system allows it: on this machine kind, copying a 256 MB checkpoint into
- * fresh page-cache pages cost 0.07–0.75 s of kernel time (nearly all of it
- * in the copy to pages the hypervisor must first back), and the
- * fdatasync a stopping checkpoint needs wrote it all again; direct writes
- * took 0.12–0.18 s and leave almost nothing to sync. File systems without
- * O_DIRECT (EINVAL) — and any other error, which tar then reports — get
- * the buffered path.
+ * `file` created (empty) and opened for writing with O_DIRECT, or undefined
+ * where the file system refuses O_DIRECT (EINVAL) or the open fails for any
+ * other reason (tar then opens it itself and reports why). An uncompressed
+ * archive is written around the page cache where the file system allows
+ * it: on this machine kind, copying a 256 MB checkpoint into fresh
+ * page-cache pages cost 0.07–0.75 s of kernel time (nearly all of it in the
+ * copy to pages the hypervisor must first back), and the fdatasync a
+ * stopping checkpoint needs wrote it all again; direct writes took
+ * 0.12–0.18 s and leave almost nothing to sync.
  */
-function directWriteWorks(file: string): boolean {
+function openDirect(file: string): number | undefined {
   try {
-    closeSync(
-      openSync(
-        file,
-        fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_DIRECT,
-        0o644,
-      ),
+    return openSync(
+      file,
+      fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_DIRECT,
+      0o644,
     );
-    return true;
   } catch {
-    return false;
+    return undefined;
   }
 }
 
@@ -164,13 +167,8 @@ export interface ArchiveParts {
   imageTar: string;
 }
 
-/** One checkpoint file as hashed on its way into an archive (a manifest entry). */
-export interface ArchivedFile {
-  /** Path inside the checkpoint directory. */
-  path: string;
-  size: number;
-  sha256: string;
-}
+/** One checkpoint file as hashed on its way into an archive (a manifest entry; path inside the checkpoint). */
+export type ArchivedFile = ManifestFile;
 
 /** What was hashed while an archive streamed by. */
 export interface StreamedArchive {
@@ -304,51 +302,14 @@ async function writePlainArchive(
   parts: ArchiveParts,
   trailer: (streamed: StreamedArchive) => ArchiveTrailer | Promise<ArchiveTrailer>,
 ): Promise<StreamedArchive> {
-  const direct = directWriteWorks(tmp);
-  const writer = direct
-    ? spawn('dd', [`of=${tmp}`, 'bs=1M', 'iflag=fullblock', 'oflag=direct', 'status=none'], {
-        stdio: ['pipe', 'ignore', 'pipe'],
-      })
-    : undefined;
-  const tar = spawn(
-    'tar',
-    ['-c', '-v', '--block-number', ...RECORD_BLOCKS, '-f', direct ? '-' : tmp, ...contentArgs(parts)],
-    { stdio: ['ignore', writer?.stdin ?? 'pipe', 'pipe'] },
-  );
-  // tar holds the pipe's write end now: dd reads to its end when tar exits.
-  writer?.stdin?.destroy();
-  // The listing ("block N: name") is on tar's stdout, or on its stderr when the archive is its stdout.
-  let listing = '';
-  (tar.stdout ?? tar.stderr)?.on('data', (b: Buffer) => {
-    listing = (listing + b.toString()).slice(-8192);
-  });
-  const tarError = stderrOf(tar);
-  const writerError = writer ? stderrOf(writer) : () => '';
-  const tarDone = exited(tar);
-  const writerDone = writer ? exited(writer) : Promise.resolve(0);
-  let hashed: StreamedArchive;
-  try {
+  let hashed: StreamedArchive | undefined;
+  const hash = async (): Promise<void> => {
     hashed = await hashParts(parts);
-  } catch (error) {
-    tar.kill('SIGKILL');
-    writer?.kill('SIGKILL');
-    await Promise.all([tarDone, writerDone]);
-    throw error;
-  }
-  const [tarCode, writerCode] = await Promise.all([tarDone, writerDone]);
-  // The writer first: when it fails (a full disk), tar only sees its pipe break.
-  for (const [code, tool, why] of [
-    [writerCode, 'dd', writerError()],
-    [tarCode, 'tar', tarError()],
-  ] as const) {
-    if (code === 0) continue;
-    if (/No space left on device|Disk quota exceeded/.test(why)) {
-      throw new NoSpaceError(
-        `no space left on the archive's disk (writing ${tmp}): free some space and try again`,
-      );
-    }
-    throw new RuntimeFailedError(`writing archive failed (${tool} exit ${code})`, tool, [why]);
-  }
+  };
+  let listing = await runTar(tmp, parts, openDirect(tmp), hash);
+  // A file system that takes the O_DIRECT open but not tar's writes: buffered, once more.
+  if (listing === DIRECT_REFUSED) listing = await runTar(tmp, parts, undefined, () => Promise.resolve());
+  if (listing === DIRECT_REFUSED || hashed === undefined) throw new Error('writing archive: tar ran twice');
   // "block N: image.tar": the last member's header; its data follows, then tar's end marker.
   const imageName = basename(parts.imageTar).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   const block = new RegExp(`block (\\d+): ${imageName}\\n?$`).exec(listing)?.[1];
@@ -372,11 +333,75 @@ async function writePlainArchive(
   return hashed;
 }
 
+/** What {@link runTar} returns when O_DIRECT writes failed where the open succeeded. */
+const DIRECT_REFUSED = Symbol('O_DIRECT refused');
+
+/**
+ * Runs `tar -c` of `parts` into `tmp` — into `directFd` (tar's stdout, an
+ * O_DIRECT descriptor: its 1 MiB records are page-aligned buffers written
+ * at 1 MiB offsets, which O_DIRECT takes, and no process or pipe stands
+ * between tar and the disk; 256 MB here: 140–210 ms, 200–350 through
+ * `dd oflag=direct`) or, without one, into the file it opens — while
+ * `alongside` runs (the hashing). Returns tar's `--block-number` listing.
+ * @throws NoSpaceError on a full disk, RuntimeFailedError on any other failure.
+ */
+async function runTar(
+  tmp: string,
+  parts: ArchiveParts,
+  directFd: number | undefined,
+  alongside: () => Promise<unknown>,
+): Promise<string | typeof DIRECT_REFUSED> {
+  const direct = directFd !== undefined;
+  let tar: ChildProcess;
+  try {
+    tar = spawn(
+      'tar',
+      ['-c', '-v', '--block-number', ...RECORD_BLOCKS, '-f', direct ? '-' : tmp, ...contentArgs(parts)],
+      { stdio: ['ignore', directFd ?? 'pipe', 'pipe'] },
+    );
+  } finally {
+    if (directFd !== undefined) closeSync(directFd); // tar has its own copy
+  }
+  // The listing ("block N: name") is on tar's stdout, or on its stderr when the archive is its stdout.
+  let listing = '';
+  (tar.stdout ?? tar.stderr)?.on('data', (b: Buffer) => {
+    listing = (listing + b.toString()).slice(-8192);
+  });
+  // Its complaints ("tar: …"), apart from the listing that may share stderr with them.
+  const complaints: string[] = [];
+  let partial = '';
+  tar.stderr?.on('data', (b: Buffer) => {
+    const lines = (partial + b.toString()).split('\n');
+    partial = lines.pop() ?? '';
+    complaints.push(...lines.filter((line) => line.startsWith('tar: ')));
+    complaints.splice(0, Math.max(0, complaints.length - 8));
+  });
+  const tarDone = exited(tar);
+  try {
+    await alongside();
+  } catch (error) {
+    tar.kill('SIGKILL');
+    await tarDone;
+    throw error;
+  }
+  const code = await tarDone;
+  if (code === 0) return listing;
+  const why = [...complaints, partial].join('\n').trim();
+  if (/No space left on device|Disk quota exceeded/.test(why)) {
+    throw new NoSpaceError(
+      `no space left on the archive's disk (writing ${tmp}): free some space and try again`,
+    );
+  }
+  if (direct && /Invalid argument/.test(why)) return DIRECT_REFUSED;
+  throw new RuntimeFailedError(`writing archive failed (tar exit ${code})`, 'tar', [why]);
+}
+
 /** Hashes what {@link contentArgs} archives: the checkpoint's files (but logs and manifest) and the image. */
 async function hashParts(parts: ArchiveParts): Promise<StreamedArchive> {
   const [imageSha256, files] = await Promise.all([
     sha256File(parts.imageTar),
-    hashTree(parts.checkpointDir, { skip: ['logs'] }),
+    // HAVEN_ARCHIVE_HASH=sha256: archives for hosts without b3sum.
+    hashTree(parts.checkpointDir, { skip: ['logs'], blake3: process.env.HAVEN_ARCHIVE_HASH !== 'sha256' }),
   ]);
   return { files, imageSha256 };
 }
@@ -517,24 +542,28 @@ export async function extractArchive(file: string, dir: string): Promise<Extract
     : undefined;
   const unzipError = unzip ? stderrOf(unzip) : () => '';
   const unzipDone = unzip ? exited(unzip) : Promise.resolve(0);
-  const source = (unzip?.stdout ??
-    createReadStream(file, { highWaterMark: 4 << 20 })) as AsyncIterable<Buffer> & Readable;
   const check = memberCheck(file);
   let failure: unknown;
   // Uncompressed, every member is checked first from its header alone (a
-  // read per member), then tar reads the file itself while the same bytes
-  // are hashed here — two readers of the page cache on two cores, instead
-  // of every byte piped through this process (1 GB here: 1.9 → 1.3 s).
+  // read per member), then tar reads the file itself. A manifest with
+  // BLAKE3 entries is checked afterwards, on the extracted files (b3sum:
+  // 256 MB in ~50 ms); an older one's SHA-256 is taken here while tar
+  // reads — two readers of the page cache on two cores, instead of every
+  // byte piped through this process (1 GB here: 1.9 → 1.3 s).
   // Compressed, the stream passes through here: checked, hashed, then handed on.
   const piped = unzip !== undefined;
+  let hashHere = true;
   if (!piped) {
     try {
-      scanHeaders(file, check);
+      hashHere = !namesBlake3(scanHeaders(file, check, [MANIFEST_MEMBER]).get(MANIFEST_MEMBER));
     } catch (error) {
       failure = error;
-      source.destroy();
     }
   }
+  const source = (unzip?.stdout ??
+    (hashHere && failure === undefined
+      ? createReadStream(file, { highWaterMark: 4 << 20 })
+      : Readable.from([]))) as AsyncIterable<Buffer> & Readable;
   const tar =
     failure === undefined
       ? spawn(
@@ -549,13 +578,16 @@ export async function extractArchive(file: string, dir: string): Promise<Extract
   const tarDone = tar ? exited(tar) : Promise.resolve(128 + 9);
   tar?.stdin?.on('error', () => undefined); // tar gave up early: its exit status says why
   const scanner = new TarScanner(check);
+  const started = performance.now();
+  void tarDone.then(() => trace(`extract ${file}: tar done`, started));
   if (failure === undefined) {
     try {
       for await (const chunk of source) {
         scanner.push(chunk); // piped: throws before tar sees a refused member
         if (tar?.stdin) await writeTo(tar.stdin, chunk);
       }
-      scanner.finish();
+      if (hashHere) scanner.finish();
+      trace(`extract ${file}: hashed`, started);
       tar?.stdin?.end();
     } catch (error) {
       failure = error;
@@ -621,50 +653,81 @@ function memberCheck(file: string): (member: TarMember) => void {
 /**
  * Walks an uncompressed archive's headers (and the small records of long
  * names and pax attributes), skipping the content, calling `check` on each
- * member. Synchronous reads of 512 bytes: one per member.
+ * member. Synchronous reads of 512 bytes: one per member. Returns the
+ * content of the small regular members named in `wanted` (up to 1 MiB each).
  * @throws TarFormatError for a damaged or truncated archive, or what `check` throws.
  */
-function scanHeaders(file: string, check: (member: TarMember) => void): void {
-  const scanner = new TarScanner(check, { headersOnly: true });
+function scanHeaders(
+  file: string,
+  check: (member: TarMember) => void,
+  wanted: readonly string[] = [],
+): Map<string, Buffer> {
+  const last: { member?: TarMember } = {};
+  const scanner = new TarScanner(
+    (m) => {
+      check(m);
+      last.member = m;
+    },
+    { headersOnly: true },
+  );
+  const found = new Map<string, Buffer>();
   const block = Buffer.alloc(512);
   const fd = openSync(file, 'r');
   try {
     for (let offset = 0; !scanner.ended;) {
       const bytesRead = readSync(fd, block, 0, block.length, offset);
       if (bytesRead === 0) break;
+      last.member = undefined;
       scanner.push(block.subarray(0, bytesRead));
-      offset += bytesRead + scanner.skipContent();
+      const skipped = scanner.skipContent();
+      const member = last.member as TarMember | undefined;
+      if (
+        member &&
+        skipped > 0 &&
+        member.type === '0' &&
+        member.size <= 1 << 20 &&
+        wanted.includes(member.name)
+      ) {
+        const content = Buffer.alloc(member.size);
+        readSync(fd, content, 0, member.size, offset + bytesRead);
+        found.set(member.name, content);
+      }
+      offset += bytesRead + skipped;
     }
   } finally {
     closeSync(fd);
   }
   scanner.finish();
+  return found;
+}
+
+/** Whether a manifest (as its bytes) names any file by BLAKE3; false for one that does not parse. */
+function namesBlake3(manifest: Buffer | undefined): boolean {
+  try {
+    const files = (JSON.parse(manifest?.toString('utf8') ?? '') as { files?: unknown }).files;
+    return Array.isArray(files) && files.some((f) => typeof (f as ManifestFile).blake3 === 'string');
+  } catch {
+    return false;
+  }
 }
 
 /**
- * Checks an extracted checkpoint against the hashes taken while it streamed
- * out of its archive (see {@link extractArchive}): every file its manifest
- * lists must have gone by with that size and SHA-256. A file that went by
- * without content (a hard link to one that did not) is hashed from disk.
- * Sizes and presence on disk are checked by verifyCheckpoint.
+ * Checks an extracted checkpoint's files against its manifest: by the
+ * hashes taken while they streamed out of the archive where there are
+ * some (see {@link extractArchive}), else from disk — BLAKE3 entries
+ * always. Sizes and presence on disk are checked by verifyCheckpoint.
  * @throws CorruptCheckpointError naming the first file at fault.
  */
-export async function verifyStreamed(
+export async function verifyExtracted(
   dir: string,
-  files: ReadonlyArray<{ path: string; size: number; sha256: string }>,
+  files: readonly ManifestFile[],
   streamed: ReadonlyMap<string, StreamedFile>,
   prefix = 'checkpoint/',
 ): Promise<void> {
-  const buffer = hashBuffer();
-  for (const file of files) {
-    const seen = streamed.get(`${prefix}${file.path}`) ?? {
-      size: file.size,
-      sha256: await sha256File(join(dir, file.path), buffer),
-    };
-    if (seen.size !== file.size || seen.sha256 !== file.sha256) {
-      throw new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is corrupted (checksum mismatch)`);
-    }
-  }
+  const known = new Map<string, StreamedFile>();
+  for (const [name, seen] of streamed)
+    if (name.startsWith(prefix)) known.set(name.slice(prefix.length), seen);
+  await checkHashes(dir, files, known);
 }
 
 /**

@@ -1,6 +1,6 @@
 /**
  * The manifest of a checkpoint directory: what it holds, each file's size and
- * SHA-256, and the metadata a restore needs. Written last, so a checkpoint
+ * hash (SHA-256, or BLAKE3 for large files in archives), and the metadata a restore needs. Written last, so a checkpoint
  * without a manifest is by definition incomplete; verified before every
  * restore, so a truncated or altered checkpoint is refused with the name of
  * the file at fault, before anything running is touched.
@@ -22,15 +22,21 @@ import { SMALL_FILE_BYTES } from '../core/small-io.js';
 import type { DumpStats } from '../runtime/driver.js';
 import type { TcpConnection } from '../runtime/network.js';
 import type { MachineRequirements } from './archive.js';
+import { b3sum, BLAKE3_MIN_BYTES, blake3Files } from './blake3.js';
 
 /** Current manifest format; readers refuse newer ones. */
 export const MANIFEST_VERSION = 1;
 
-/** One regular file in the checkpoint. */
+/**
+ * One regular file in the checkpoint, with its hash: SHA-256, or — for a
+ * large file in an archive written where `b3sum` is installed — BLAKE3
+ * (see blake3.ts). Exactly one of the two is set.
+ */
 export interface ManifestFile {
   path: string;
   size: number;
-  sha256: string;
+  sha256?: string;
+  blake3?: string;
 }
 
 /** The manifest as stored in `manifest.json`. */
@@ -61,13 +67,17 @@ export interface CheckpointManifest {
  * Lists every regular file under `dir` with size and SHA-256 (`hash: false`:
  * sizes only, `sha256` empty), except under the top-level directories named
  * in `skip` (CRIU's work directory and logs: not part of the checkpoint, and
- * at CRIU's debug level a 1 GB dump's log alone is ~250 KB to hash).
+ * at CRIU's debug level a 1 GB dump's log alone is ~250 KB to hash). With
+ * `blake3` (and `b3sum` installed), files of BLAKE3_MIN_BYTES and more get
+ * BLAKE3 instead, all in one `b3sum` run at the end.
  */
 export async function hashTree(
   dir: string,
-  options: { hash?: boolean; skip?: readonly string[] } = {},
+  options: { hash?: boolean; skip?: readonly string[]; blake3?: boolean } = {},
 ): Promise<ManifestFile[]> {
   const hash = options.hash ?? true;
+  const bulk = hash && options.blake3 === true && b3sum() !== undefined;
+  const large: ManifestFile[] = [];
   const skip = new Set((options.skip ?? []).map((d) => join(dir, d)));
   const files: ManifestFile[] = [];
   // One read buffer for the whole tree: a checkpoint has dozens of small
@@ -86,12 +96,58 @@ export async function hashTree(
         const path = relative(dir, full);
         if (path === 'manifest.json') continue;
         const size = lstatSync(full).size;
-        files.push({ path, size, sha256: hash ? await sha256Sized(full, size, buffer) : '' });
+        if (bulk && size >= BLAKE3_MIN_BYTES) {
+          const file: ManifestFile = { path, size };
+          large.push(file);
+          files.push(file);
+        } else {
+          files.push({ path, size, sha256: hash ? await sha256Sized(full, size, buffer) : '' });
+        }
       }
     }
   };
   await walk(dir);
+  const hashes = await blake3Files(large.map((f) => join(dir, f.path)));
+  large.forEach((file, i) => (file.blake3 = hashes[i]));
   return files;
+}
+
+/**
+ * Checks `files` under `dir` against their recorded hashes, SHA-256 or
+ * BLAKE3 (these in one `b3sum` run), skipping those `known` already holds
+ * with the same size and hash (hashed as they streamed by).
+ * @throws CorruptCheckpointError naming the first file at fault.
+ */
+export async function checkHashes(
+  dir: string,
+  files: readonly ManifestFile[],
+  known: ReadonlyMap<string, { size: number; sha256: string }> = new Map(),
+): Promise<void> {
+  const corrupted = (file: ManifestFile): CorruptCheckpointError =>
+    new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is corrupted (checksum mismatch)`);
+  const buffer = hashBuffer();
+  const byBlake3: ManifestFile[] = [];
+  for (const file of files) {
+    if (file.blake3 !== undefined) {
+      byBlake3.push(file);
+      continue;
+    }
+    const seen = known.get(file.path);
+    const sha256 =
+      seen && seen.size === file.size
+        ? seen.sha256
+        : await sha256Sized(join(dir, file.path), file.size, buffer);
+    if (file.sha256 === undefined || sha256 !== file.sha256) throw corrupted(file);
+  }
+  if (byBlake3.length && !b3sum()) {
+    throw new CorruptCheckpointError(
+      `checkpoint ${dir}: its hashes are BLAKE3 and b3sum is not installed here (Debian package "b3sum")`,
+    );
+  }
+  const hashes = await blake3Files(byBlake3.map((f) => join(dir, f.path)));
+  byBlake3.forEach((file, i) => {
+    if (hashes[i] !== file.blake3) throw corrupted(file);
+  });
 }
 
 /** Bytes read at a time while hashing a checkpoint's files. */
@@ -159,7 +215,6 @@ export async function verifyCheckpoint(
       `checkpoint ${dir}: unsupported manifest version ${String(manifest.version)}`,
     );
   }
-  const buffer = hashBuffer();
   for (const file of manifest.files) {
     const full = join(dir, file.path);
     if (!existsSync(full)) throw new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is missing`);
@@ -169,13 +224,7 @@ export async function verifyCheckpoint(
         `checkpoint ${dir}: ${file.path} is truncated or altered (${size} bytes, expected ${file.size})`,
       );
     }
-    if (
-      !options.contentVerified &&
-      !manifest.memoryOnly &&
-      (await sha256Sized(full, size, buffer)) !== file.sha256
-    ) {
-      throw new CorruptCheckpointError(`checkpoint ${dir}: ${file.path} is corrupted (checksum mismatch)`);
-    }
   }
+  if (!options.contentVerified && !manifest.memoryOnly) await checkHashes(dir, manifest.files);
   return manifest;
 }

@@ -146,3 +146,47 @@ test(
     assert.equal((await b.cli(['stop', 'plain2', '--time', '1'])).code, 0);
   },
 );
+
+test(
+  'archives hash large files with BLAKE3: a flipped byte in memory is refused; a SHA-256 archive still imports',
+  { timeout: 120_000 },
+  async () => {
+    const archive = join(work, 'plain.tar'); // exported above, with b3sum installed
+    const dir = await mkdtemp(join(work, 'flip-'));
+    await run(['tar', '-xf', archive, '-C', dir]);
+    const manifest = JSON.parse(await readFile(join(dir, 'checkpoint', 'manifest.json'), 'utf8')) as {
+      files: Array<{ path: string; size: number; sha256?: string; blake3?: string }>;
+    };
+    const pages = manifest.files.filter((f) => f.blake3 !== undefined).sort((x, y) => y.size - x.size)[0];
+    assert.ok(pages, 'the largest files are BLAKE3-hashed');
+    const path = join(dir, 'checkpoint', pages.path);
+    const bytes = await readFile(path);
+    const at = Math.floor(bytes.length / 2);
+    bytes[at] = (bytes[at] ?? 0) ^ 0xff;
+    await writeFile(path, bytes);
+    const flipped = join(work, 'flipped.tar');
+    await run(['tar', '-C', dir, '-cf', flipped, 'checkpoint', 'image.tar', 'haven-archive.json']);
+    const r = await b.cli(['restore', '--import', flipped, '--name', 'flip']);
+    assert.notEqual(r.code, 0);
+    assert.match(
+      r.stderr,
+      new RegExp(`${pages.path.replace(/[.]/g, '\\.')} is corrupted \\(checksum mismatch\\)`),
+    );
+    assert.ok(!existsSync(join(b.config.stateDir, 'containers', 'flip')));
+
+    // Written for Havens without b3sum: SHA-256 throughout, checked as the bytes stream by.
+    const shaIp = '10.88.3.4';
+    await a.runRedis('sha', shaIp);
+    await a.inClient(['redis-cli', '-h', shaIp, 'SET', 'sha', 'kept']);
+    const shaArchive = join(work, 'sha.tar');
+    const ck = await a.cli(['checkpoint', 'sha', '--export', shaArchive], { HAVEN_ARCHIVE_HASH: 'sha256' });
+    assert.equal(ck.code, 0, ck.stderr);
+    const listed = await run(['tar', '-xOf', shaArchive, 'checkpoint/manifest.json']);
+    assert.doesNotMatch(listed.stdout, /blake3/);
+    const imported = await b.cli(['restore', '--import', shaArchive, '--name', 'sha2']);
+    assert.equal(imported.code, 0, imported.stderr);
+    await a.waitForRedis(shaIp);
+    assert.equal((await a.inClient(['redis-cli', '-h', shaIp, 'GET', 'sha'])).stdout.trim(), 'kept');
+    assert.equal((await b.cli(['stop', 'sha2', '--time', '1'])).code, 0);
+  },
+);

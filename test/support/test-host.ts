@@ -70,12 +70,13 @@ export class TestHost {
   }
 
   /** Runs the real `haven` CLI against this host; never throws on a non-zero exit. */
-  cli(args: string[]): Promise<ExecResult> {
+  cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<ExecResult> {
     return run([join(REPO_ROOT, 'bin', 'haven'), ...args], {
       allowFailure: true,
       timeoutMs: 180_000,
       env: {
         ...process.env,
+        ...env,
         HAVEN_STATE_DIR: this.config.stateDir,
         HAVEN_RUNC_ROOT: this.config.runcRoot,
         HAVEN_HOST: this.config.hostName,

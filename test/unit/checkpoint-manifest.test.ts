@@ -10,6 +10,7 @@ import {
   writeManifest,
 } from '../../src/host/checkpoint-manifest.js';
 import { CorruptCheckpointError } from '../../src/core/errors.js';
+import { b3sum, BLAKE3_MIN_BYTES } from '../../src/host/blake3.js';
 
 async function sample(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'haven-manifest-'));
@@ -67,5 +68,44 @@ test('truncated, extended, altered, missing files and a missing manifest are eac
     } finally {
       await rm(dir, { recursive: true });
     }
+  }
+});
+
+test('large files are hashed with BLAKE3 where b3sum is installed, and checked by it', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'haven-manifest-'));
+  try {
+    await writeFile(join(dir, 'big.img'), Buffer.alloc(BLAKE3_MIN_BYTES + 4096, 3));
+    await writeFile(join(dir, 'small.img'), 'small');
+    const files = await hashTree(dir, { blake3: true });
+    const big = files.find((f) => f.path === 'big.img');
+    const small = files.find((f) => f.path === 'small.img');
+    assert.match(small?.sha256 ?? '', /^[0-9a-f]{64}$/, 'small files keep SHA-256');
+    if (b3sum()) {
+      assert.match(big?.blake3 ?? '', /^[0-9a-f]{64}$/);
+      assert.equal(big?.sha256, undefined);
+    } else {
+      assert.match(big?.sha256 ?? '', /^[0-9a-f]{64}$/, 'without b3sum, SHA-256');
+    }
+    await writeManifest(dir, {
+      version: MANIFEST_VERSION,
+      id: 'ck-1',
+      container: 'c',
+      createdAt: '',
+      leaveRunning: false,
+      connections: [],
+      origin: { host: 'h', kernel: 'k', criuVersion: '4.2.1', arch: 'x64', cpuFlags: [] },
+      files,
+    });
+    await verifyCheckpoint(dir);
+    const flipped = Buffer.alloc(BLAKE3_MIN_BYTES + 4096, 3);
+    flipped[BLAKE3_MIN_BYTES] = 4;
+    await writeFile(join(dir, 'big.img'), flipped);
+    await assert.rejects(verifyCheckpoint(dir), (e: unknown) => {
+      assert.ok(e instanceof CorruptCheckpointError);
+      assert.match(e.message, /big\.img is corrupted \(checksum mismatch\)/);
+      return true;
+    });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 });
