@@ -62,6 +62,9 @@ export const ARCHIVE_VERSION = 2;
 /** The checkpoint's manifest inside an archive. */
 const MANIFEST_MEMBER = 'checkpoint/manifest.json';
 
+/** The archive's header (what it holds, from where): its last member. */
+const HEADER_MEMBER = 'haven-archive.json';
+
 /** Compression of an archive stream. */
 export type ArchiveCompression = 'none' | 'gzip' | 'zstd';
 
@@ -528,7 +531,19 @@ export interface ExtractedArchive {
  * it goes by. The caller compares those hashes with the manifest; nothing is
  * read twice. Refuses archives that are not Haven's.
  */
-export async function extractArchive(file: string, dir: string): Promise<ExtractedArchive> {
+export async function extractArchive(
+  file: string,
+  dir: string,
+  options: {
+    /**
+     * Called with an uncompressed archive's header before tar starts (read
+     * at its offset), so that the caller can prepare what the header names
+     * while the rest is extracted. Not called for a compressed archive,
+     * whose header comes out last.
+     */
+    onHeader?: (header: ArchiveHeader) => void;
+  } = {},
+): Promise<ExtractedArchive> {
   if (!existsSync(file)) throw new InvalidArgumentError(`archive "${file}" does not exist`);
   const compression = await sniffCompression(file);
   const decompressor =
@@ -555,7 +570,10 @@ export async function extractArchive(file: string, dir: string): Promise<Extract
   let hashHere = true;
   if (!piped) {
     try {
-      hashHere = !namesBlake3(scanHeaders(file, check, [MANIFEST_MEMBER]).get(MANIFEST_MEMBER));
+      const found = scanHeaders(file, check, [MANIFEST_MEMBER, HEADER_MEMBER]);
+      hashHere = !namesBlake3(found.get(MANIFEST_MEMBER));
+      const early = found.get(HEADER_MEMBER);
+      if (early && options.onHeader) options.onHeader(parseHeader(early.toString('utf8'), file));
     } catch (error) {
       failure = error;
     }
@@ -610,15 +628,24 @@ export async function extractArchive(file: string, dir: string): Promise<Extract
   if (failure !== undefined) throw failure instanceof Error ? failure : new Error('extracting failed');
   if (unzipCode !== 0) throw damaged(unzipError());
   if (tarCode !== 0) throw damaged(tarError());
+  const text = await readFile(join(dir, HEADER_MEMBER), 'utf8').catch(() => '');
+  return { header: parseHeader(text, file), streamed: scanner.files };
+}
+
+/**
+ * An archive's header from its text.
+ * @throws InvalidArgumentError for one that is not Haven's, FailedPreconditionError for a newer format.
+ */
+function parseHeader(text: string, file: string): ArchiveHeader {
   let header: ArchiveHeader;
   try {
-    header = JSON.parse(await readFile(join(dir, 'haven-archive.json'), 'utf8')) as ArchiveHeader;
+    header = JSON.parse(text) as ArchiveHeader;
   } catch {
     throw new InvalidArgumentError(
-      `"${file}" is not a Haven checkpoint archive (no readable haven-archive.json)`,
+      `"${file}" is not a Haven checkpoint archive (no readable ${HEADER_MEMBER})`,
     );
   }
-  if (header.format !== 'haven-checkpoint-archive') {
+  if (header?.format !== 'haven-checkpoint-archive') {
     throw new InvalidArgumentError(`"${file}" is not a Haven checkpoint archive`);
   }
   if (header.version > ARCHIVE_VERSION) {
@@ -626,7 +653,7 @@ export async function extractArchive(file: string, dir: string): Promise<Extract
       `archive format ${header.version} is newer than this Haven reads (${ARCHIVE_VERSION})`,
     );
   }
-  return { header, streamed: scanner.files };
+  return header;
 }
 
 /**

@@ -85,6 +85,7 @@ import { ImageStore } from './images.js';
 import {
   compressionFor,
   extractArchive,
+  type ArchiveHeader,
   syncFile,
   verifyExtracted,
   writeArchive,
@@ -603,13 +604,20 @@ export class ContainerHost {
   async prepareNetwork(name: string, cidr: string): Promise<void> {
     validateName(name, 'container');
     const { address, prefix } = parseIpv4Cidr(cidr);
+    await this.premakeNetwork(name, { ip: address, prefix, mac: macForIp(address) });
+  }
+
+  /** {@link prepareNetwork} for an address and MAC known already (an import's). */
+  private async premakeNetwork(
+    name: string,
+    { ip: address, prefix, mac }: Pick<ContainerRecord, 'ip' | 'prefix' | 'mac'>,
+  ): Promise<void> {
     await this.discardPremadeNetwork(name);
     if (existsSync(this.dir(name))) {
       throw new AlreadyExistsError(`container "${name}" already exists on this host`);
     }
     const netns = this.netns(name);
     await removeContainerNetwork(this.config, netns);
-    const mac = macForIp(address);
     await createContainerNetwork(this.config, { netns, address, prefix, mac, locked: true, linkDown: true });
     const holder = prepareUnlock(netns, address);
     const expiry = setTimeout(() => void this.discardPremadeNetwork(name), PREMADE_NETWORK_MS);
@@ -1152,7 +1160,8 @@ export class ContainerHost {
    * Imports an archive as a new (checkpointed) container, `as` or its
    * original name, and restores it. Everything in the archive is checked
    * first — names, addresses, volumes, CPU compatibility, every file's hash —
-   * and nothing on this host is touched unless all of it passes.
+   * and nothing on this host is kept unless all of it passes (the network,
+   * made while the archive is extracted, is removed again).
    */
   async importArchive(
     file: string,
@@ -1166,8 +1175,16 @@ export class ContainerHost {
     const stagingRoot = (await this.stagingFits(size * 2)) ? await this.stagingRoot() : this.config.stateDir;
     const staging = await mkdtemp(join(stagingRoot, '.import-'));
     let record: ContainerRecord | undefined;
+    // The network, made while the archive is extracted (an uncompressed
+    // one's header is read first): the name it was made for, if any.
+    let networkAhead: Promise<string | undefined> = Promise.resolve(undefined);
+    let imported = false;
     try {
-      const { header, streamed } = await extractArchive(file, staging);
+      const { header, streamed } = await extractArchive(file, staging, {
+        onHeader: (early) => {
+          networkAhead = this.importNetworkAhead(early, options.as);
+        },
+      });
       trace(`import ${file}: extracted`, started);
       const source = validateImportedRecord(header.container);
       const name = validateName(options.as ?? source.name, 'container');
@@ -1205,14 +1222,45 @@ export class ContainerHost {
         exported: { file, checkpoint: manifest.id, at: manifest.createdAt },
       };
       await this.save(record);
+      await networkAhead; // taken by the restore if it matches the record
       const report = await this.restoreFrom(record, checkpointDir, manifest.id, false);
+      imported = true;
+      // The staging copy (the whole memory image) is freed after the answer.
+      this.settleLater(name, "removing an import's staging copy", () =>
+        rm(staging, { recursive: true, force: true }),
+      );
       return { ...report, name, wallMs: performance.now() - started };
     } catch (error) {
       // The archive still holds everything: a failed import leaves no container behind.
+      const ahead = await networkAhead;
+      if (ahead) await this.discardPremadeNetwork(ahead).catch(() => undefined);
       if (record) await this.remove(record.name, { force: true }).catch(() => undefined);
       throw error;
     } finally {
-      await rm(staging, { recursive: true, force: true });
+      if (!imported) await rm(staging, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * An import's network, made ahead from the archive's header while the
+   * rest is extracted (see {@link premakeNetwork}): only when the header's
+   * record is valid, the name free and its address and volumes unused
+   * here — the import's own checks, which refuse it otherwise, come later.
+   * Returns the name it was made for, or undefined (nothing made).
+   */
+  private async importNetworkAhead(
+    header: ArchiveHeader,
+    as: string | undefined,
+  ): Promise<string | undefined> {
+    try {
+      const source = validateImportedRecord(header.container);
+      const name = validateName(as ?? source.name, 'container');
+      if (existsSync(this.dir(name)) || this.premade.has(name)) return undefined;
+      await this.assertFreeFor(source);
+      await this.premakeNetwork(name, source);
+      return name;
+    } catch {
+      return undefined;
     }
   }
 
