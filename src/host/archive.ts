@@ -312,7 +312,9 @@ async function writePlainArchive(
   let listing = await runTar(tmp, parts, openDirect(tmp), hash);
   // A file system that takes the O_DIRECT open but not tar's writes: buffered, once more.
   if (listing === DIRECT_REFUSED) listing = await runTar(tmp, parts, undefined, () => Promise.resolve());
-  if (listing === DIRECT_REFUSED || hashed === undefined) throw new Error('writing archive: tar ran twice');
+  if (listing === DIRECT_REFUSED || hashed === undefined) {
+    throw new RuntimeFailedError('writing archive: tar refused O_DIRECT on the buffered path', 'tar', []);
+  }
   // "block N: image.tar": the last member's header; its data follows, then tar's end marker.
   const imageName = basename(parts.imageTar).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   const block = new RegExp(`block (\\d+): ${imageName}\\n?$`).exec(listing)?.[1];
@@ -518,18 +520,25 @@ async function sniffCompression(file: string): Promise<ArchiveCompression> {
 /** An extracted archive: its header, and every file's hash as it streamed by. */
 export interface ExtractedArchive {
   header: ArchiveHeader;
-  /** Regular files by member name (`checkpoint/criu/pages-1.img`, `image.tar`, …). */
+  /**
+   * Regular files by member name (`checkpoint/criu/pages-1.img`, `image.tar`,
+   * …) with their SHA-256, where they were hashed on the way (empty for an
+   * uncompressed archive whose manifest names BLAKE3).
+   */
   streamed: Map<string, StreamedFile>;
 }
 
 /**
- * Extracts an archive (uncompressed, gzip or zstd) into `dir` in one pass:
- * the bytes go from the file (through the decompressor) to `tar -x` by way
- * of a {@link TarScanner}, which refuses a member whose name would leave the
- * three top-level entries — or pass through a symbolic link the archive
- * itself made — before tar sees any of it, and hashes every regular file as
- * it goes by. The caller compares those hashes with the manifest; nothing is
- * read twice. Refuses archives that are not Haven's.
+ * Extracts an archive (uncompressed, gzip or zstd) into `dir` in one pass.
+ * A {@link TarScanner} refuses a member whose name would leave the three
+ * top-level entries — or pass through a symbolic link the archive itself
+ * made — before tar sees any of it: from the headers alone for an
+ * uncompressed archive (tar then reads the file), on the stream from the
+ * decompressor to `tar -x` for a compressed one. SHA-256 is taken of every
+ * regular file as it goes by, except in an uncompressed archive whose
+ * manifest names BLAKE3 (those are hashed on the extracted files, see
+ * {@link verifyExtracted}). The caller compares the hashes with the
+ * manifest. Refuses archives that are not Haven's.
  */
 export async function extractArchive(
   file: string,
@@ -604,8 +613,10 @@ export async function extractArchive(
         scanner.push(chunk); // piped: throws before tar sees a refused member
         if (tar?.stdin) await writeTo(tar.stdin, chunk);
       }
-      if (hashHere) scanner.finish();
-      trace(`extract ${file}: hashed`, started);
+      if (hashHere) {
+        scanner.finish();
+        trace(`extract ${file}: hashed`, started);
+      }
       tar?.stdin?.end();
     } catch (error) {
       failure = error;

@@ -312,7 +312,8 @@ export function prepareUnlock(netns: string, address: string): Holder {
           resolve(Number(released[1]));
           // The second announcement goes on in the background.
           void exited.then((code) => {
-            if (code !== 0)
+            // "Network is down": the namespace was removed meanwhile (the container with it).
+            if (code !== 0 && !/Network is down/.test(stderr))
               process.stderr.write(
                 `announcing ${address} (${netns}): arping failed (${code}): ${stderr.trim()}\n`,
               );
