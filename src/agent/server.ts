@@ -18,6 +18,7 @@
  *   POST   /v1/containers/:name/migrate        (migrateRoundSchema) one round of a live migration, as its source
  *   POST   /v1/containers/:name/migrate-facts  (migrateFactsSchema) memory, abilities and (for auto) the dirty rate
  *   POST   /v1/replicas/:name/prepare          (prepareReplicaSchema) a migration's destination: fetch the image
+ *   POST   /v1/replicas/:name/announce         a post-copy destination: its network made ahead announces itself
  *   POST   /v1/replicas/:name/stage            assemble the newest intact epoch ahead of a likely promotion
  *   DELETE /v1/containers/:name[?force=true]
  *
@@ -339,6 +340,10 @@ async function replicaRoute(
         )
       : false;
     return send(res, 200, { name, ready: true, network });
+  }
+  if (action === 'announce') {
+    // A post-copy source has frozen and locked the container: its clients' packets come here from now on, held.
+    return send(res, 200, { name, announced: options.host.announcePremade(name) });
   }
   if (action === 'stage') {
     // Its primary's host is suspected: assemble the newest epoch now, so a promotion finds it ready.

@@ -5,7 +5,7 @@
  *
  *   agent API        controller certificate: everything (it gives the orders)
  *                    agent certificate: replication into this host (replicas/:name/
- *                      missing|chunks|epochs), images (peers fetch them), health, metrics
+ *                      missing|chunks|epochs|announce), images (peers fetch them), health, metrics
  *                    cli certificate: reads only (GET)
  *   controller API   cli or controller certificate, or the token: everything
  *                    agent certificate: register as itself, its own heartbeats,
@@ -17,7 +17,7 @@
 import type { Caller } from './http.js';
 import { HttpError } from './http.js';
 
-const REPLICATION = new Set(['missing', 'chunks', 'epochs']);
+const REPLICATION = new Set(['missing', 'chunks', 'epochs', 'announce']);
 
 /**
  * Throws 403 unless `caller` may call the agent route `method /v1/<parts>`

@@ -625,6 +625,20 @@ export class ContainerHost {
     this.premade.set(name, { ip: address, prefix, mac, holder, expiry });
   }
 
+  /**
+   * A post-copy source has frozen and locked the container (nothing leaves
+   * it any more): the network made ahead here brings its link up and
+   * announces itself now, ~0.2 s before the restore would, so that from
+   * the freeze on what clients send comes here and is held instead of
+   * dying at the locked source (where each lost packet cost its client a
+   * retransmission timer). Returns whether there was one to announce.
+   */
+  announcePremade(name: string): boolean {
+    const made = this.premade.get(name);
+    made?.holder.announce();
+    return made !== undefined;
+  }
+
   /** Removes a network {@link prepareNetwork} made, if any (a migration rolled back). */
   async discardPremadeNetwork(name: string): Promise<void> {
     const made = this.premade.get(name);

@@ -30,7 +30,7 @@ import { chunkDirectory, chunkHashes, EPOCH_MANIFEST_VERSION, type EpochManifest
 import type { CompressSetting } from './compression.js';
 import { FileTracker, syncFiles, type SyncRoundReport } from './fs-sync.js';
 import { sampleDirtyRate, type DirtySample } from './post-copy-sampler.js';
-import { commitEpoch, sendChunks, type TransferResult } from './transfer.js';
+import { announceDestination, commitEpoch, sendChunks, type TransferResult } from './transfer.js';
 import { trace } from '../core/exec.js';
 
 /**
@@ -254,8 +254,23 @@ export class MigrationSource {
     const fileSync = await this.syncFiles(name, order);
     const started = performance.now();
     const takenAt = new Date().toISOString();
+    // Frozen and locked: the destination's network, made ahead, takes the
+    // address now, so that what clients send from here on is held there
+    // for the restored sockets rather than lost at this locked copy.
+    const onLocked = (): void => {
+      const announcing = performance.now();
+      void announceDestination(order.to.address, this.token, name).then(
+        (announced) =>
+          trace(
+            `migration ${name}: destination ${announced ? 'announced' : 'had no network made ahead'}`,
+            announcing,
+          ),
+        (error: unknown) =>
+          trace(`migration ${name}: announcing the destination failed: ${String(error)}`, announcing),
+      );
+    };
     const source = await this.host
-      .checkpointLazy(name, { ...listen, netnsPath: `/proc/${process.pid}/ns/net` })
+      .checkpointLazy(name, { ...listen, netnsPath: `/proc/${process.pid}/ns/net`, onLocked })
       .catch((error: unknown) => {
         throw reportable(error);
       });

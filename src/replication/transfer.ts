@@ -277,6 +277,21 @@ export async function* readFrames(
  * chunk are on its disk — synced there unless `durable` is false (see
  * {@link ReplicaStore.commit}).
  */
+/**
+ * Tells a post-copy destination that the source is frozen and locked: its
+ * network, made ahead, announces itself (see ContainerHost.announcePremade).
+ * Best effort and quick: without it the restore announces, later.
+ */
+export async function announceDestination(address: string, token: string, name: string): Promise<boolean> {
+  const answer = await callJson<{ announced?: boolean }>(
+    address,
+    `/v1/replicas/${encodeURIComponent(name)}/announce`,
+    token,
+    { body: {}, timeoutMs: 2000 },
+  );
+  return answer.announced === true;
+}
+
 export async function commitEpoch(
   address: string,
   token: string,

@@ -202,6 +202,11 @@ export interface LazyListen {
   address: string;
   port: number;
   netnsPath: string;
+  /**
+   * Called once the container is frozen and its network locked — nothing
+   * leaves it from then on (a migration's destination may announce itself).
+   */
+  onLocked?: () => void;
 }
 
 /**

@@ -297,9 +297,12 @@ export function prepareUnlock(netns: string, address: string): Holder {
     child.on('error', () => resolve(127));
     child.on('close', (code) => resolve(code ?? 128));
   });
+  let announced = false;
   return {
     announce: () => {
-      if (!child.stdin.writableEnded) child.stdin.write('announce\n');
+      if (announced || child.stdin.writableEnded) return;
+      announced = true;
+      child.stdin.write('announce\n');
     },
     unlock: () =>
       new Promise<number>((resolve, reject) => {

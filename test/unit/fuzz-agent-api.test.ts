@@ -104,6 +104,7 @@ const ROUTES: RouteTemplate[] = [
     ],
   },
   { method: 'POST', path: '/v1/replicas/:name/prepare', bodies: [{ image: IMAGE }] },
+  { method: 'POST', path: '/v1/replicas/:name/announce', bodies: [{}] },
   { method: 'POST', path: '/v1/replicas/:name/stage', bodies: [{}] },
   { method: 'POST', path: '/v1/replicas/:name/promote', bodies: [{ tcpClose: true, epoch: 1 }] },
   {

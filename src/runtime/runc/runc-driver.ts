@@ -297,10 +297,15 @@ export class RuncDriver implements RuntimeDriver {
     });
     let frozenAt = 0;
     let settled = false;
+    let lockedSeen = false;
     chain.stdout.on('data', (b: Buffer) => {
       stdout += b.toString('latin1');
       const frozen = /haven-frozen ([\d.]+) ([\d.]+)/.exec(stdout);
       if (frozen) frozenAt = Number(frozen[1]) * 1000;
+      if (!lockedSeen && stdout.includes('haven-locked ')) {
+        lockedSeen = true;
+        listen.onLocked?.();
+      }
       if (settled) return;
       const files = /haven-files (\d+)/.exec(stdout)?.[1];
       if (files !== undefined && files !== '0') {
