@@ -265,8 +265,10 @@ let holdUnavailable = false;
  * until the container sends a frame they keep delivering its clients'
  * packets there, where its old copy is locked (a post-copy source stays so
  * until the last page) or gone. It goes out twice: on `announce()`, which
- * the restore calls before CRIU starts (the holder acts on it once bound),
- * so that clients' packets come here to be held while CRIU restores; and
+ * the restore calls before CRIU starts — or, on a post-copy destination,
+ * the source's agent as soon as the source is frozen and locked (the
+ * holder acts on it once bound) — so that clients' packets come here to be
+ * held while CRIU restores; and
  * after the unlock (a bridge may not have taken in a port made
  * moments before: a capture on the lab's bridge once showed the first
  * announcement of a new link lost). The announcement `arp_notify` makes when
