@@ -74,6 +74,7 @@ import {
   readEstablished,
   LOCK_COMMAND,
   prepareUnlock,
+  announceAddress,
   resetNetworkLock,
   startCheckpointHolder,
   type Holder,
@@ -1414,6 +1415,8 @@ export class ContainerHost {
     const thaw = async (): Promise<void> => {
       await resetNetworkLock(netns).catch(() => undefined);
       await driver.thaw(runtimeId).catch(() => undefined);
+      // The destination may have announced itself already (at the lock): the address comes back here.
+      void announceAddress(netns, record.ip);
     };
     let lazy: LazyCheckpoint | undefined;
     try {

@@ -409,6 +409,36 @@ export async function resetNetworkLock(netns: string): Promise<void> {
 }
 
 /**
+ * One gratuitous ARP for `address` from the namespace's eth0: a post-copy
+ * source thawed by a rollback takes its address back on the bridges, which
+ * the destination's early announcement (see prepareUnlock) had taught its
+ * own port. Best effort: a failure is logged.
+ */
+export async function announceAddress(netns: string, address: string): Promise<void> {
+  const r = await run(
+    [
+      'nsenter',
+      `--net=${netnsPath(netns)}`,
+      'arping',
+      '-q',
+      '-U',
+      '-c',
+      '1',
+      '-w',
+      '1',
+      '-I',
+      'eth0',
+      address,
+    ],
+    {
+      allowFailure: true,
+    },
+  );
+  if (r.code !== 0)
+    process.stderr.write(`announcing ${address} (${netns}): arping failed: ${r.stderr.trim()}\n`);
+}
+
+/**
  * The bridge-side veth of a container: its first characters name the host
  * (see {@link containerVethPrefix}), so that whoever holds the bridge (the
  * lab, to partition one host) can find a host's container links by name.
