@@ -241,6 +241,11 @@ export class AutoCodec {
     this.linkBps = linkBpsHint;
   }
 
+  /** Whether the link is still being measured (the first windows, up to 16, until one measures it). */
+  private probing(): boolean {
+    return this.linkBps === undefined && this.decisionCount <= 16;
+  }
+
   /** The link's estimated rate in wire bytes per second, if known. */
   get linkEstimate(): number | undefined {
     return this.linkBps;
@@ -258,7 +263,7 @@ export class AutoCodec {
     }
     this.sinceDecision = data.length;
     this.decisionCount++;
-    if (this.linkBps === undefined && this.decisionCount <= 16) {
+    if (this.probing()) {
       // Until the link is measured (a few MB): lz4 if it shrinks the data, else raw. Either is
       // never far off — lz4 costs little CPU — and the link shows as it is, the sender waiting
       // on the socket (text at 200 Mbit/s: ~5 MB raw cost ~0.13 s more than zstd would).
@@ -320,8 +325,9 @@ export class AutoCodec {
       return;
     }
     // Not the link's window: it says nothing of the link (a slow codec must not make the link look
-    // slow; a socket buffer refilling after a switch must not make it look fast).
-    if (waitedFramesMs > waitedSocketMs) this.caps[this.current] = (rawBytes / ms) * 1000;
+    // slow; a socket buffer refilling after a switch must not make it look fast). Nor, while the
+    // link is still being measured, of the codec: its 1 MB start-up windows are no steady state.
+    if (waitedFramesMs > waitedSocketMs && !this.probing()) this.caps[this.current] = (rawBytes / ms) * 1000;
   }
 
   /** {@link observe} without the raw side: a window in which the sender waited `waitedMs` on the socket. */
