@@ -8,6 +8,7 @@ import {
   MANIFEST_VERSION,
   verifyCheckpoint,
   writeManifest,
+  type ManifestFile,
 } from '../../src/host/checkpoint-manifest.js';
 import { CorruptCheckpointError } from '../../src/core/errors.js';
 import { b3sum, BLAKE3_MIN_BYTES } from '../../src/host/blake3.js';
@@ -17,6 +18,12 @@ async function sample(): Promise<string> {
   await mkdir(join(dir, 'criu'));
   await writeFile(join(dir, 'criu', 'pages-1.img'), Buffer.alloc(8192, 7));
   await writeFile(join(dir, 'criu', 'core-1.img'), 'core');
+  await writeSampleManifest(dir, await hashTree(dir));
+  return dir;
+}
+
+/** A manifest for `dir` listing `files`. */
+async function writeSampleManifest(dir: string, files: ManifestFile[]): Promise<void> {
   await writeManifest(dir, {
     version: MANIFEST_VERSION,
     id: 'ck-1',
@@ -25,9 +32,8 @@ async function sample(): Promise<string> {
     leaveRunning: false,
     connections: [],
     origin: { host: 'h', kernel: 'k', criuVersion: '4.2.1', arch: 'x64', cpuFlags: [] },
-    files: await hashTree(dir),
+    files,
   });
-  return dir;
 }
 
 test('a whole checkpoint verifies', async () => {
@@ -86,16 +92,7 @@ test('large files are hashed with BLAKE3 where b3sum is installed, and checked b
     } else {
       assert.match(big?.sha256 ?? '', /^[0-9a-f]{64}$/, 'without b3sum, SHA-256');
     }
-    await writeManifest(dir, {
-      version: MANIFEST_VERSION,
-      id: 'ck-1',
-      container: 'c',
-      createdAt: '',
-      leaveRunning: false,
-      connections: [],
-      origin: { host: 'h', kernel: 'k', criuVersion: '4.2.1', arch: 'x64', cpuFlags: [] },
-      files,
-    });
+    await writeSampleManifest(dir, files);
     await verifyCheckpoint(dir);
     const flipped = Buffer.alloc(BLAKE3_MIN_BYTES + 4096, 3);
     flipped[BLAKE3_MIN_BYTES] = 4;
