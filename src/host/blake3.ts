@@ -41,9 +41,11 @@ export function b3sum(): string | undefined {
 /**
  * BLAKE3 (hex) of each file in `paths`, in order. `b3sum` maps each file
  * and hashes it on every core.
- * @throws RuntimeFailedError if `b3sum` is missing or cannot read a file.
+ * @throws RuntimeFailedError if `b3sum` is missing (and there is a file to
+ *   hash) or cannot read a file.
  */
 export async function blake3Files(paths: readonly string[]): Promise<string[]> {
+  if (paths.length === 0) return []; // nothing to hash: no b3sum needed
   const tool = b3sum();
   if (!tool) throw new RuntimeFailedError('b3sum is not installed (Debian package "b3sum")', 'b3sum', []);
   const hashes: string[] = [];

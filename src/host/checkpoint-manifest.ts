@@ -1,9 +1,10 @@
 /**
  * The manifest of a checkpoint directory: what it holds, each file's size and
- * hash (SHA-256, or BLAKE3 for large files in archives), and the metadata a restore needs. Written last, so a checkpoint
- * without a manifest is by definition incomplete; verified before every
- * restore, so a truncated or altered checkpoint is refused with the name of
- * the file at fault, before anything running is touched.
+ * hash (SHA-256, or BLAKE3 for large files in archives), and the metadata a
+ * restore needs. Written last, so a checkpoint without a manifest is by
+ * definition incomplete; verified before every restore, so a truncated or
+ * altered checkpoint is refused with the name of the file at fault, before
+ * anything running is touched.
  *
  * Layout of a checkpoint directory (format version 1):
  *

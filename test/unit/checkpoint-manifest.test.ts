@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdir, mkdtemp, rm, truncate, writeFile, appendFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -102,6 +104,25 @@ test('large files are hashed with BLAKE3 where b3sum is installed, and checked b
       assert.match(e.message, /big\.img is corrupted \(checksum mismatch\)/);
       return true;
     });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('without b3sum on the PATH, every file keeps SHA-256 and nothing fails', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'haven-manifest-'));
+  try {
+    await writeFile(join(dir, 'big.img'), Buffer.alloc(BLAKE3_MIN_BYTES + 4096, 3));
+    // A fresh process: which b3sum there is, is looked up once per process.
+    const module = new URL('../../src/host/checkpoint-manifest.js', import.meta.url).href;
+    const script = `import(${JSON.stringify(module)}).then(async (m) => console.log(JSON.stringify(await m.hashTree(${JSON.stringify(dir)}, { blake3: true }))))`;
+    const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], {
+      env: { PATH: '/nonexistent' },
+    });
+    const files = JSON.parse(stdout) as ManifestFile[];
+    assert.equal(files.length, 1);
+    assert.match(files[0]?.sha256 ?? '', /^[0-9a-f]{64}$/);
+    assert.equal(files[0]?.blake3, undefined);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
