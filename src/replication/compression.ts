@@ -171,6 +171,7 @@ export function bestCodec(
   for (const codec of CODECS) {
     // A codec that does not shrink the data only costs CPU: it sends raw frames anyway.
     if (codec === 'none' || !measures[codec] || measures[codec].ratio > INCOMPRESSIBLE) continue;
+    if (dominatedByZstd(codec, measures)) continue;
     const rate = rateOf(codec);
     const margin = best === 'none' ? 1.03 : 1;
     if (rate > bestRate * margin) {
@@ -179,9 +180,27 @@ export function bestCodec(
     }
   }
   const currentUsable =
-    current === 'none' || (current !== undefined && (measures[current]?.ratio ?? 1) <= INCOMPRESSIBLE);
+    current === 'none' ||
+    (current !== undefined &&
+      (measures[current]?.ratio ?? 1) <= INCOMPRESSIBLE &&
+      !dominatedByZstd(current, measures));
   if (currentUsable && current !== best && rateOf(current) * SWITCH_GAIN >= bestRate) return current;
   return best;
+}
+
+/**
+ * gzip (level 1) where zstd (level 1) was measured too and packs the data
+ * about as well: zstd compresses at least as fast and decompresses 3–4×
+ * faster on any data, so gzip can only win such a comparison on its sample's
+ * optimism — its speed is timed synchronously on 64 KiB, zstd's through the
+ * thread pool on a whole chunk, and the two cannot be compared that closely
+ * (text at 200 Mbit/s wavered between them, gzip achieving less:
+ * docs/BENCHMARKS.md). gzip stays a candidate where it packs the data 3%
+ * better than zstd, on a link slow enough for that to count.
+ */
+function dominatedByZstd(codec: Codec, measures: Partial<Record<Codec, CodecMeasure>>): boolean {
+  const zstdMeasure = measures.zstd;
+  return codec === 'gzip' && zstdMeasure !== undefined && measures.gzip!.ratio > zstdMeasure.ratio * 0.97;
 }
 
 /** How much more another codec must promise before `auto` leaves the one in use (see {@link bestCodec}). */
@@ -213,11 +232,11 @@ const CAP_RELAX = 1.05;
  * caps its model next time; a cap relaxes while the codec is not in use.
  *
  * The link's rate is only learnt from windows in which the sender waited on
- * the socket for most of the time (the link was the bottleneck): in others
+ * the socket for half the time (a third until first measured): in others
  * the wire rate says nothing of it — lower when compression held the stream
  * back (a slow codec would make the link look slow and keep itself chosen),
  * higher while a socket buffer refills after a switch. Until the link is
- * measured (a few MB) it sends lz4 where lz4 shrinks the data and raw
+ * measured (a few MB) it sends zstd where lz4 shrinks the data and raw
  * otherwise, unless the link's rate is given: neither is far off, and the
  * link shows as it is.
  */
@@ -226,6 +245,8 @@ export class AutoCodec {
   private current: Codec = 'none';
   private sinceDecision = Number.POSITIVE_INFINITY;
   private readonly caps: Partial<Record<Codec, number>> = {};
+  /** Raw bytes per second each codec achieved in its last few sender-bound windows (its cap: the best). */
+  private readonly achieved: Partial<Record<Codec, number[]>> = {};
   /** Bytes of the current decision's window (0: decide at the next chunk). */
   private windowLength = 0;
   private decisionCount = 0;
@@ -264,11 +285,13 @@ export class AutoCodec {
     this.sinceDecision = data.length;
     this.decisionCount++;
     if (this.probing()) {
-      // Until the link is measured (a few MB): lz4 if it shrinks the data, else raw. Either is
-      // never far off — lz4 costs little CPU — and the link shows as it is, the sender waiting
-      // on the socket (text at 200 Mbit/s: ~5 MB raw cost ~0.13 s more than zstd would).
+      // Until the link is measured (a few MB): zstd (level 1) if lz4 shrinks the data, else raw.
+      // Neither is far off and the link shows as it is, the sender waiting on the socket. On a
+      // slow link the start-up's ratio is what counts (text at 200 Mbit/s: ~8 MB sent raw cost
+      // ~0.13 s against zstd, sent with lz4 ~75 ms); on a fast one zstd-1 keeps up about as well
+      // as lz4 (fixed codecs, 1 Gbit/s, text: zstd within 8% of lz4's time; docs/BENCHMARKS.md).
       this.windowLength = 1 << 20;
-      const codec = (await lz4Ratio(data)) <= INCOMPRESSIBLE ? 'lz4' : 'none';
+      const codec = (await lz4Ratio(data)) <= INCOMPRESSIBLE ? 'zstd' : 'none';
       if (codec !== this.current || this.decisions.length === 0) this.decisions.push({ codec, ratios: {} });
       return (this.current = codec);
     }
@@ -320,14 +343,29 @@ export class AutoCodec {
     const { rawBytes, wireBytes, ms, waitedSocketMs, waitedFramesMs } = window;
     if (ms <= 0 || wireBytes <= 0) return;
     const wireRate = (wireBytes / ms) * 1000;
-    if (waitedSocketMs / ms >= 0.5) {
+    // The socket was full whenever the sender waited on it, and a full buffer keeps the link busy:
+    // a window with much waiting ran at the link's rate. Half the window normally (a buffer that
+    // refills after a switch waits a little); a third until the link is first measured, when the
+    // alternative is a guess: zstd at 200 Mbit/s must compress ~73 MB/s to fill the link, about
+    // what it achieves here (66 MB/s fixed), so the sender waits on the socket for part of each
+    // window only — and if no window is taken, 1 Gbit/s is assumed and raw or lz4 tried for MBs.
+    if (waitedSocketMs / ms >= (this.probing() ? 0.3 : 0.5)) {
       this.linkBps = this.linkBps === undefined ? wireRate : 0.5 * this.linkBps + 0.5 * wireRate;
       return;
     }
     // Not the link's window: it says nothing of the link (a slow codec must not make the link look
     // slow; a socket buffer refilling after a switch must not make it look fast). Nor, while the
     // link is still being measured, of the codec: its 1 MB start-up windows are no steady state.
-    if (waitedFramesMs > waitedSocketMs && !this.probing()) this.caps[this.current] = (rawBytes / ms) * 1000;
+    // The best of the codec's last three such windows: a window is ~20 ms at 1 Gbit/s, and one
+    // that a collection or the receiver preempted would cap a codec far below what it achieves
+    // (lz4 on text at 1 Gbit/s went to raw for a third of the transfer on one slow window).
+    if (waitedFramesMs > waitedSocketMs && !this.probing()) {
+      const achieved = (this.achieved[this.current] = [
+        ...(this.achieved[this.current] ?? []),
+        (rawBytes / ms) * 1000,
+      ].slice(-3));
+      this.caps[this.current] = Math.max(...achieved);
+    }
   }
 
   /** {@link observe} without the raw side: a window in which the sender waited `waitedMs` on the socket. */
