@@ -236,7 +236,7 @@ const CAP_RELAX = 1.05;
  * the wire rate says nothing of it — lower when compression held the stream
  * back (a slow codec would make the link look slow and keep itself chosen),
  * higher while a socket buffer refills after a switch. Until the link is
- * measured (a few MB) it sends zstd where lz4 shrinks the data and raw
+ * measured (a few MB) it sends lz4 where lz4 shrinks the data and raw
  * otherwise, unless the link's rate is given: neither is far off, and the
  * link shows as it is.
  */
@@ -252,6 +252,8 @@ export class AutoCodec {
   private decisionCount = 0;
   private lastGzip: CodecMeasure | undefined;
   private readonly speeds: Partial<Record<Codec, CodecMeasure[]>> = {};
+  /** zstd's output for the chunk the last decision was measured on, when it chose zstd. */
+  private packed: { data: Buffer; payload: Buffer } | undefined;
   /** Every decision made, in order (a codec is listed again only when it changed). */
   readonly decisions: AutoDecision[] = [];
 
@@ -265,6 +267,15 @@ export class AutoCodec {
   /** Whether the link is still being measured (the first windows, up to 16, until one measures it). */
   private probing(): boolean {
     return this.linkBps === undefined && this.decisionCount <= 16;
+  }
+
+  /**
+   * Wire bytes per look at the link: 1 MiB until it is first measured (the
+   * sooner it shows, the sooner the start-up's guess ends), 2 MiB after (a
+   * window at 1 Gbit/s is ~16 ms: shorter ones are noise).
+   */
+  get linkWindowBytes(): number {
+    return this.linkBps === undefined ? 1 << 20 : 2 << 20;
   }
 
   /** The link's estimated rate in wire bytes per second, if known. */
@@ -285,18 +296,22 @@ export class AutoCodec {
     this.sinceDecision = data.length;
     this.decisionCount++;
     if (this.probing()) {
-      // Until the link is measured (a few MB): zstd (level 1) if lz4 shrinks the data, else raw.
-      // Neither is far off and the link shows as it is, the sender waiting on the socket. On a
-      // slow link the start-up's ratio is what counts (text at 200 Mbit/s: ~8 MB sent raw cost
-      // ~0.13 s against zstd, sent with lz4 ~75 ms); on a fast one zstd-1 keeps up about as well
-      // as lz4 (fixed codecs, 1 Gbit/s, text: zstd within 8% of lz4's time; docs/BENCHMARKS.md).
+      // Until the link is measured (a few MB): lz4 if it shrinks the data, else raw. Either is
+      // never far off: on a fast link lz4 is the codec that keeps up (text at 1 Gbit/s: zstd
+      // sent these MB ~35% slower), on a slow one it is link-bound and shows the link within
+      // 2 MB on the wire (text at 200 Mbit/s: ~4 MB sent with lz4, ~40 ms lost against zstd).
       this.windowLength = 1 << 20;
-      const codec = (await lz4Ratio(data)) <= INCOMPRESSIBLE ? 'zstd' : 'none';
+      const codec = (await lz4Ratio(data)) <= INCOMPRESSIBLE ? 'lz4' : 'none';
       if (codec !== this.current || this.decisions.length === 0) this.decisions.push({ codec, ratios: {} });
       return (this.current = codec);
     }
     // gzip is the slow one to measure: every fourth decision (its speed and ratio change slowly).
-    const measures = await measureCodecs(data, this.decisionCount % 4 !== 2 ? this.lastGzip : undefined);
+    let zstdPacked: Buffer | undefined;
+    const measures = await measureCodecs(
+      data,
+      this.decisionCount % 4 !== 2 ? this.lastGzip : undefined,
+      (packed) => (zstdPacked = packed),
+    );
     if (measures.gzip) this.lastGzip = measures.gzip;
     // Speeds: the best of the last few measures (a preempted or collected sample is not the codec's speed).
     for (const codec of CODECS) {
@@ -321,7 +336,19 @@ export class AutoCodec {
       });
     }
     this.current = codec;
+    this.packed = codec === 'zstd' && zstdPacked ? { data, payload: zstdPacked } : undefined;
     return codec;
+  }
+
+  /**
+   * The payload of `data` with `codec` if deciding already made it (zstd is
+   * measured on the whole chunk it then sends: with zstd barely keeping up
+   * with a slow link, compressing it twice cost ~6% of the transfer).
+   */
+  takePacked(data: Buffer, codec: Codec): Buffer | undefined {
+    const packed = this.packed;
+    this.packed = undefined;
+    return packed && packed.data === data && codec === 'zstd' ? packed.payload : undefined;
   }
 
   /**
@@ -346,9 +373,7 @@ export class AutoCodec {
     // The socket was full whenever the sender waited on it, and a full buffer keeps the link busy:
     // a window with much waiting ran at the link's rate. Half the window normally (a buffer that
     // refills after a switch waits a little); a third until the link is first measured, when the
-    // alternative is a guess: zstd at 200 Mbit/s must compress ~73 MB/s to fill the link, about
-    // what it achieves here (66 MB/s fixed), so the sender waits on the socket for part of each
-    // window only — and if no window is taken, 1 Gbit/s is assumed and raw or lz4 tried for MBs.
+    // alternative is a guess.
     if (waitedSocketMs / ms >= (this.probing() ? 0.3 : 0.5)) {
       this.linkBps = this.linkBps === undefined ? wireRate : 0.5 * this.linkBps + 0.5 * wireRate;
       return;
@@ -394,11 +419,13 @@ async function lz4Ratio(data: Buffer): Promise<number> {
 /**
  * Each codec measured on (a slice of) `sample`: ratio and speeds (raw bytes
  * per second). zstd and gzip are left out for data lz4 cannot shrink;
- * `gzipKnown` stands in for gzip's measure when given.
+ * `gzipKnown` stands in for gzip's measure when given; `keepZstd` is handed
+ * zstd's output for the whole sample (a sender that picks zstd sends it).
  */
 export async function measureCodecs(
   sample: Buffer,
   gzipKnown?: CodecMeasure,
+  keepZstd?: (packed: Buffer) => void,
 ): Promise<Partial<Record<Codec, CodecMeasure>>> {
   // Loaded before timing: the first use of a native module costs milliseconds.
   await Promise.all([lz4(), zstd()]);
@@ -439,7 +466,10 @@ export async function measureCodecs(
   out.zstd = await timed(
     sample,
     () => zstdCompress(sample, ZSTD_LEVEL),
-    (packed) => zstdDecompress(packed),
+    (packed) => {
+      keepZstd?.(packed);
+      return zstdDecompress(packed);
+    },
   );
   out.gzip =
     gzipKnown ??

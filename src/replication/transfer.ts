@@ -43,8 +43,6 @@ const HEADER_V1 = 36;
 const HEADER_V2 = 41;
 /** Chunks read and compressed ahead of the socket (libuv's pool does the work). */
 const LOOKAHEAD = 3;
-/** Wire bytes between two looks at the link's rate (for `auto`). */
-const LINK_WINDOW_BYTES = 2 << 20;
 
 /** What one transfer moved. */
 export interface TransferResult {
@@ -119,7 +117,8 @@ export async function sendChunks(
         return { frame: Buffer.concat([header, data]), raw: data.length };
       }
       let codec: Codec = auto ? await auto.codecFor(data) : (setting as Codec);
-      let payload = codec === 'none' ? data : await compress(codec, data);
+      let payload =
+        codec === 'none' ? data : (auto?.takePacked(data, codec) ?? (await compress(codec, data)));
       // A chunk the codec does not shrink (random memory) travels raw.
       if (payload.length >= data.length) {
         codec = 'none';
@@ -172,7 +171,7 @@ export async function sendChunks(
           waitedSocket += performance.now() - handed;
           socketTotal += performance.now() - handed;
           onProgress?.(sent);
-          if (auto && windowWire >= LINK_WINDOW_BYTES) {
+          if (auto && windowWire >= auto.linkWindowBytes) {
             const now = performance.now();
             // The first window only fills the socket's buffers: it says nothing of the link.
             if (linkWindows++ > 0)

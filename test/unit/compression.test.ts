@@ -116,6 +116,23 @@ test('auto picks what moves raw bytes fastest: strong codecs on a slow link, non
   assert.equal(bestCodec(random, 125e6, {}, 'zstd'), 'none');
 });
 
+test('auto sends the zstd output it measured a window on, once, and only for that chunk', async () => {
+  const auto = new AutoCodec(4 * CHUNK_BYTES, 1e6); // a slow link: zstd's ratio wins
+  const data = textLike(CHUNK_BYTES, 7);
+  assert.equal(await auto.codecFor(data), 'zstd');
+  assert.equal(auto.takePacked(textLike(CHUNK_BYTES, 7), 'zstd'), undefined, 'another buffer, same bytes');
+  const again = textLike(CHUNK_BYTES, 8);
+  assert.equal(await auto.codecFor(again), 'zstd'); // same window: nothing measured
+  assert.equal(auto.takePacked(again, 'zstd'), undefined);
+  const next = textLike(CHUNK_BYTES, 9);
+  for (let i = 0; i < 2; i++) await auto.codecFor(textLike(CHUNK_BYTES, 10 + i));
+  assert.equal(await auto.codecFor(next), 'zstd'); // a new window: measured on `next`
+  const packed = auto.takePacked(next, 'zstd');
+  assert.ok(packed && packed.length < next.length);
+  assert.deepEqual(await decompress('zstd', packed, next.length, CHUNK_BYTES), next);
+  assert.equal(auto.takePacked(next, 'zstd'), undefined, 'taken once');
+});
+
 test('auto re-decides each window on the data at hand, and learns the link only when it was the bottleneck', async () => {
   const auto = new AutoCodec(4 * CHUNK_BYTES, 1e6); // a slow link, known: any codec's speed beats it
   const first = await auto.codecFor(textLike(CHUNK_BYTES, 3));
