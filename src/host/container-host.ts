@@ -307,8 +307,14 @@ export class ContainerHost {
 
   /** The public view of one container, its state checked against runc. */
   async inspect(name: string): Promise<ContainerView> {
+    // A checkpoint under way when the runtime was asked, or begun since: its freeze is what
+    // `runc state` may have seen, even if it has ended by the time the answer comes (~20 ms).
+    const begunBefore = this.checkpointsBegun.get(name) ?? 0;
+    const markedBefore = this.checkpointing.has(name);
     const view = await this.inspectRaw(name);
-    if (view.state === 'paused' && this.checkpointing.has(name)) view.state = 'running';
+    const ownFreeze =
+      markedBefore || this.checkpointing.has(name) || (this.checkpointsBegun.get(name) ?? 0) !== begunBefore;
+    if (view.state === 'paused' && ownFreeze) view.state = 'running';
     return view;
   }
 
@@ -553,13 +559,11 @@ export class ContainerHost {
    * leaves it running, so a failed checkpoint never loses the container.
    */
   async checkpoint(name: string, options: CheckpointOptions = {}): Promise<CheckpointReport> {
-    this.checkpointing.set(name, (this.checkpointing.get(name) ?? 0) + 1);
+    const unmark = this.markCheckpointing(name);
     try {
       return await this.checkpointNow(name, options);
     } finally {
-      const left = (this.checkpointing.get(name) ?? 1) - 1;
-      if (left > 0) this.checkpointing.set(name, left);
-      else this.checkpointing.delete(name);
+      unmark();
     }
   }
 
@@ -719,6 +723,22 @@ export class ContainerHost {
    * container is one stopped on purpose (fencing, `pause`).
    */
   private readonly checkpointing = new Map<string, number>();
+  /** Checkpoints begun per container, ever: an inspection spanning a whole checkpoint sees it here. */
+  private readonly checkpointsBegun = new Map<string, number>();
+
+  /** Marks `name` as being checkpointed (see {@link checkpointing}); returns the unmarking. */
+  private markCheckpointing(name: string): () => void {
+    this.checkpointing.set(name, (this.checkpointing.get(name) ?? 0) + 1);
+    this.checkpointsBegun.set(name, (this.checkpointsBegun.get(name) ?? 0) + 1);
+    let marked = true;
+    return () => {
+      if (!marked) return;
+      marked = false;
+      const left = (this.checkpointing.get(name) ?? 1) - 1;
+      if (left > 0) this.checkpointing.set(name, left);
+      else this.checkpointing.delete(name);
+    };
+  }
 
   private async checkpointNow(name: string, options: CheckpointOptions): Promise<CheckpointReport> {
     await this.settled(name);
@@ -1033,6 +1053,8 @@ export class ContainerHost {
     chosen: string,
     tcpClose: boolean,
     lazy?: LazyRestore,
+    /** Settles when the images are known good (an import's hashes): the address's announcement and CRIU wait for it. */
+    verified?: Promise<unknown>,
   ): Promise<RestoreReport> {
     const name = record.name;
     const options = { tcpClose };
@@ -1049,7 +1071,8 @@ export class ContainerHost {
     // A network made ahead (a migration's destination) is announced first of
     // all: its clients' packets come here from now on, to be held.
     const premade = await this.takePremade(record);
-    premade?.announce();
+    // (An import's address is announced once its images are known good.)
+    if (!verified) premade?.announce();
     await Promise.all([
       this.driver.delete(runtimeId).catch(() => undefined),
       this.unmountRootfs(name),
@@ -1089,6 +1112,10 @@ export class ContainerHost {
         if (step.status === 'rejected') throw step.reason;
       }
       trace(`restore ${name}: files and network ready`, started);
+      if (verified) {
+        await verified;
+        premade?.announce();
+      }
       undo.push(() => this.driver.delete(runtimeId).catch(() => undefined));
       const unlocking = premade ?? prepareUnlock(this.netns(name), record.ip);
       if (!premade) {
@@ -1211,14 +1238,15 @@ export class ContainerHost {
       const reason = incompatibility(header.machine, await this.thisMachine());
       if (reason) throw new FailedPreconditionError(`cannot restore this checkpoint here: ${reason}`);
       const checkpointDir = join(staging, 'checkpoint');
-      // Sizes here; the hashes as they streamed by (older archives) or now, on the extracted files.
+      // Sizes here; the hashes as they streamed by (older archives) or now, on the extracted
+      // files — while the image is imported and the restore prepares the container's files and
+      // network: CRIU starts (reads a page) only once they all passed (64 MB: ~20 ms of b3sum).
       const manifest = await verifyCheckpoint(checkpointDir, { contentVerified: true });
       const imageTar = join(staging, 'image.tar');
-      const [, imageSha256] = await Promise.all([
-        verifyExtracted(checkpointDir, manifest.files, streamed),
-        streamed.get('image.tar')?.sha256 ??
-          (existsSync(imageTar) ? sha256File(imageTar) : Promise.resolve(undefined)),
-      ]);
+      const verified = verifyExtracted(checkpointDir, manifest.files, streamed);
+      verified.catch(() => undefined); // awaited below; an earlier failure must not leave it unhandled
+      const imageSha256 = await (streamed.get('image.tar')?.sha256 ??
+        (existsSync(imageTar) ? sha256File(imageTar) : Promise.resolve(undefined)));
       await this.assertFreeFor(source);
       if (imageSha256 !== header.imageSha256) {
         throw new CorruptCheckpointError(`archive "${file}": its image (image.tar) is missing or corrupted`);
@@ -1238,7 +1266,7 @@ export class ContainerHost {
       };
       await this.save(record);
       await networkAhead; // taken by the restore if it matches the record
-      const report = await this.restoreFrom(record, checkpointDir, manifest.id, false);
+      const report = await this.restoreFrom(record, checkpointDir, manifest.id, false, undefined, verified);
       imported = true;
       // The staging copy (the whole memory image) is freed after the answer.
       this.settleLater(name, "removing an import's staging copy", () =>
@@ -1406,12 +1434,7 @@ export class ContainerHost {
     const runtimeId = this.runtimeId(name);
     const netns = this.netns(name);
     // Reported running while frozen by its own migration, as during any checkpoint.
-    this.checkpointing.set(name, (this.checkpointing.get(name) ?? 0) + 1);
-    const unmark = (): void => {
-      const left = (this.checkpointing.get(name) ?? 1) - 1;
-      if (left > 0) this.checkpointing.set(name, left);
-      else this.checkpointing.delete(name);
-    };
+    const unmark = this.markCheckpointing(name);
     const thaw = async (): Promise<void> => {
       await resetNetworkLock(netns).catch(() => undefined);
       await driver.thaw(runtimeId).catch(() => undefined);
