@@ -312,8 +312,7 @@ export class ContainerHost {
     const begunBefore = this.checkpointsBegun.get(name) ?? 0;
     const markedBefore = this.checkpointing.has(name);
     const view = await this.inspectRaw(name);
-    const ownFreeze =
-      markedBefore || this.checkpointing.has(name) || (this.checkpointsBegun.get(name) ?? 0) !== begunBefore;
+    const ownFreeze = markedBefore || (this.checkpointsBegun.get(name) ?? 0) !== begunBefore;
     if (view.state === 'paused' && ownFreeze) view.state = 'running';
     return view;
   }
