@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // Runs Haven's test tiers file by file with node's test runner, prints each
 // file's duration (so CI's time budget stays visible) and ends with one
-// summary line: "tests: N passed, N failed, N skipped".
+// summary line: "tests: N passed, N failed, N skipped". Failed tests are
+// recapped (name and error, without stacks) just before that line, so the
+// tail of a long CI log says why, not only what, failed.
 //
 // Usage: node scripts/run-tests.mjs TIER... (unit, integration, e2e)
 // Tiers live in dist/test/<tier>/ after `npm run build`. HAVEN_TEST_TIER=full
@@ -31,6 +33,8 @@ if (files.length === 0) {
 const tapDir = mkdtempSync(join(tmpdir(), 'haven-tap-'));
 const totals = { pass: 0, fail: 0, skipped: 0 };
 const durations = [];
+/** Each failed test's TAP block (name, error, expected/actual), stacks left out. */
+const failures = [];
 for (const [i, file] of files.entries()) {
   const name = file.slice(join(root, 'dist', 'test').length + 1);
   const tap = join(tapDir, `${i}.tap`);
@@ -59,6 +63,7 @@ for (const [i, file] of files.entries()) {
   totals.fail += fail;
   totals.skipped += skipped;
   durations.push({ name, seconds, pass, fail });
+  failures.push(...failedTests(text).map((block) => `${name}: ${block}`));
   console.log(`--- ${name}: ${pass} passed, ${fail} failed, ${skipped} skipped in ${seconds.toFixed(1)} s`);
 }
 
@@ -72,5 +77,32 @@ console.log(
     .padStart(7)} s  total`,
 );
 rmSync(tapDir, { recursive: true, force: true });
+if (failures.length > 0) {
+  console.log('\nfailures:');
+  for (const f of failures) console.log(f);
+}
 console.log(`\ntests: ${totals.pass} passed, ${totals.fail} failed, ${totals.skipped} skipped`);
 process.exit(totals.fail > 0 ? 1 : 0);
+
+/**
+ * The failed tests of one file's TAP output: each `not ok` line and its YAML
+ * block up to the stack (at most 24 lines: a failure message names its
+ * evidence; the full output is above in the log).
+ */
+function failedTests(tap) {
+  const blocks = [];
+  const lines = tap.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const head = /^\s*not ok \d+ - (.*)$/.exec(lines[i]);
+    if (!head) continue;
+    const block = [head[1]];
+    for (let j = i + 1; j < lines.length && block.length < 24; j++) {
+      const line = lines[j];
+      if (/^\s*(ok|not ok) \d+ /.test(line) || /^\s*\.\.\.$/.test(line) || /^\s*stack: /.test(line)) break;
+      if (/^\s*(---|duration_ms:|type:|location:|code:|name:|$)/.test(line)) continue;
+      block.push(`    ${line.trim()}`);
+    }
+    blocks.push(block.join('\n'));
+  }
+  return blocks;
+}
