@@ -22,6 +22,7 @@ import { REDIS_ARGS } from '../../src/fixtures/images.js';
 import { CLIENT_NETNS } from '../../src/lab/index.js';
 import {
   copyRunsOn,
+  events,
   haven,
   inspect,
   labWithRedis,
@@ -81,19 +82,45 @@ function checker(address: string, ms: number): Promise<CheckerResult> {
   });
 }
 
-/** Waits until `name` runs with a backup, an epoch committed after `since`, and its output held. */
-function protectedSince(since: number, timeoutMs = 60_000): Promise<ContinuousView> {
-  return waitFor(
-    'continuous protection with a backup and output held',
-    async () => {
-      const v = await inspect<ContinuousView>('cr');
-      const p = v.protection;
-      return v.state === 'running' && p.backup && (p.committedEpoch ?? 0) > since && p.output?.mode === 'held'
-        ? v
-        : undefined;
-    },
-    timeoutMs,
-  );
+/**
+ * Waits until `cr` runs with a backup, an epoch committed after `since`, and
+ * its output held. On a time-out the failure names the last view and the
+ * container's latest events: CI keeps only the message.
+ */
+async function protectedSince(since: number, timeoutMs = 60_000): Promise<ContinuousView> {
+  let last: ContinuousView | undefined;
+  try {
+    return await waitFor(
+      'continuous protection with a backup and output held',
+      async () => {
+        const v = (last = await inspect<ContinuousView>('cr'));
+        const p = v.protection;
+        return v.state === 'running' &&
+          p.backup &&
+          (p.committedEpoch ?? 0) > since &&
+          p.output?.mode === 'held'
+          ? v
+          : undefined;
+      },
+      timeoutMs,
+    );
+  } catch (error) {
+    const seen = last && {
+      host: last.host,
+      state: last.state,
+      backup: last.protection.backup,
+      committedEpoch: last.protection.committedEpoch,
+      output: last.protection.output?.mode,
+    };
+    const latest = (await events().catch(() => []))
+      .filter((e) => e.subject === 'cr' || e.kind.startsWith('host.'))
+      .slice(-12)
+      .map((e) => `${e.at} ${e.kind} ${e.subject} ${JSON.stringify(e.data)}`);
+    throw new Error(
+      `${error instanceof Error ? error.message : String(error)} (since ${since}); last view ` +
+        `${JSON.stringify(seen)}; latest events:\n${latest.join('\n')}`,
+    );
+  }
 }
 
 async function hostUp(name: string): Promise<void> {
@@ -165,35 +192,61 @@ test(`no acknowledged write is lost across ${KILLS} host kills`, { timeout: KILL
     await sleep(killAfterMs);
     const killedAt = Date.now();
     await ok(['lab', 'kill-host', primary]);
-    const result = await load;
-    assert.equal(result.error, undefined, `kill ${kill}: ${result.error}`);
-    const ackedBeforeKill = result.ackTimes.filter((t) => result.startedAt + t < killedAt).length;
-    const after = await inspect<ContinuousView>('cr');
-    // The kill shows as the longest pause between two acknowledgements.
-    const times = [...result.ackTimes].sort((a, b) => a - b);
-    const pauseMs = Math.max(0, ...times.slice(1).map((t, i) => t - times[i]!));
-    process.stdout.write(
-      `# kill ${kill}: ${primary} → ${after.host}; ${result.acked} acknowledged ` +
-        `(${ackedBeforeKill} before the kill), ${result.lost.length} lost; longest pause ${pauseMs} ms; ` +
-        `read back in ${result.readBackMs} ms; epochs ${view.protection.epochRate}/s, freeze ${view.protection.frozenMs} ms\n`,
-    );
-    assert.deepEqual(result.lost.slice(0, 10), [], `kill ${kill}: acknowledged writes lost`);
-    assert.ok(
-      ackedBeforeKill >= 500,
-      `kill ${kill}: only ${ackedBeforeKill} writes acknowledged before the kill`,
-    );
-    assert.notEqual(after.host, primary, 'it runs on its backup now');
-    // Clients reach the service address on the new primary within seconds (it is announced by ARP).
-    assert.ok(
-      result.ackTimes.some((t) => result.startedAt + t > killedAt),
-      'writes were acknowledged again after the failover',
-    );
-    assert.ok(pauseMs < 10_000, `no answer for ${pauseMs} ms around the kill`);
-    await ok(['lab', 'revive', primary]);
+    // Revived whatever the checks below find: a failed kill must not leave
+    // the next test a cluster one host short.
+    try {
+      view = await checkKill(kill, primary, killedAt, await load, view);
+    } finally {
+      await ok(['lab', 'revive', primary]);
+    }
     await hostUp(primary);
     view = await protectedSince(Date.now());
   }
 });
+
+/** What one kill must show: nothing acknowledged lost, writes acknowledged before and after it. */
+async function checkKill(
+  kill: number,
+  primary: string,
+  killedAt: number,
+  result: CheckerResult,
+  view: ContinuousView,
+): Promise<ContinuousView> {
+  assert.equal(result.error, undefined, `kill ${kill}: ${result.error}`);
+  const ackedBeforeKill = result.ackTimes.filter((t) => result.startedAt + t < killedAt).length;
+  const after = await inspect<ContinuousView>('cr');
+  // The kill shows as the longest pause between two acknowledgements.
+  const times = [...result.ackTimes].sort((a, b) => a - b);
+  const pauseMs = Math.max(0, ...times.slice(1).map((t, i) => t - times[i]!));
+  // The connections' failures, by kind, with when (ms after the kill) the first and last happened.
+  const byKind = new Map<string, number[]>();
+  for (const [t, message] of result.errors) {
+    const kind = message.replace(/^SET \S+: /, 'SET: ');
+    byKind.set(kind, [...(byKind.get(kind) ?? []), result.startedAt + t - killedAt]);
+  }
+  const failures =
+    [...byKind].map(([kind, at]) => `${at.length}× ${kind} at +${at[0]}..+${at.at(-1)} ms`).join(', ') ||
+    'no connection failed';
+  process.stdout.write(
+    `# kill ${kill}: ${primary} → ${after.host}; ${result.acked} acknowledged ` +
+      `(${ackedBeforeKill} before the kill), ${result.lost.length} lost; longest pause ${pauseMs} ms; ` +
+      `read back in ${result.readBackMs} ms; epochs ${view.protection.epochRate}/s, freeze ${view.protection.frozenMs} ms; ` +
+      `${failures}\n`,
+  );
+  assert.deepEqual(result.lost.slice(0, 10), [], `kill ${kill}: acknowledged writes lost`);
+  assert.ok(
+    ackedBeforeKill >= 500,
+    `kill ${kill}: only ${ackedBeforeKill} writes acknowledged before the kill`,
+  );
+  assert.notEqual(after.host, primary, `kill ${kill}: it runs on its backup now`);
+  // Clients reach the service address on the new primary within seconds (it is announced by ARP).
+  assert.ok(
+    result.ackTimes.some((t) => result.startedAt + t > killedAt),
+    `kill ${kill}: writes were acknowledged again after the failover`,
+  );
+  assert.ok(pauseMs < 10_000, `kill ${kill}: no answer for ${pauseMs} ms around the kill (${failures})`);
+  return after;
+}
 
 test(
   'a partitioned primary (client kept) fences itself: never two copies, no acknowledged write lost',
