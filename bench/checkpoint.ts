@@ -26,13 +26,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs } from 'node:util';
 import { REPO_ROOT } from '../src/core/config.js';
 import { run } from '../src/core/exec.js';
 import { memhogImage } from '../src/fixtures/images.js';
 import { readDumpStats } from '../src/runtime/runc/criu-images.js';
 import { containerNetnsName, netnsPath } from '../src/runtime/network.js';
 import { TestHost } from '../test/support/test-host.js';
+import { benchArgs } from './support/args.js';
 
 interface Row {
   system: 'haven' | 'runc' | 'podman';
@@ -48,7 +48,7 @@ interface Row {
   verified: boolean;
 }
 
-const { values } = parseArgs({
+const { values } = benchArgs(import.meta.url, {
   options: { sizes: { type: 'string', default: '16,64,256,1024' }, 'no-podman': { type: 'boolean' } },
 });
 const sizes = (values.sizes ?? '')

@@ -19,7 +19,6 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { REPO_ROOT } from '../src/core/config.js';
 import { run } from '../src/core/exec.js';
 import { runHaven, waitUntil } from '../src/lab/cli-driver.js';
@@ -27,8 +26,9 @@ import { AGENT_PORT, CLIENT_NETNS, hostAddress, LAB_PATHS } from '../src/lab/ind
 import { CHUNK_BYTES, sha256 } from '../src/replication/chunks.js';
 import { COMPRESS_SETTINGS, type CompressSetting } from '../src/replication/compression.js';
 import { sendChunks, type TransferResult } from '../src/replication/transfer.js';
+import { benchArgs } from './support/args.js';
 
-const { values } = parseArgs({
+const { values } = benchArgs(import.meta.url, {
   options: {
     rates: { type: 'string', default: '1gbit,200mbit' },
     mb: { type: 'string', default: '64' },

@@ -19,14 +19,14 @@ import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs } from 'node:util';
 import { REPO_ROOT } from '../src/core/config.js';
 import { run } from '../src/core/exec.js';
 import { redisImage, REDIS_ARGS } from '../src/fixtures/images.js';
 import { runHaven, waitUntil } from '../src/lab/cli-driver.js';
 import { CLIENT_NETNS, readSupervisorStatus } from '../src/lab/index.js';
+import { benchArgs } from './support/args.js';
 
-const { values } = parseArgs({
+const { values } = benchArgs(import.meta.url, {
   options: {
     epochs: { type: 'string', default: '50,100,200,500' },
     mb: { type: 'string', default: '64' },

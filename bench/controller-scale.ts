@@ -41,7 +41,6 @@ import { performance } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { parseArgs } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import {
   DEFAULT_FAILURE_MS,
@@ -54,10 +53,11 @@ import type { StoredEvent } from '../src/controller/store.js';
 import { REPO_ROOT } from '../src/core/config.js';
 import { callJson, openRequest, readText } from '../src/core/http-client.js';
 import { FakeAgentWorkers, type BeatMode, type BeatStats, type HostSpec } from './support/fake-agents.js';
+import { benchArgs } from './support/args.js';
 
 const run = promisify(execFile);
 
-const { values } = parseArgs({
+const { values } = benchArgs(import.meta.url, {
   options: {
     hosts: { type: 'string', default: '1000' },
     containers: { type: 'string', default: '10000' },

@@ -24,7 +24,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs } from 'node:util';
 import { REPO_ROOT } from '../src/core/config.js';
 import { run } from '../src/core/exec.js';
 import { redisImage, REDIS_ARGS } from '../src/fixtures/images.js';
@@ -32,8 +31,9 @@ import { runHaven, waitUntil } from '../src/lab/cli-driver.js';
 import { callJson } from '../src/core/http-client.js';
 import { CLIENT_NETNS, LAB_PATHS } from '../src/lab/index.js';
 import { readToken } from '../src/lab/state.js';
+import { benchArgs } from './support/args.js';
 
-const { values } = parseArgs({
+const { values } = benchArgs(import.meta.url, {
   options: {
     trials: { type: 'string', default: '5' },
     mb: { type: 'string', default: '100' },

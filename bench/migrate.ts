@@ -28,15 +28,15 @@ import { existsSync } from 'node:fs';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs } from 'node:util';
 import { REPO_ROOT } from '../src/core/config.js';
 import { run } from '../src/core/exec.js';
 import { memhogImage } from '../src/fixtures/images.js';
 import { runHaven, waitUntil } from '../src/lab/cli-driver.js';
 import { ClusterClient, findCluster } from '../src/cli/cluster-client.js';
 import { CLIENT_NETNS } from '../src/lab/index.js';
+import { benchArgs } from './support/args.js';
 
-const { values } = parseArgs({
+const { values } = benchArgs(import.meta.url, {
   options: {
     sizes: { type: 'string', default: '256,1024' },
     dirty: { type: 'string', default: '0,1000,10000' },

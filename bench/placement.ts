@@ -9,7 +9,6 @@
  * Usage: node dist/bench/placement.js [--hosts 1000] [--containers 10000]
  */
 import { performance } from 'node:perf_hooks';
-import { parseArgs } from 'node:util';
 import {
   place,
   placeAll,
@@ -17,8 +16,9 @@ import {
   type PlacedContainer,
   type PlacementRequest,
 } from '../src/controller/placement.js';
+import { benchArgs } from './support/args.js';
 
-const { values } = parseArgs({
+const { values } = benchArgs(import.meta.url, {
   options: { hosts: { type: 'string', default: '1000' }, containers: { type: 'string', default: '10000' } },
 });
 const hostCount = Number(values.hosts);
