@@ -3,62 +3,19 @@
  * this file only dispatches and maps errors to exit codes and messages.
  */
 import { exitCodeFor, HavenError } from '../core/errors.js';
-import { parseInvocation, type Command } from './command.js';
-import { agentCommand } from './commands/agent.js';
-import { checkpointCommand } from './commands/checkpoint.js';
-import { controllerCommand } from './commands/controller.js';
-import { dashboardCommand } from './commands/dashboard.js';
-import { eventsCommand } from './commands/events.js';
-import { failoverCommand } from './commands/failover.js';
-import { hostCommand } from './commands/host.js';
-import { imageCommand } from './commands/image.js';
-import { doctorCommand } from './commands/doctor.js';
-import { drainCommand } from './commands/drain.js';
-import { inspectCommand } from './commands/inspect.js';
-import { labCommand } from './commands/lab.js';
-import { logsCommand } from './commands/logs.js';
-import { migrateCommand } from './commands/migrate.js';
-import { psCommand } from './commands/ps.js';
-import { restoreCommand } from './commands/restore.js';
-import { rmCommand } from './commands/rm.js';
-import { runCommand } from './commands/run.js';
-import { stopCommand } from './commands/stop.js';
-import { initCommand } from './commands/init.js';
-import { downCommand, upCommand } from './commands/up.js';
+import { parseInvocation } from './command.js';
+import { COMMANDS } from './registry.js';
 
-const COMMANDS: readonly Command[] = [
-  runCommand,
-  psCommand,
-  inspectCommand,
-  logsCommand,
-  checkpointCommand,
-  restoreCommand,
-  stopCommand,
-  rmCommand,
-  failoverCommand,
-  migrateCommand,
-  drainCommand,
-  hostCommand,
-  imageCommand,
-  eventsCommand,
-  dashboardCommand,
-  doctorCommand,
-  agentCommand,
-  controllerCommand,
-  labCommand,
-  initCommand,
-  upCommand,
-  downCommand,
-];
-
-function helpText(): string {
+/** The overview: the only place every command is loaded (for its summary). */
+async function helpText(): Promise<string> {
+  const commands = await Promise.all(COMMANDS.map(([, load]) => load()));
   const lines = [
     'haven: high availability for stateful Linux containers (runc + CRIU)',
     '',
     'usage: haven COMMAND [options]',
     '',
     'commands:',
-    ...COMMANDS.map((c) => `  ${c.name.padEnd(12)} ${c.summary}`),
+    ...commands.map((c) => `  ${c.name.padEnd(12)} ${c.summary}`),
     '',
     'global options:',
     '  --state-dir DIR   host state directory (HAVEN_STATE_DIR, default /var/lib/haven)',
@@ -73,14 +30,15 @@ function helpText(): string {
 async function main(argv: string[]): Promise<number> {
   const [name, ...args] = argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write(helpText());
+    process.stdout.write(await helpText());
     return name ? 0 : 64;
   }
-  const command = COMMANDS.find((c) => c.name === name);
-  if (!command) {
-    process.stderr.write(`haven: unknown command "${name}"\n\n${helpText()}`);
+  const load = COMMANDS.find(([known]) => known === name)?.[1];
+  if (!load) {
+    process.stderr.write(`haven: unknown command "${name}"\n\n${await helpText()}`);
     return 64;
   }
+  const command = await load();
   const invocation = parseInvocation(command, args);
   if (invocation.values.help) {
     process.stdout.write(`usage: ${command.usage}\n\n${command.summary}\n`);

@@ -15,13 +15,26 @@
  * const agent = await issueCertificate(ca, { role: 'agent', host: 'h1', addresses: ['10.88.0.11'] });
  * ```
  */
-import 'reflect-metadata';
 import { randomBytes, webcrypto, X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
-import * as x509 from '@peculiar/x509';
+import type * as X509 from '@peculiar/x509';
 import { InvalidArgumentError } from './errors.js';
 
-x509.cryptoProvider.set(webcrypto as never);
+/**
+ * The X.509 writer, loaded by the first certificate made: reading one
+ * (every TLS connection, every CLI call) needs only node's own
+ * `X509Certificate`, and loading this took ~0.1 s of each CLI start.
+ */
+let x509Module: Promise<typeof X509> | undefined;
+function x509Writer(): Promise<typeof X509> {
+  x509Module ??= (async () => {
+    await import('reflect-metadata');
+    const x509 = await import('@peculiar/x509');
+    x509.cryptoProvider.set(webcrypto as never);
+    return x509;
+  })();
+  return x509Module;
+}
 
 /** Who a certificate speaks for. */
 export type Role = 'controller' | 'agent' | 'cli';
@@ -71,6 +84,7 @@ async function exportKey(key: webcrypto.CryptoKey): Promise<string> {
 export async function createCa(
   options: { name?: string; validDays?: number } = {},
 ): Promise<CertificatePair> {
+  const x509 = await x509Writer();
   const keys = await webcrypto.subtle.generateKey(ALGORITHM, true, ['sign', 'verify']);
   const now = Date.now();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
@@ -108,10 +122,11 @@ export async function issueCertificate(ca: CertificatePair, options: IssueOption
   if (!HOST.test(options.host) || options.host.includes('..'))
     throw new InvalidArgumentError(`invalid host name "${options.host}" for a certificate`);
   if (!ROLES.includes(options.role)) throw new InvalidArgumentError(`invalid role "${String(options.role)}"`);
+  const x509 = await x509Writer();
   const caCert = new x509.X509Certificate(ca.certPem);
   const caKey = await webcrypto.subtle.importKey('pkcs8', derOf(ca.keyPem), ALGORITHM, false, ['sign']);
   const keys = await webcrypto.subtle.generateKey(ALGORITHM, true, ['sign', 'verify']);
-  const names: x509.JsonGeneralName[] = [];
+  const names: X509.JsonGeneralName[] = [];
   const seen = new Set<string>();
   const add = (value: string): void => {
     if (seen.has(value)) return;
