@@ -86,6 +86,8 @@ export function parseInvocation(command: Command, argv: string[]): Invocation {
           ...(typeof values['runc-root'] === 'string' ? { runcRoot: values['runc-root'] } : {}),
           ...(typeof values['host-name'] === 'string' ? { hostName: values['host-name'] } : {}),
         }),
+        undefined,
+        { shortLived: true },
       )),
   };
 }

@@ -266,9 +266,15 @@ export interface RestoreReport {
 export class ContainerHost {
   readonly images: ImageStore;
 
+  /**
+   * `options.shortLived`: this host object lives for one command (the CLI in
+   * local mode), whose process exits once the work left after its answer is
+   * done: that work then starts at once instead of leaving the answer's way.
+   */
   constructor(
     readonly config: HostConfig,
     private readonly driver: RuntimeDriver = new RuncDriver(config),
+    private readonly options: { shortLived?: boolean } = {},
   ) {
     this.images = new ImageStore(config.stateDir);
   }
@@ -707,10 +713,11 @@ export class ContainerHost {
    * checkpoints wait for it first.
    */
   private resetLockLater(name: string): void {
-    // Started a little later: a process start blocks this thread for
-    // milliseconds, and the restore's answer is on its way out now.
+    // Started a little later in a long-lived agent: a process start blocks
+    // this thread for milliseconds, and the restore's answer is on its way
+    // out now. A CLI's answer is printed already; its process waits for this.
     this.settleLater(name, 'the network lock reset', async () => {
-      await sleep(LOCK_RESET_DELAY_MS);
+      if (!this.options.shortLived) await sleep(LOCK_RESET_DELAY_MS);
       await resetNetworkLock(this.netns(name));
     });
   }

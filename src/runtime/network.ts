@@ -315,7 +315,12 @@ export function prepareUnlock(netns: string, address: string): Holder {
           child.stdout.off('data', onData);
           trace(`unlock ${netns} (${released[1]} packets held)`, started);
           resolve(Number(released[1]));
-          // The second announcement goes on in the background.
+          // The second announcement goes on in the background (arping waits
+          // a second after it): a short-lived process — `haven restore` —
+          // may exit meanwhile and leave it to finish on its own.
+          child.unref();
+          for (const pipe of [child.stdin, child.stdout, child.stderr])
+            (pipe as { unref?: () => void }).unref?.();
           void exited.then((code) => {
             // "Network is down": the namespace was removed meanwhile (the container with it).
             if (code !== 0 && !/Network is down/.test(stderr))
