@@ -17,6 +17,8 @@
  *   haven-netlock reset     flush @lock and @unlock  (open, ready to lock)
  *   haven-netlock hold [--idle] [-- COMMAND...]
  *                           a hold on what clients send while locked: see hold() below
+ *   haven-netlock tickle LOCAL_IP:PORT REMOTE_IP:PORT [...]
+ *                           a "tickle ACK" per pair (run where LOCAL_IP is): see tickle() below
  * Exit 0 on success; 1 with the kernel's reason on stderr otherwise.
  */
 #define _GNU_SOURCE
@@ -27,6 +29,8 @@
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_queue.h>
 #include <linux/netlink.h>
+#include <netinet/ip.h>
+#include <netinet/tcp.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
@@ -443,8 +447,112 @@ static int hold(char **command, int idle)
 	return 0;
 }
 
+/* The Internet checksum of `len` bytes, starting from `sum`. */
+static uint16_t checksum(const void *data, size_t len, uint32_t sum)
+{
+	const uint8_t *p = data;
+	for (; len > 1; p += 2, len -= 2)
+		sum += (uint32_t)p[0] | (uint32_t)p[1] << 8;
+	if (len)
+		sum += p[0];
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return (uint16_t)~sum;
+}
+
+/* "a.b.c.d:port" → address and port, both in network order; -1 if malformed. */
+static int parse_endpoint(const char *text, struct in_addr *addr, uint16_t *port)
+{
+	char host[INET_ADDRSTRLEN];
+	const char *colon = strrchr(text, ':');
+	char *end;
+	long number;
+	if (!colon || (size_t)(colon - text) >= sizeof(host))
+		return -1;
+	memcpy(host, text, colon - text);
+	host[colon - text] = 0;
+	number = strtol(colon + 1, &end, 10);
+	if (*end || colon[1] == 0 || number < 1 || number > 65535 || inet_pton(AF_INET, host, addr) != 1)
+		return -1;
+	*port = htons((uint16_t)number);
+	return 0;
+}
+
+/*
+ * Tickle ACKs, as clustered file servers send them after taking over an
+ * address (CTDB): a host that died without a word leaves its clients'
+ * connections open, and a client waiting for a reply sends nothing — it
+ * waits for its own time-out, or forever. The new holder of the address
+ * knows the connections (the primary lists them in every epoch) but not
+ * their sequence numbers, so it sends each client an ACK from the old
+ * connection's address and port with sequence and acknowledgement 0. The
+ * client answers the out-of-window segment with an ACK of its own, that
+ * reaches this host, which holds no such connection and resets it with the
+ * exact sequence number the client expects: the client sees a reset at once
+ * and reconnects. Exit 0 if every pair was sent; 1 otherwise.
+ */
+static int tickle(int count, char **pairs)
+{
+	int sk = socket(AF_INET, SOCK_RAW, IPPROTO_RAW); /* IPPROTO_RAW: the IP header is ours */
+	int failed = 0;
+	if (sk < 0) {
+		perror("haven-netlock tickle: socket");
+		return 1;
+	}
+	for (int i = 0; i + 1 < count; i += 2) {
+		struct {
+			struct iphdr ip;
+			struct tcphdr tcp;
+		} packet;
+		struct {
+			uint32_t source, destination;
+			uint8_t zero, protocol;
+			uint16_t length;
+			struct tcphdr tcp;
+		} pseudo;
+		struct in_addr local, remote;
+		uint16_t local_port, remote_port;
+		struct sockaddr_in to = { .sin_family = AF_INET };
+		if (parse_endpoint(pairs[i], &local, &local_port) ||
+		    parse_endpoint(pairs[i + 1], &remote, &remote_port)) {
+			fprintf(stderr, "haven-netlock tickle: not IP:PORT IP:PORT: %s %s\n", pairs[i], pairs[i + 1]);
+			failed = 1;
+			continue;
+		}
+		memset(&packet, 0, sizeof(packet));
+		packet.ip.version = 4;
+		packet.ip.ihl = 5;
+		packet.ip.ttl = 64;
+		packet.ip.protocol = IPPROTO_TCP;
+		packet.ip.tot_len = htons(sizeof(packet)); /* the kernel fills in the id and the checksum */
+		packet.ip.saddr = local.s_addr;
+		packet.ip.daddr = remote.s_addr;
+		packet.tcp.source = local_port;
+		packet.tcp.dest = remote_port;
+		packet.tcp.doff = 5;
+		packet.tcp.ack = 1; /* seq = ack_seq = 0: out of any window */
+		packet.tcp.window = htons(1234);
+		memset(&pseudo, 0, sizeof(pseudo));
+		pseudo.source = local.s_addr;
+		pseudo.destination = remote.s_addr;
+		pseudo.protocol = IPPROTO_TCP;
+		pseudo.length = htons(sizeof(packet.tcp));
+		pseudo.tcp = packet.tcp;
+		packet.tcp.check = checksum(&pseudo, sizeof(pseudo), 0);
+		to.sin_addr = remote;
+		if (sendto(sk, &packet, sizeof(packet), 0, (struct sockaddr *)&to, sizeof(to)) < 0) {
+			fprintf(stderr, "haven-netlock tickle %s %s: %s\n", pairs[i], pairs[i + 1], strerror(errno));
+			failed = 1;
+		}
+	}
+	close(sk);
+	return failed;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc >= 4 && argc % 2 == 0 && strcmp(argv[1], "tickle") == 0)
+		return tickle(argc - 2, argv + 2);
 	if (argc >= 2 && strcmp(argv[1], "hold") == 0) {
 		int idle = argc >= 3 && strcmp(argv[2], "--idle") == 0;
 		if (argc == 2 + idle)
@@ -454,6 +562,7 @@ int main(int argc, char **argv)
 	} else if (argc == 2) {
 		return run(argv[1]);
 	}
-	fprintf(stderr, "usage: haven-netlock lock|unlock|reset|hold [--idle] [-- COMMAND...]\n");
+	fprintf(stderr, "usage: haven-netlock lock|unlock|reset|hold [--idle] [-- COMMAND...]"
+			"|tickle LOCAL_IP:PORT REMOTE_IP:PORT...\n");
 	return 2;
 }

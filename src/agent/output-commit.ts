@@ -35,7 +35,8 @@
  * through — the container is exactly as protected as any single copy — and
  * says so in its {@link OutputCommitStats.mode}.
  */
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { createServer, connect, isIPv4, type Server, type Socket } from 'node:net';
+import type { ServiceClient } from '../replication/chunks.js';
 
 /** How a proxy treats the container's output. */
 export type OutputMode = 'held' | 'passthrough';
@@ -184,6 +185,22 @@ export class OutputCommitProxy {
       );
       this.servers.push(server);
     }
+  }
+
+  /**
+   * The clients connected now (at most `limit`): what an epoch lists so that
+   * a backup taking over can tickle them (see `tickleClients`).
+   */
+  clients(limit: number): ServiceClient[] {
+    const list: ServiceClient[] = [];
+    for (const relay of this.relays) {
+      const { localPort, remoteAddress, remotePort } = relay.client;
+      const address = remoteAddress?.replace(/^::ffff:/, '');
+      if (localPort && remotePort && address && isIPv4(address))
+        list.push({ port: localPort, address, clientPort: remotePort });
+      if (list.length >= limit) break;
+    }
+    return list;
   }
 
   private accept(client: Socket, port: number): void {

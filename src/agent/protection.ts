@@ -18,11 +18,11 @@ import {
 } from '../core/errors.js';
 import { callJson } from '../core/http-client.js';
 import type { ContainerHost, ContainerView } from '../host/container-host.js';
-import { assembleDirectory, type EpochManifest } from '../replication/chunks.js';
+import { assembleDirectory, type EpochManifest, type ServiceClient } from '../replication/chunks.js';
 import { manifestKey } from '../replication/manifest-mac.js';
 import { MigrationSource } from '../replication/migration-source.js';
-import { ReplicaStore } from '../replication/replica-store.js';
-import { claimServiceAddress, releaseServiceAddress } from '../runtime/service-address.js';
+import { MAX_SERVICE_CLIENTS, ReplicaStore } from '../replication/replica-store.js';
+import { claimServiceAddress, releaseServiceAddress, tickleClients } from '../runtime/service-address.js';
 import { OutputCommitProxy, type OutputCommitStats } from './output-commit.js';
 import type { Prober } from './probes.js';
 import {
@@ -85,6 +85,9 @@ interface Assembled {
 /** How long an epoch assembled ahead of a promotion is kept if no promotion comes. */
 const STAGE_TTL_MS = 10_000;
 
+/** When clients of a taken-over service address are tickled the second time (after its second ARP). */
+const TICKLE_AGAIN_MS = 1100;
+
 /** What a recovery in place did (see {@link Protection.recoverInPlace}). */
 export interface RecoveryReport {
   view: ContainerView;
@@ -134,6 +137,8 @@ export class Protection {
   private readonly replicators = new Map<string, Replicator>();
   /** Output-commit proxies of this host's continuously protected primaries (with or without a backup). */
   private readonly proxies = new Map<string, { order: ProtectionOrder; proxy: OutputCommitProxy }>();
+  /** Clients of a just-promoted container's old primary, tickled when its proxy starts here. */
+  private readonly clientsToTickle = new Map<string, ServiceClient[]>();
   /** Primaries (and provisional copies) this host froze because it lost its lease. */
   private readonly fenced = new Set<string>();
   /**
@@ -266,6 +271,18 @@ export class Protection {
     }
     this.proxies.set(name, { order, proxy });
     this.log(`output commit of ${name}: ${serviceAddress}:${publish.join(',')} → ${target} (${mode})`);
+    const clients = this.clientsToTickle.get(name);
+    if (clients) {
+      this.clientsToTickle.delete(name);
+      // Now, and again once the second announcement has gone out (a client
+      // whose answer went to the dead host's address is tickled again).
+      void tickleClients(serviceAddress, clients).then(() => {
+        this.log(
+          `output commit of ${name}: tickled ${clients.length} client connection(s) of the old primary`,
+        );
+        setTimeout(() => void tickleClients(serviceAddress, clients), TICKLE_AGAIN_MS).unref();
+      });
+    }
     return proxy;
   }
 
@@ -289,7 +306,11 @@ export class Protection {
         ? () => Promise.resolve(prober?.healthOf(name) !== 'unhealthy')
         : () => (prober ? prober.passesNow(name) : Promise.resolve(true));
     const hooks = proxy
-      ? { cut: () => proxy.cut(), committed: (generation: number) => proxy.release(generation) }
+      ? {
+          cut: () => proxy.cut(),
+          committed: (generation: number) => proxy.release(generation),
+          clients: () => proxy.clients(MAX_SERVICE_CLIENTS),
+        }
       : undefined;
     const replicator = new Replicator(this.host, name, spec, this.token, this.log, healthy, hooks);
     this.replicators.set(name, replicator);
@@ -652,6 +673,8 @@ export class Protection {
           contentVerified: true,
         });
         const restoreMs = performance.now() - restoreStarted;
+        // Its clients, as the epoch listed them: tickled once its service address is here.
+        if (manifest.clients?.length) this.clientsToTickle.set(name, manifest.clients);
         // It is a primary now: the replica it came from is spent, and so is the
         // assembled copy. Both go after the answer: removing a checkpoint's
         // files and pruning the chunk store are not the container's downtime.

@@ -84,8 +84,22 @@ export interface EpochManifest {
    * page changed here and there should not resend 256 KiB around each.
    */
   chunkBytes?: number;
+  /**
+   * Continuous protection: the clients connected to the service address when
+   * the epoch was cut. A backup that takes over tickles them (see
+   * `tickleClients`): a client waiting for a reply from a host that died
+   * without a word learns at once that its connection is gone.
+   */
+  clients?: ServiceClient[];
   /** Reserved for a signature over the manifest (a later issue). */
   auth?: unknown;
+}
+
+/** One client connection of a service address: the service's port, the client's address and port. */
+export interface ServiceClient {
+  port: number;
+  address: string;
+  clientPort: number;
 }
 
 /** Every distinct chunk hash a manifest refers to (zero chunks excluded). */

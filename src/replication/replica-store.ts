@@ -9,6 +9,7 @@
  * restore. Nothing a failed transfer or a full disk does can remove the last
  * committed epoch: chunks are written before, and pruned after, a commit.
  */
+import { isIPv4 } from 'node:net';
 import { existsSync, writeFileSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -49,6 +50,8 @@ export interface ReplicaSummary {
 }
 
 const HASH = /^[0-9a-f]{64}$/;
+/** Client connections an epoch may list (a proxy with more lists only this many). */
+export const MAX_SERVICE_CLIENTS = 4096;
 
 /** Checks the shape of a manifest received from a primary. */
 export function validateEpochManifest(value: unknown): EpochManifest {
@@ -83,6 +86,23 @@ export function validateEpochManifest(value: unknown): EpochManifest {
     (chunkBytes & (chunkBytes - 1)) !== 0
   ) {
     throw new InvalidArgumentError(`malformed epoch manifest: chunkBytes ${String(m.chunkBytes)}`);
+  }
+  const port = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 1 && (n as number) <= 65535;
+  if (
+    m.clients !== undefined &&
+    (!Array.isArray(m.clients) ||
+      m.clients.length > MAX_SERVICE_CLIENTS ||
+      !m.clients.every(
+        (c) =>
+          c !== null &&
+          typeof c === 'object' &&
+          port(c.port) &&
+          port(c.clientPort) &&
+          typeof c.address === 'string' &&
+          isIPv4(c.address),
+      ))
+  ) {
+    throw new InvalidArgumentError('malformed epoch manifest: clients');
   }
   for (const f of m.files) {
     if (

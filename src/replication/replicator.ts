@@ -13,7 +13,13 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { epochCommitted, epochFailed } from '../agent/metrics.js';
 import type { ContainerHost } from '../host/container-host.js';
-import { chunkDirectory, chunkHashes, EPOCH_MANIFEST_VERSION, type EpochManifest } from './chunks.js';
+import {
+  chunkDirectory,
+  chunkHashes,
+  EPOCH_MANIFEST_VERSION,
+  type EpochManifest,
+  type ServiceClient,
+} from './chunks.js';
 import { commitEpoch, sendChunks } from './transfer.js';
 
 /** Where and how often a container is protected. */
@@ -38,6 +44,8 @@ export interface ProtectionSpec {
 export interface EpochHooks {
   cut(): number;
   committed(generation: number): void;
+  /** The service's client connections now, listed in the epoch (see {@link EpochManifest.clients}). */
+  clients?(): ServiceClient[];
 }
 
 /** What the primary reports about a protected container. */
@@ -241,6 +249,7 @@ export class Replicator {
     const takenAt = new Date().toISOString();
     // Output read before this point was produced before the freeze below: this checkpoint covers it.
     const generation = this.hooks?.cut();
+    const clients = this.hooks?.clients?.();
     // Continuous mode keeps one more local checkpoint: the one being shipped,
     // the one being taken, and the newest committed (for recovery in place).
     const keep = this.continuous ? 3 : 2;
@@ -278,6 +287,7 @@ export class Replicator {
       skeleton: chunked.skeleton,
       files: chunked.files,
       ...(this.continuous ? { chunkBytes: CONTINUOUS_CHUNK_BYTES } : {}),
+      ...(clients && clients.length > 0 ? { clients } : {}),
     };
     return {
       manifest,

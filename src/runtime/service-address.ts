@@ -10,7 +10,9 @@
  *
  * The address is added as a /32: it adds no route, only a local address.
  */
+import { NETLOCK_PATH } from '../core/config.js';
 import { run } from '../core/exec.js';
+import type { ServiceClient } from '../replication/chunks.js';
 
 /** The interface that carries `hostAddress` in this network namespace. */
 export async function interfaceOf(hostAddress: string): Promise<string> {
@@ -44,4 +46,26 @@ export async function releaseServiceAddress(address: string, hostAddress: string
   const device = await interfaceOf(hostAddress).catch(() => undefined);
   if (!device) return;
   await run(['ip', 'addr', 'del', `${address}/32`, 'dev', device], { allowFailure: true });
+}
+
+/** Pairs per `haven-netlock tickle` process (its argument list stays small). */
+const TICKLES_PER_PROCESS = 256;
+
+/**
+ * Sends each of `clients` of `address` a tickle ACK (`haven-netlock
+ * tickle`, see native/haven-netlock.c): a client still holding a connection
+ * to the dead holder answers it, this host resets that connection, and the
+ * client reconnects at once instead of waiting for a reply that will never
+ * come (for its own time-out, or for ever). Best effort: a failure is
+ * logged.
+ */
+export async function tickleClients(address: string, clients: readonly ServiceClient[]): Promise<void> {
+  for (let i = 0; i < clients.length; i += TICKLES_PER_PROCESS) {
+    const pairs = clients
+      .slice(i, i + TICKLES_PER_PROCESS)
+      .flatMap((c) => [`${address}:${c.port}`, `${c.address}:${c.clientPort}`]);
+    const r = await run([NETLOCK_PATH, 'tickle', ...pairs], { allowFailure: true });
+    if (r.code !== 0)
+      process.stderr.write(`service address ${address}: tickling clients: ${r.stderr.trim()}\n`);
+  }
 }

@@ -175,6 +175,10 @@ test('manifests with unsafe paths or a wrong shape are refused', () => {
     read: () => Promise.resolve(Buffer.alloc(0)),
   });
   assert.doesNotThrow(() => validateEpochManifest(good));
+  // The service's clients at the cut (continuous protection), tickled by a backup that takes over.
+  assert.doesNotThrow(() =>
+    validateEpochManifest({ ...good, clients: [{ port: 6379, address: '10.88.255.10', clientPort: 40000 }] }),
+  );
   for (const bad of [
     { ...good, version: 99 },
     { ...good, container: '../x' },
@@ -184,6 +188,11 @@ test('manifests with unsafe paths or a wrong shape are refused', () => {
     },
     { ...good, files: [{ path: 'a', size: CHUNK_BYTES * 2, mode: 0o644, uid: 0, gid: 0, chunks: ['zero'] }] },
     { ...good, skeleton: { size: 1, chunks: ['nothex'] } },
+    { ...good, clients: 'all' },
+    { ...good, clients: [{ port: 0, address: '10.88.255.10', clientPort: 40000 }] },
+    { ...good, clients: [{ port: 6379, address: '10.88.255.10; reboot', clientPort: 40000 }] },
+    { ...good, clients: [{ port: 6379, address: '10.88.255.10', clientPort: 65536 }] },
+    { ...good, clients: [null] },
     null,
   ]) {
     assert.throws(() => validateEpochManifest(bad), /malformed|invalid container name/);
