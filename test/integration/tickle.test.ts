@@ -25,21 +25,7 @@ async function inNs(ns: string, argv: string[]): Promise<string> {
 before(async () => {
   await run(['ip', 'netns', 'add', SERVER_NS]);
   await run(['ip', 'netns', 'add', CLIENT_NS]);
-  await run([
-    'ip',
-    '-n',
-    SERVER_NS,
-    'link',
-    'add',
-    'eth0',
-    'type',
-    'veth',
-    'peer',
-    'name',
-    'eth0',
-    'netns',
-    CLIENT_NS,
-  ]);
+  await run(`ip -n ${SERVER_NS} link add eth0 type veth peer name eth0 netns ${CLIENT_NS}`.split(' '));
   await run(['ip', '-n', SERVER_NS, 'addr', 'add', `${SERVER_IP}/24`, 'dev', 'eth0']);
   await run(['ip', '-n', CLIENT_NS, 'addr', 'add', `${CLIENT_IP}/24`, 'dev', 'eth0']);
   await run(['ip', '-n', SERVER_NS, 'link', 'set', 'eth0', 'up']);
