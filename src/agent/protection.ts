@@ -276,11 +276,15 @@ export class Protection {
       this.clientsToTickle.delete(name);
       // Now, and again once the second announcement has gone out (a client
       // whose answer went to the dead host's address is tickled again).
-      void tickleClients(serviceAddress, clients).then(() => {
+      const tickle = (): Promise<void> =>
+        tickleClients(serviceAddress, clients).catch((e: unknown) =>
+          this.log(`output commit of ${name}: tickling its old clients: ${String(e)}`),
+        );
+      void tickle().then(() => {
         this.log(
           `output commit of ${name}: tickled ${clients.length} client connection(s) of the old primary`,
         );
-        setTimeout(() => void tickleClients(serviceAddress, clients), TICKLE_AGAIN_MS).unref();
+        setTimeout(() => void tickle(), TICKLE_AGAIN_MS).unref();
       });
     }
     return proxy;
