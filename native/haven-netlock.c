@@ -447,14 +447,19 @@ static int hold(char **command, int idle)
 	return 0;
 }
 
-/* The Internet checksum of `len` bytes, starting from `sum`. */
+/*
+ * The Internet checksum of `len` bytes (an even number), starting from
+ * `sum`: 16-bit words summed as they lie in memory, so the result is stored
+ * as is, whatever the machine's byte order.
+ */
 static uint16_t checksum(const void *data, size_t len, uint32_t sum)
 {
 	const uint8_t *p = data;
-	for (; len > 1; p += 2, len -= 2)
-		sum += (uint32_t)p[0] | (uint32_t)p[1] << 8;
-	if (len)
-		sum += p[0];
+	for (; len > 1; p += 2, len -= 2) {
+		uint16_t word;
+		memcpy(&word, p, sizeof(word));
+		sum += word;
+	}
 	while (sum >> 16)
 		sum = (sum & 0xffff) + (sum >> 16);
 	return (uint16_t)~sum;
