@@ -23,6 +23,7 @@ import {
   readFileSync,
   readSync,
   renameSync,
+  unlinkSync,
   writeFileSync,
 } from 'node:fs';
 import {
@@ -336,20 +337,30 @@ export class ChunkStore {
   }
 
   /**
-   * Removes every chunk not in `keep` — except recent ones, which may belong
-   * to an epoch still arriving (chunks are sent before their manifest).
+   * Removes every chunk `needed` says no — except recent ones, which may
+   * belong to an epoch still arriving (chunks are sent before their
+   * manifest). `needed` is asked again right before each removal, and the
+   * removal is synchronous after that answer: an epoch committed while the
+   * walk goes on (it takes seconds on a large store) keeps every chunk it
+   * names, even one the walk had already found unneeded.
    */
-  async prune(keep: ReadonlySet<string>, graceMs = 120_000): Promise<number> {
+  async prune(needed: (hash: string) => boolean, graceMs = 120_000): Promise<number> {
     if (!existsSync(this.dir)) return 0;
     let removed = 0;
     const cutoff = Date.now() - graceMs;
     for (const prefix of await readdir(this.dir)) {
       for (const name of await readdir(join(this.dir, prefix))) {
-        if (keep.has(name)) continue;
-        const info = await lstat(join(this.dir, prefix, name)).catch(() => undefined);
-        if (info && info.mtimeMs < cutoff) {
-          await rm(join(this.dir, prefix, name), { force: true });
-          removed++;
+        if (needed(name)) continue;
+        const path = join(this.dir, prefix, name);
+        const info = await lstat(path).catch(() => undefined);
+        // No await between this answer and the unlink (see above).
+        if (info && info.mtimeMs < cutoff && !needed(name)) {
+          try {
+            unlinkSync(path);
+            removed++;
+          } catch {
+            // Gone already: another prune, or a drop.
+          }
         }
       }
     }

@@ -142,18 +142,20 @@ export class ReplicaStore {
 
   /**
    * The hashes among `hashes` this host does not hold. With `name` (the
-   * container whose epoch is on its way), all of them are pinned until that
-   * container's next commit (or {@link PIN_MS}), so no prune during the
-   * transfer takes them from the epoch about to be committed. Without it,
-   * those held are touched instead (the prune's grace then protects them).
+   * container whose epoch is on its way), all of them are pinned until an
+   * epoch of that container that names them is committed (or for
+   * {@link PIN_MS}), so no prune during the transfer takes them from the
+   * epoch about to be committed. Without it, those held are touched instead
+   * (the prune's grace then protects them).
    */
   async missing(hashes: readonly string[], name?: string): Promise<string[]> {
     const lacking: string[] = [];
     if (name !== undefined) {
-      const pins = this.pinned.get(name) ?? { at: Date.now(), hashes: new Set<string>() };
+      const pins = this.pinned.get(name) ?? { at: 0, hashes: new Map<string, number>() };
       pins.at = Date.now();
+      const order = ++this.pinOrder;
       for (const h of hashes) {
-        pins.hashes.add(h);
+        pins.hashes.set(h, order);
         if (!this.chunks.has(h)) lacking.push(h);
       }
       this.pinned.set(name, pins);
@@ -171,11 +173,91 @@ export class ReplicaStore {
   /** When a transfer last asked without pinning: the prune's long grace protects it for {@link PIN_MS}. */
   private lastUnpinned = 0;
 
-  /** Chunks of epochs on their way, by container (see {@link missing}). */
-  private readonly pinned = new Map<string, { at: number; hashes: Set<string> }>();
+  /**
+   * Chunks of epochs on their way, by container: when the container last
+   * asked, and each hash with the {@link pinOrder} of its latest ask (see
+   * {@link missing}). Per hash, not per epoch: continuous protection asks for
+   * the next epoch's chunks while the previous one may still be committing.
+   */
+  private readonly pinned = new Map<string, { at: number; hashes: Map<string, number> }>();
+  /** Counts asks and commits, to order them (clocks do not: many fall in one millisecond). */
+  private pinOrder = 0;
+  /** Where each container's latest two commits began, in {@link pinOrder}: pins before the first are stale. */
+  private readonly commitsBegun = new Map<string, number[]>();
+
+  /**
+   * How many committed epochs (and commits under way) name each chunk. Kept
+   * in memory and consulted live by the prune, chunk by chunk: a prune that
+   * read the manifests once, then walked the store for seconds, removed
+   * chunks that epochs committed during the walk had been told were here.
+   */
+  private readonly references = new Map<string, number>();
+  /** The chunks each epoch added to {@link references}, by container and epoch. */
+  private readonly epochReferences = new Map<string, Map<number, string[]>>();
   private lastPrune = 0;
   /** The prune under way, if any: one at a time. */
   private pruning: Promise<void> | undefined;
+  /** Reading the kept manifests into {@link references}, once, before the first commit, prune or drop. */
+  private loading: Promise<void> | undefined;
+
+  private loadReferences(): Promise<void> {
+    this.loading ??= (async () => {
+      for (const replica of await this.list()) {
+        for (const epoch of replica.epochs) {
+          // A damaged manifest is skipped: it can never be restored, and its chunks may go.
+          const manifest = await this.manifest(replica.name, epoch).catch(() => undefined);
+          if (manifest) this.reference(replica.name, epoch, chunkHashes(manifest));
+        }
+      }
+    })().catch((error: unknown) => {
+      // Tried again next time (an unreadable directory must not refuse every commit for ever).
+      this.loading = undefined;
+      throw error;
+    });
+    return this.loading;
+  }
+
+  /** Counts an epoch's chunks as named (once per epoch). */
+  private reference(name: string, epoch: number, hashes: readonly string[]): boolean {
+    const epochs = this.epochReferences.get(name) ?? new Map<number, string[]>();
+    if (epochs.has(epoch)) return false;
+    epochs.set(epoch, [...hashes]);
+    this.epochReferences.set(name, epochs);
+    for (const h of hashes) this.references.set(h, (this.references.get(h) ?? 0) + 1);
+    return true;
+  }
+
+  /** Forgets an epoch's chunks (see {@link reference}). */
+  private unreference(name: string, epoch: number): void {
+    const epochs = this.epochReferences.get(name);
+    const hashes = epochs?.get(epoch);
+    if (!epochs || !hashes) return;
+    epochs.delete(epoch);
+    if (epochs.size === 0) this.epochReferences.delete(name);
+    for (const h of hashes) {
+      const count = (this.references.get(h) ?? 0) - 1;
+      if (count > 0) this.references.set(h, count);
+      else this.references.delete(h);
+    }
+  }
+
+  /** True if a kept epoch, a commit under way or an epoch on its way names the chunk. */
+  private needed(hash: string): boolean {
+    if (this.references.has(hash)) return true;
+    for (const pins of this.pinned.values()) if (pins.hashes.has(hash)) return true;
+    return false;
+  }
+
+  /** Unpins a committed epoch's chunks, and those pinned before the container's previous commit began (abandoned epochs'). */
+  private unpin(name: string, committed: readonly string[], begun: number): void {
+    const begins = [...(this.commitsBegun.get(name) ?? []), begun].slice(-2);
+    this.commitsBegun.set(name, begins);
+    const pins = this.pinned.get(name)?.hashes;
+    if (!pins) return;
+    for (const h of committed) pins.delete(h);
+    if (begins.length === 2) for (const [h, order] of pins) if (order < begins[0]!) pins.delete(h);
+    if (pins.size === 0) this.pinned.delete(name);
+  }
 
   /**
    * Stores chunks from a framed stream (format 1, or 2 with compressed
@@ -227,32 +309,46 @@ export class ReplicaStore {
         throw error;
       }
     }
-    const lacking = chunkHashes(manifest).filter((h) => !this.chunks.has(h));
-    if (lacking.length > 0) {
-      throw new FailedPreconditionError(
-        `epoch ${manifest.epoch} of "${manifest.container}" lacks ${lacking.length} chunks`,
-      );
-    }
-    const dir = this.epochsDir(manifest.container);
-    await mkdir(dir, { recursive: true });
-    const file = join(dir, `${manifest.epoch}.json`);
-    const temp = `${file}.tmp`;
-    if (options.durable === false) {
-      // Not synced: written at once (see SMALL_FILE_BYTES on why synchronously).
-      writeFileSync(temp, JSON.stringify(manifest));
-    } else {
-      const handle = await open(temp, 'w');
-      try {
-        await handle.writeFile(JSON.stringify(manifest));
-        await handle.sync();
-      } finally {
-        await handle.close();
+    const begun = ++this.pinOrder;
+    await this.loadReferences();
+    const hashes = chunkHashes(manifest);
+    // Named before the check: from here no prune can take a chunk found present.
+    const referenced = this.reference(manifest.container, manifest.epoch, hashes);
+    let committed = false;
+    try {
+      const lacking = hashes.filter((h) => !this.chunks.has(h));
+      if (lacking.length > 0) {
+        throw new FailedPreconditionError(
+          `epoch ${manifest.epoch} of "${manifest.container}" lacks ${lacking.length} chunks`,
+        );
       }
+      const dir = this.epochsDir(manifest.container);
+      await mkdir(dir, { recursive: true });
+      const file = join(dir, `${manifest.epoch}.json`);
+      const temp = `${file}.tmp`;
+      if (options.durable === false) {
+        // Not synced: written at once (see SMALL_FILE_BYTES on why synchronously).
+        writeFileSync(temp, JSON.stringify(manifest));
+      } else {
+        const handle = await open(temp, 'w');
+        try {
+          await handle.writeFile(JSON.stringify(manifest));
+          await handle.sync();
+        } finally {
+          await handle.close();
+        }
+      }
+      await rename(temp, file);
+      committed = true;
+    } finally {
+      if (!committed && referenced) this.unreference(manifest.container, manifest.epoch);
     }
-    await rename(temp, file);
-    this.pinned.delete(manifest.container);
+    this.unpin(manifest.container, hashes, begun);
     const epochs = await this.epochs(manifest.container);
-    for (const old of epochs.slice(EPOCHS_KEPT)) await rm(join(dir, `${old}.json`), { force: true });
+    for (const old of epochs.slice(EPOCHS_KEPT)) {
+      await rm(join(this.epochsDir(manifest.container), `${old}.json`), { force: true });
+      this.unreference(manifest.container, old);
+    }
     this.pruneLater();
   }
 
@@ -290,10 +386,13 @@ export class ReplicaStore {
     return Promise.all(names.map(async (name) => ({ name, epochs: await this.epochs(name) })));
   }
 
-  /** Forgets a container's replica (its chunks go with the next prune). */
+  /** Forgets a container's replica and prunes the chunks no other epoch names. */
   async drop(name: string): Promise<void> {
+    await this.loadReferences();
     await rm(join(this.dir, 'containers', validateName(name, 'container')), { recursive: true, force: true });
+    for (const epoch of [...(this.epochReferences.get(name)?.keys() ?? [])]) this.unreference(name, epoch);
     this.pinned.delete(name);
+    this.commitsBegun.delete(name);
     await this.pruneChunks(true);
   }
 
@@ -312,25 +411,20 @@ export class ReplicaStore {
   }
 
   /**
-   * Removes chunks no kept epoch refers to and no epoch on its way needs. At
-   * most every {@link PRUNE_EVERY_MS} (continuous protection commits many
-   * epochs a second), unless `now`.
+   * Removes chunks no kept epoch names and no epoch on its way needs, asking
+   * {@link needed} live for each (see `ChunkStore.prune`). At most every
+   * {@link PRUNE_EVERY_MS} (continuous protection commits many epochs a
+   * second), unless `now`.
    */
   private async pruneChunks(now = false): Promise<void> {
     if (!now && Date.now() - this.lastPrune < PRUNE_EVERY_MS) return;
     this.lastPrune = Date.now();
-    const keep = new Set<string>();
-    for (const [name, pins] of this.pinned) {
-      if (Date.now() - pins.at > PIN_MS) this.pinned.delete(name);
-      else for (const h of pins.hashes) keep.add(h);
-    }
-    for (const replica of await this.list()) {
-      for (const epoch of replica.epochs) {
-        const manifest = await this.manifest(replica.name, epoch).catch(() => undefined);
-        if (manifest) for (const h of chunkHashes(manifest)) keep.add(h);
-      }
-    }
-    // Pinned transfers are kept above; an unpinned one lately needs the long grace.
-    await this.chunks.prune(keep, Date.now() - this.lastUnpinned < PIN_MS ? 120_000 : PINNED_GRACE_MS);
+    await this.loadReferences();
+    for (const [name, pins] of this.pinned) if (Date.now() - pins.at > PIN_MS) this.pinned.delete(name);
+    // Pinned transfers are kept by `needed`; an unpinned one lately needs the long grace.
+    await this.chunks.prune(
+      (hash) => this.needed(hash),
+      Date.now() - this.lastUnpinned < PIN_MS ? 120_000 : PINNED_GRACE_MS,
+    );
   }
 }

@@ -198,3 +198,92 @@ test('manifests with unsafe paths or a wrong shape are refused', () => {
     assert.throws(() => validateEpochManifest(bad), /malformed|invalid container name/);
   }
 });
+
+/** A manifest of `kv` naming exactly `hashes` (one 4 KiB chunk each). */
+function manifestNaming(epoch: number, hashes: readonly string[]): EpochManifest {
+  return {
+    ...manifestOf(epoch, {
+      files: [],
+      skeleton: { size: 0, chunks: [] },
+      read: () => Promise.resolve(Buffer.alloc(0)),
+    }),
+    chunkBytes: 4096,
+    files: [
+      {
+        path: 'criu/pages-1.img',
+        size: hashes.length * 4096,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        chunks: [...hashes],
+      },
+    ],
+  };
+}
+
+/** Stores `count` chunks of distinct content and ages them past every prune grace. */
+async function oldChunks(store: ReplicaStore, count: number, seed: number): Promise<string[]> {
+  const hashes: string[] = [];
+  const hourAgo = new Date(Date.now() - 3600_000);
+  for (let i = 0; i < count; i++) {
+    const data = Buffer.alloc(4096, (seed * 31 + i) % 251);
+    data.writeUInt32BE(seed * 1000 + i, 0);
+    const hash = createHash('sha256').update(data).digest('hex');
+    await store.chunks.put(hash, data);
+    await utimes(join(store.chunks.dir, hash.slice(0, 2), hash), hourAgo, hourAgo);
+    hashes.push(hash);
+  }
+  return hashes;
+}
+
+test('a prune keeps every chunk of an epoch committed while it runs (it asks live, not from a list read before)', async () => {
+  const store = new ReplicaStore(join(root, 'backup-prune-live'));
+  const [kept, revived, orphan] = [
+    await oldChunks(store, 3, 1),
+    await oldChunks(store, 2, 2),
+    await oldChunks(store, 2, 3),
+  ];
+  await store.missing(kept, 'kv');
+  await store.commit(manifestNaming(1000, kept));
+  // The commit lands after the prune has read what is kept and before its walk
+  // removes anything: the old chunks it names (held here, so never re-sent) must stay.
+  const walk = store.chunks.prune.bind(store.chunks);
+  store.chunks.prune = async (needed, graceMs) => {
+    await store.missing(revived, 'kv');
+    await store.commit(manifestNaming(2000, [...kept, ...revived]));
+    return walk(needed, graceMs);
+  };
+  await store.drop('unrelated');
+  store.chunks.prune = walk;
+  for (const h of [...kept, ...revived]) assert.ok(store.chunks.has(h), `chunk ${h.slice(0, 8)} kept`);
+  for (const h of orphan) assert.ok(!store.chunks.has(h), 'a chunk no epoch names goes');
+});
+
+test('chunks pinned for the next epoch survive the previous commit; abandoned pins lapse two commits later', async () => {
+  const store = new ReplicaStore(join(root, 'backup-pins'));
+  const [first, next, abandoned] = [
+    await oldChunks(store, 2, 4),
+    await oldChunks(store, 2, 5),
+    await oldChunks(store, 2, 6),
+  ];
+  await store.missing(abandoned, 'kv'); // an epoch whose transfer failed
+  await store.missing(first, 'kv');
+  // Pipelined: the next epoch asks before the previous one commits.
+  await store.missing([...first, ...next], 'kv');
+  await store.commit(manifestNaming(1000, first));
+  await store.drop('unrelated'); // a prune, now
+  for (const h of next) assert.ok(store.chunks.has(h), 'pinned for the epoch on its way');
+  await store.commit(manifestNaming(2000, [...first, ...next]));
+  await store.missing(first, 'kv');
+  await store.commit(manifestNaming(3000, first));
+  await store.drop('unrelated');
+  for (const h of abandoned) assert.ok(!store.chunks.has(h), 'an abandoned epoch no longer pins');
+  for (const h of [...first, ...next]) assert.ok(store.chunks.has(h), 'named by a kept epoch');
+
+  // A restarted agent reads what its kept epochs name before its first prune.
+  const restarted = new ReplicaStore(join(root, 'backup-pins'));
+  await restarted.drop('unrelated');
+  for (const h of [...first, ...next]) assert.ok(restarted.chunks.has(h), 'kept across a restart');
+  await restarted.drop('kv');
+  for (const h of first) assert.ok(!restarted.chunks.has(h), 'a dropped replica leaves no chunk behind');
+});
