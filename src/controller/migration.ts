@@ -334,12 +334,9 @@ export function chooseAuto(
       why: `${facts$}: stop-and-copy fits (~${Math.round(stopCopyMs)} ms ≤ ${maxDowntimeMs} ms)`,
       estimatedDowntimeMs: stopCopyMs,
     };
-  if (facts.dirtyTracking && sendMs <= 10 * maxDowntimeMs)
-    return {
-      strategy: 'pre-copy',
-      why: `${facts$}: stop-and-copy ~${Math.round(stopCopyMs)} ms > ${maxDowntimeMs} ms; pre-dump rounds are cheap here`,
-      estimatedDowntimeMs: maxDowntimeMs,
-    };
+  // Dirty-page tracking does not change the choice yet: pre-copy's rounds are
+  // full leave-running dumps on every kernel (CRIU pre-dump chains, which
+  // would make them cheap where soft-dirty exists, are not built).
   if (facts.lazyPages && dirty !== undefined && dirty > POST_COPY_MAX_DIRTY_PAGES_PER_SECOND) {
     // Pre-copy's rounds converge only while the link outruns the writes.
     const converges = dirty * 4096 < 0.5 * linkBytesPerMs * 1000;
