@@ -178,7 +178,11 @@ async function main(): Promise<void> {
     process.kill(controllerPid, 'SIGKILL');
     await until('the controller to come back', async () => {
       const pid = (await lab()).controller.pid;
-      return pid && pid !== controllerPid && (await ps()).every((r) => r.state === 'running')
+      const rows = await ps();
+      return pid &&
+        pid !== controllerPid &&
+        rows.some((r) => r.name === 'redis') &&
+        rows.every((r) => r.state === 'running')
         ? pid
         : undefined;
     });

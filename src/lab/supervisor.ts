@@ -395,7 +395,6 @@ export async function runSupervisor(): Promise<number> {
     let out: number | undefined;
     try {
       ensureCgroup(program.cgroup);
-      if (entry.key === 'controller') rmSync(LAB_PATHS.controllerSocket, { force: true }); // a crashed controller's
       out = openSync(program.log, 'a');
       const [cmd = 'sh', ...args] = inCgroup(program.cgroup, program.argv);
       child = spawn(cmd, args, { stdio: ['ignore', out, out], env: program.env });

@@ -259,11 +259,29 @@ test(
 
     const controller = (await status()).controller.pid;
     assert.ok(typeof controller === 'number');
+    // The CLI finds the lab by its socket (without one it acts on this host
+    // alone): the path must stay there while the controller restarts.
+    let socketMissing = 0;
+    let watching = true;
+    const watcher = (async () => {
+      while (watching) {
+        if (!existsSync(LAB_PATHS.controllerSocket)) socketMissing++;
+        await sleep(1);
+      }
+    })();
     process.kill(controller, 'SIGKILL');
     await waitFor('a new controller', async () => {
       const pid = (await status()).controller.pid;
       return typeof pid === 'number' && pid !== controller ? pid : undefined;
     });
+    await waitFor('the new controller to answer', async () =>
+      (await run([process.execPath, CLI, 'host', 'ls'], { allowFailure: true })).code === 0
+        ? true
+        : undefined,
+    );
+    watching = false;
+    await watcher;
+    assert.equal(socketMissing, 0, 'the controller socket went missing during the restart');
   },
 );
 

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { chmod, mkdir, rm } from 'node:fs/promises';
+import { chmod, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
   createServer,
@@ -272,9 +272,9 @@ export const controllerCommand: Command = {
     // Once per process (both servers serve the same registry): events counted, hosts read at each scrape.
     instrumentController(controller, stats);
     tcpOptions.datagramPort = port;
+    let socketInode: number | undefined;
     if (socket) {
       await mkdir(dirname(socket), { recursive: true });
-      await rm(socket, { force: true }); // a socket file left by a killed controller (or the last leader)
       const unix = createServer(
         gate(
           createControllerServer({ controller, images, token }).listeners('request')[0] as RequestListener,
@@ -282,11 +282,19 @@ export const controllerCommand: Command = {
       );
       unix.requestTimeout = 0;
       unix.keepAliveTimeout = 30_000;
+      // Bound under a name of its own, then renamed over the socket a killed
+      // controller (or the last leader) left: the path never goes missing
+      // while a controller restarts. A CLI that finds no socket acts on the
+      // local host, and would answer "no such container" for the cluster's.
+      const bound = `${socket}.${process.pid}`;
+      await rm(bound, { force: true });
       await new Promise<void>((resolve, reject) => {
         unix.once('error', reject);
-        unix.listen(socket, () => resolve());
+        unix.listen(bound, () => resolve());
       });
-      await chmod(socket, 0o600);
+      await chmod(bound, 0o600);
+      await rename(bound, socket);
+      socketInode = (await stat(socket)).ino;
       servers.push(unix);
     }
     log.info(
@@ -302,7 +310,9 @@ export const controllerCommand: Command = {
     datagrams.close();
     await shutDown(servers, election, etcd);
     await store.close();
-    if (socket) await rm(socket, { force: true });
+    // Removed only if it is still ours: a leader that took over since has bound its own there.
+    if (socket && (await stat(socket).catch(() => undefined))?.ino === socketInode)
+      await rm(socket, { force: true });
     return 0;
   },
 };
