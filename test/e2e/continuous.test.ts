@@ -57,6 +57,8 @@ interface CheckerResult {
   ackTimes: number[];
   lost: string[];
   errors: Array<[number, string]>;
+  /** Connections given up for silence: opened, connected, last reply, given up (ms after start; null: never), replies, in flight. */
+  stalls?: Array<[number, number | null, number | null, number, number, number]>;
   readBackMs: number;
   startedAt: number;
   error?: string;
@@ -232,11 +234,20 @@ async function checkKill(
   const failures =
     [...byKind].map(([kind, at]) => `${at.length}× ${kind} at +${at[0]}..+${at.at(-1)} ms`).join(', ') ||
     'no connection failed';
+  // A connection given up for silence: when it opened, connected and last heard (ms after the kill).
+  const since = (t: number | null): string => (t === null ? 'never' : `+${result.startedAt + t - killedAt}`);
+  const stalls = (result.stalls ?? [])
+    .map(
+      ([opened, connected, lastReply, gaveUp, replies, inFlight]) =>
+        `opened ${since(opened)}, connected ${since(connected)}, last reply ${since(lastReply)} ` +
+        `(${replies} on it), given up ${since(gaveUp)} with ${inFlight} in flight`,
+    )
+    .join('; ');
   process.stdout.write(
     `# kill ${kill}: ${primary} → ${after.host}; ${result.acked} acknowledged ` +
       `(${ackedBeforeKill} before the kill), ${result.lost.length} lost; longest pause ${pauseMs} ms; ` +
       `read back in ${result.readBackMs} ms; epochs ${view.protection.epochRate}/s, freeze ${view.protection.frozenMs} ms; ` +
-      `${failures}\n`,
+      `${failures}${stalls ? `; silent: ${stalls}` : ''}\n`,
   );
   assert.deepEqual(result.lost.slice(0, 10), [], `kill ${kill}: acknowledged writes lost`);
   assert.ok(
