@@ -792,9 +792,8 @@ export class ContainerHost {
     ];
     for (const [, to] of trees) await mkdir(to, { recursive: true });
     // A container that goes on running keeps what its clients send while
-    // locked (see startCheckpointHolder). Not for continuous protection's
-    // epochs: many a second, short, and a process start each.
-    const holder = stopping || keptInMemory ? undefined : await startCheckpointHolder(this.netns(name));
+    // locked (see startCheckpointHolder).
+    const holder = stopping ? undefined : await startCheckpointHolder(this.netns(name));
     let result: CheckpointResult;
     try {
       result = await this.driver.checkpoint(runtimeId, {
