@@ -16,6 +16,7 @@
  *   haven-netlock unlock    add "eth0" to @unlock   (traffic passes)
  *   haven-netlock reset     flush @lock and @unlock  (open, ready to lock)
  *   haven-netlock hold [--idle] [-- COMMAND...]
+ *   haven-netlock hold --repeat
  *                           a hold on what clients send while locked: see hold() below
  *   haven-netlock tickle LOCAL_IP:PORT REMOTE_IP:PORT [...]
  *                           a "tickle ACK" per pair (run where LOCAL_IP is): see tickle() below
@@ -325,11 +326,20 @@ static int queue_release(int sk, struct held *h)
  *      nothing): exits CANCELLED; closing the queue drops what it held, which
  *      never reaches a socket that was not restored.
  *
+ * --repeat (continuous protection: one holder for all of a container's
+ * epochs, several a second, instead of a process start each): idle as with
+ * --idle, and after each release idle again, waiting for the next SIGUSR1;
+ * it prints "unlocked N" per epoch. Its input is a pipe from the agent: at
+ * its end (the agent stopped it, or died) it lets through anything it holds
+ * and exits 0, so no holder outlives its agent still bound to the queue.
+ *
  * Without a listener (before the bind, after the exit) the rule's bypass
  * lets packets on to the lock, which drops them while locked: nothing is
  * lost that the lock would not have dropped anyway.
  */
-static int hold(char **command, int idle)
+static int release_held(int sk, struct held *hp, int *ackedp, int unlock);
+
+static int hold(char **command, int idle, int repeat)
 {
 	int sk = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
 	if (sk < 0) {
@@ -366,7 +376,7 @@ static int hold(char **command, int idle)
 	printf("holding\n");
 	fflush(stdout);
 	signal(SIGCHLD, SIG_IGN); /* the announcement is not waited for, and leaves no zombie */
-	int announced = 0, acked = 0, input = 1;
+	int announced = 0, acked = 0, input = 1, stop = 0;
 	char line[64];
 	size_t used = 0;
 	for (;;) {
@@ -383,7 +393,10 @@ static int hold(char **command, int idle)
 			ssize_t n = read(0, line + used, sizeof(line) - 1 - used);
 			if (n <= 0) {
 				/* End of input: a restore's cancel; a checkpoint's holder (--idle) is driven by signals. */
-				if (!idle && !signalled_hold)
+				if (repeat) {
+					stop = 1;
+					go = 1;
+				} else if (!idle && !signalled_hold)
 					return CANCELLED;
 				input = 0;
 			} else {
@@ -409,16 +422,49 @@ static int hold(char **command, int idle)
 					used = 0;
 			}
 		}
-		if (idle && signalled_hold) {
+		if (idle && signalled_hold && !stop) {
 			/* The lock is on: from now on packets are kept (not waiting for the ack: one dropped meanwhile is what the lock did before). */
 			idle = 0;
 			if (queue_capacity(sk, QUEUE_HOLDS, 0, &h))
 				return 1;
 		}
-		if (go)
-			break;
+		if (!go)
+			continue;
+		if (repeat) {
+			signalled_hold = signalled_go = 0;
+			/* Nothing kept this round (a stop while idle): nothing to unlock or release. */
+			if (idle) {
+				if (stop)
+					break;
+				continue;
+			}
+			/* The chain has unlocked (an unlock now could land after the agent's reset, and undo the next lock). */
+			if (release_held(sk, &h, &acked, 0))
+				return 1;
+			idle = 1;
+			h.count = 0;
+			if (stop)
+				break;
+			continue;
+		}
+		if (release_held(sk, &h, &acked, 1))
+			return 1;
+		break;
 	}
-	if (run("unlock"))
+	close(sk);
+	return 0;
+}
+
+/*
+ * The release at "go": unlocks as `unlock` does if asked (a checkpoint's
+ * chain has already), stops keeping packets, and lets through every one kept in one
+ * batch verdict; prints "unlocked N".
+ */
+static int release_held(int sk, struct held *hp, int *ackedp, int unlock)
+{
+	struct held h = *hp;
+	int acked = *ackedp;
+	if (unlock && run("unlock"))
 		return 1;
 	/*
 	 * The queue stops keeping packets before it is released and closed (new
@@ -443,7 +489,8 @@ static int hold(char **command, int idle)
 	}
 	printf("unlocked %u\n", h.count);
 	fflush(stdout);
-	close(sk);
+	*hp = h;
+	*ackedp = acked;
 	return 0;
 }
 
@@ -559,15 +606,17 @@ int main(int argc, char **argv)
 	if (argc >= 4 && argc % 2 == 0 && strcmp(argv[1], "tickle") == 0)
 		return tickle(argc - 2, argv + 2);
 	if (argc >= 2 && strcmp(argv[1], "hold") == 0) {
+		if (argc == 3 && strcmp(argv[2], "--repeat") == 0)
+			return hold(NULL, 1, 1);
 		int idle = argc >= 3 && strcmp(argv[2], "--idle") == 0;
 		if (argc == 2 + idle)
-			return hold(NULL, idle);
+			return hold(NULL, idle, 0);
 		if (strcmp(argv[2 + idle], "--") == 0)
-			return hold(argv + 3 + idle, idle);
+			return hold(argv + 3 + idle, idle, 0);
 	} else if (argc == 2) {
 		return run(argv[1]);
 	}
-	fprintf(stderr, "usage: haven-netlock lock|unlock|reset|hold [--idle] [-- COMMAND...]"
+	fprintf(stderr, "usage: haven-netlock lock|unlock|reset|hold [--idle|--repeat] [-- COMMAND...]"
 			"|tickle LOCAL_IP:PORT REMOTE_IP:PORT...\n");
 	return 2;
 }

@@ -76,6 +76,8 @@ import {
   prepareUnlock,
   announceAddress,
   resetNetworkLock,
+  epochHolder,
+  stopEpochHolder,
   startCheckpointHolder,
   type Holder,
   setContainerLink,
@@ -792,8 +794,16 @@ export class ContainerHost {
     ];
     for (const [, to] of trees) await mkdir(to, { recursive: true });
     // A container that goes on running keeps what its clients send while
-    // locked (see startCheckpointHolder).
-    const holder = stopping ? undefined : await startCheckpointHolder(this.netns(name));
+    // locked: a continuous epoch through its container's long-lived holder
+    // (see epochHolder), any other checkpoint through one of its own (see
+    // startCheckpointHolder; the queue takes one listener, so the epochs'
+    // goes first). A stopping checkpoint's lock drops: its sockets must
+    // never answer again.
+    const netns = this.netns(name);
+    const epochHold = keptInMemory ? await epochHolder(netns) : undefined;
+    if (!keptInMemory) await stopEpochHolder(netns);
+    const holder = stopping || keptInMemory ? undefined : await startCheckpointHolder(netns);
+    const holderPid = epochHold?.pid ?? holder?.pid;
     let result: CheckpointResult;
     try {
       result = await this.driver.checkpoint(runtimeId, {
@@ -810,12 +820,14 @@ export class ContainerHost {
           alongside: trees.map(([from, to]) => copyTreeCommand(from, to)),
           // A stopping container stays locked: its sockets' closing packets must never leave.
           after: stopping ? [] : [UNLOCK_COMMAND],
-          ...(holder ? { holderPid: holder.pid } : {}),
+          ...(holderPid ? { holderPid } : {}),
         },
         ...(options.viaRunc ? { viaRunc: true } : {}),
       });
     } catch (error) {
       holder?.cancel();
+      // Whatever it holds is let through once the lock is reset; the next epoch starts another.
+      if (epochHold) await stopEpochHolder(netns);
       await resetNetworkLock(this.netns(name)).catch(() => undefined);
       await rm(staging, { recursive: true, force: true });
       throw error;

@@ -158,6 +158,8 @@ export async function deleteNamespace(netns: string): Promise<void> {
  * them — their resets are dropped by the lock too. Idempotent.
  */
 export async function removeContainerNetwork(config: HostConfig, netns: string): Promise<void> {
+  // Its epoch holder lives in it (and would keep it alive): it goes first.
+  await stopEpochHolder(netns);
   if (!existsSync(netnsPath(netns))) return;
   const script = [
     `ip -n ${config.networkNamespace} link del ${hostVethName(config, netns)} 2>/dev/null`,
@@ -405,6 +407,98 @@ export async function startCheckpointHolder(netns: string): Promise<CheckpointHo
       return released ? Number(released[1]) : undefined;
     },
     cancel: () => child.kill(),
+  };
+}
+
+/** The holder of a namespace's continuous epochs (see {@link epochHolder}). */
+export interface EpochHolder {
+  /** Its PID, for each epoch's chain to signal. */
+  pid: number;
+  /** False once it has exited: a PID that may be another process's by now. */
+  alive(): boolean;
+  /** Lets through anything it holds and ends it. */
+  stop(): Promise<void>;
+}
+
+/** Epoch holders by namespace: one per continuously protected container. */
+const epochHolders = new Map<string, Promise<EpochHolder | undefined>>();
+
+/**
+ * The holder of `netns`'s continuous epochs (`haven-netlock hold --repeat`),
+ * started on first use and kept: bound to the hold queue, idle (every packet
+ * passes) except between an epoch's SIGUSR1 and SIGUSR2, when it keeps what
+ * arrives — as {@link startCheckpointHolder} does for one checkpoint, without
+ * a process start for each of several epochs a second. Its input is a pipe
+ * from this process: if the agent dies, it releases and exits. Resolves
+ * undefined if it cannot start (the epoch then drops while locked).
+ */
+export async function epochHolder(netns: string): Promise<EpochHolder | undefined> {
+  const existing = await epochHolders.get(netns);
+  if (existing?.alive()) return existing;
+  const starting = startEpochHolder(netns);
+  epochHolders.set(netns, starting);
+  const holder = await starting;
+  if (!holder && epochHolders.get(netns) === starting) epochHolders.delete(netns);
+  return holder;
+}
+
+/**
+ * Ends `netns`'s epoch holder, if any: before its network goes, before a
+ * checkpoint that brings its own holder (one listener per queue) or stops
+ * the container (whose lock must drop, not keep), and after a failed epoch.
+ */
+export async function stopEpochHolder(netns: string): Promise<void> {
+  const pending = epochHolders.get(netns);
+  if (!pending) return;
+  epochHolders.delete(netns);
+  await (await pending)?.stop();
+}
+
+async function startEpochHolder(netns: string): Promise<EpochHolder | undefined> {
+  const child = spawn('nsenter', [`--net=${netnsPath(netns)}`, NETLOCK_PATH, 'hold', '--repeat'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let exited = false;
+  const closed = new Promise<void>((resolve) => {
+    child.on('error', () => resolve());
+    child.on('close', () => resolve());
+  });
+  void closed.then(() => (exited = true));
+  // Read to the end, or its "unlocked N" lines (one per epoch) would fill the pipe and block it.
+  let started = '';
+  child.stdout.on('data', (b: Buffer) => {
+    if (started.length < 64) started += b.toString();
+  });
+  child.stderr.resume();
+  child.stdin.on('error', () => undefined); // it exited first
+  const holding = await Promise.race([
+    new Promise<boolean>((resolve) => {
+      const onData = (): void => {
+        if (started.includes('holding\n')) resolve(true);
+      };
+      child.stdout.on('data', onData);
+      onData();
+    }),
+    closed.then(() => false),
+    unrefSleep(1000).then(() => false),
+  ]);
+  if (!holding || child.pid === undefined) {
+    child.kill();
+    return undefined;
+  }
+  const pid = child.pid;
+  // It never keeps this process alive: it ends with its input, when this process does.
+  child.unref();
+  for (const stream of [child.stdin, child.stdout, child.stderr])
+    (stream as unknown as { unref?: () => void }).unref?.();
+  return {
+    pid,
+    alive: () => !exited,
+    stop: async () => {
+      child.stdin.end();
+      const done = await Promise.race([closed.then(() => true), unrefSleep(1000).then(() => false)]);
+      if (!done) child.kill('SIGKILL');
+    },
   };
 }
 
