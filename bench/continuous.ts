@@ -8,7 +8,9 @@
  * committed per second, freeze per epoch, bytes shipped per epoch, where an
  * epoch's time goes (checkpoint, chunking, transfer), and the CPU the primary's
  * and the backup's agents used per epoch (their own and their children's:
- * CRIU, runc, tar).
+ * CRIU, runc, tar); and the TCP retransmission time-outs the primary host's
+ * sockets took during the run (the output-commit proxy's: a request the
+ * container's lock dropped waits out such a timer unless it is held).
  *
  * Goals (issue 7), for a 64 MB Redis: throughput ≥ 50% of unprotected at
  * 100 ms epochs and ≥ 70% at 500 ms; p99 ≤ epoch + freeze + 30 ms.
@@ -23,7 +25,7 @@ import { REPO_ROOT } from '../src/core/config.js';
 import { run } from '../src/core/exec.js';
 import { redisImage, REDIS_ARGS } from '../src/fixtures/images.js';
 import { runHaven, waitUntil } from '../src/lab/cli-driver.js';
-import { CLIENT_NETNS, readSupervisorStatus } from '../src/lab/index.js';
+import { CLIENT_NETNS, hostNetns, readSupervisorStatus } from '../src/lab/index.js';
 import { benchArgs } from './support/args.js';
 
 const { values } = benchArgs(import.meta.url, {
@@ -76,6 +78,12 @@ function cpuSeconds(pid: number): number {
   // Fields 14–17 of stat (1-based), i.e. 11–14 after the "(comm) " split.
   const ticks = [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i]), 0);
   return ticks / 100;
+}
+
+/** TCP retransmission time-outs so far in a lab host's network namespace (nstat's TcpExtTCPTimeouts). */
+async function tcpTimeouts(host: string): Promise<number> {
+  const out = await run(['ip', 'netns', 'exec', hostNetns(host), 'nstat', '-saz', 'TcpExtTCPTimeouts']);
+  return Number(/TcpExtTCPTimeouts\s+(\d+)/.exec(out.stdout)?.[1] ?? NaN);
 }
 
 function agentPid(host: string): number {
@@ -146,6 +154,8 @@ interface Row {
   transferMs: number | null;
   primaryCpuMsPerEpoch: number | null;
   backupCpuMsPerEpoch: number | null;
+  /** On the primary's host during redis-benchmark (unprotected: the host the container runs on). */
+  tcpTimeouts: number;
 }
 
 async function measure(name: string, epochMs: number | null): Promise<Row> {
@@ -178,7 +188,9 @@ async function measure(name: string, epochMs: number | null): Promise<Row> {
   const backupPid = view.protection.backup ? agentPid(view.protection.backup) : undefined;
   const cpuBefore = [cpuSeconds(primaryPid), backupPid ? cpuSeconds(backupPid) : 0];
   const epochsBefore = epochMs === null ? 0 : await epochsCommitted(name);
+  const timeoutsBefore = await tcpTimeouts(view.host);
   const rows = await redisBenchmark(address);
+  const timeouts = (await tcpTimeouts(view.host)) - timeoutsBefore;
   const after = await inspect(name);
   const epochs = epochMs === null ? 0 : (await epochsCommitted(name)) - epochsBefore;
   const cpuAfter = [cpuSeconds(primaryPid), backupPid ? cpuSeconds(backupPid) : 0];
@@ -204,6 +216,7 @@ async function measure(name: string, epochMs: number | null): Promise<Row> {
     transferMs: p.phases?.transferMs ?? null,
     primaryCpuMsPerEpoch: perEpoch(0),
     backupCpuMsPerEpoch: perEpoch(1),
+    tcpTimeouts: timeouts,
   };
 }
 
@@ -255,6 +268,7 @@ async function main(): Promise<void> {
       'ckpt/chunk/xfer ms': r.checkpointMs === null ? '-' : `${r.checkpointMs}/${r.chunkMs}/${r.transferMs}`,
       'CPU ms/epoch (primary/backup)':
         r.primaryCpuMsPerEpoch === null ? '-' : `${r.primaryCpuMsPerEpoch}/${r.backupCpuMsPerEpoch}`,
+      'TCP RTO time-outs': r.tcpTimeouts,
     })),
   );
   const dir = join(REPO_ROOT, 'bench', 'results');
