@@ -16,7 +16,7 @@
  *
  * Nothing here adds a route out: the bridge has no address and no uplink.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { RuntimeFailedError } from '../core/errors.js';
@@ -379,22 +379,8 @@ export async function startCheckpointHolder(netns: string): Promise<CheckpointHo
   });
   let stdout = '';
   child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-  const exited = new Promise<void>((resolve) => {
-    child.on('error', () => resolve());
-    child.on('close', () => resolve());
-  });
-  const holding = await Promise.race([
-    new Promise<boolean>((resolve) => {
-      const onData = (): void => {
-        if (stdout.includes('holding\n')) resolve(true);
-      };
-      child.stdout.on('data', onData);
-      onData();
-    }),
-    exited.then(() => false),
-    unrefSleep(1000).then(() => false),
-  ]);
-  if (!holding || child.pid === undefined) {
+  const exited = closeOf(child);
+  if (!(await untilHolding(child, () => stdout, exited)) || child.pid === undefined) {
     child.kill();
     return undefined;
   }
@@ -408,6 +394,33 @@ export async function startCheckpointHolder(netns: string): Promise<CheckpointHo
     },
     cancel: () => child.kill(),
   };
+}
+
+/** Resolves once a holder process has exited (or could not start). */
+function closeOf(child: ChildProcess): Promise<void> {
+  return new Promise<void>((resolve) => {
+    child.on('error', () => resolve());
+    child.on('close', () => resolve());
+  });
+}
+
+/**
+ * True once a holder printed "holding" (its queue is bound) in `output()`
+ * (its stdout so far, read by a listener added before this one); false if it
+ * exits first or takes over a second.
+ */
+function untilHolding(child: ChildProcess, output: () => string, exited: Promise<void>): Promise<boolean> {
+  return Promise.race([
+    new Promise<boolean>((resolve) => {
+      const onData = (): void => {
+        if (output().includes('holding\n')) resolve(true);
+      };
+      child.stdout?.on('data', onData);
+      onData();
+    }),
+    exited.then(() => false),
+    unrefSleep(1000).then(() => false),
+  ]);
 }
 
 /** The holder of a namespace's continuous epochs (see {@link epochHolder}). */
@@ -459,10 +472,7 @@ async function startEpochHolder(netns: string): Promise<EpochHolder | undefined>
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   let exited = false;
-  const closed = new Promise<void>((resolve) => {
-    child.on('error', () => resolve());
-    child.on('close', () => resolve());
-  });
+  const closed = closeOf(child);
   void closed.then(() => (exited = true));
   // Read to the end, or its "unlocked N" lines (one per epoch) would fill the pipe and block it.
   let started = '';
@@ -471,18 +481,7 @@ async function startEpochHolder(netns: string): Promise<EpochHolder | undefined>
   });
   child.stderr.resume();
   child.stdin.on('error', () => undefined); // it exited first
-  const holding = await Promise.race([
-    new Promise<boolean>((resolve) => {
-      const onData = (): void => {
-        if (started.includes('holding\n')) resolve(true);
-      };
-      child.stdout.on('data', onData);
-      onData();
-    }),
-    closed.then(() => false),
-    unrefSleep(1000).then(() => false),
-  ]);
-  if (!holding || child.pid === undefined) {
+  if (!(await untilHolding(child, () => started, closed)) || child.pid === undefined) {
     child.kill();
     return undefined;
   }
