@@ -209,6 +209,24 @@ export class Protection {
    * the output-commit proxy, passing output through (nothing can be committed).
    */
   async protect(name: string, order: ProtectionOrder | null): Promise<void> {
+    // One order at a time per container: two applied at once would each stop
+    // the old replicator, then each start one, leaving one running unowned.
+    const previous = this.ordering.get(name);
+    const applying = (previous ?? Promise.resolve())
+      .catch(() => undefined)
+      .then(() => this.protectNow(name, order));
+    this.ordering.set(name, applying);
+    try {
+      await applying;
+    } finally {
+      if (this.ordering.get(name) === applying) this.ordering.delete(name);
+    }
+  }
+
+  /** Orders being applied, by container (see {@link protect}). */
+  private readonly ordering = new Map<string, Promise<void>>();
+
+  private async protectNow(name: string, order: ProtectionOrder | null): Promise<void> {
     await this.replicators.get(name)?.stop();
     this.replicators.delete(name);
     if (!order || (!order.backup && order.mode !== 'continuous')) {

@@ -101,3 +101,35 @@ test('a copy fenced before the agent restarted is thawed by the restarted agent 
   assert.deepEqual(did, ['link up db', 'resume db']);
   await protection.stopAll();
 });
+
+test('two protection orders for one container at once leave one replicator: nothing runs on after stopAll', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'haven-orders-'));
+  dirs.push(dir);
+  let checkpoints = 0;
+  let slow = true;
+  const host = {
+    config: { stateDir: dir, hostName: 'h1' },
+    // The first order's look at the container is slow: the second one overtakes it.
+    inspect: async (name: string) => {
+      if (slow) {
+        slow = false;
+        await sleep(100);
+      }
+      return { name, state: 'running' };
+    },
+    checkpoint: () => {
+      checkpoints++;
+      return Promise.reject(new Error('no checkpoints here'));
+    },
+    list: () => Promise.resolve([]),
+  } as unknown as ContainerHost;
+  const protection = new Protection(host, 'token', () => undefined);
+  const order = { backup: { host: 'h2', address: 'http://127.0.0.1:9' }, intervalMs: 50 };
+  await Promise.all([protection.protect('web', order), protection.protect('web', order)]);
+  await sleep(200);
+  assert.ok(checkpoints > 0, 'the replicator runs');
+  await protection.stopAll();
+  const stoppedAt = checkpoints;
+  await sleep(300);
+  assert.equal(checkpoints, stoppedAt, 'no replicator left running unowned');
+});
