@@ -209,21 +209,29 @@ export class Protection {
    * the output-commit proxy, passing output through (nothing can be committed).
    */
   async protect(name: string, order: ProtectionOrder | null): Promise<void> {
-    // One order at a time per container: two applied at once would each stop
-    // the old replicator, then each start one, leaving one running unowned.
-    const previous = this.ordering.get(name);
-    const applying = (previous ?? Promise.resolve())
-      .catch(() => undefined)
-      .then(() => this.protectNow(name, order));
-    this.ordering.set(name, applying);
-    try {
-      await applying;
-    } finally {
-      if (this.ordering.get(name) === applying) this.ordering.delete(name);
-    }
+    await this.oneAtATime(name, () => this.protectNow(name, order));
   }
 
-  /** Orders being applied, by container (see {@link protect}). */
+  /**
+   * Runs `work` once every earlier change to `name`'s replicator (a
+   * protection order, a handover, a recovery in place) is done. Each of them
+   * stops the replicator it finds and may start another: two at once would
+   * each start one, and the one the map forgets would checkpoint for ever.
+   */
+  private oneAtATime<T>(name: string, work: () => Promise<T>): Promise<T> {
+    const running = (this.ordering.get(name) ?? Promise.resolve()).then(work);
+    const settled = running.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.ordering.set(name, settled);
+    void settled.then(() => {
+      if (this.ordering.get(name) === settled) this.ordering.delete(name);
+    });
+    return running;
+  }
+
+  /** The last change queued per container, settled or not (see {@link oneAtATime}). */
   private readonly ordering = new Map<string, Promise<void>>();
 
   private async protectNow(name: string, order: ProtectionOrder | null): Promise<void> {
@@ -512,6 +520,10 @@ export class Protection {
    * controller then restores it on the backup).
    */
   async recoverInPlace(name: string): Promise<RecoveryReport> {
+    return this.oneAtATime(name, () => this.recoverInPlaceNow(name));
+  }
+
+  private async recoverInPlaceNow(name: string): Promise<RecoveryReport> {
     const replicator = this.replicators.get(name);
     if (!replicator?.status.committedCheckpoint) {
       throw new FailedPreconditionError(`no committed epoch of "${name}" is kept on this host`);
@@ -561,6 +573,14 @@ export class Protection {
     // flight, or report the one done if the container is still stopped by it.
     const inFlight = this.handingOver.get(name);
     if (inFlight) return inFlight;
+    const work = this.oneAtATime(name, () => this.handOverNow(name)).finally(() =>
+      this.handingOver.delete(name),
+    );
+    this.handingOver.set(name, work);
+    return work;
+  }
+
+  private async handOverNow(name: string): Promise<HandoverReport & { already?: boolean }> {
     const replicator = this.replicators.get(name);
     if (!replicator) {
       const done = await readFile(this.handoverFile(name), 'utf8')
@@ -570,9 +590,7 @@ export class Protection {
       if (done && view?.state === 'checkpointed') return { ...done, already: true };
       throw new FailedPreconditionError(`"${name}" is not protected from this host`);
     }
-    const work = this.handOver(name, replicator).finally(() => this.handingOver.delete(name));
-    this.handingOver.set(name, work);
-    return work;
+    return this.handOver(name, replicator);
   }
 
   private readonly handingOver = new Map<string, Promise<HandoverReport>>();

@@ -133,3 +133,36 @@ test('two protection orders for one container at once leave one replicator: noth
   await sleep(300);
   assert.equal(checkpoints, stoppedAt, 'no replicator left running unowned');
 });
+
+test('a protection order that arrives during a failing handover waits for it: nothing runs on after stopAll', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'haven-orders-'));
+  dirs.push(dir);
+  let checkpoints = 0;
+  const host = {
+    config: { stateDir: dir, hostName: 'h1' },
+    inspect: (name: string) => Promise.resolve({ name, state: 'running' }),
+    checkpoint: async (_name: string, options: { leaveRunning?: boolean }) => {
+      if (options.leaveRunning === false) {
+        // The handover's final epoch: slow, then it fails (the container runs on here).
+        await sleep(100);
+        throw new Error('final checkpoint failed');
+      }
+      checkpoints++;
+      throw new Error('no checkpoints here');
+    },
+    list: () => Promise.resolve([]),
+  } as unknown as ContainerHost;
+  const protection = new Protection(host, 'token', () => undefined);
+  const order = { backup: { host: 'h2', address: 'http://127.0.0.1:9' }, intervalMs: 50 };
+  await protection.protect('web', order);
+  const handover = protection.handover('web');
+  await sleep(20); // the handover is in its final checkpoint
+  // A restarted controller orders protection again; the failed handover restarts epochs too.
+  await Promise.all([assert.rejects(handover, /final checkpoint failed/), protection.protect('web', order)]);
+  await sleep(200);
+  assert.ok(checkpoints > 0, 'the replicator runs');
+  await protection.stopAll();
+  const stoppedAt = checkpoints;
+  await sleep(300);
+  assert.equal(checkpoints, stoppedAt, 'no replicator left running unowned');
+});
