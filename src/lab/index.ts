@@ -27,6 +27,7 @@ export {
   labShape,
   labStatus,
   labUp,
+  labWaitReady,
   type LabHostStatus,
   type LabStatus,
   type UpStage,

@@ -423,6 +423,43 @@ export function labStatus(): LabStatus | { up: false } {
 }
 
 /**
+ * Waits until the lab serves: its controller answers through the socket and
+ * every host that should be up has registered there and is up. `haven lab
+ * up` returns only then, so that the command after it finds a cluster (the
+ * supervisor has only started the processes when {@link labUp} returns).
+ * @throws HavenError (`unavailable`) naming what is not ready, after `timeoutMs`.
+ */
+export async function labWaitReady(timeoutMs = 60_000): Promise<void> {
+  const expected = requireLabSpec()
+    .hosts.filter((h) => h.state === 'up')
+    .map((h) => h.name);
+  const deadline = Date.now() + timeoutMs;
+  let waitingFor = 'the controller (no answer on its socket)';
+  while (Date.now() < deadline) {
+    try {
+      const hosts = await callJson<Array<{ name: string; state: string }>>(
+        `unix:${LAB_PATHS.controllerSocket}`,
+        '/v1/hosts',
+        readToken(),
+        { timeoutMs: 2_000 },
+      );
+      const up = new Set(hosts.filter((h) => h.state === 'up').map((h) => h.name));
+      const notUp = expected.filter((name) => !up.has(name));
+      if (notUp.length === 0) return;
+      waitingFor = `host${notUp.length > 1 ? 's' : ''} ${notUp.join(', ')} (not up at the controller)`;
+    } catch {
+      waitingFor = 'the controller (no answer on its socket)';
+    }
+    await sleep(50);
+  }
+  throw new HavenError(
+    `the lab is not ready after ${timeoutMs / 1000} s: waiting for ${waitingFor}; logs in ${LAB_PATHS.logsDir}`,
+    'unavailable',
+    true,
+  );
+}
+
+/**
  * A one-time login URL of the lab's dashboard, on the loopback forwarder:
  * asked of the controller through its socket (a login token is the
  * controller's to give). Null when the controller does not answer within

@@ -14,6 +14,7 @@ import {
   labShape,
   labStatus,
   labUp,
+  labWaitReady,
   LAB_PATHS,
   DASHBOARD_PORT,
   type LabStatus,
@@ -61,6 +62,8 @@ export const labCommand: Command = {
           typeof inv.values.controllers === 'string' ? inv.values.controllers : store === 'etcd' ? '3' : '1',
         );
         const made = await labUp(count, undefined, { store, controllers }, { tls: inv.values.tls === true });
+        // Returns once the cluster serves: the next command must find it.
+        await labWaitReady();
         const status = labStatus();
         if (!made) process.stdout.write(`lab already up with ${count} hosts\n`);
         if (status.up) printTable(status);
