@@ -1559,15 +1559,25 @@ export class Controller {
     return { intent, host };
   }
 
-  /** Forwards a container action (`stop`, `checkpoint`, `restore`, `logs`, inspect) to its agent. */
+  /**
+   * Forwards a container action (`stop`, `checkpoint`, `restore`, `logs`,
+   * inspect) to its agent. A stop, or a checkpoint that stops the container,
+   * first marks it stopped on purpose (no recovery, no failover); a restore
+   * marks it running again.
+   */
   async forward<T>(
     name: string,
     action: 'stop' | 'checkpoint' | 'restore' | 'logs' | 'inspect',
     body?: unknown,
   ): Promise<T> {
-    if (action === 'stop') {
+    // A checkpoint stops the container unless it leaves it running.
+    const stops =
+      action === 'stop' ||
+      (action === 'checkpoint' && (body as { leaveRunning?: boolean } | undefined)?.leaveRunning !== true);
+    if (stops) {
       // Stopped on purpose: first the intent says so and no recovery may run,
-      // so the exit the host reports meanwhile is not taken for a crash.
+      // so the exit the host reports meanwhile is not taken for a crash (nor
+      // a checkpointed container, whose host then dies, failed over).
       const release = await this.claim(name);
       try {
         const { intent } = await this.agentOf(name);
@@ -1606,12 +1616,23 @@ export class Controller {
       await this.emit(action === 'stop' ? 'container.stopped' : 'container.restored', name, {
         host: host.name,
       });
-      const view = result as unknown as Partial<ContainerView>;
-      if (typeof view.state === 'string' && typeof view.pid === 'number') {
+      // Shown as it is now, not at the host's next report (a restore answers with its report, not a view).
+      const answered = result as unknown as Partial<ContainerView>;
+      const view =
+        typeof answered.state === 'string' && typeof answered.pid === 'number'
+          ? answered
+          : await this.options
+              .callAgent<ContainerView>(host, `/v1/containers/${encodeURIComponent(name)}`)
+              .catch(() => undefined);
+      if (typeof view?.state === 'string' && typeof view.pid === 'number') {
         this.noteReported(host.name, { name, state: view.state, pid: view.pid, ip: view.ip ?? '' });
       }
     } else if (action === 'checkpoint') {
-      await this.emit('container.checkpointed', name, { host: host.name });
+      const stopped = (body as { leaveRunning?: boolean } | undefined)?.leaveRunning !== true;
+      await this.emit('container.checkpointed', name, { host: host.name, stopped });
+      // Shown stopped at once, not at the host's next report.
+      const reported = this.liveness.get(host.name)?.containers.get(name);
+      if (stopped && reported) this.noteReported(host.name, { ...reported, state: 'checkpointed', pid: 0 });
     }
     return result;
   }

@@ -290,3 +290,31 @@ test('a container removed or stopped while its host reports it exited is not bro
   await assert.rejects(controller.getContainer('gone-soon'), NotFoundError);
   assert.equal((await controller.getContainer('resting')).desired, 'stopped');
 });
+
+test('a checkpoint that stops a container marks it stopped on purpose (no failover); a restore marks it running', async () => {
+  const { controller, backend } = await rig();
+  await controller.registerHost(host('h1'));
+  await controller.runContainer(request('kept', { ha: 'restart', host: 'h1' }));
+  await controller.forward('kept', 'checkpoint', { leaveRunning: true });
+  assert.equal(
+    (await backend.getContainer('kept'))?.desired,
+    'running',
+    'a leave-running checkpoint stops nothing',
+  );
+  controller.heartbeat('h1', {
+    seq: 1,
+    bootId: 'b00710aa',
+    containers: [{ name: 'kept', state: 'running', pid: 7, ip: '' }],
+  });
+  await controller.forward('kept', 'checkpoint', { leaveRunning: false });
+  assert.equal((await backend.getContainer('kept'))?.desired, 'stopped');
+  assert.equal((await controller.getContainer('kept')).state, 'checkpointed', 'shown stopped at once');
+  const events = await controller.eventsSince(0, 100);
+  assert.deepEqual(
+    events.filter((e) => e.kind === 'container.checkpointed').map((e) => e.data.stopped),
+    [false, true],
+  );
+  await controller.forward('kept', 'restore', { tcpClose: false });
+  assert.equal((await backend.getContainer('kept'))?.desired, 'running');
+  assert.equal((await controller.getContainer('kept')).state, 'running');
+});
