@@ -731,7 +731,7 @@ export class ContainerHost {
    * container is one stopped on purpose (fencing, `pause`).
    */
   private readonly checkpointing = new Map<string, number>();
-  /** Checkpoints begun per container, ever: an inspection spanning a whole checkpoint sees it here. */
+  /** Checkpoints begun per container (until it is removed): an inspection spanning a whole checkpoint sees it here. */
   private readonly checkpointsBegun = new Map<string, number>();
 
   /** Marks `name` as being checkpointed (see {@link checkpointing}); returns the unmarking. */
@@ -1597,6 +1597,7 @@ export class ContainerHost {
     }
     await this.release(name);
     await rm(this.dir(name), { recursive: true, force: true });
+    this.checkpointsBegun.delete(name); // a container of the same name later counts afresh
     // Epoch checkpoints kept in memory (see CheckpointOptions.keepInMemory).
     const staging = join(this.config.stateDir, 'staging');
     if (this.stagingMounted.has(staging) || (await isMountPoint(staging))) {
