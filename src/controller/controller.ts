@@ -1570,11 +1570,7 @@ export class Controller {
     action: 'stop' | 'checkpoint' | 'restore' | 'logs' | 'inspect',
     body?: unknown,
   ): Promise<T> {
-    // A checkpoint stops the container unless it leaves it running.
-    const stops =
-      action === 'stop' ||
-      (action === 'checkpoint' && (body as { leaveRunning?: boolean } | undefined)?.leaveRunning !== true);
-    if (stops) {
+    if (stopsContainer(action, body)) {
       // Stopped on purpose: first the intent says so and no recovery may run,
       // so the exit the host reports meanwhile is not taken for a crash (nor
       // a checkpointed container, whose host then dies, failed over).
@@ -1628,7 +1624,7 @@ export class Controller {
         this.noteReported(host.name, { name, state: view.state, pid: view.pid, ip: view.ip ?? '' });
       }
     } else if (action === 'checkpoint') {
-      const stopped = (body as { leaveRunning?: boolean } | undefined)?.leaveRunning !== true;
+      const stopped = stopsContainer(action, body);
       await this.emit('container.checkpointed', name, { host: host.name, stopped });
       // Shown stopped at once, not at the host's next report.
       const reported = this.liveness.get(host.name)?.containers.get(name);
@@ -1786,4 +1782,12 @@ function agentRunBody(intent: ContainerIntent): Record<string, unknown> {
     // The application's own heartbeat: the agent gives it a notify socket and watches it.
     ...(spec.watchdog ? { watchdog: spec.watchdog } : {}),
   };
+}
+
+/** True for an action that stops the container: `stop`, or a checkpoint that does not leave it running. */
+function stopsContainer(action: string, body: unknown): boolean {
+  return (
+    action === 'stop' ||
+    (action === 'checkpoint' && (body as { leaveRunning?: boolean } | undefined)?.leaveRunning !== true)
+  );
 }
