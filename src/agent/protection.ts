@@ -302,16 +302,16 @@ export class Protection {
       this.clientsToTickle.delete(name);
       // Now, and again once the second announcement has gone out (a client
       // whose answer went to the dead host's address is tickled again).
+      // Best effort: a failure is logged, and the second round still goes out.
       const tickle = (): Promise<void> =>
-        tickleClients(serviceAddress, clients).catch((e: unknown) =>
-          this.log(`output commit of ${name}: tickling its old clients: ${String(e)}`),
+        tickleClients(serviceAddress, clients).then(
+          () =>
+            this.log(
+              `output commit of ${name}: tickled ${clients.length} client connection(s) of the old primary`,
+            ),
+          (e: unknown) => this.log(`output commit of ${name}: tickling its old clients: ${String(e)}`),
         );
-      void tickle().then(() => {
-        this.log(
-          `output commit of ${name}: tickled ${clients.length} client connection(s) of the old primary`,
-        );
-        setTimeout(() => void tickle(), TICKLE_AGAIN_MS).unref();
-      });
+      void tickle().then(() => setTimeout(() => void tickle(), TICKLE_AGAIN_MS).unref());
     }
     return proxy;
   }

@@ -11,6 +11,7 @@
  * The address is added as a /32: it adds no route, only a local address.
  */
 import { NETLOCK_PATH } from '../core/config.js';
+import { RuntimeFailedError } from '../core/errors.js';
 import { run } from '../core/exec.js';
 import type { ServiceClient } from '../replication/chunks.js';
 
@@ -56,16 +57,19 @@ const TICKLES_PER_PROCESS = 256;
  * tickle`, see native/haven-netlock.c): a client still holding a connection
  * to the dead holder answers it, this host resets that connection, and the
  * client reconnects at once instead of waiting for a reply that will never
- * come (for its own time-out, or for ever). Best effort: a failure is
- * logged.
+ * come (for its own time-out, or for ever).
+ * @throws RuntimeFailedError after trying every client, if any tickle failed.
  */
 export async function tickleClients(address: string, clients: readonly ServiceClient[]): Promise<void> {
+  // Every batch is tried; what failed is thrown at the end, for the caller to log.
+  const failures: string[] = [];
   for (let i = 0; i < clients.length; i += TICKLES_PER_PROCESS) {
     const pairs = clients
       .slice(i, i + TICKLES_PER_PROCESS)
       .flatMap((c) => [`${address}:${c.port}`, `${c.address}:${c.clientPort}`]);
     const r = await run([NETLOCK_PATH, 'tickle', ...pairs], { allowFailure: true });
-    if (r.code !== 0)
-      process.stderr.write(`service address ${address}: tickling clients: ${r.stderr.trim()}\n`);
+    if (r.code !== 0) failures.push(r.stderr.trim() || `exit ${r.code}`);
   }
+  if (failures.length > 0)
+    throw new RuntimeFailedError(`tickling clients of ${address} failed`, 'haven-netlock', failures);
 }
