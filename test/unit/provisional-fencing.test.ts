@@ -102,6 +102,16 @@ test('a copy fenced before the agent restarted is thawed by the restarted agent 
   await protection.stopAll();
 });
 
+/** The replicator runs; after stopAll nothing checkpoints any more (no replicator left unowned). */
+async function runsThenStopsForGood(protection: Protection, checkpoints: () => number): Promise<void> {
+  await sleep(200);
+  assert.ok(checkpoints() > 0, 'the replicator runs');
+  await protection.stopAll();
+  const stoppedAt = checkpoints();
+  await sleep(300);
+  assert.equal(checkpoints(), stoppedAt, 'no replicator left running unowned');
+}
+
 test('two protection orders for one container at once leave one replicator: nothing runs on after stopAll', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'haven-orders-'));
   dirs.push(dir);
@@ -126,12 +136,7 @@ test('two protection orders for one container at once leave one replicator: noth
   const protection = new Protection(host, 'token', () => undefined);
   const order = { backup: { host: 'h2', address: 'http://127.0.0.1:9' }, intervalMs: 50 };
   await Promise.all([protection.protect('web', order), protection.protect('web', order)]);
-  await sleep(200);
-  assert.ok(checkpoints > 0, 'the replicator runs');
-  await protection.stopAll();
-  const stoppedAt = checkpoints;
-  await sleep(300);
-  assert.equal(checkpoints, stoppedAt, 'no replicator left running unowned');
+  await runsThenStopsForGood(protection, () => checkpoints);
 });
 
 test('a protection order that arrives during a failing handover waits for it: nothing runs on after stopAll', async () => {
@@ -159,10 +164,5 @@ test('a protection order that arrives during a failing handover waits for it: no
   await sleep(20); // the handover is in its final checkpoint
   // A restarted controller orders protection again; the failed handover restarts epochs too.
   await Promise.all([assert.rejects(handover, /final checkpoint failed/), protection.protect('web', order)]);
-  await sleep(200);
-  assert.ok(checkpoints > 0, 'the replicator runs');
-  await protection.stopAll();
-  const stoppedAt = checkpoints;
-  await sleep(300);
-  assert.equal(checkpoints, stoppedAt, 'no replicator left running unowned');
+  await runsThenStopsForGood(protection, () => checkpoints);
 });
