@@ -1120,9 +1120,12 @@ export class ContainerHost {
         for (const v of record.volumes) {
           await replaceTree(join(dir, 'volumes', v.volume), this.volumeDir(v.volume));
         }
-        await this.mountRootfs(record);
-        undo.push(() => this.unmountRootfs(name));
-        await this.writeBundle(record, options.tcpClose ? ['tcp-close'] : []);
+        // The bundle (config, /dev) does not need the root file system mounted: both at once.
+        const mounted = this.mountRootfs(record).then(() => undo.push(() => this.unmountRootfs(name)));
+        const bundle = this.writeBundle(record, options.tcpClose ? ['tcp-close'] : []);
+        for (const step of await Promise.allSettled([mounted, bundle])) {
+          if (step.status === 'rejected') throw step.reason;
+        }
       })();
       const network = (async () => {
         if (premade) return;
