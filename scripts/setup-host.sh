@@ -17,7 +17,7 @@ criu_bin=/usr/local/sbin/criu
 criu_rundir=/run/haven/criu
 # The flavor names the build options and scripts/criu-patches/ (bump it when
 # either changes, so a cached build without them is not used).
-criu_flavor=rundir-haven7
+criu_flavor=rundir-haven8
 log() { printf '[setup] %s\n' "$*"; }
 
 if [ "$(id -u)" -ne 0 ]; then
